@@ -1,0 +1,37 @@
+"""The ``edge_asd`` metadata a model file carries (schema: ``edge_asd.edge.model_file``)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from edge_asd.edge.cli_common import kit_version
+from edge_asd.edge.model_file import FORMAT, SCHEMA_VERSION
+
+
+def model_metadata(ckpt: dict, target: str, quantization: dict) -> dict:
+    """Everything the device needs besides the graph, from a checkpoint dict.
+
+    Args:
+        target: "tflite" or "onnx".
+        quantization: e.g. {"mode": "float32"} or {"mode": "int8-static", "weights": "per-channel", ...}.
+    """
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "kit_version": kit_version(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "target": target,
+        "io": {
+            "input": "standardized context vector, shape (1, D), float32: (psi - mean[band]) / std[band]",
+            "output": "anomaly score A(x) = ||x - D(E(x))||^2 (Koizumi et al. 2019, eq. 5), shape (1,), float32",
+        },
+        "machine_type": ckpt.get("machine_type"),
+        "machine_ids": ckpt.get("machine_ids"),
+        "features": ckpt["features"],
+        "normalization": ckpt["normalization"],
+        "architecture": ckpt["arch"],
+        "loss": ckpt["loss"],
+        "training_data": {k: v for k, v in ckpt.get("training_data", {}).items() if k != "files"},
+        "trained_with_kit_version": ckpt.get("kit_version"),
+        "quantization": quantization,
+    }

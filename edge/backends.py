@@ -1,0 +1,102 @@
+"""Inference backends behind one adapter, imported lazily.
+
+``.tflite``: ai-edge-litert (LiteRT, the maintained successor of tflite-runtime), else tflite-runtime
+where that is what is installed. ``.onnx``: onnxruntime. Which one won is logged; threads are pinned
+(``num_threads=1`` by default, one core per model on a Raspberry Pi).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .errors import EdgeAsdError
+
+log = logging.getLogger("edge_asd")
+
+
+class Backend:
+    """Runs a model file whose graph maps (1, D) float32 -> (1,) float32 anomaly score."""
+
+    name = "?"
+
+    def score_one(self, x: np.ndarray) -> float:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Scores of standardized vectors ``x``, shape (n, D) float32 -> (n,) float32."""
+        return np.fromiter((self.score_one(v[None]) for v in x), dtype=np.float32, count=len(x))
+
+
+def _tflite_interpreter_cls():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, "tflite-runtime"
+    except ImportError:
+        raise EdgeAsdError("running .tflite models needs ai-edge-litert: pip install 'edge-asd[edge]'") from None
+
+
+class TFLiteBackend(Backend):
+    def __init__(self, data: bytes, dim: int, num_threads: int = 1, where: str = "model"):
+        cls, self.name = _tflite_interpreter_cls()
+        try:
+            self._it = cls(model_content=data, num_threads=num_threads)
+            self._it.allocate_tensors()
+        except Exception as e:
+            raise EdgeAsdError(f"{where}: the TFLite interpreter cannot load it ({e})") from None
+        inputs, outputs = self._it.get_input_details(), self._it.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1 or tuple(inputs[0]["shape"]) != (1, dim):
+            shapes = [tuple(d["shape"]) for d in inputs]
+            raise EdgeAsdError(f"{where}: model input {shapes} disagrees with its metadata (1, {dim})")
+        if int(np.prod(outputs[0]["shape"])) != 1:
+            raise EdgeAsdError(f"{where}: model output {tuple(outputs[0]['shape'])} is not one anomaly score")
+        self.input_dtype = inputs[0]["dtype"]
+        self._in, self._out = inputs[0]["index"], outputs[0]["index"]
+        log.info("backend: %s (%d thread%s)", self.name, num_threads, "" if num_threads == 1 else "s")
+
+    def score_one(self, x: np.ndarray) -> float:
+        self._it.set_tensor(self._in, x)
+        self._it.invoke()
+        return float(self._it.get_tensor(self._out).reshape(-1)[0])
+
+
+class OnnxBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, data: bytes, dim: int, num_threads: int = 1, where: str = "model"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = num_threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self._sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        (inp,), outs = self._sess.get_inputs(), self._sess.get_outputs()
+        if inp.shape[-1] != dim:
+            raise EdgeAsdError(f"{where}: model input {inp.shape} disagrees with its metadata (n, {dim})")
+        self._in, self._out = inp.name, outs[0].name
+        log.info("backend: onnxruntime (%d thread%s)", num_threads, "" if num_threads == 1 else "s")
+
+    def score_one(self, x: np.ndarray) -> float:
+        return float(self._sess.run([self._out], {self._in: x})[0].reshape(-1)[0])
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self._sess.run([self._out], {self._in: x})[0].reshape(-1).astype(np.float32)
+
+
+def make_backend(kind: str, data: bytes, dim: int, num_threads: int = 1, where: str = "model") -> Backend:
+    if kind == "tflite":
+        return TFLiteBackend(data, dim, num_threads, where)
+    if kind == "onnx":
+        return OnnxBackend(data, dim, num_threads, where)
+    raise EdgeAsdError(f"{where}: unknown model kind {kind!r}")

@@ -1,0 +1,151 @@
+"""Log-mel context frames in numpy: the one feature implementation, used by the trainer and the device.
+
+``extract(samples, cfg)`` computes the context vectors of a whole recording; ``StreamingFeatures``
+computes the same vectors from a stream pushed in chunks of any size (remainder carried over), so
+training and serving cannot drift apart. Formulas: Koizumi et al. 2019 sec. 4.2.2,
+``psi_t = ln(Mel_M(|X_t|))``, ``x_t = (psi_{t-C}, ..., psi_{t+C})``; the DCASE 2020 baseline uses the
+power spectrum in dB and 5 frames. The mel matrix reproduces librosa's default (Slaney scale and
+area normalisation) without importing librosa.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .presets import FeatureConfig
+
+_SLANEY_F_SP = 200.0 / 3  # Hz per mel below 1 kHz
+_SLANEY_MIN_LOG_HZ = 1000.0
+_SLANEY_LOGSTEP = np.log(6.4) / 27.0
+
+
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney mel scale (linear below 1 kHz, logarithmic above), as librosa with ``htk=False``."""
+    hz = np.asarray(hz, dtype=np.float64)
+    mel = hz / _SLANEY_F_SP
+    min_log_mel = _SLANEY_MIN_LOG_HZ / _SLANEY_F_SP
+    log_part = min_log_mel + np.log(np.maximum(hz, 1e-10) / _SLANEY_MIN_LOG_HZ) / _SLANEY_LOGSTEP
+    return np.where(hz >= _SLANEY_MIN_LOG_HZ, log_part, mel)
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    min_log_mel = _SLANEY_MIN_LOG_HZ / _SLANEY_F_SP
+    log_part = _SLANEY_MIN_LOG_HZ * np.exp(_SLANEY_LOGSTEP * (mel - min_log_mel))
+    return np.where(mel >= min_log_mel, log_part, _SLANEY_F_SP * mel)
+
+
+def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
+    """Triangular mel filters, ``shape = (n_mels, n_fft // 2 + 1)``, float64, Slaney-normalised.
+
+    Same construction as ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax)`` (its defaults).
+    """
+    fmax = cfg.sample_rate / 2 if cfg.fmax_hz is None else cfg.fmax_hz
+    fft_hz = np.linspace(0.0, cfg.sample_rate / 2, cfg.n_freqs)
+    edges_hz = mel_to_hz(np.linspace(hz_to_mel(cfg.fmin_hz), hz_to_mel(fmax), cfg.n_mels + 2))
+    widths = np.diff(edges_hz)
+    ramps = edges_hz[:, None] - fft_hz[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
+    return weights
+
+
+class LogMel:
+    """Frame-wise log-mel, ``shape = (n_frames, n_mels)``, float32, for frames of ``n_fft`` samples."""
+
+    def __init__(self, cfg: FeatureConfig):
+        self.cfg = cfg
+        n = np.arange(cfg.n_fft)
+        self.window = 0.5 - 0.5 * np.cos(2 * np.pi * n / cfg.n_fft)  # periodic Hann, as scipy/librosa
+        self.mel_t = np.ascontiguousarray(mel_filterbank(cfg).T)  # (n_freqs, n_mels)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """``frames``: (n_frames, n_fft) samples in [-1, 1] -> psi, (n_frames, n_mels) float32."""
+        spec = np.abs(np.fft.rfft(frames * self.window, axis=-1))
+        if self.cfg.magnitude_power != 1.0:
+            spec = spec ** self.cfg.magnitude_power
+        mel = spec @ self.mel_t + self.cfg.log_floor
+        if self.cfg.log == "ln":
+            return np.log(mel).astype(np.float32)
+        return ((10.0 / self.cfg.magnitude_power) * np.log10(mel)).astype(np.float32)
+
+
+def frame_signal(samples: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """Overlapping frames as a strided view, ``shape = (1 + (N - n_fft) // hop, n_fft)``; (0, n_fft) if short."""
+    n_frames = 1 + (len(samples) - n_fft) // hop if len(samples) >= n_fft else 0
+    if n_frames == 0:
+        return np.zeros((0, n_fft), dtype=samples.dtype)
+    return np.lib.stride_tricks.sliding_window_view(samples, n_fft)[::hop][:n_frames]
+
+
+def stack_context(psi: np.ndarray, n_context_frames: int) -> np.ndarray:
+    """Context vectors from log-mel frames: (T, M) -> (T - L + 1, L * M), oldest frame first."""
+    n_vectors = psi.shape[0] - n_context_frames + 1
+    if n_vectors <= 0:
+        return np.zeros((0, n_context_frames * psi.shape[1]), dtype=psi.dtype)
+    view = np.lib.stride_tricks.sliding_window_view(psi, n_context_frames, axis=0)  # (n, M, L)
+    return np.ascontiguousarray(view[:n_vectors].transpose(0, 2, 1)).reshape(n_vectors, -1)
+
+
+def logmel(samples: np.ndarray, cfg: FeatureConfig, logmel_fn: LogMel | None = None) -> np.ndarray:
+    """Log-mel frames of a whole recording.
+
+    Args:
+        samples: mono audio at ``cfg.sample_rate``, shape (N,), float in [-1, 1].
+    Returns:
+        psi, shape (1 + (N - n_fft) // hop, n_mels), float32; empty when N < n_fft.
+    """
+    fn = logmel_fn or LogMel(cfg)
+    frames = frame_signal(np.asarray(samples, dtype=np.float64), cfg.n_fft, cfg.hop_samples)
+    return fn(frames)
+
+
+def extract(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Context vectors of a whole recording, ``shape = (n_vectors, cfg.dim)``, float32.
+
+    Vector ``i`` stacks frames ``i .. i + L - 1``; it covers samples
+    ``[i * hop, i * hop + cfg.samples_per_vector)``.
+    """
+    return stack_context(logmel(samples, cfg), cfg.n_context_frames)
+
+
+def vector_end_s(index: np.ndarray | int, cfg: FeatureConfig) -> np.ndarray | float:
+    """Time (s from stream start) at which context vector ``index`` becomes complete."""
+    return (np.asarray(index) * cfg.hop_samples + cfg.samples_per_vector) / cfg.sample_rate
+
+
+class StreamingFeatures:
+    """Context vectors from a stream pushed in chunks of any size.
+
+    ``push(chunk)`` returns the vectors that became complete, ``shape = (k, cfg.dim)``; the vectors
+    of all pushes, concatenated, equal :func:`extract` of the concatenated chunks. ``reset()`` starts
+    a new stream.
+    """
+
+    def __init__(self, cfg: FeatureConfig):
+        self.cfg = cfg
+        self._logmel = LogMel(cfg)
+        self.reset()
+
+    def reset(self) -> None:
+        self._samples = np.zeros(0, dtype=np.float64)  # not yet framed: fewer than n_fft or the overlap
+        self._psi = np.zeros((0, self.cfg.n_mels), dtype=np.float32)  # last L - 1 log-mel frames
+        self.n_vectors = 0  # context vectors emitted since reset
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        """Add mono samples (float, [-1, 1]); return the newly complete context vectors."""
+        cfg = self.cfg
+        buf = np.concatenate([self._samples, np.asarray(chunk, dtype=np.float64).ravel()])
+        frames = frame_signal(buf, cfg.n_fft, cfg.hop_samples)
+        n = frames.shape[0]
+        self._samples = buf[n * cfg.hop_samples:]
+        if n == 0:
+            return np.zeros((0, cfg.dim), dtype=np.float32)
+        psi = np.concatenate([self._psi, self._logmel(frames)])
+        out = stack_context(psi, cfg.n_context_frames)
+        self._psi = psi[max(0, len(psi) - (cfg.n_context_frames - 1)):]
+        self.n_vectors += len(out)
+        return out

@@ -1,0 +1,61 @@
+"""The monitoring loop: source blocks -> streaming features -> scores -> running-max detector -> sink."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .detector import RunningMaxDetector
+from .features import StreamingFeatures, vector_end_s
+from .scorer import Scorer
+
+
+@dataclass
+class Summary:
+    frames: int
+    events: int
+    audio_s: float
+    compute_s: float
+    max_score: float | None
+    max_time_s: float | None
+    silent: bool
+    """True when every sample was exactly 0 (a dead input, not a quiet machine)."""
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.compute_s / self.audio_s if self.audio_s > 0 else float("nan")
+
+    def line(self, phi: float) -> str:
+        peak = "none" if self.max_score is None else f"{self.max_score:.3f} at {self.max_time_s:.2f} s"
+        return (f"{self.frames} frames, {self.events} events, {self.audio_s:.1f} s of audio; max score {peak}; "
+                f"phi {phi:.3f}; real-time factor {self.real_time_factor:.5f}")
+
+
+def monitor(source, scorer: Scorer, detector: RunningMaxDetector, on_event) -> Summary:
+    """Run until the source ends; ``on_event(dict)`` gets each event. Interrupts keep the summary.
+
+    ``compute_s`` counts feature and inference time only, not time spent waiting for audio.
+    """
+    feats = StreamingFeatures(scorer.features)
+    cfg = scorer.features
+    n_samples, compute_s, silent = 0, 0.0, True
+    try:
+        for block in source:
+            t0 = time.perf_counter()
+            n_samples += len(block)
+            silent = silent and not np.any(block)
+            first = feats.n_vectors
+            vectors = feats.push(block)
+            scores = scorer.score_vectors(vectors)
+            compute_s += time.perf_counter() - t0
+            for k, score in enumerate(scores):
+                frame = first + k
+                event = detector.update(frame, float(vector_end_s(frame, cfg)), float(score))
+                if event is not None:
+                    on_event(event.to_dict())
+    except KeyboardInterrupt:
+        pass
+    return Summary(detector.n_frames, detector.n_events, n_samples / cfg.sample_rate, compute_s,
+                   detector.max_score, detector.max_time_s, silent and n_samples > 0)

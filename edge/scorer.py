@@ -1,0 +1,50 @@
+"""Anomaly scores from a model file: features -> standardization -> backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .backends import make_backend
+from .features import extract
+from .model_file import ModelInfo, read_model_file, sha256_bytes
+
+
+class Scorer:
+    """A loaded model file.
+
+    Attributes:
+        info: the file's metadata (feature config, normalization, training details).
+        sha256: hex digest of the file's bytes (reported with every event).
+        backend: the inference backend that runs it.
+    Raises:
+        EdgeAsdError: the file is missing, damaged, not an edge-asd model, or its tensors disagree
+            with its metadata.
+    """
+
+    def __init__(self, path: str | Path, num_threads: int = 1):
+        self.path = Path(path)
+        data, self.kind, self.info = read_model_file(self.path)
+        self.sha256 = sha256_bytes(data)
+        self.size_bytes = len(data)
+        self.backend = make_backend(self.kind, data, self.info.features.dim, num_threads, str(self.path))
+
+    @property
+    def features(self):
+        return self.info.features
+
+    @property
+    def meta(self) -> dict:
+        return self.info.meta
+
+    def score_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """Anomaly scores (eq. 5) of raw context vectors, (n, D) float32 -> (n,) float32."""
+        if len(vectors) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.backend.score(self.info.standardize(vectors))
+
+    def score_audio(self, samples: np.ndarray) -> np.ndarray:
+        """Frame scores of a whole mono recording at the model's sample rate, (N,) -> (n_vectors,)."""
+        return self.score_vectors(extract(samples, self.info.features))
+

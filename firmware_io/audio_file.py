@@ -1,0 +1,116 @@
+"""WAV/FLAC (anything libsndfile reads) as mono float32 at the model's sample rate.
+
+Multichannel input is mixed down (mean of channels) and other sample rates are resampled with soxr;
+both are logged. Missing, empty, non-audio, truncated or NaN-carrying files raise EdgeAsdError.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from edge_asd.edge.errors import EdgeAsdError
+
+log = logging.getLogger("edge_asd")
+
+
+def _open(path: Path) -> sf.SoundFile:
+    if not path.exists():
+        raise EdgeAsdError(f"{path}: no such file")
+    if path.is_dir():
+        raise EdgeAsdError(f"{path}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise EdgeAsdError(f"{path}: empty file")
+    try:
+        f = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise EdgeAsdError(f"{path}: not a readable audio file ({str(e).split(':')[-1].strip() or 'unknown format'})") from None
+    if f.frames == 0:
+        f.close()
+        raise EdgeAsdError(f"{path}: no audio samples")
+    return f
+
+
+def _declared_frames(path: Path, f: sf.SoundFile) -> int | None:
+    """Frames the WAV header announces (libsndfile clamps to the bytes present), None if not WAV."""
+    if f.format != "WAV":
+        return None
+    import wave
+
+    try:
+        with wave.open(str(path)) as w:
+            return w.getnframes()
+    except (wave.Error, EOFError):
+        return None  # float or extensible WAVs that the wave module does not parse
+
+
+def _mono(block: np.ndarray) -> np.ndarray:
+    return block.mean(axis=1) if block.ndim == 2 else block
+
+
+class FileSource:
+    """Blocks of ``block_samples`` (last one may be shorter) from an audio file, at ``sample_rate`` Hz."""
+
+    def __init__(self, path: str | Path, sample_rate: int, block_samples: int):
+        self.path, self.sample_rate, self.block_samples = Path(path), sample_rate, block_samples
+        self._f = _open(self.path)
+        declared = _declared_frames(self.path, self._f)
+        if declared is not None and declared > self._f.frames:
+            self._f.close()
+            raise EdgeAsdError(
+                f"{self.path}: truncated WAV (header announces {declared} frames, file holds {self._f.frames})"
+            )
+        self.file_rate, self.channels = self._f.samplerate, self._f.channels
+        if self.channels > 1:
+            log.info("%s: mixing %d channels down to mono", self.path, self.channels)
+        self._resampler = None
+        if self.file_rate != sample_rate:
+            import soxr
+
+            log.info("%s: resampling %d Hz -> %d Hz (soxr)", self.path, self.file_rate, sample_rate)
+            self._resampler = soxr.ResampleStream(self.file_rate, sample_rate, 1, dtype="float32")
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        pending = np.zeros(0, dtype=np.float32)
+        read = max(1, round(self.block_samples * self.file_rate / self.sample_rate))
+        try:
+            while True:
+                raw = self._f.read(read, dtype="float32", always_2d=False)
+                last = len(raw) < read
+                block = _mono(raw)
+                if not np.all(np.isfinite(block)):
+                    raise EdgeAsdError(f"{self.path}: contains NaN or infinite samples")
+                if self._resampler is not None:
+                    block = self._resampler.resample_chunk(block, last=last)
+                pending = np.concatenate([pending, block])
+                while len(pending) >= self.block_samples:
+                    yield pending[: self.block_samples]
+                    pending = pending[self.block_samples:]
+                if last:
+                    break
+        except sf.LibsndfileError as e:
+            raise EdgeAsdError(f"{self.path}: corrupt audio data ({e})") from None
+        finally:
+            self._f.close()
+        if len(pending):
+            yield pending
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Whole file as mono float32 in [-1, 1] at ``sample_rate`` Hz, shape (N,).
+
+    Raises:
+        EdgeAsdError: missing, empty, non-audio, truncated, NaN-carrying or digitally silent file.
+    """
+    src = FileSource(path, sample_rate, 1 << 16)
+    samples = np.concatenate(list(src))
+    if not np.any(samples):
+        raise EdgeAsdError(f"{path}: digital silence (all samples are 0)")
+    return samples

@@ -1,0 +1,52 @@
+"""Checkpoints: one plain dict (nanoGPT style), saved with torch.save and loaded with weights_only=True.
+
+Keys: ``schema``, ``model_state``, ``arch``, ``features`` {preset, config}, ``normalization``
+{axis, mean, std}, ``loss`` {name, params}, ``machine_type``, ``machine_ids``, ``training_data``
+(fingerprint), ``train_config``, ``history``, ``created_at``, ``kit_version``.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_asd.edge.atomic_io import atomic_write_bytes
+from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.edge.presets import FeatureConfig
+
+from .model import FCNAutoencoder, build_autoencoder
+from .trainer import CHECKPOINT_SCHEMA
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> None:
+    """Write atomically: a crash leaves the previous file, never half a checkpoint."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint written by edge-train; EdgeAsdError for missing, damaged or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeAsdError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise EdgeAsdError(f"{path}: not a readable edge-asd checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("schema") != CHECKPOINT_SCHEMA or "model_state" not in ckpt:
+        raise EdgeAsdError(f"{path}: not an edge-asd checkpoint (schema {CHECKPOINT_SCHEMA})")
+    return ckpt
+
+
+def restore(ckpt: dict) -> tuple[FCNAutoencoder, FeatureConfig, np.ndarray, np.ndarray]:
+    """(autoencoder in eval mode, feature config, mean, std) from a checkpoint dict."""
+    ae = build_autoencoder(ckpt["arch"])
+    ae.load_state_dict(ckpt["model_state"])
+    ae.eval()
+    features = FeatureConfig.from_dict(ckpt["features"]["config"])
+    norm = ckpt["normalization"]
+    return ae, features, np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)

@@ -1,0 +1,98 @@
+"""``edge-train``: train an autoencoder on the normal clips of one machine type."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from edge_asd.edge.cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.edge.presets import PRESETS
+
+log = logging.getLogger("edge_asd")
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--machine-type", required=True, help="Machine type folder, e.g. fan.")
+@click.option("--machine-id", "machine_ids", multiple=True,
+              help="Train on this machine ID (00, id_00, section_00); repeatable. Default: every ID with normal training clips.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="koizumi2019", show_default=True,
+              help="Feature preset: koizumi2019 (paper FCN64, D=1344) or dcase2020 (D=640).")
+@click.option("--arch", type=click.Choice(["fcn-small", "fcn-large"]), default="fcn-small", show_default=True,
+              help="Sec. 4.2.2: fcn-small H=2, U=128, Z=40; fcn-large H=4, U=512, Z=128.")
+@click.option("--loss", type=click.Choice(["bu", "snp", "re"]), default="bu", show_default=True,
+              help="bu: batch uniformization (eq. 16); snp: eq. 9; re: reconstruction error (eq. 7).")
+@click.option("--something-else", "something_else_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of something-else sounds a for pseudo-anomalies (eq. 8). Default: coloured noise.")
+@click.option("--epochs", default=20, show_default=True, help="Epochs (paper: 200).")
+@click.option("--batches-per-epoch", default=50, show_default=True, help="Mini-batches per epoch (paper: 500).")
+@click.option("--lr", default=1e-3, show_default=True, help="Initial AMSGrad step size; fixed for half the run, then linear decay to 1/100 (paper: 1e-4).")
+@click.option("--sigma", type=float, default=None, help="KDE bandwidth sigma of eq. 15. Default 1/(2D).")
+@click.option("--lambda", "lam", type=float, default=None, help="Clipping lambda of eq. 10. Default 2M.")
+@click.option("--epsilon", default=1e-6, show_default=True, help="epsilon of eq. 16, w = 1/(K + epsilon).")
+@click.option("--anr-min", default=-30.0, show_default=True, help="Lowest ANR of the pseudo-anomalies, dB.")
+@click.option("--anr-max", default=10.0, show_default=True, help="Highest ANR of the pseudo-anomalies, dB.")
+@click.option("--seed", default=0, show_default=True, help="Seed for weights and mini-batches.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (.pt).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar; only warnings and errors.")
+@click.version_option(kit_version(), "--version")
+@user_errors
+def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else_dir, epochs, batches_per_epoch, lr,
+         sigma, lam, epsilon, anr_min, anr_max, seed, device, out_path, quiet):
+    """Train on the normal training clips of DATA_DIR (DCASE or MIMII layout) and write a checkpoint.
+
+    Mini-batches follow Koizumi et al. 2019 sec. 4.2.1: ten 3-s normal segments, one something-else
+    sound mixed in at a random ANR; frames that contain it are the pseudo-anomalies x^(a).
+    """
+    setup_logging(quiet=quiet)
+    from edge_asd.datasets.layout import assign_mimii_split, normalize_machine_id, scan
+    from edge_asd.edge.errors import EdgeAsdError
+    from edge_asd.edge.presets import get_preset
+
+    from .batches import BatchConfig
+    from .checkpoint import save_checkpoint
+    from .data import audio_files, band_statistics, fingerprint, load_clips
+    from .trainer import TrainConfig, train
+
+    if epochs < 1 or batches_per_epoch < 1:
+        raise EdgeAsdError("--epochs and --batches-per-epoch must be at least 1")
+    if anr_min > anr_max:
+        raise EdgeAsdError("--anr-min must not exceed --anr-max")
+    features = get_preset(preset)
+    clips = assign_mimii_split(scan(data_dir, machine_type=machine_type))
+    wanted = {normalize_machine_id(m) for m in machine_ids}
+    normals = [c for c in clips if c.split == "train" and c.label == "normal" and (not wanted or c.machine_id in wanted)]
+    if not normals:
+        found = sorted({c.machine_id for c in clips if c.split == "train" and c.label == "normal"})
+        raise EdgeAsdError(f"no normal training clips of {machine_type} {sorted(wanted) or ''} in {data_dir}; IDs with training clips: {found or 'none'}")
+    ids = sorted({c.machine_id for c in normals})
+    paths = [c.path for c in normals]
+    log.info("training on %d normal clips of %s %s", len(paths), machine_type, ", ".join(ids))
+    normal_audio = load_clips(paths, features)
+    if something_else_dir is None:
+        log.warning("no --something-else directory: coloured noise stands in for something-else sounds (eq. 8)")
+        other = None
+    else:
+        other_paths = audio_files(something_else_dir)
+        if not other_paths:
+            raise EdgeAsdError(f"{something_else_dir}: no .wav/.flac files for --something-else")
+        other = load_clips(other_paths, features)
+        log.info("%d something-else sounds from %s", len(other), something_else_dir)
+    mean, std = band_statistics(normal_audio, features)
+    cfg = TrainConfig(machine_type=machine_type, machine_ids=ids, preset=preset, arch=arch, loss=loss, epochs=epochs,
+                      batches_per_epoch=batches_per_epoch, lr=lr, seed=seed, device=device, sigma=sigma, lam=lam,
+                      epsilon=epsilon, batch=BatchConfig(anr_db=(anr_min, anr_max)))
+    ckpt = train(cfg, features, normal_audio, other, mean, std, progress=not quiet)
+    ckpt["training_data"] = fingerprint(paths)
+    ckpt["something_else"] = {"dir": str(something_else_dir) if something_else_dir else None,
+                              "n_sounds": len(other) if other else 0}
+    ckpt["kit_version"] = kit_version()
+    save_checkpoint(ckpt, out_path)
+    click.echo(str(out_path))
+
+
+if __name__ == "__main__":
+    main()

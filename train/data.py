@@ -1,0 +1,44 @@
+"""Loading training audio: normal clips, something-else sounds, normalization statistics, fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from edge_asd.edge.features import LogMel, logmel
+from edge_asd.edge.presets import FeatureConfig
+from edge_asd.firmware_io.audio_file import read_audio
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+def load_clips(paths: list[Path], cfg: FeatureConfig) -> list[np.ndarray]:
+    """Each file as mono float32 at ``cfg.sample_rate`` (resampled/mixed down with a log line)."""
+    return [read_audio(p, cfg.sample_rate) for p in paths]
+
+
+def audio_files(directory: Path) -> list[Path]:
+    """All .wav/.flac files under ``directory``, sorted."""
+    return sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def band_statistics(clips: list[np.ndarray], cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of psi per mel band over all frames of ``clips``: 2 x (n_mels,) float32."""
+    fn = LogMel(cfg)
+    frames = np.concatenate([logmel(c, cfg, fn) for c in clips]).astype(np.float64)
+    return frames.mean(0).astype(np.float32), np.maximum(frames.std(0), 1e-3).astype(np.float32)
+
+
+def fingerprint(paths: list[Path]) -> dict:
+    """sha256 over the training files' names and contents, and the per-file digests."""
+    files = {}
+    for p in sorted(paths, key=lambda q: q.name):
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        files[p.name] = h.hexdigest()
+    total = hashlib.sha256("".join(f"{n}:{d}\n" for n, d in files.items()).encode()).hexdigest()
+    return {"sha256": total, "n_files": len(files), "files": files}
