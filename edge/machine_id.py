@@ -6,18 +6,21 @@ import re
 
 from .errors import EdgeAsdError
 
-_ID = re.compile(r"^(?:id_)?(\d{1,2})$")
-_SECTION = re.compile(r"^section_(\d{2})$")
+_MACHINE_ID = re.compile(r"(?:(id|section)_)?(\d{1,2})", re.IGNORECASE)
 
 
-def normalize_machine_id(value: str) -> str:
-    """Canonical machine ID: ``"00"``, ``"0"`` and ``"id_00"`` -> ``"id_00"``; ``"section_00"`` stays.
+def normalize_machine_id(machine_id: str | int) -> str:
+    """The canonical machine ID: ``"00"``, ``"id_00"``, ``0`` -> ``"id_00"``; ``"7"`` -> ``"id_07"``;
+    ``"section_00"`` -> ``"section_00"``.
 
-    Raises EdgeAsdError for anything else, listing the accepted forms.
+    Raises:
+        EdgeAsdError: anything else.
     """
-    text = str(value).strip()
-    if m := _ID.match(text):
-        return f"id_{int(m.group(1)):02d}"
-    if _SECTION.match(text):
-        return text
-    raise EdgeAsdError(f"machine ID {value!r} not understood; use 00, id_00 or section_00")
+    text = str(machine_id).strip()
+    match = _MACHINE_ID.fullmatch(text)
+    if not match:
+        raise EdgeAsdError(
+            f"bad machine ID {machine_id!r}: use a number (00, 7), id_NN (id_00) or section_NN (section_00)"
+        )
+    kind = (match.group(1) or "id").lower()
+    return f"{kind}_{int(match.group(2)):02d}"

@@ -1,0 +1,125 @@
+"""Shared fixtures: the real recordings of ../shared/data and one small model trained and converted once.
+
+Real-data tests skip when no data is found, except under ``EDGE_ASD_REQUIRE_DATA=1`` (CI), where a
+missing data folder fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def cli(name: str, *args: str, input: bytes | None = None, env: dict | None = None, timeout: float = 600):
+    """Run an installed console script as a user would; returns CompletedProcess (text stdout/stderr)."""
+    exe = BIN / name
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", _MODULES[name]]
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(cmd + list(map(str, args)), input=input, capture_output=True, env=full_env, timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
+                                       proc.stderr.decode(errors="replace"))
+
+
+_MODULES = {
+    "edge-train": "edge_asd.train.cli",
+    "edge-convert": "edge_asd.convert.cli",
+    "edge-calibrate": "edge_asd.edge.cli_calibrate",
+    "edge-monitor": "edge_asd.edge.cli_monitor",
+    "edge-data": "edge_asd.datasets.cli",
+}
+
+
+def assert_one_line_error(proc) -> None:
+    """A user mistake: nonzero exit, no traceback, one 'Error: ...' line on stderr."""
+    assert proc.returncode != 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    from edge_asd.datasets.locate import local_data_root
+
+    root = local_data_root()
+    if root is None or not (root / "machines" / "fan").is_dir():
+        if os.environ.get("EDGE_ASD_REQUIRE_DATA") == "1":
+            pytest.fail("EDGE_ASD_REQUIRE_DATA=1 but no real data found (../shared/data or EDGE_ASD_DATA)")
+        pytest.skip("no real recordings (../shared/data or EDGE_ASD_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fan(data_root) -> dict[str, list[Path]]:
+    """MIMII fan id_00: 10 train normals, 5 test normals, 10 test anomalies (paths)."""
+    from edge_asd.datasets.layout import scan
+
+    clips = scan(data_root, machine_type="fan", machine_id="00")
+    pick = lambda split, label: [c.path for c in clips if c.split == split and c.label == label]  # noqa: E731
+    return {"train": pick("train", "normal"), "test_normal": pick("test", "normal"), "test_anomaly": pick("test", "anomaly")}
+
+
+@pytest.fixture(scope="session")
+def something_else(data_root) -> Path:
+    return data_root / "something_else" / "train"
+
+
+@pytest.fixture(scope="session")
+def fan_audio(fan) -> np.ndarray:
+    """One real 10-s fan clip, mono float32 at 16 kHz."""
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    return read_audio(fan["train"][0], 16000)
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(data_root, fan, something_else, work) -> Path:
+    """A small BU model of fan id_00 (120 updates, koizumi2019 preset, fcn-small)."""
+    from edge_asd.edge.presets import get_preset
+    from edge_asd.train.checkpoint import save_checkpoint
+    from edge_asd.train.data import audio_files, band_statistics, fingerprint, load_clips
+    from edge_asd.train.trainer import TrainConfig, train
+
+    features = get_preset("koizumi2019")
+    normals = load_clips(fan["train"], features)
+    others = load_clips(audio_files(something_else)[::8], features)
+    mean, std = band_statistics(normals, features)
+    cfg = TrainConfig(machine_type="fan", machine_ids=["id_00"], preset="koizumi2019", epochs=4, batches_per_epoch=30)
+    ckpt = train(cfg, features, normals, others, mean, std, progress=False)
+    ckpt["training_data"] = fingerprint(fan["train"])
+    path = work / "fan.pt"
+    save_checkpoint(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def int8_model(checkpoint, data_root, work):
+    """(path, parity) of the full-integer int8 TFLite file converted from ``checkpoint``."""
+    from edge_asd.convert.pipeline import convert_checkpoint
+
+    path = work / "fan_int8.tflite"
+    _, result = convert_checkpoint(checkpoint, "tflite", path, int8=True, calibration_dir=data_root)
+    return path, result
+
+
+@pytest.fixture(scope="session")
+def onnx_model(checkpoint, data_root, work):
+    """(path, parity) of the float32 ONNX file converted from ``checkpoint``."""
+    from edge_asd.convert.pipeline import convert_checkpoint
+
+    path = work / "fan.onnx"
+    _, result = convert_checkpoint(checkpoint, "onnx", path, calibration_dir=data_root)
+    return path, result
