@@ -70,7 +70,7 @@ class LogMel:
         mel = spec @ self.mel_t + self.cfg.log_floor
         if self.cfg.log == "ln":
             return np.log(mel).astype(np.float32)
-        return ((10.0 / self.cfg.magnitude_power) * np.log10(mel)).astype(np.float32)
+        return ((20.0 / self.cfg.magnitude_power) * np.log10(mel)).astype(np.float32)
 
 
 def frame_signal(samples: np.ndarray, n_fft: int, hop: int) -> np.ndarray:

@@ -36,7 +36,7 @@ class FeatureConfig:
     magnitude_power: float
     """1.0 for |STFT|, 2.0 for |STFT|^2, before the mel matrix."""
     log: str
-    """"ln": psi = ln(mel + log_floor); "db": psi = 10/power * log10(mel + log_floor) (DCASE 2020 baseline)."""
+    """"ln": psi = ln(mel + log_floor); "db": psi = 20/power * log10(mel + log_floor) dB (DCASE 2020 baseline)."""
     log_floor: float
     """Added before the logarithm, same unit as the mel spectrum."""
     fmin_hz: float = 0.0

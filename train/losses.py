@@ -38,6 +38,7 @@ def kde_weights(x_u: torch.Tensor, sigma: float, eps: float) -> torch.Tensor:
     x = (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-6)
     sq = x.pow(2).sum(1)
     dist2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_min(0.0)
+    dist2.fill_diagonal_(0.0)  # exact self-distance: float rounding must not shrink the j = i term
     k = torch.exp(-sigma * dist2).mean(1)
     return 1.0 / (k + eps)
 

@@ -1,0 +1,30 @@
+# The two commands of the README. Each creates .venv and installs what it needs (once; idempotent).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.edge-asd-installed
+# A CPU build of torch is served here for this pin; elsewhere add e.g.
+#   TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# An unpinned torch pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[edge,data,train,convert,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Train BU on real fan recordings -> int8 TFLite -> calibrate phi -> edge-monitor events, with a summary.
+demo: $(STAMP)
+	$(PY) examples/demo.py $(DEMO_ARGS)
+
+## The whole test suite (real-data tests read ../shared/data or $$EDGE_ASD_DATA).
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf out build dist *.egg-info

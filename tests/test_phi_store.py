@@ -1,0 +1,227 @@
+"""The phi store (threshold per machine ID, tied to one model file), its atomic writes, and the
+calibration rule phi = margin * quantile_q(per-recording max scores) (Koizumi et al. 2019, eq. 11)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from edge_asd.edge import atomic_io, phi_store
+from edge_asd.edge.atomic_io import atomic_write_bytes, atomic_write_text
+from edge_asd.edge.calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE, phi_from_clip_maxima
+from edge_asd.edge.errors import EdgeAsdError
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+def record(phi: float, sha: str = SHA_A) -> dict:
+    return {"phi": phi, "model_sha256": sha, "rule": {"name": "clip-max-quantile", "quantile": 1.0, "margin": 1.1}}
+
+
+def test_default_store_path_honours_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGE_ASD_STORE", str(tmp_path / "s.json"))
+    assert phi_store.default_store_path() == tmp_path / "s.json"
+
+
+def test_save_lookup_roundtrip_two_machine_ids(tmp_path):
+    store = tmp_path / "sub" / "phi.json"  # parent folder created on first save
+    phi_store.save_phi(store, "id_00", record(812.5))
+    phi_store.save_phi(store, "id_02", record(900.25))
+    assert phi_store.lookup_phi(store, "id_00", SHA_A) == ("id_00", record(812.5))
+    assert phi_store.lookup_phi(store, "id_02", SHA_A) == ("id_02", record(900.25))
+    # saving again replaces one record and keeps the other
+    phi_store.save_phi(store, "id_00", record(700.0))
+    assert phi_store.lookup_phi(store, "id_00", SHA_A)[1]["phi"] == 700.0
+    assert phi_store.lookup_phi(store, "id_02", SHA_A)[1]["phi"] == 900.25
+    data = json.loads(store.read_text())
+    assert data["schema"] == phi_store.STORE_SCHEMA == 1
+    assert sorted(data["machines"]) == ["id_00", "id_02"]
+
+
+def test_unknown_machine_id(tmp_path):
+    store = tmp_path / "phi.json"
+    phi_store.save_phi(store, "id_00", record(812.5))
+    with pytest.raises(EdgeAsdError) as e:
+        phi_store.lookup_phi(store, "id_07", SHA_A)
+    msg = str(e.value)
+    assert "id_07" in msg and "id_00" in msg and "edge-calibrate" in msg and str(store) in msg
+
+
+def test_unknown_machine_id_on_missing_store(tmp_path):
+    with pytest.raises(EdgeAsdError, match="edge-calibrate"):
+        phi_store.lookup_phi(tmp_path / "none.json", "id_00", SHA_A)
+
+
+def test_phi_of_another_model_is_refused(tmp_path):
+    store = tmp_path / "phi.json"
+    phi_store.save_phi(store, "id_00", record(812.5, SHA_B))
+    with pytest.raises(EdgeAsdError) as e:
+        phi_store.lookup_phi(store, "id_00", SHA_A)
+    assert "another model" in str(e.value) and "edge-calibrate" in str(e.value)
+
+
+def test_lookup_without_machine_id(tmp_path):
+    store = tmp_path / "phi.json"
+    with pytest.raises(EdgeAsdError, match="no machine ID"):
+        phi_store.lookup_phi(store, None, SHA_A)  # no store yet
+    phi_store.save_phi(store, "id_00", record(812.5, SHA_A))
+    phi_store.save_phi(store, "id_04", record(1.0, SHA_B))
+    # the only machine ID calibrated for this model, ignoring other models' records
+    assert phi_store.lookup_phi(store, None, SHA_A) == ("id_00", record(812.5, SHA_A))
+    assert phi_store.lookup_phi(store, None, SHA_B) == ("id_04", record(1.0, SHA_B))
+    with pytest.raises(EdgeAsdError, match="no machine ID"):
+        phi_store.lookup_phi(store, None, "c" * 64)
+    phi_store.save_phi(store, "id_02", record(900.0, SHA_A))
+    with pytest.raises(EdgeAsdError) as e:
+        phi_store.lookup_phi(store, None, SHA_A)
+    assert "id_00" in str(e.value) and "id_02" in str(e.value) and "--machine-id" in str(e.value)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00garbage", b"", b"[1, 2]",
+                                     b'{"schema": 2, "machines": {}}', b'{"schema": 1, "machines": []}'])
+def test_corrupt_store(tmp_path, content):
+    store = tmp_path / "phi.json"
+    store.write_bytes(content)
+    with pytest.raises(EdgeAsdError, match="phi store"):
+        phi_store.lookup_phi(store, "id_00", SHA_A)
+    with pytest.raises(EdgeAsdError):
+        phi_store.save_phi(store, "id_00", record(1.0))
+    assert store.read_bytes() == content  # a save never overwrites a store it cannot read
+
+
+def _leftovers(folder, keep):
+    return sorted(p.name for p in folder.iterdir() if p.name != keep)
+
+
+def test_atomic_write_failed_rename_keeps_old_file(tmp_path, monkeypatch):
+    store = tmp_path / "phi.json"
+    phi_store.save_phi(store, "id_00", record(812.5))
+    before = store.read_bytes()
+
+    def no_space(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic_io.os, "replace", no_space)
+    with pytest.raises(EdgeAsdError) as e:
+        phi_store.save_phi(store, "id_02", record(900.0))
+    assert "No space left" in str(e.value) and "unchanged" in str(e.value)
+    assert store.read_bytes() == before
+    assert _leftovers(tmp_path, "phi.json") == []  # the temporary file is removed
+
+
+def test_atomic_write_failed_write_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "model.bin"
+    atomic_write_bytes(target, b"old contents")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic_io.os, "fsync", no_space)
+    with pytest.raises(EdgeAsdError):
+        atomic_write_bytes(target, b"new contents that never land")
+    assert target.read_bytes() == b"old contents"
+    assert _leftovers(tmp_path, "model.bin") == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores folder permissions")
+def test_atomic_write_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    target = folder / "phi.json"
+    atomic_write_text(target, "old\n")
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(EdgeAsdError, match="cannot write"):
+            atomic_write_text(target, "new\n")
+        assert target.read_text() == "old\n"
+        assert _leftovers(folder, "phi.json") == []
+    finally:
+        folder.chmod(0o755)
+
+
+def test_atomic_write_unwritable_folder_keeps_old_file(tmp_path, monkeypatch):
+    """The read-only folder case, simulated so that it also runs as root."""
+    target = tmp_path / "phi.json"
+    atomic_write_text(target, "old\n")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(atomic_io.tempfile, "mkstemp", denied)
+    with pytest.raises(EdgeAsdError, match="cannot write there"):
+        atomic_write_text(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert _leftovers(tmp_path, "phi.json") == []
+
+
+def test_atomic_write_success_replaces_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "a.txt"
+    atomic_write_text(target, "one\n")
+    atomic_write_text(target, "two\n")
+    assert target.read_text() == "two\n"
+    assert _leftovers(tmp_path, "a.txt") == []
+
+
+def test_atomic_write_uses_ordinary_file_permissions(tmp_path):
+    """A phi store or model file written atomically gets the permissions an ordinary write would give
+    (0666 & ~umask for a new file; an existing file keeps its mode), so a service user on the device can
+    read a model written by another user. mkstemp's private 0600 must not leak through."""
+    umask = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fan.tflite"
+        atomic_write_bytes(fresh, b"model")
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+        existing = tmp_path / "phi.json"
+        existing.write_text("{}")
+        existing.chmod(0o664)
+        atomic_write_text(existing, "{}\n")
+        assert stat.S_IMODE(existing.stat().st_mode) == 0o664
+    finally:
+        os.umask(umask)
+
+
+# calibration rule -------------------------------------------------------------------------------
+
+def test_phi_defaults_to_margin_over_worst_normal():
+    assert DEFAULT_QUANTILE == 1.0 and DEFAULT_MARGIN == 1.1
+    assert phi_from_clip_maxima(np.array([800.0, 1000.0, 900.0])) == pytest.approx(1100.0)
+
+
+@pytest.mark.parametrize(
+    "maxima, q, margin, expected",
+    [
+        ([1.0, 2.0, 3.0, 4.0, 5.0], 0.5, 1.0, 3.0),  # median
+        ([1.0, 2.0, 3.0, 4.0, 5.0], 0.75, 2.0, 8.0),  # linear interpolation, numpy's default
+        ([10.0, 20.0], 0.5, 1.0, 15.0),
+        ([7.0], 0.01, 1.5, 10.5),
+        ([812.5, 700.0, 950.0], 1.0, 1.0, 950.0),
+    ],
+)
+def test_phi_quantile_and_margin(maxima, q, margin, expected):
+    assert phi_from_clip_maxima(np.array(maxima), q, margin) == pytest.approx(expected)
+    assert isinstance(phi_from_clip_maxima(maxima, q, margin), float)
+
+
+@pytest.mark.parametrize(
+    "maxima, q, margin, words",
+    [
+        ([], 1.0, 1.1, "no normal recording"),
+        ([1.0, math.nan], 1.0, 1.1, "non-finite"),
+        ([1.0, math.inf], 1.0, 1.1, "non-finite"),
+        ([1.0, 2.0], 0.0, 1.1, "--quantile"),
+        ([1.0, 2.0], 1.5, 1.1, "--quantile"),
+        ([1.0, 2.0], -0.5, 1.1, "--quantile"),
+        ([1.0, 2.0], 1.0, 0.0, "--margin"),
+        ([1.0, 2.0], 1.0, -1.0, "--margin"),
+    ],
+)
+def test_phi_rule_errors(maxima, q, margin, words):
+    with pytest.raises(EdgeAsdError, match=words):
+        phi_from_clip_maxima(np.array(maxima, dtype=float), q, margin)

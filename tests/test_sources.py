@@ -1,0 +1,303 @@
+"""Audio sources at the device boundary: files, raw s16le PCM or WAV on a byte stream, a microphone.
+
+The microphone is exercised with stand-in PyAudio modules (build machines have no sound card) that
+play a real fan clip as int16 bytes, deliver short reads, die mid-stream, or fail to open.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.firmware_io.audio_file import FileSource, read_audio
+from edge_asd.firmware_io.mic import MicSource
+from edge_asd.firmware_io.pcm import PcmSource
+from edge_asd.firmware_io.sources import open_source
+
+RATE = 16000
+HOP = 256
+
+
+@pytest.fixture(scope="module")
+def fan_int16(fan) -> np.ndarray:
+    """The real fan clip of ``fan_audio`` as the int16 samples stored in its FLAC."""
+    samples, rate = sf.read(fan["train"][0], dtype="int16")
+    assert rate == RATE and samples.ndim == 1
+    return samples
+
+
+# files -------------------------------------------------------------------------------------------
+
+def test_file_blocks_concatenate_to_read_audio(fan, fan_audio):
+    blocks = list(FileSource(fan["train"][0], RATE, 1000))
+    assert all(len(b) == 1000 for b in blocks[:-1]) and 0 < len(blocks[-1]) <= 1000
+    assert all(b.dtype == np.float32 for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks), fan_audio)
+    assert len(fan_audio) == 10 * RATE and np.abs(fan_audio).max() <= 1.0
+
+
+def test_file_source_mixes_stereo_down(tmp_path):
+    t = np.arange(RATE) / RATE
+    left, right = 0.5 * np.sin(2 * np.pi * 440 * t), 0.25 * np.sin(2 * np.pi * 1000 * t)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([left, right], axis=1), RATE, subtype="FLOAT")
+    np.testing.assert_allclose(read_audio(path, RATE), (left + right) / 2, atol=1e-6)
+
+
+def test_file_source_resamples(tmp_path, fan_audio):
+    path = tmp_path / "fan_8k.wav"
+    sf.write(path, fan_audio[::2], 8000, subtype="FLOAT")
+    out = read_audio(path, RATE)
+    assert abs(len(out) - len(fan_audio)) <= 2
+
+
+@pytest.fixture
+def tone() -> np.ndarray:
+    return (0.3 * np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE)).astype(np.float32)
+
+
+def _bad(path: Path, words: str):
+    with pytest.raises(EdgeAsdError, match=words) as e:
+        read_audio(path, RATE)
+    assert str(path) in str(e.value)
+    with pytest.raises(EdgeAsdError):
+        list(FileSource(path, RATE, HOP))
+
+
+def test_missing_file(tmp_path):
+    _bad(tmp_path / "nope.wav", "no such file")
+
+
+def test_text_file(tmp_path):
+    path = tmp_path / "notes.wav"
+    path.write_text("this is not audio\n" * 200)
+    _bad(path, "not a readable audio file")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.wav"
+    path.write_bytes(b"")
+    _bad(path, "empty")
+
+
+def test_header_only_wav(tmp_path):
+    path = tmp_path / "none.wav"
+    sf.write(path, np.zeros(0, np.float32), RATE)
+    _bad(path, "no audio samples")
+
+
+def test_directory(tmp_path):
+    _bad(tmp_path, "directory")
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_truncated_wav(tmp_path, tone, subtype):
+    """A valid WAV cut in half (a copy interrupted, a full SD card): refused, not scored short."""
+    full = tmp_path / "full.wav"
+    sf.write(full, tone, RATE, subtype=subtype)
+    data = full.read_bytes()
+    path = tmp_path / f"half_{subtype}.wav"
+    path.write_bytes(data[: len(data) // 2])
+    _bad(path, "truncated")
+
+
+def test_truncated_flac(tmp_path, fan):
+    data = Path(fan["train"][0]).read_bytes()
+    path = tmp_path / "half.flac"
+    path.write_bytes(data[: len(data) // 2])
+    _bad(path, "corrupt|truncated")
+
+
+def test_nan_samples_in_float_wav(tmp_path, tone):
+    bad = tone.copy()
+    bad[RATE // 2] = np.nan
+    path = tmp_path / "nan.wav"
+    sf.write(path, bad, RATE, subtype="FLOAT")
+    _bad(path, "NaN")
+
+
+def test_digital_silence(tmp_path):
+    path = tmp_path / "silence.wav"
+    sf.write(path, np.zeros(RATE, np.float32), RATE)
+    with pytest.raises(EdgeAsdError, match="silence"):
+        read_audio(path, RATE)
+    # the file source itself streams the zeros (the monitor reports a dead input at the end)
+    assert np.concatenate(list(FileSource(path, RATE, HOP))).sum() == 0
+
+
+# raw PCM / WAV on a byte stream -------------------------------------------------------------------
+
+def test_pcm_raw_s16le_exact():
+    values = np.array([0, 1, -1, 32767, -32768, 12345, -2222, 100], dtype="<i2")
+    src = PcmSource(io.BytesIO(values.tobytes()), RATE, 3)
+    blocks = list(src)
+    assert [len(b) for b in blocks] == [3, 3, 2]
+    out = np.concatenate(blocks)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, values.astype(np.float32) / 32768.0)
+    assert out[3] == np.float32(32767 / 32768) and out[4] == -1.0
+    assert src.dropped_bytes == 0
+
+
+def test_pcm_real_clip_matches_file(fan_int16, fan_audio):
+    src = PcmSource(io.BytesIO(fan_int16.astype("<i2").tobytes()), RATE, HOP)
+    np.testing.assert_array_equal(np.concatenate(list(src)), fan_audio)
+
+
+def test_pcm_odd_trailing_byte_dropped():
+    values = np.array([1000, -1000, 5, 7, 9], dtype="<i2")
+    src = PcmSource(io.BytesIO(values.tobytes() + b"\x7f"), RATE, 4)
+    out = np.concatenate(list(src))
+    np.testing.assert_array_equal(out, values.astype(np.float32) / 32768.0)
+    assert src.dropped_bytes == 1
+
+
+def test_pcm_empty_stream():
+    assert list(PcmSource(io.BytesIO(b""), RATE, HOP)) == []
+
+
+def _wav_bytes(samples_int16: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples_int16, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_pcm_wav_stream_at_model_rate(fan_int16, fan_audio):
+    src = PcmSource(io.BytesIO(_wav_bytes(fan_int16, RATE)), RATE, HOP)
+    out = np.concatenate(list(src))
+    np.testing.assert_array_equal(out, fan_audio)  # the header is not read as samples
+
+
+def test_pcm_wav_stream_wrong_rate(fan_int16):
+    with pytest.raises(EdgeAsdError, match="wrong sample rate") as e:
+        PcmSource(io.BytesIO(_wav_bytes(fan_int16[:44100], 44100)), RATE, HOP)
+    assert "44100" in str(e.value) and "16000" in str(e.value)
+
+
+def test_pcm_declared_rate_mismatch():
+    with pytest.raises(EdgeAsdError, match="44100") as e:
+        PcmSource(io.BytesIO(b"\x00\x01" * 100), RATE, HOP, declared_rate=44100)
+    assert "16000" in str(e.value)
+    # the same rate as the model's is fine
+    assert len(np.concatenate(list(PcmSource(io.BytesIO(b"\x00\x01" * 100), RATE, HOP, declared_rate=RATE)))) == 100
+
+
+def test_pcm_malformed_wav_header():
+    with pytest.raises(EdgeAsdError, match="WAV"):
+        PcmSource(io.BytesIO(b"RIFF\x00\x00\x00\x00JUNKJUNK"), RATE, HOP)
+
+
+def test_open_source_dispatch(fan, monkeypatch):
+    assert isinstance(open_source(str(fan["train"][0]), RATE, HOP), FileSource)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\x01\x00" * 10)))
+    src = open_source("-", RATE, HOP)
+    assert isinstance(src, PcmSource) and len(np.concatenate(list(src))) == 10
+
+
+# microphone --------------------------------------------------------------------------------------
+
+class FakeStream:
+    """What ``PyAudio().open(...)`` returns: ``read(n, exception_on_overflow=False)`` -> bytes."""
+
+    def __init__(self, module, pcm: bytes, short_every: int = 0, fail_after: int | None = None):
+        self.module, self.pcm, self.pos = module, pcm, 0
+        self.short_every, self.fail_after, self.n_reads = short_every, fail_after, 0
+        self.stopped = self.closed = False
+
+    def read(self, n, exception_on_overflow=True):
+        assert exception_on_overflow is False  # an overflow must never crash the monitor
+        self.n_reads += 1
+        if self.fail_after is not None and self.n_reads > self.fail_after:
+            raise OSError(-9999, "Unanticipated host error")  # device unplugged
+        want = 2 * n
+        if self.short_every and self.n_reads % self.short_every == 0:
+            want = n  # half a block: the driver lost samples
+        chunk = self.pcm[self.pos:self.pos + want]
+        self.pos += len(chunk)
+        return chunk
+
+    def stop_stream(self):
+        self.stopped = True
+
+    def close(self):
+        self.closed = True
+
+
+def fake_pyaudio(pcm: bytes = b"", open_error: Exception | None = None, **stream_kw):
+    class Module:
+        paInt16 = 8
+        opened: list = []
+        streams: list = []
+        terminated = 0
+
+        class PyAudio:
+            def open(self, **kwargs):
+                Module.opened.append(kwargs)
+                if open_error is not None:
+                    raise open_error
+                stream = FakeStream(Module, pcm, **stream_kw)
+                Module.streams.append(stream)
+                return stream
+
+            def terminate(self):
+                Module.terminated += 1
+
+    return Module
+
+
+def test_mic_plays_real_clip(fan_int16, fan_audio):
+    mod = fake_pyaudio(fan_int16.astype("<i2").tobytes())
+    mic = MicSource(RATE, HOP, device=3, pyaudio_module=mod)
+    (kwargs,) = mod.opened
+    assert kwargs["format"] == mod.paInt16 and kwargs["channels"] == 1 and kwargs["rate"] == RATE
+    assert kwargs["input"] is True and kwargs["frames_per_buffer"] == HOP and kwargs["input_device_index"] == 3
+    n_blocks = len(fan_int16) // HOP
+    blocks = list(itertools.islice(mic, n_blocks))
+    assert all(len(b) == HOP and b.dtype == np.float32 for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks), fan_audio[: n_blocks * HOP])
+    assert mic.overflows == 0
+    mic.close()
+    (stream,) = mod.streams
+    assert stream.stopped and stream.closed and mod.terminated == 1
+    mic.close()  # closing twice is harmless
+    assert mod.terminated == 1
+
+
+def test_mic_short_reads_are_counted(fan_int16):
+    mod = fake_pyaudio(fan_int16.astype("<i2").tobytes(), short_every=4)
+    mic = MicSource(RATE, HOP, pyaudio_module=mod)
+    blocks = list(itertools.islice(mic, 12))  # reads 4, 8 and 12 are half blocks
+    assert [len(b) for b in blocks] == [HOP, HOP, HOP, HOP // 2] * 3
+    assert mic.overflows == 3
+    # the samples are the clip's, in order, with nothing lost or invented
+    total = 9 * HOP + 3 * (HOP // 2)
+    np.testing.assert_array_equal(np.concatenate(blocks), fan_int16[:total].astype(np.float32) / 32768.0)
+    mic.close()
+
+
+def test_mic_unplugged_mid_stream(fan_int16):
+    mod = fake_pyaudio(fan_int16.astype("<i2").tobytes(), fail_after=5)
+    mic = MicSource(RATE, HOP, pyaudio_module=mod)
+    got = []
+    with pytest.raises(EdgeAsdError, match="microphone"):
+        for block in mic:
+            got.append(block)
+    assert len(got) == 5
+    (stream,) = mod.streams
+    assert stream.stopped and stream.closed and mod.terminated == 1  # the device is released
+
+
+@pytest.mark.parametrize("error", [OSError(-9996, "Invalid input device (no default output device)"),
+                                   ValueError("Invalid sample rate")])
+def test_mic_open_fails(error):
+    mod = fake_pyaudio(open_error=error)
+    with pytest.raises(EdgeAsdError, match="cannot open the microphone") as e:
+        MicSource(RATE, HOP, pyaudio_module=mod)
+    assert "16000" in str(e.value)
+    assert mod.terminated == 1  # PortAudio is shut down again
