@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from edge_asd.edge.cli_common import kit_version
-from edge_asd.edge.model_file import FORMAT, SCHEMA_VERSION
+from edge_asd.edge.model_file import DIGEST_KEY, FORMAT, SCHEMA_VERSION, unsealed_digest
 
 
 def model_metadata(ckpt: dict, target: str, quantization: dict) -> dict:
@@ -34,4 +34,5 @@ def model_metadata(ckpt: dict, target: str, quantization: dict) -> dict:
         "training_data": {k: v for k, v in ckpt.get("training_data", {}).items() if k != "files"},
         "trained_with_kit_version": ckpt.get("kit_version"),
         "quantization": quantization,
+        DIGEST_KEY: unsealed_digest(),  # filled in by edge.model_file.seal once the file's bytes exist
     }

@@ -10,7 +10,7 @@ import numpy as np
 from edge_asd.edge.atomic_io import atomic_write_bytes
 from edge_asd.edge.errors import EdgeAsdError
 from edge_asd.edge.features import extract
-from edge_asd.edge.model_file import write_tflite_metadata
+from edge_asd.edge.model_file import seal, write_tflite_metadata
 from edge_asd.edge.scorer import Scorer
 from edge_asd.firmware_io.audio_file import read_audio
 from edge_asd.train.checkpoint import load_checkpoint, restore
@@ -87,7 +87,7 @@ def convert_checkpoint(checkpoint: Path, target: str, out_path: Path, int8: bool
             log.info("calibrating int8 on %d frames of %d clips", len(pick), len(calib_paths))
         data = write_tflite_metadata(export_tflite(score_model, features.dim, calibration),
                                      model_metadata(ckpt, "tflite", quant))
-    atomic_write_bytes(Path(out_path), data)
+    atomic_write_bytes(Path(out_path), seal(data))
     converted = Scorer(out_path)  # load it back the way the device will
     if not parity_paths:
         return converted, None

@@ -6,29 +6,14 @@ Results go to stdout, logs and progress to stderr. A user's mistake ends with on
 
 from __future__ import annotations
 
-import functools
 import sys
 
 import click
-from edge_asd.edge.errors import EdgeAsdError
+
+from edge_asd.edge.cli_common import CONTEXT_SETTINGS, user_errors
 
 
-def _one_line_errors(command):
-    """Turn EdgeAsdError and OSError into a one-line click error (exit 1)."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except EdgeAsdError as exc:
-            raise click.ClickException(str(exc).replace("\n", " ")) from None
-        except OSError as exc:
-            raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
-
-    return wrapper
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="edge-asd", prog_name="edge-data")
 def main():
     """Find, list and download machine-sound data (DCASE 2020 Task 2, MIMII).
@@ -41,7 +26,7 @@ def main():
 
 
 @main.command()
-@_one_line_errors
+@user_errors
 def where():
     """Print the local data folder (EDGE_ASD_DATA, ../shared/data, ...); exit 1 when there is none."""
     from .locate import require_data_root
@@ -53,7 +38,7 @@ def where():
 @click.argument("root", required=False, type=click.Path(file_okay=False))
 @click.option("--machine-type", help="Only this machine type, e.g. fan.")
 @click.option("--machine-id", help="Only this machine ID: 00, id_00 or section_00.")
-@_one_line_errors
+@user_errors
 def list_(root, machine_type, machine_id):
     """Print clip counts per machine type, machine ID, split and label below ROOT.
 
@@ -87,7 +72,7 @@ def list_(root, machine_type, machine_id):
 )
 @click.option("--delete-archive", is_flag=True, help="Remove the archive once it is unpacked.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@_one_line_errors
+@user_errors
 def fetch(dataset, machine_type, snr, dest, base_url, no_verify, delete_archive, quiet):
     """Download (resuming) and unpack DATASET's archive for one machine type; print its folder.
 

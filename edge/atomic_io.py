@@ -29,6 +29,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), _mode_for(path))  # mkstemp makes 0600; keep the usual permissions
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
@@ -39,3 +40,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _mode_for(path: Path) -> int:
+    """The existing file's permissions, or those a plain open() would give a new file (0666 & ~umask)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

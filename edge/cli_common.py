@@ -31,7 +31,8 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 
 def user_errors(fn):
-    """Turn EdgeAsdError, a full disk and a closed stdout into one line and a nonzero exit."""
+    """Turn EdgeAsdError and OS errors (full disk, permissions) into one line and exit 1; a closed
+    stdout (``| head``) ends the command quietly."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -42,9 +43,8 @@ def user_errors(fn):
         except BrokenPipeError:
             sys.stderr.close()  # the reader went away (e.g. `| head`): stop quietly
             sys.exit(1)
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-                raise click.ClickException(f"{e.filename or 'output'}: {e.strerror}") from None
-            raise
+        except OSError as e:  # full disk, read-only or missing folder, permissions: the user's environment
+            where = e.filename or ("disk" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "I/O")
+            raise click.ClickException(f"{where}: {e.strerror or e}") from None
 
     return wrapper

@@ -54,6 +54,7 @@ class RunningMaxDetector:
         self.running_max: float | None = None
         self.n_frames = 0
         self.n_events = 0
+        self.n_nonfinite = 0  # frames whose score was NaN or infinite: skipped, reported in the summary
         self.max_score: float | None = None
         self.max_time_s: float | None = None
 
@@ -64,6 +65,9 @@ class RunningMaxDetector:
             if window != self.window:
                 self.window, self.running_max = window, None
         self.n_frames += 1
+        if not math.isfinite(score):  # never let NaN become the running max and silence the window
+            self.n_nonfinite += 1
+            return None
         if self.max_score is None or score > self.max_score:
             self.max_score, self.max_time_s = score, time_s
         previous = self.running_max

@@ -22,6 +22,9 @@ from .errors import EdgeAsdError
 from .presets import FeatureConfig
 
 METADATA_NAME = "edge_asd"
+DIGEST_KEY = "content_sha256"
+"""sha256 of the whole file with this field's value written as 64 zeros: any changed byte shows."""
+_UNSEALED = "0" * 64
 SCHEMA_VERSION = 1
 FORMAT = "edge-asd-model"
 _TFLITE_ID = b"TFL3"
@@ -67,6 +70,33 @@ class ModelInfo:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _digest_field(value: str) -> bytes:
+    return json.dumps({DIGEST_KEY: value})[1:-1].encode()  # '"content_sha256": "..."', as sort_keys json writes it
+
+
+def unsealed_digest() -> str:
+    """The placeholder the converter puts in the metadata before :func:`seal`."""
+    return _UNSEALED
+
+
+def seal(data: bytes) -> bytes:
+    """Write the file's own digest into its metadata (same length, so nothing else moves)."""
+    field = _digest_field(_UNSEALED)
+    if data.count(field) != 1:
+        raise ValueError("model bytes must hold exactly one unsealed content_sha256 field")
+    return data.replace(field, _digest_field(sha256_bytes(data)))
+
+
+def check_seal(data: bytes, meta: dict, where: str) -> None:
+    """EdgeAsdError unless the file's bytes still match the digest sealed into its metadata."""
+    digest = meta.get(DIGEST_KEY)
+    field = _digest_field(str(digest))
+    if not isinstance(digest, str) or data.count(field) != 1:
+        raise EdgeAsdError(f"{where}: edge-asd metadata has no valid {DIGEST_KEY}; convert the model again")
+    if sha256_bytes(data.replace(field, _digest_field(_UNSEALED))) != digest:
+        raise EdgeAsdError(f"{where}: damaged model file (content checksum mismatch); copy or convert it again")
 
 
 def _schema():
@@ -156,4 +186,6 @@ def read_model_file(path: str | Path) -> tuple[bytes, str, ModelInfo]:
         raise EdgeAsdError(f"{path}: model file is empty")
     kind = model_kind(path, data)
     meta = read_tflite_metadata(data, str(path)) if kind == "tflite" else read_onnx_metadata(data, str(path))
-    return data, kind, ModelInfo.from_meta(meta, str(path))
+    info = ModelInfo.from_meta(meta, str(path))
+    check_seal(data, meta, str(path))
+    return data, kind, info

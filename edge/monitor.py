@@ -22,6 +22,8 @@ class Summary:
     max_time_s: float | None
     silent: bool
     """True when every sample was exactly 0 (a dead input, not a quiet machine)."""
+    nonfinite: int = 0
+    """Frames whose score was NaN or infinite (skipped by the detector)."""
 
     @property
     def real_time_factor(self) -> float:
@@ -30,7 +32,8 @@ class Summary:
     def line(self, phi: float) -> str:
         peak = "none" if self.max_score is None else f"{self.max_score:.3f} at {self.max_time_s:.2f} s"
         return (f"{self.frames} frames, {self.events} events, {self.audio_s:.1f} s of audio; max score {peak}; "
-                f"phi {phi:.3f}; real-time factor {self.real_time_factor:.5f}")
+                f"phi {phi:.3f}; real-time factor {self.real_time_factor:.5f}"
+                + (f"; {self.nonfinite} frames with a non-finite score skipped" if self.nonfinite else ""))
 
 
 def monitor(source, scorer: Scorer, detector: RunningMaxDetector, on_event) -> Summary:
@@ -58,4 +61,4 @@ def monitor(source, scorer: Scorer, detector: RunningMaxDetector, on_event) -> S
     except KeyboardInterrupt:
         pass
     return Summary(detector.n_frames, detector.n_events, n_samples / cfg.sample_rate, compute_s,
-                   detector.max_score, detector.max_time_s, silent and n_samples > 0)
+                   detector.max_score, detector.max_time_s, silent and n_samples > 0, detector.n_nonfinite)

@@ -7,6 +7,7 @@ both are logged. Missing, empty, non-audio, truncated or NaN-carrying files rais
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,16 +37,28 @@ def _open(path: Path) -> sf.SoundFile:
 
 
 def _declared_frames(path: Path, f: sf.SoundFile) -> int | None:
-    """Frames the WAV header announces (libsndfile clamps to the bytes present), None if not WAV."""
+    """Frames the WAV header's data chunk announces (libsndfile clamps to the bytes present).
+
+    None when the file is not a RIFF WAV or the size is unknown (a streamed WAV writes 0 or 0xFFFFFFFF).
+    """
     if f.format != "WAV":
         return None
-    import wave
-
-    try:
-        with wave.open(str(path)) as w:
-            return w.getnframes()
-    except (wave.Error, EOFError):
-        return None  # float or extensible WAVs that the wave module does not parse
+    with open(path, "rb") as fh:
+        if fh.read(12)[:4] != b"RIFF":
+            return None
+        block_align = None
+        while len(header := fh.read(8)) == 8:
+            chunk_id, size = header[:4], struct.unpack("<I", header[4:])[0]
+            if chunk_id == b"fmt ":
+                fmt = fh.read(size + size % 2)
+                block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+            elif chunk_id == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                fh.seek(size + size % 2, 1)
+    return None
 
 
 def _mono(block: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ import pytest
 
 from edge_asd.edge.cli_common import kit_version
 from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.model_file import (FORMAT, METADATA_NAME, SCHEMA_VERSION, read_model_file, read_tflite_metadata,
+from edge_asd.edge.model_file import (DIGEST_KEY, FORMAT, METADATA_NAME, SCHEMA_VERSION, read_model_file,
+                                      read_tflite_metadata, seal, unsealed_digest,
                                       write_tflite_metadata)
 from edge_asd.edge.presets import get_preset
 from edge_asd.edge.scorer import Scorer
@@ -37,8 +38,9 @@ def _rewrite(int8_model, tmp_path, change) -> Path:
     src = Path(int8_model[0])
     meta = json.loads(json.dumps(_meta(src)))
     change(meta)
+    meta[DIGEST_KEY] = unsealed_digest()  # re-sealed: a consistent file whose metadata says something else
     out = tmp_path / "changed.tflite"
-    out.write_bytes(write_tflite_metadata(src.read_bytes(), meta))
+    out.write_bytes(seal(write_tflite_metadata(src.read_bytes(), meta)))
     return out
 
 

@@ -1,0 +1,407 @@
+"""The five commands as users run them (subprocesses): help, calibrate, monitor, train, convert, and a
+one-line error for each user mistake."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import assert_one_line_error, cli
+
+EVENT_FIELDS = {"schema", "event", "time_s", "frame", "score", "running_max", "phi", "machine_id", "model_sha256",
+                "window"}
+
+
+def events_of(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def reference_events(scores: np.ndarray, phi: float, window_s: float | None = None) -> list[tuple]:
+    """(frame, window, running max before) of each event, by the rule of eqs. (4)/(11), brute force."""
+    from edge_asd.edge.features import vector_end_s
+    from edge_asd.edge.presets import get_preset
+
+    cfg = get_preset("koizumi2019")
+    times = [float(vector_end_s(i, cfg)) for i in range(len(scores))]
+    win = [0 if window_s is None else int(t // window_s) for t in times]
+    out = []
+    for i, s in enumerate(scores):
+        earlier = [float(scores[j]) for j in range(i) if win[j] == win[i]]
+        prev = max(earlier) if earlier else None
+        if s >= phi and (prev is None or s > prev):
+            out.append((i, win[i], prev))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(int8_model):
+    return Path(int8_model[0])
+
+
+@pytest.fixture(scope="module")
+def scorer(model):
+    from edge_asd.edge.scorer import Scorer
+
+    return Scorer(model)
+
+
+@pytest.fixture(scope="module")
+def clip_scores(scorer):
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    cache = {}
+
+    def scores(path):
+        if path not in cache:
+            cache[path] = scorer.score_audio(read_audio(path, 16000))
+        return cache[path]
+
+    return scores
+
+
+@pytest.fixture(scope="module")
+def calibrated(model, fan, tmp_path_factory):
+    """(store path, edge-calibrate process) after calibrating id_00 on the 10 real fan train normals."""
+    store = tmp_path_factory.mktemp("store") / "phi.json"
+    proc = cli("edge-calibrate", *fan["train"], "--model", model, "--machine-id", "00", "--store", store)
+    return store, proc
+
+
+@pytest.fixture
+def env(tmp_path):
+    """Keep every command away from the user's config dir."""
+    return {"EDGE_ASD_STORE": str(tmp_path / "default_store.json")}
+
+
+@pytest.fixture(scope="module")
+def anomaly_clip(fan, clip_scores):
+    """The real anomalous clip with the highest max frame score."""
+    return max(fan["test_anomaly"], key=lambda p: float(clip_scores(p).max()))
+
+
+def monitor(*args, env=None, input=None):
+    proc = cli("edge-monitor", *args, env=env, input=input)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc, events_of(proc.stdout)
+
+
+# help ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, words", [
+    ("edge-train", ["--machine-type", "--something-else", "--epochs"]),
+    ("edge-convert", ["--to", "--int8", "--calibration"]),
+    ("edge-calibrate", ["--model", "--machine-id", "--quantile", "--margin"]),
+    ("edge-monitor", ["--model", "--input", "--phi", "--window", "--events"]),
+    ("edge-data", ["fetch"]),
+])
+def test_help(name, words):
+    proc = cli(name, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage:" in proc.stdout
+    for w in words:
+        assert w in proc.stdout
+
+
+# edge-calibrate -----------------------------------------------------------------------------------
+
+def test_calibrate_writes_phi(calibrated, model, fan, clip_scores, scorer):
+    store, proc = calibrated
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    maxima = [float(clip_scores(p).max()) for p in fan["train"]]
+    assert out["machine_id"] == "id_00" and out["n_recordings"] == len(fan["train"]) == 10
+    assert out["phi"] == pytest.approx(1.1 * max(maxima), rel=1e-6)  # default rule: 1.1 x worst normal
+    assert out["store"] == str(store)
+    assert out["clip_max_scores"]["max"] == pytest.approx(max(maxima), rel=1e-6)
+    saved = json.loads(store.read_text())["machines"]["id_00"]
+    assert saved["phi"] == out["phi"]
+    assert saved["model_sha256"] == scorer.sha256
+    assert saved["rule"] == {"name": "clip-max-quantile", "quantile": 1.0, "margin": 1.1}
+    assert len(saved["recordings"]) == 10
+
+
+def test_calibrate_median_rule_and_directory(model, fan, tmp_path, clip_scores, env):
+    store = tmp_path / "phi.json"
+    folder = tmp_path / "normals"
+    folder.mkdir()
+    for p in fan["train"][:4]:  # links to the real clips, no audio copied
+        (folder / Path(p).name).symlink_to(p)
+    proc = cli("edge-calibrate", folder, "--model", model, "--machine-id", "id_03", "--quantile", "0.5", "--margin",
+               "1.0", "--store", store, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    expected = float(np.median([clip_scores(p).max() for p in sorted(fan["train"][:4])]))
+    assert out["machine_id"] == "id_03" and out["n_recordings"] == 4
+    assert out["phi"] == pytest.approx(expected, rel=1e-6)
+    assert not Path(env["EDGE_ASD_STORE"]).exists()
+
+
+def test_calibrate_uses_env_store(model, fan, tmp_path):
+    store = tmp_path / "env_store.json"
+    proc = cli("edge-calibrate", fan["train"][0], "--model", model, "--machine-id", "0",
+               env={"EDGE_ASD_STORE": str(store)})
+    assert proc.returncode == 0, proc.stderr
+    assert "id_00" in json.loads(store.read_text())["machines"]
+
+
+# edge-monitor -------------------------------------------------------------------------------------
+
+def test_monitor_with_calibrated_phi(calibrated, model, fan, anomaly_clip, clip_scores, scorer, env):
+    store, _ = calibrated
+    phi = json.loads(store.read_text())["machines"]["id_00"]["phi"]
+    for clip in (fan["test_normal"][0], anomaly_clip):
+        proc, events = monitor("--model", model, "--input", clip, "--store", store, env=env)
+        scores = clip_scores(clip)
+        assert [e["frame"] for e in events] == [f for f, _, _ in reference_events(scores, phi)]
+        for e in events:
+            assert set(e) == EVENT_FIELDS
+            assert e["phi"] == phi and e["machine_id"] == "id_00" and e["model_sha256"] == scorer.sha256
+        summary = [line for line in proc.stderr.splitlines() if line.startswith("edge-monitor:")]
+        assert len(summary) == 1
+        assert f"{len(scores)} frames" in summary[0] and f"{len(events)} events" in summary[0]
+        assert "real-time factor" in summary[0] and "10.0 s of audio" in summary[0]
+    # the normal test clip stays under the phi calibrated on the train normals
+    assert clip_scores(fan["test_normal"][0]).max() < phi
+
+
+def test_monitor_store_phi_raises_events_on_anomaly(model, fan, anomaly_clip, clip_scores, scorer, tmp_path, env):
+    """phi at the median train normal: the loudest real anomaly crosses it, and the events follow the rule."""
+    store = tmp_path / "phi.json"
+    proc = cli("edge-calibrate", *fan["train"], "--model", model, "--machine-id", "00", "--quantile", "0.5",
+               "--margin", "1.0", "--store", store)
+    phi = json.loads(proc.stdout)["phi"]
+    scores = clip_scores(anomaly_clip)
+    assert scores.max() > phi
+    proc, events = monitor("--model", model, "--input", anomaly_clip, "--store", store, "--machine-id", "id_00", env=env)
+    assert len(events) >= 1
+    ref = reference_events(scores, phi)
+    assert [(e["frame"], e["window"]) for e in events] == [(f, w) for f, w, _ in ref]
+    for e, (f, _, prev) in zip(events, ref):
+        assert e["score"] == pytest.approx(float(scores[f]), rel=1e-6) and e["score"] >= phi
+        assert e["running_max"] == (None if prev is None else pytest.approx(prev, rel=1e-6))
+        assert e["time_s"] == pytest.approx((f * 256 + 5632) / 16000, abs=1e-4)
+        assert e["schema"] == 1 and e["event"] == "anomaly" and e["machine_id"] == "id_00"
+        assert e["model_sha256"] == scorer.sha256
+
+
+@pytest.fixture(scope="module")
+def low_phi(anomaly_clip, clip_scores):
+    """Below most frames of the anomalous clip."""
+    return float(np.quantile(clip_scores(anomaly_clip), 0.05))
+
+
+def test_monitor_low_phi_running_max_increases(model, anomaly_clip, low_phi, env):
+    proc, events = monitor("--model", model, "--input", anomaly_clip, "--phi", str(low_phi), env=env)
+    assert len(events) >= 1
+    assert all(set(e) == EVENT_FIELDS and e["window"] == 0 for e in events)
+    assert all(e["score"] >= low_phi and e["phi"] == pytest.approx(low_phi) for e in events)
+    assert all(e["machine_id"] == "unknown" for e in events)  # --phi without --machine-id
+    scores = [e["score"] for e in events]
+    assert all(b > a for a, b in zip(scores, scores[1:]))
+    for a, b in zip(events, events[1:]):
+        assert b["running_max"] == a["score"]  # the running max rises with every event
+        assert b["frame"] > a["frame"] and b["time_s"] > a["time_s"]
+    assert f"{len(events)} events" in proc.stderr
+
+
+def test_monitor_window(model, anomaly_clip, low_phi, clip_scores, env):
+    _, whole = monitor("--model", model, "--input", anomaly_clip, "--phi", str(low_phi), env=env)
+    _, events = monitor("--model", model, "--input", anomaly_clip, "--phi", str(low_phi), "--window", "2", env=env)
+    windows = sorted({e["window"] for e in events})
+    assert len(windows) > 1
+    assert len(events) > len(whole)
+    for e in events:
+        assert int(e["time_s"] // 2) == e["window"]
+    ref = reference_events(clip_scores(anomaly_clip), low_phi, window_s=2.0)
+    assert [(e["frame"], e["window"]) for e in events] == [(f, w) for f, w, _ in ref]
+    # within a window the running max rises; it restarts in the next window
+    for w in windows:
+        mine = [e for e in events if e["window"] == w]
+        assert all(b["score"] > a["score"] and b["running_max"] == a["score"] for a, b in zip(mine, mine[1:]))
+
+
+def test_monitor_pcm_stdin_matches_file(model, anomaly_clip, low_phi, env):
+    _, from_file = monitor("--model", model, "--input", anomaly_clip, "--phi", str(low_phi), env=env)
+    samples, rate = sf.read(anomaly_clip, dtype="int16")
+    assert rate == 16000
+    pcm = samples.astype("<i2").tobytes()
+    _, from_pcm = monitor("--model", model, "--input", "-", "--phi", str(low_phi), env=env, input=pcm)
+    assert from_pcm == from_file and len(from_file) >= 1
+    _, declared = monitor("--model", model, "--input", "-", "--pcm-rate", "16000", "--phi", str(low_phi), env=env,
+                          input=pcm)
+    assert declared == from_file
+
+
+def test_monitor_wav_on_stdin(model, anomaly_clip, low_phi, tmp_path, env):
+    _, from_file = monitor("--model", model, "--input", anomaly_clip, "--phi", str(low_phi), env=env)
+    samples, _ = sf.read(anomaly_clip, dtype="int16")
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, samples, 16000, subtype="PCM_16")
+    _, from_wav = monitor("--model", model, "--input", "-", "--phi", str(low_phi), env=env, input=wav.read_bytes())
+    assert from_wav == from_file
+
+
+def test_monitor_events_file_appends(model, anomaly_clip, low_phi, tmp_path, env):
+    events_file = tmp_path / "events.jsonl"
+    old = '{"earlier": "line"}\n'
+    events_file.write_text(old)
+    proc, events = monitor("--model", model, "--input", anomaly_clip, "--phi", str(low_phi), "--events",
+                           events_file, env=env)
+    assert len(events) >= 1
+    assert events_file.read_text() == old + proc.stdout
+    monitor("--model", model, "--input", anomaly_clip, "--phi", str(low_phi), "--events", events_file, env=env)
+    assert events_file.read_text() == old + proc.stdout + proc.stdout
+
+
+# edge-monitor: user mistakes ----------------------------------------------------------------------
+
+def _monitor_error(model, *args, env, input=None, words=()):
+    proc = cli("edge-monitor", "--model", model, *args, env=env, input=input)
+    assert_one_line_error(proc)
+    error = next(line for line in proc.stderr.splitlines() if line.startswith("Error:"))
+    for w in words:
+        assert w in error, error
+    return error
+
+
+def test_monitor_missing_audio(model, tmp_path, env):
+    _monitor_error(model, "--phi", "1", "--input", tmp_path / "nope.wav", env=env, words=["nope.wav"])
+
+
+def test_monitor_non_audio(model, tmp_path, env):
+    path = tmp_path / "notes.txt"
+    path.write_text("not audio\n" * 100)
+    _monitor_error(model, "--phi", "1", "--input", path, env=env, words=["notes.txt"])
+
+
+def test_monitor_empty_file(model, tmp_path, env):
+    path = tmp_path / "empty.wav"
+    path.write_bytes(b"")
+    _monitor_error(model, "--phi", "1", "--input", path, env=env, words=["empty"])
+
+
+def test_monitor_truncated_wav(model, fan_audio, tmp_path, env):
+    full = tmp_path / "full.wav"
+    sf.write(full, fan_audio, 16000, subtype="PCM_16")
+    data = full.read_bytes()
+    path = tmp_path / "half.wav"
+    path.write_bytes(data[: len(data) // 2])
+    _monitor_error(model, "--phi", "1", "--input", path, env=env, words=["truncated"])
+
+
+def test_monitor_wrong_rate_on_stdin(model, fan_audio, tmp_path, env):
+    wav = tmp_path / "cd.wav"
+    sf.write(wav, fan_audio[:44100], 44100, subtype="PCM_16")
+    _monitor_error(model, "--phi", "1", "--input", "-", env=env, input=wav.read_bytes(),
+                   words=["wrong sample rate", "44100"])
+
+
+def test_monitor_declared_pcm_rate_mismatch(model, env):
+    _monitor_error(model, "--phi", "1", "--input", "-", "--pcm-rate", "48000", env=env, input=b"\x00\x01" * 8000,
+                   words=["48000", "16000"])
+
+
+def test_monitor_silence(model, env):
+    _monitor_error(model, "--phi", "1", "--input", "-", env=env, input=b"\x00\x00" * 16000, words=["silence"])
+
+
+def test_monitor_damaged_model(model, fan, tmp_path, env):
+    data = model.read_bytes()
+    bad = tmp_path / "half.tflite"
+    bad.write_bytes(data[: len(data) // 2])
+    _monitor_error(bad, "--phi", "1", "--input", fan["test_normal"][0], env=env, words=["half.tflite"])
+
+
+def test_monitor_not_our_model(model, fan, tmp_path, env):
+    try:
+        from test_model_file import strip_tflite_metadata
+    except ImportError:  # tests/ imported as a package
+        from tests.test_model_file import strip_tflite_metadata
+
+    foreign = tmp_path / "foreign.tflite"
+    foreign.write_bytes(strip_tflite_metadata(model.read_bytes()))
+    _monitor_error(foreign, "--phi", "1", "--input", fan["test_normal"][0], env=env, words=["not an edge-asd model"])
+    text = tmp_path / "text.tflite"
+    text.write_text("hello\n" * 100)
+    _monitor_error(text, "--phi", "1", "--input", fan["test_normal"][0], env=env)
+
+
+def test_monitor_unknown_machine_id(calibrated, model, fan, env):
+    store, _ = calibrated
+    _monitor_error(model, "--store", store, "--machine-id", "07", "--input", fan["test_normal"][0], env=env,
+                   words=["id_07", "edge-calibrate"])
+    _monitor_error(model, "--store", store, "--machine-id", "pump", "--input", fan["test_normal"][0], env=env,
+                   words=["machine ID"])
+
+
+def test_monitor_no_store(model, fan, tmp_path, env):
+    _monitor_error(model, "--input", fan["test_normal"][0], env={"EDGE_ASD_STORE": str(tmp_path / "none.json")},
+                   words=["edge-calibrate"])
+
+
+def test_monitor_mic_without_sound_card(model, env):
+    try:
+        import pyaudio  # noqa: F401
+
+        pytest.skip("PyAudio is installed here; this test is for machines without it")
+    except ImportError:
+        pass
+    _monitor_error(model, "--phi", "1", "--input", "mic", env=env, words=["PyAudio"])
+
+
+def test_monitor_bad_mic_device_index(model, env):
+    """``--input mic:abc`` is a typo, not a crash."""
+    _monitor_error(model, "--phi", "1", "--input", "mic:abc", env=env)
+
+
+# edge-train / edge-convert -------------------------------------------------------------------------
+
+def test_train_tiny_budget(data_root, tmp_path, env):
+    out = tmp_path / "tiny.pt"
+    proc = cli("edge-train", data_root / "machines", "--machine-type", "fan", "--machine-id", "00", "--epochs", "1",
+               "--batches-per-epoch", "2", "--device", "cpu", "--out", out, "-q", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    assert "coloured noise stands in" in proc.stderr
+    from edge_asd.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(out)
+    assert ckpt["machine_type"] == "fan" and ckpt["machine_ids"] == ["id_00"]
+    assert ckpt["features"]["preset"] == "koizumi2019"
+    assert ckpt["something_else"] == {"dir": None, "n_sounds": 0}
+    assert len(ckpt["normalization"]["mean"]) == 64
+
+
+def test_train_unknown_machine_type(data_root, tmp_path, env):
+    proc = cli("edge-train", data_root / "machines", "--machine-type", "toaster", "--out", tmp_path / "x.pt", env=env)
+    assert_one_line_error(proc)
+    assert "toaster" in proc.stderr and "fan" in proc.stderr
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_convert_onnx_prints_parity(checkpoint, data_root, tmp_path, env):
+    out = tmp_path / "fan.onnx"
+    proc = cli("edge-convert", checkpoint, "--to", "onnx", "--calibration", data_root, "--out", out, "-q", env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"wrote {out}") and "onnx" in lines[0] and "float32" in lines[0]
+    parity = [line for line in lines if line.startswith("frame scores on")]
+    assert len(parity) == 1 and "Pearson" in parity[0] and "Spearman" in parity[0] and "max |error|" in parity[0]
+    spearman = float(parity[0].split("Spearman ")[1].split(",")[0])
+    assert spearman > 0.999
+    assert any(line.startswith("clip AUC on") for line in lines)
+    from edge_asd.edge.model_file import read_model_file
+
+    assert read_model_file(out)[1] == "onnx"
+
+
+def test_convert_int8_needs_calibration(checkpoint, tmp_path, env):
+    proc = cli("edge-convert", checkpoint, "--to", "tflite", "--int8", "--out", tmp_path / "m.tflite", env=env)
+    assert_one_line_error(proc)
+    assert "--calibration" in proc.stderr
+    assert not (tmp_path / "m.tflite").exists()

@@ -1,0 +1,55 @@
+"""The device install has no torch, onnx, librosa, jax or litert-torch: edge-monitor and edge-calibrate
+on a .tflite file must not import them (a Raspberry Pi has neither the memory nor the wheels)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+HEAVY = ("torch", "onnx", "librosa", "jax", "litert_torch", "tensorflow")
+
+SNIPPET = """
+import json, sys
+from edge_asd.edge.{module} import main
+main({args!r}, standalone_mode=False)
+print("MODULES=" + json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+
+
+def run_in_fresh_python(module: str, args: list[str], env_store) -> tuple[list[str], subprocess.CompletedProcess]:
+    code = SNIPPET.format(module=module, args=[str(a) for a in args], heavy=HEAVY)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "EDGE_ASD_STORE": str(env_store)})
+    assert proc.returncode == 0, proc.stderr
+    marker = [line for line in proc.stdout.splitlines() if line.startswith("MODULES=")]
+    assert len(marker) == 1, proc.stdout
+    return json.loads(marker[0][len("MODULES="):]), proc
+
+
+def test_monitor_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path):
+    loaded, proc = run_in_fresh_python(
+        "cli_monitor", ["--model", int8_model[0], "--phi", "0", "--input", fan["test_anomaly"][0]], tmp_path / "s.json")
+    assert loaded == []
+    # it really scored the clip (events on stdout with phi 0), so the whole path was exercised
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(events) >= 1 and events[0]["frame"] == 0
+    assert "604 frames" in proc.stderr
+
+
+def test_calibrate_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path):
+    store = tmp_path / "phi.json"
+    loaded, proc = run_in_fresh_python(
+        "cli_calibrate", [*fan["train"][:2], "--model", int8_model[0], "--machine-id", "00", "--store", store],
+        tmp_path / "unused.json")
+    assert loaded == []
+    assert json.loads(store.read_text())["machines"]["id_00"]["phi"] > 0
+
+
+def test_the_check_sees_heavy_imports(tmp_path):
+    """The detector of this file works: a snippet that imports onnx is reported."""
+    code = "import json, sys, onnx\nprint('MODULES=' + json.dumps(sorted(m for m in %r if m in sys.modules)))" % (HEAVY,)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "onnx" in json.loads(proc.stdout.split("MODULES=")[1])
