@@ -15,7 +15,7 @@ HINT = (
 
 
 def local_data_root() -> Path | None:
-    """The local data folder, or None when there is none.
+    """The local data folder (symlinks resolved), or None when there is none.
 
     Looks, in order, at: the environment variable ``EDGE_ASD_DATA``; ``../shared/data`` from the
     current directory; ``shared/data`` next to the source checkout (``/work/shared/data`` for a
@@ -29,7 +29,7 @@ def local_data_root() -> Path | None:
         path = Path(value).expanduser()
         if not path.is_dir():
             raise EdgeAsdError(f"{ENV_VAR}={value}: no such directory; fix the path or unset {ENV_VAR}")
-        return path
+        return path.resolve()
     for candidate in (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data"):
         if candidate.is_dir():
             return candidate.resolve()
