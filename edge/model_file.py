@@ -42,7 +42,7 @@ class ModelInfo:
     """Per-mel-band standard deviation, shape (n_mels,), float32, > 0."""
 
     @classmethod
-    def from_meta(cls, meta: dict, where: str) -> "ModelInfo":
+    def from_meta(cls, meta: dict, where: str) -> ModelInfo:
         if meta.get("format") != FORMAT:
             raise EdgeAsdError(f"{where}: not an edge-asd model (metadata format {meta.get('format')!r})")
         version = meta.get("schema_version")

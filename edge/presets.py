@@ -74,7 +74,7 @@ class FeatureConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "FeatureConfig":
+    def from_dict(cls, values: dict) -> FeatureConfig:
         """Build from a stored dict; unknown or missing keys raise EdgeAsdError."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - names

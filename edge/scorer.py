@@ -8,7 +8,7 @@ import numpy as np
 
 from .backends import make_backend
 from .features import extract
-from .model_file import ModelInfo, read_model_file, sha256_bytes
+from .model_file import read_model_file, sha256_bytes
 
 
 class Scorer:

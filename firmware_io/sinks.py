@@ -16,7 +16,7 @@ class JsonLinesSink:
         self.n_written = 0
 
     @classmethod
-    def append_to(cls, path: str | Path) -> "JsonLinesSink":
+    def append_to(cls, path: str | Path) -> JsonLinesSink:
         return cls(open(path, "a", encoding="utf-8"), fsync=True, owns_stream=True)
 
     def write(self, record: dict) -> None:

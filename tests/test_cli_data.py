@@ -15,7 +15,6 @@ try:  # the loopback server and archive live with the download tests
 except ImportError:  # tests/ imported as a package
     from tests.test_datasets_download import LoopbackServer, make_archive, write_registry
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CLI = [sys.executable, "-m", "edge_asd.datasets.cli"]
 
 
@@ -82,26 +81,23 @@ def test_where(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "EDGE_ASD_DATA" in line and "edge-data fetch" in line
 
 
-def test_list_real_data():
-    if not SHARED.is_dir():
-        pytest.skip(f"no local data at {SHARED}")
-    result = CliRunner().invoke(main, ["list", str(SHARED), "--machine-type", "fan"])
+def test_list_real_data(data_root):
+    result = CliRunner().invoke(main, ["list", str(data_root), "--machine-type", "fan"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["machine_type", "machine_id", "train/normal", "test/normal", "test/anomaly"]
     assert ["fan", "id_00", "10", "5", "10"] in [line.split() for line in lines]
     assert lines[-1].split() == ["total", "12", "16", "20"]
-    result = CliRunner().invoke(main, ["list"], env={"EDGE_ASD_DATA": str(SHARED)})
+    result = CliRunner().invoke(main, ["list"], env={"EDGE_ASD_DATA": str(data_root)})
     assert result.exit_code == 0 and result.stdout.splitlines()[-1].split() == ["total", "22", "69", "64"]
 
 
-def test_list_errors(tmp_path):
+def test_list_errors(tmp_path, data_root):
     runner = CliRunner()
     result = runner.invoke(main, ["list", str(tmp_path)])
     assert result.exit_code == 1 and "no labelled clips found" in one_line_error(result.output)
-    if SHARED.is_dir():
-        result = runner.invoke(main, ["list", str(SHARED), "--machine-id", "fan"])
-        assert result.exit_code == 1 and "bad machine ID 'fan'" in one_line_error(result.output)
+    result = runner.invoke(main, ["list", str(data_root), "--machine-id", "fan"])
+    assert result.exit_code == 1 and "bad machine ID 'fan'" in one_line_error(result.output)
 
 
 def test_fetch_with_runner(served, tmp_path):
