@@ -405,3 +405,36 @@ def test_convert_int8_needs_calibration(checkpoint, tmp_path, env):
     assert_one_line_error(proc)
     assert "--calibration" in proc.stderr
     assert not (tmp_path / "m.tflite").exists()
+
+
+def test_monitor_ctrl_c_prints_the_summary_and_keeps_events(model, anomaly_clip, low_phi, tmp_path, env):
+    """A live stream interrupted with Ctrl-C (SIGINT): events already written stay, the summary is printed, exit 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import BIN
+
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    pcm = (read_audio(anomaly_clip, 16000) * 32767).astype("<i2").tobytes()
+    events_file = tmp_path / "events.jsonl"
+    exe = BIN / "edge-monitor"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edge_asd.edge.cli_monitor"]
+    proc = subprocess.Popen(cmd + ["--model", str(model), "--phi", str(low_phi), "--input", "-", "--events", str(events_file)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+    proc.stdin.write(pcm)  # the whole clip, but the stream stays open like a microphone's
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not events_file.exists() or not events_file.read_text().strip()):
+        time.sleep(0.1)
+    time.sleep(1.0)  # let it drain the clip and block on the open stream
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert "Traceback" not in err.decode()
+    assert "edge-monitor:" in err.decode() and "frames" in err.decode() and "real-time factor" in err.decode()
+    stdout_events = events_of(out.decode())
+    assert stdout_events and [json.loads(line) for line in events_file.read_text().splitlines()] == stdout_events
