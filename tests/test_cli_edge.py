@@ -438,3 +438,18 @@ def test_monitor_ctrl_c_prints_the_summary_and_keeps_events(model, anomaly_clip,
     assert "edge-monitor:" in err.decode() and "frames" in err.decode() and "real-time factor" in err.decode()
     stdout_events = events_of(out.decode())
     assert stdout_events and [json.loads(line) for line in events_file.read_text().splitlines()] == stdout_events
+
+
+def test_monitor_runs_onnx_models_with_the_same_events_as_the_float_scores(onnx_model, anomaly_clip, low_phi, env):
+    """The .onnx file runs on onnxruntime; its events follow its own scores, computed in-process."""
+    from edge_asd.edge.scorer import Scorer
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    path = Path(onnx_model[0])
+    scorer = Scorer(path)
+    assert scorer.backend.name == "onnxruntime"
+    scores = scorer.score_audio(read_audio(anomaly_clip, 16000))
+    proc, events = monitor("--model", path, "--phi", str(low_phi), "--input", anomaly_clip, env=env)
+    assert "onnxruntime" in proc.stderr
+    assert [e["frame"] for e in events] == [f for f, _, _ in reference_events(scores, low_phi)]
+    assert events and all(e["model_sha256"] == scorer.sha256 for e in events)
