@@ -9,12 +9,11 @@ import numpy as np
 
 from edge_asd.edge.atomic_io import atomic_write_bytes
 from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.features import extract
+from edge_asd.edge.features import extract, standardize
 from edge_asd.edge.model_file import seal, write_tflite_metadata
 from edge_asd.edge.scorer import Scorer
-from edge_asd.firmware_io.audio_file import read_audio
+from edge_asd.firmware_io.audio_file import audio_files, read_audio
 from edge_asd.train.checkpoint import load_checkpoint, restore
-from edge_asd.train.data import audio_files
 from edge_asd.train.evaluate import torch_frame_scorer
 from edge_asd.train.model import ScoreModel
 
@@ -79,8 +78,7 @@ def convert_checkpoint(checkpoint: Path, target: str, out_path: Path, int8: bool
         if int8:
             vectors = np.concatenate([extract(audio[p], features) for p in calib_paths])
             pick = np.random.default_rng(seed).choice(len(vectors), size=min(calibration_frames, len(vectors)), replace=False)
-            mean_v, std_v = np.tile(mean, features.n_context_frames), np.tile(std, features.n_context_frames)
-            calibration = ((vectors[pick] - mean_v) / std_v).astype(np.float32)
+            calibration = standardize(vectors[pick], mean, std)
             quant = {"mode": "int8-static", "weights": "per-channel symmetric int8", "activations": "per-tensor int8",
                      "error_computation": "float32", "calibration_frames": int(len(pick)),
                      "calibration_clips": len(calib_paths)}

@@ -16,15 +16,16 @@ from .errors import EdgeAsdError
 from .machine_id import normalize_machine_id
 
 log = logging.getLogger("edge_asd")
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
 
 def expand_recordings(paths: tuple[str, ...]) -> list[Path]:
     """Files as given, directories expanded to the audio files inside them (sorted)."""
+    from edge_asd.firmware_io.audio_file import audio_files
+
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+            found = audio_files(p)
             if not found:
                 raise EdgeAsdError(f"{p}: no audio files in this directory")
             out += found

@@ -112,6 +112,13 @@ def extract(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return stack_context(logmel(samples, cfg), cfg.n_context_frames)
 
 
+def standardize(vectors: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Context vectors (n, L * M) standardized per mel band with ``mean``/``std`` of shape (M,): float32."""
+    n_mels = len(mean)
+    shaped = vectors.reshape(len(vectors), -1, n_mels)
+    return ((shaped - mean) / std).reshape(len(vectors), -1).astype(np.float32)
+
+
 def vector_end_s(index: np.ndarray | int, cfg: FeatureConfig) -> np.ndarray | float:
     """Time (s from stream start) at which context vector ``index`` becomes complete."""
     return (np.asarray(index) * cfg.hop_samples + cfg.samples_per_vector) / cfg.sample_rate

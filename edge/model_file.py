@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EdgeAsdError
+from .features import standardize
 from .presets import FeatureConfig
 
 METADATA_NAME = "edge_asd"
@@ -63,9 +64,7 @@ class ModelInfo:
 
     def standardize(self, vectors: np.ndarray) -> np.ndarray:
         """(n, D) context vectors -> standardized per mel band, float32 (the model's input)."""
-        m = self.features.n_mels
-        shaped = vectors.reshape(len(vectors), -1, m)
-        return ((shaped - self.mean) / self.std).reshape(len(vectors), -1).astype(np.float32)
+        return standardize(vectors, self.mean, self.std)
 
 
 def sha256_bytes(data: bytes) -> str:

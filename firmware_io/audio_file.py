@@ -19,6 +19,16 @@ from edge_asd.edge.errors import EdgeAsdError
 log = logging.getLogger("edge_asd")
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+
+
+def audio_files(directory: str | Path) -> list[Path]:
+    """Audio files (by suffix, any case) below ``directory``, sorted; hidden folders are skipped."""
+    root = Path(directory)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1]))
+
+
 def _open(path: Path) -> sf.SoundFile:
     if not path.exists():
         raise EdgeAsdError(f"{path}: no such file")

@@ -89,8 +89,9 @@ def work(tmp_path_factory) -> Path:
 def checkpoint(data_root, fan, something_else, work) -> Path:
     """A small BU model of fan id_00 (120 updates, koizumi2019 preset, fcn-small)."""
     from edge_asd.edge.presets import get_preset
+    from edge_asd.firmware_io.audio_file import audio_files
     from edge_asd.train.checkpoint import save_checkpoint
-    from edge_asd.train.data import audio_files, band_statistics, fingerprint, load_clips
+    from edge_asd.train.data import band_statistics, fingerprint, load_clips
     from edge_asd.train.trainer import TrainConfig, train
 
     features = get_preset("koizumi2019")

@@ -12,7 +12,7 @@ import pytest
 
 from edge_asd.edge.features import extract
 from edge_asd.edge.presets import get_preset
-from edge_asd.firmware_io.audio_file import read_audio
+from edge_asd.firmware_io.audio_file import audio_files, read_audio
 from edge_asd.train.batches import (
     BatchBuilder,
     coloured_noise,
@@ -20,7 +20,6 @@ from edge_asd.train.batches import (
     segment,
     trim_silence,
 )
-from edge_asd.train.data import audio_files
 
 CFG = get_preset("koizumi2019")
 SR = CFG.sample_rate

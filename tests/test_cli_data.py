@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from edge_asd.datasets.cli import main
 
 try:  # the loopback server and archive live with the download tests

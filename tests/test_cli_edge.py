@@ -416,7 +416,6 @@ def test_monitor_ctrl_c_prints_the_summary_and_keeps_events(model, anomaly_clip,
     import time
 
     from conftest import BIN
-
     from edge_asd.firmware_io.audio_file import read_audio
 
     pcm = (read_audio(anomaly_clip, 16000) * 32767).astype("<i2").tobytes()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from edge_asd.datasets import download, registry
 from edge_asd.datasets.layout import scan
 from edge_asd.edge.errors import EdgeAsdError

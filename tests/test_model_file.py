@@ -11,9 +11,17 @@ import pytest
 
 from edge_asd.edge.cli_common import kit_version
 from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.model_file import (DIGEST_KEY, FORMAT, METADATA_NAME, SCHEMA_VERSION, read_model_file,
-                                      read_tflite_metadata, seal, unsealed_digest,
-                                      write_tflite_metadata)
+from edge_asd.edge.model_file import (
+    DIGEST_KEY,
+    FORMAT,
+    METADATA_NAME,
+    SCHEMA_VERSION,
+    read_model_file,
+    read_tflite_metadata,
+    seal,
+    unsealed_digest,
+    write_tflite_metadata,
+)
 from edge_asd.edge.presets import get_preset
 from edge_asd.edge.scorer import Scorer
 

@@ -14,8 +14,9 @@ from torch import nn
 
 from edge_asd.edge.errors import EdgeAsdError
 from edge_asd.edge.presets import get_preset
+from edge_asd.firmware_io.audio_file import audio_files
 from edge_asd.train.checkpoint import load_checkpoint, restore, save_checkpoint
-from edge_asd.train.data import audio_files, band_statistics, load_clips
+from edge_asd.train.data import band_statistics, load_clips
 from edge_asd.train.evaluate import torch_frame_scorer
 from edge_asd.train.model import ARCHS, FCNAutoencoder, anomaly_score
 from edge_asd.train.trainer import TrainConfig, lr_at, train

@@ -51,10 +51,11 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
     from edge_asd.datasets.layout import assign_mimii_split, normalize_machine_id, scan
     from edge_asd.edge.errors import EdgeAsdError
     from edge_asd.edge.presets import get_preset
+    from edge_asd.firmware_io.audio_file import audio_files
 
     from .batches import BatchConfig
     from .checkpoint import save_checkpoint
-    from .data import audio_files, band_statistics, fingerprint, load_clips
+    from .data import band_statistics, fingerprint, load_clips
     from .trainer import TrainConfig, train
 
     if epochs < 1 or batches_per_epoch < 1:

@@ -11,17 +11,10 @@ from edge_asd.edge.features import LogMel, logmel
 from edge_asd.edge.presets import FeatureConfig
 from edge_asd.firmware_io.audio_file import read_audio
 
-AUDIO_SUFFIXES = (".wav", ".flac")
-
 
 def load_clips(paths: list[Path], cfg: FeatureConfig) -> list[np.ndarray]:
     """Each file as mono float32 at ``cfg.sample_rate`` (resampled/mixed down with a log line)."""
     return [read_audio(p, cfg.sample_rate) for p in paths]
-
-
-def audio_files(directory: Path) -> list[Path]:
-    """All .wav/.flac files under ``directory``, sorted."""
-    return sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
 
 
 def band_statistics(clips: list[np.ndarray], cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -28,13 +28,10 @@ def torch_frame_scorer(ae, mean: np.ndarray, std: np.ndarray, features) -> Calla
     """A function: mono audio (N,) -> float model frame scores (n_vectors,), standardizing like the device."""
     import torch
 
-    from edge_asd.edge.features import extract
-
-    mean_v = np.tile(mean, features.n_context_frames)
-    std_v = np.tile(std, features.n_context_frames)
+    from edge_asd.edge.features import extract, standardize
 
     def score(samples: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(((extract(samples, features) - mean_v) / std_v).astype(np.float32))
+        x = torch.from_numpy(standardize(extract(samples, features), mean, std))
         with torch.no_grad():
             return (x - ae(x)).pow(2).sum(-1).numpy()
 
