@@ -27,15 +27,17 @@ def snp_loss(a_u: torch.Tensor, a_a: torch.Tensor, lam: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def kde_weights(x_u: torch.Tensor, sigma: float, eps: float) -> torch.Tensor:
+def kde_weights(x_u: torch.Tensor, sigma: float, eps: float, standardize: bool = True) -> torch.Tensor:
     """BU weights w_i = 1 / (K(x_i) + eps) with the Gaussian KDE of eq. (15), shape (M_u,).
 
     K(x_i) = (1/M_u) sum_j exp(-sigma ||x_i - x_j||^2), on the mini-batch standardized to mean 0 and
-    variance 1 per dimension (sec. 4.2.2). The M_u x M_u kernel is one matrix product, no loop.
+    variance 1 per dimension (sec. 4.2.2; ``standardize=False`` keeps the raw samples, as the 2-D
+    verification experiment of sec. 4.1). The M_u x M_u kernel is one matrix product, no loop.
     Since the j = i term is 1, K >= 1/M_u and w <= M_u.
     """
     x = x_u.float()
-    x = (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-6)
+    if standardize:
+        x = (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-6)
     sq = x.pow(2).sum(1)
     dist2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_min(0.0)
     dist2.fill_diagonal_(0.0)  # exact self-distance: float rounding must not shrink the j = i term
