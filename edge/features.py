@@ -75,19 +75,20 @@ class LogMel:
 
 def frame_signal(samples: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """Overlapping frames as a strided view, ``shape = (1 + (N - n_fft) // hop, n_fft)``; (0, n_fft) if short."""
+    samples = np.ascontiguousarray(samples)
     n_frames = 1 + (len(samples) - n_fft) // hop if len(samples) >= n_fft else 0
-    if n_frames == 0:
-        return np.zeros((0, n_fft), dtype=samples.dtype)
-    return np.lib.stride_tricks.sliding_window_view(samples, n_fft)[::hop][:n_frames]
+    step = samples.strides[0]
+    return np.lib.stride_tricks.as_strided(samples, (n_frames, n_fft), (hop * step, step), writeable=False)
 
 
 def stack_context(psi: np.ndarray, n_context_frames: int) -> np.ndarray:
     """Context vectors from log-mel frames: (T, M) -> (T - L + 1, L * M), oldest frame first."""
-    n_vectors = psi.shape[0] - n_context_frames + 1
-    if n_vectors <= 0:
-        return np.zeros((0, n_context_frames * psi.shape[1]), dtype=psi.dtype)
-    view = np.lib.stride_tricks.sliding_window_view(psi, n_context_frames, axis=0)  # (n, M, L)
-    return np.ascontiguousarray(view[:n_vectors].transpose(0, 2, 1)).reshape(n_vectors, -1)
+    psi = np.ascontiguousarray(psi)
+    n_vectors = max(0, psi.shape[0] - n_context_frames + 1)
+    row = psi.strides[0]
+    view = np.lib.stride_tricks.as_strided(psi, (n_vectors, n_context_frames * psi.shape[1]), (row, psi.strides[1]),
+                                           writeable=False)  # consecutive rows of a C-contiguous array are contiguous
+    return view.copy()
 
 
 def logmel(samples: np.ndarray, cfg: FeatureConfig, logmel_fn: LogMel | None = None) -> np.ndarray:
