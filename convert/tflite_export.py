@@ -39,15 +39,17 @@ def export_tflite(score_model: torch.nn.Module, dim: int, calibration: np.ndarra
         else:
             from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
             from litert_torch.quantize.quant_config import QuantConfig
+            from torchao.quantization.pt2e import move_exported_model_to_eval
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
             quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
             exported = torch.export.export(score_model, sample).module()
-            prepared = prepare_pt2e(exported, quantizer)
+            prepared = move_exported_model_to_eval(prepare_pt2e(exported, quantizer))
             with torch.no_grad():
                 for row in torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32)):
                     prepared(row[None])
-            quantized = convert_pt2e(prepared, fold_quantize=False)
+            quantized = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
+            quantized.training = False  # its ops are in eval form already; the flag is what litert-torch checks
             edge_model = litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
         fd, tmp = tempfile.mkstemp(suffix=".tflite")
         os.close(fd)

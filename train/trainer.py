@@ -19,7 +19,7 @@ from edge_asd.edge.presets import FeatureConfig
 
 from .batches import BatchBuilder, BatchConfig
 from .losses import bu_loss, kde_weights, re_loss, snp_loss
-from .model import ARCHS, FCNAutoencoder, anomaly_score
+from .model import ARCHS, anomaly_score, build_autoencoder
 
 log = logging.getLogger("edge_asd")
 CHECKPOINT_SCHEMA = 1
@@ -81,7 +81,7 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
     sigma = cfg.sigma if cfg.sigma is not None else 1.0 / (2 * dim)
     lam = cfg.lam if cfg.lam is not None else 2.0 * features.n_mels
     arch = {"name": cfg.arch, "dim": dim, **ARCHS[cfg.arch]}
-    ae = FCNAutoencoder(dim, **ARCHS[cfg.arch]).to(device)
+    ae = build_autoencoder(arch).to(device).train()
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr, amsgrad=True)
     builder = BatchBuilder(normal_clips, something_else, features, cfg.batch)
     mean_t = torch.as_tensor(np.tile(mean, features.n_context_frames), device=device)
