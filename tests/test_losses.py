@@ -231,3 +231,22 @@ def test_default_params_follow_sec_4_2_2():
     assert 0 < p["epsilon"] < 1e-3
     p = default_params(640, 128)
     assert p["sigma"] == pytest.approx(1 / 1280) and p["lambda"] == pytest.approx(256)
+
+
+def test_resolve_lambda_names_and_numbers():
+    from edge_asd.train.losses import resolve_lambda
+
+    assert resolve_lambda(None, 1344, 64) == resolve_lambda("2M", 1344, 64) == 128.0
+    assert resolve_lambda("2d", 1344, 64) == 2688.0
+    assert resolve_lambda("300", 1344, 64) == 300.0
+    for bad in ("-1", "0", "nan", "two"):
+        with pytest.raises(ValueError):
+            resolve_lambda(bad, 1344, 64)
+
+
+def test_unsaturated_lambda_keeps_the_pseudo_anomaly_gradient():
+    """Why 2D exists: at A(x^(a)) ~ 1000, lambda = 128 leaves almost no gradient; lambda = 2688 keeps most."""
+    for lam, low, high in ((128.0, 0.0, 1e-5), (2688.0, 0.8, 1.0)):
+        a_a = torch.tensor([1000.0], requires_grad=True)
+        pseudo_anomaly_term(a_a, lam).backward()
+        assert low <= float(a_a.grad) <= high

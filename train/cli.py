@@ -31,7 +31,9 @@ log = logging.getLogger("edge_asd")
 @click.option("--batches-per-epoch", default=50, show_default=True, help="Mini-batches per epoch (paper: 500).")
 @click.option("--lr", default=1e-3, show_default=True, help="Initial AMSGrad step size; fixed for half the run, then linear decay to 1/100 (paper: 1e-4).")
 @click.option("--sigma", type=float, default=None, help="KDE bandwidth sigma of eq. 15. Default 1/(2D).")
-@click.option("--lambda", "lam", type=float, default=None, help="Clipping lambda of eq. 10. Default 2M.")
+@click.option("--lambda", "lam", default="2M", show_default=True,
+              help="Clipping lambda of eq. 10: 2M (sec. 4.2.2), 2D (sec. 4.1.1; far less tanh saturation with "
+                   "standardized features, see README) or a number.")
 @click.option("--epsilon", default=1e-6, show_default=True, help="epsilon of eq. 16, w = 1/(K + epsilon).")
 @click.option("--anr-min", default=-30.0, show_default=True, help="Lowest ANR of the pseudo-anomalies, dB.")
 @click.option("--anr-max", default=10.0, show_default=True, help="Highest ANR of the pseudo-anomalies, dB.")
@@ -56,6 +58,7 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
 
     from .batches import BatchConfig
     from .checkpoint import save_checkpoint
+    from .losses import resolve_lambda
     from .data import band_statistics, fingerprint, load_clips
     from .trainer import TrainConfig, train
 
@@ -64,6 +67,10 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
     if anr_min > anr_max:
         raise EdgeAsdError("--anr-min must not exceed --anr-max")
     features = get_preset(preset)
+    try:
+        lam = resolve_lambda(lam, features.dim, features.n_mels)
+    except ValueError as e:
+        raise EdgeAsdError(f"--lambda: {e}; use 2M, 2D or a positive number") from None
     clips = assign_mimii_split(scan(data_dir, machine_type=machine_type))
     wanted = {normalize_machine_id(m) for m in machine_ids}
     normals = [c for c in clips if c.split == "train" and c.label == "normal" and (not wanted or c.machine_id in wanted)]

@@ -56,3 +56,21 @@ LOSSES = ("bu", "snp", "re")
 def default_params(dim: int, n_mels: int) -> dict:
     """sigma = 1/(2D) and lambda = 2M (sec. 4.2.2); epsilon of eq. (16), a small positive value."""
     return {"sigma": 1.0 / (2 * dim), "lambda": 2.0 * n_mels, "epsilon": 1e-6}
+
+
+def resolve_lambda(value: str | float | None, dim: int, n_mels: int) -> float:
+    """lambda of eq. (10) from ``"2M"`` (sec. 4.2.2, the default), ``"2D"`` (sec. 4.1.1) or a number.
+
+    With the sum of squared errors over D standardized dimensions (eq. 5), normal frames score in
+    the hundreds to thousands, so 2M = 128 (koizumi2019) saturates tanh and L_a stops pushing the
+    pseudo-anomalies' scores up; 2D follows the paper's stated policy (lambda near the largest
+    anomaly score of normal training samples) instead. Raises ValueError for anything else.
+    """
+    if value is None or str(value).upper() == "2M":
+        return 2.0 * n_mels
+    if str(value).upper() == "2D":
+        return 2.0 * dim
+    lam = float(value)
+    if not lam > 0:
+        raise ValueError(f"lambda must be positive, not {value}")
+    return lam

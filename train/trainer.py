@@ -18,7 +18,7 @@ import torch
 from edge_asd.edge.presets import FeatureConfig
 
 from .batches import BatchBuilder, BatchConfig
-from .losses import bu_loss, kde_weights, re_loss, snp_loss
+from .losses import bu_loss, kde_weights, re_loss, resolve_lambda, snp_loss
 from .model import ARCHS, anomaly_score, build_autoencoder
 
 log = logging.getLogger("edge_asd")
@@ -40,8 +40,8 @@ class TrainConfig:
     device: str = "auto"
     sigma: float | None = None
     """KDE bandwidth of eq. (15); None = 1/(2D)."""
-    lam: float | None = None
-    """lambda of eq. (10); None = 2M."""
+    lam: float | str | None = None
+    """lambda of eq. (10): a number, "2M" or "2D"; None = 2M."""
     epsilon: float = 1e-6
     """epsilon of eq. (16)."""
     batch: BatchConfig = field(default_factory=BatchConfig)
@@ -79,7 +79,7 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
     device = resolve_device(cfg.device)
     dim = features.dim
     sigma = cfg.sigma if cfg.sigma is not None else 1.0 / (2 * dim)
-    lam = cfg.lam if cfg.lam is not None else 2.0 * features.n_mels
+    lam = resolve_lambda(cfg.lam, dim, features.n_mels)
     arch = {"name": cfg.arch, "dim": dim, **ARCHS[cfg.arch]}
     ae = build_autoencoder(arch).to(device).train()
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr, amsgrad=True)
