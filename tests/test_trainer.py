@@ -249,3 +249,20 @@ def test_load_checkpoint_rejects_files_that_are_not_ours(kind, tmp_path):
     with pytest.raises(EdgeAsdError) as info:
         load_checkpoint(path)
     assert str(path.name) in str(info.value)
+
+
+def test_named_schedules_and_the_csv_log(data_root, tmp_path):
+    import csv
+
+    from conftest import cli
+    from edge_asd.train.trainer import SCHEDULES
+
+    assert SCHEDULES["paper"] == {"epochs": 200, "batches_per_epoch": 500, "lr": 1e-4}
+    out = tmp_path / "m.pt"
+    proc = cli("edge-train", data_root, "--machine-type", "fan", "--machine-id", "00", "--schedule", "paper",
+               "--epochs", "1", "--batches-per-epoch", "4", "--out", out, "-q")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(open(out.with_suffix(".log.csv"))))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+    assert float(rows[0]["lr"]) == 1e-4 and float(rows[-1]["lr"]) == pytest.approx(1e-6)  # paper lr, decayed to 1/100
+    assert all(float(r["loss"]) == float(r["loss"]) for r in rows)  # no NaN

@@ -50,3 +50,14 @@ def restore(ckpt: dict) -> tuple[FCNAutoencoder, FeatureConfig, np.ndarray, np.n
     features = FeatureConfig.from_dict(ckpt["features"]["config"])
     norm = ckpt["normalization"]
     return ae, features, np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+
+
+def write_history_csv(history: list[dict], path: str | Path) -> None:
+    """The per-update training log (step, lr, loss, mean scores of x^(u) and x^(a)) as CSV, atomically."""
+    import csv
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]) if history else ["step"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(Path(path), buf.getvalue().encode())

@@ -27,9 +27,14 @@ log = logging.getLogger("edge_asd")
               help="bu: batch uniformization (eq. 16); snp: eq. 9; re: reconstruction error (eq. 7).")
 @click.option("--something-else", "something_else_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of something-else sounds a for pseudo-anomalies (eq. 8). Default: coloured noise.")
-@click.option("--epochs", default=20, show_default=True, help="Epochs (paper: 200).")
-@click.option("--batches-per-epoch", default=50, show_default=True, help="Mini-batches per epoch (paper: 500).")
-@click.option("--lr", default=1e-3, show_default=True, help="Initial AMSGrad step size; fixed for half the run, then linear decay to 1/100 (paper: 1e-4).")
+@click.option("--schedule", type=click.Choice(["short", "paper"]), default="short", show_default=True,
+              help="Named budget: short = 20 epochs x 50 batches at lr 1e-3; paper = 200 x 500 at 1e-4 (sec. 4.2.2). "
+                   "--epochs, --batches-per-epoch and --lr override it.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (short: 20, paper: 200).")
+@click.option("--batches-per-epoch", type=click.IntRange(min=1), default=None,
+              help="Mini-batches per epoch, one 30-s mixture each (short: 50, paper: 500).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Initial AMSGrad step size, fixed for half the run, then linear decay to 1/100 (short: 1e-3, paper: 1e-4).")
 @click.option("--sigma", type=float, default=None, help="KDE bandwidth sigma of eq. 15. Default 1/(2D).")
 @click.option("--lambda", "lam", default="2M", show_default=True,
               help="Clipping lambda of eq. 10: 2M (sec. 4.2.2), 2D (sec. 4.1.1; far less tanh saturation with "
@@ -43,7 +48,7 @@ log = logging.getLogger("edge_asd")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; only warnings and errors.")
 @click.version_option(kit_version(), "--version")
 @user_errors
-def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else_dir, epochs, batches_per_epoch, lr,
+def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else_dir, schedule, epochs, batches_per_epoch, lr,
          sigma, lam, epsilon, anr_min, anr_max, seed, device, out_path, quiet):
     """Train on the normal training clips of DATA_DIR (DCASE or MIMII layout) and write a checkpoint.
 
@@ -57,13 +62,15 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
     from edge_asd.firmware_io.audio_file import audio_files
 
     from .batches import BatchConfig
-    from .checkpoint import save_checkpoint
+    from .checkpoint import save_checkpoint, write_history_csv
     from .losses import resolve_lambda
     from .data import band_statistics, fingerprint, load_clips
-    from .trainer import TrainConfig, train
+    from .trainer import SCHEDULES, TrainConfig, train
 
-    if epochs < 1 or batches_per_epoch < 1:
-        raise EdgeAsdError("--epochs and --batches-per-epoch must be at least 1")
+    budget = SCHEDULES[schedule]
+    epochs = epochs or budget["epochs"]
+    batches_per_epoch = batches_per_epoch or budget["batches_per_epoch"]
+    lr = lr or budget["lr"]
     if anr_min > anr_max:
         raise EdgeAsdError("--anr-min must not exceed --anr-max")
     features = get_preset(preset)
@@ -100,6 +107,9 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
                               "n_sounds": len(other) if other else 0}
     ckpt["kit_version"] = kit_version()
     save_checkpoint(ckpt, out_path)
+    log_path = out_path.with_suffix(".log.csv")
+    write_history_csv(ckpt["history"], log_path)
+    log.info("training log: %s", log_path)
     click.echo(str(out_path))
 
 

@@ -47,6 +47,13 @@ class TrainConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
 
 
+SCHEDULES = {
+    "short": {"epochs": 20, "batches_per_epoch": 50, "lr": 1e-3},  # a laptop: ~1000 updates, minutes on 2 cores
+    "paper": {"epochs": 200, "batches_per_epoch": 500, "lr": 1e-4},  # sec. 4.2.2: 100 epochs fixed, 100 decaying
+}
+"""Named budgets; both use :func:`lr_at`'s shape."""
+
+
 def lr_at(step: int, total: int, base: float) -> float:
     """Fixed for the first half, then linear decay to base/100 at the last step (sec. 4.2.2)."""
     half = total // 2
@@ -108,7 +115,7 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
         loss.backward()
         opt.step()
         n_frames += len(x_u) + len(x_a)
-        history.append({"step": step, "loss": loss.item(), "score_u": a_u.mean().item(),
+        history.append({"step": step, "lr": opt.param_groups[0]["lr"], "loss": loss.item(), "score_u": a_u.mean().item(),
                         "score_a": a_a.mean().item() if len(x_a) else float("nan")})
         if bar is not None:
             bar.update(1)
