@@ -63,8 +63,8 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
 
     from .batches import BatchConfig
     from .checkpoint import save_checkpoint, write_history_csv
-    from .losses import resolve_lambda
     from .data import band_statistics, fingerprint, load_clips
+    from .losses import resolve_lambda
     from .trainer import SCHEDULES, TrainConfig, train
 
     budget = SCHEDULES[schedule]
