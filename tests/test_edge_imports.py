@@ -49,7 +49,7 @@ def test_calibrate_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path
 
 def test_the_check_sees_heavy_imports(tmp_path):
     """The detector of this file works: a snippet that imports onnx is reported."""
-    code = "import json, sys, onnx\nprint('MODULES=' + json.dumps(sorted(m for m in %r if m in sys.modules)))" % (HEAVY,)
+    code = f"import json, sys, onnx\nprint('MODULES=' + json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "onnx" in json.loads(proc.stdout.split("MODULES=")[1])
