@@ -124,3 +124,25 @@ def onnx_model(checkpoint, data_root, work):
     path = work / "fan.onnx"
     _, result = convert_checkpoint(checkpoint, "onnx", path, calibration_dir=data_root)
     return path, result
+
+
+# The command-line tests' shared setup ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model(int8_model):
+    """The int8 .tflite file of the session's model."""
+    return Path(int8_model[0])
+
+
+@pytest.fixture(scope="module")
+def calibrated(model, fan, tmp_path_factory):
+    """(store path, edge-calibrate process) after calibrating id_00 on the 10 real fan train normals."""
+    store = tmp_path_factory.mktemp("store") / "phi.json"
+    proc = cli("edge-calibrate", *fan["train"], "--model", model, "--machine-id", "00", "--store", store)
+    return store, proc
+
+
+@pytest.fixture
+def env(tmp_path):
+    """Keep every command away from the user's config dir."""
+    return {"EDGE_ASD_STORE": str(tmp_path / "default_store.json")}

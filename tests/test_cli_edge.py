@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import assert_one_line_error, cli
+from conftest import cli
 
 EVENT_FIELDS = {"schema", "event", "time_s", "frame", "score", "running_max", "phi", "machine_id", "model_sha256",
                 "window"}
@@ -38,11 +38,6 @@ def reference_events(scores: np.ndarray, phi: float, window_s: float | None = No
 
 
 @pytest.fixture(scope="module")
-def model(int8_model):
-    return Path(int8_model[0])
-
-
-@pytest.fixture(scope="module")
 def scorer(model):
     from edge_asd.edge.scorer import Scorer
 
@@ -61,20 +56,6 @@ def clip_scores(scorer):
         return cache[path]
 
     return scores
-
-
-@pytest.fixture(scope="module")
-def calibrated(model, fan, tmp_path_factory):
-    """(store path, edge-calibrate process) after calibrating id_00 on the 10 real fan train normals."""
-    store = tmp_path_factory.mktemp("store") / "phi.json"
-    proc = cli("edge-calibrate", *fan["train"], "--model", model, "--machine-id", "00", "--store", store)
-    return store, proc
-
-
-@pytest.fixture
-def env(tmp_path):
-    """Keep every command away from the user's config dir."""
-    return {"EDGE_ASD_STORE": str(tmp_path / "default_store.json")}
 
 
 @pytest.fixture(scope="module")
@@ -256,155 +237,6 @@ def test_monitor_events_file_appends(model, anomaly_clip, low_phi, tmp_path, env
     assert events_file.read_text() == old + proc.stdout
     monitor("--model", model, "--input", anomaly_clip, "--phi", str(low_phi), "--events", events_file, env=env)
     assert events_file.read_text() == old + proc.stdout + proc.stdout
-
-
-# edge-monitor: user mistakes ----------------------------------------------------------------------
-
-def _monitor_error(model, *args, env, input=None, words=()):
-    proc = cli("edge-monitor", "--model", model, *args, env=env, input=input)
-    assert_one_line_error(proc)
-    error = next(line for line in proc.stderr.splitlines() if line.startswith("Error:"))
-    for w in words:
-        assert w in error, error
-    return error
-
-
-def test_monitor_missing_audio(model, tmp_path, env):
-    _monitor_error(model, "--phi", "1", "--input", tmp_path / "nope.wav", env=env, words=["nope.wav"])
-
-
-def test_monitor_non_audio(model, tmp_path, env):
-    path = tmp_path / "notes.txt"
-    path.write_text("not audio\n" * 100)
-    _monitor_error(model, "--phi", "1", "--input", path, env=env, words=["notes.txt"])
-
-
-def test_monitor_empty_file(model, tmp_path, env):
-    path = tmp_path / "empty.wav"
-    path.write_bytes(b"")
-    _monitor_error(model, "--phi", "1", "--input", path, env=env, words=["empty"])
-
-
-def test_monitor_truncated_wav(model, fan_audio, tmp_path, env):
-    full = tmp_path / "full.wav"
-    sf.write(full, fan_audio, 16000, subtype="PCM_16")
-    data = full.read_bytes()
-    path = tmp_path / "half.wav"
-    path.write_bytes(data[: len(data) // 2])
-    _monitor_error(model, "--phi", "1", "--input", path, env=env, words=["truncated"])
-
-
-def test_monitor_wrong_rate_on_stdin(model, fan_audio, tmp_path, env):
-    wav = tmp_path / "cd.wav"
-    sf.write(wav, fan_audio[:44100], 44100, subtype="PCM_16")
-    _monitor_error(model, "--phi", "1", "--input", "-", env=env, input=wav.read_bytes(),
-                   words=["wrong sample rate", "44100"])
-
-
-def test_monitor_declared_pcm_rate_mismatch(model, env):
-    _monitor_error(model, "--phi", "1", "--input", "-", "--pcm-rate", "48000", env=env, input=b"\x00\x01" * 8000,
-                   words=["48000", "16000"])
-
-
-def test_monitor_silence(model, env):
-    _monitor_error(model, "--phi", "1", "--input", "-", env=env, input=b"\x00\x00" * 16000, words=["silence"])
-
-
-def test_monitor_damaged_model(model, fan, tmp_path, env):
-    data = model.read_bytes()
-    bad = tmp_path / "half.tflite"
-    bad.write_bytes(data[: len(data) // 2])
-    _monitor_error(bad, "--phi", "1", "--input", fan["test_normal"][0], env=env, words=["half.tflite"])
-
-
-def test_monitor_not_our_model(model, fan, tmp_path, env):
-    try:
-        from test_model_file import strip_tflite_metadata
-    except ImportError:  # tests/ imported as a package
-        from tests.test_model_file import strip_tflite_metadata
-
-    foreign = tmp_path / "foreign.tflite"
-    foreign.write_bytes(strip_tflite_metadata(model.read_bytes()))
-    _monitor_error(foreign, "--phi", "1", "--input", fan["test_normal"][0], env=env, words=["not an edge-asd model"])
-    text = tmp_path / "text.tflite"
-    text.write_text("hello\n" * 100)
-    _monitor_error(text, "--phi", "1", "--input", fan["test_normal"][0], env=env)
-
-
-def test_monitor_unknown_machine_id(calibrated, model, fan, env):
-    store, _ = calibrated
-    _monitor_error(model, "--store", store, "--machine-id", "07", "--input", fan["test_normal"][0], env=env,
-                   words=["id_07", "edge-calibrate"])
-    _monitor_error(model, "--store", store, "--machine-id", "pump", "--input", fan["test_normal"][0], env=env,
-                   words=["machine ID"])
-
-
-def test_monitor_no_store(model, fan, tmp_path, env):
-    _monitor_error(model, "--input", fan["test_normal"][0], env={"EDGE_ASD_STORE": str(tmp_path / "none.json")},
-                   words=["edge-calibrate"])
-
-
-def test_monitor_mic_without_sound_card(model, env):
-    try:
-        import pyaudio  # noqa: F401
-
-        pytest.skip("PyAudio is installed here; this test is for machines without it")
-    except ImportError:
-        pass
-    _monitor_error(model, "--phi", "1", "--input", "mic", env=env, words=["PyAudio"])
-
-
-def test_monitor_bad_mic_device_index(model, env):
-    """``--input mic:abc`` is a typo, not a crash."""
-    _monitor_error(model, "--phi", "1", "--input", "mic:abc", env=env)
-
-
-# edge-train / edge-convert -------------------------------------------------------------------------
-
-def test_train_tiny_budget(data_root, tmp_path, env):
-    out = tmp_path / "tiny.pt"
-    proc = cli("edge-train", data_root / "machines", "--machine-type", "fan", "--machine-id", "00", "--epochs", "1",
-               "--batches-per-epoch", "2", "--device", "cpu", "--out", out, "-q", env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == str(out)
-    assert "coloured noise stands in" in proc.stderr
-    from edge_asd.train.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(out)
-    assert ckpt["machine_type"] == "fan" and ckpt["machine_ids"] == ["id_00"]
-    assert ckpt["features"]["preset"] == "koizumi2019"
-    assert ckpt["something_else"] == {"dir": None, "n_sounds": 0}
-    assert len(ckpt["normalization"]["mean"]) == 64
-
-
-def test_train_unknown_machine_type(data_root, tmp_path, env):
-    proc = cli("edge-train", data_root / "machines", "--machine-type", "toaster", "--out", tmp_path / "x.pt", env=env)
-    assert_one_line_error(proc)
-    assert "toaster" in proc.stderr and "fan" in proc.stderr
-    assert not (tmp_path / "x.pt").exists()
-
-
-def test_convert_onnx_prints_parity(checkpoint, data_root, tmp_path, env):
-    out = tmp_path / "fan.onnx"
-    proc = cli("edge-convert", checkpoint, "--to", "onnx", "--calibration", data_root, "--out", out, "-q", env=env)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0].startswith(f"wrote {out}") and "onnx" in lines[0] and "float32" in lines[0]
-    parity = [line for line in lines if line.startswith("frame scores on")]
-    assert len(parity) == 1 and "Pearson" in parity[0] and "Spearman" in parity[0] and "max |error|" in parity[0]
-    spearman = float(parity[0].split("Spearman ")[1].split(",")[0])
-    assert spearman > 0.999
-    assert any(line.startswith("clip AUC on") for line in lines)
-    from edge_asd.edge.model_file import read_model_file
-
-    assert read_model_file(out)[1] == "onnx"
-
-
-def test_convert_int8_needs_calibration(checkpoint, tmp_path, env):
-    proc = cli("edge-convert", checkpoint, "--to", "tflite", "--int8", "--out", tmp_path / "m.tflite", env=env)
-    assert_one_line_error(proc)
-    assert "--calibration" in proc.stderr
-    assert not (tmp_path / "m.tflite").exists()
 
 
 def test_monitor_ctrl_c_prints_the_summary_and_keeps_events(model, anomaly_clip, low_phi, tmp_path, env):

@@ -1,0 +1,52 @@
+"""The desktop commands as users run them: edge-train and edge-convert on the real recordings."""
+
+from __future__ import annotations
+
+from conftest import assert_one_line_error, cli
+
+# edge-train / edge-convert -------------------------------------------------------------------------
+
+def test_train_tiny_budget(data_root, tmp_path, env):
+    out = tmp_path / "tiny.pt"
+    proc = cli("edge-train", data_root / "machines", "--machine-type", "fan", "--machine-id", "00", "--epochs", "1",
+               "--batches-per-epoch", "2", "--device", "cpu", "--out", out, "-q", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    assert "coloured noise stands in" in proc.stderr
+    from edge_asd.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(out)
+    assert ckpt["machine_type"] == "fan" and ckpt["machine_ids"] == ["id_00"]
+    assert ckpt["features"]["preset"] == "koizumi2019"
+    assert ckpt["something_else"] == {"dir": None, "n_sounds": 0}
+    assert len(ckpt["normalization"]["mean"]) == 64
+
+
+def test_train_unknown_machine_type(data_root, tmp_path, env):
+    proc = cli("edge-train", data_root / "machines", "--machine-type", "toaster", "--out", tmp_path / "x.pt", env=env)
+    assert_one_line_error(proc)
+    assert "toaster" in proc.stderr and "fan" in proc.stderr
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_convert_onnx_prints_parity(checkpoint, data_root, tmp_path, env):
+    out = tmp_path / "fan.onnx"
+    proc = cli("edge-convert", checkpoint, "--to", "onnx", "--calibration", data_root, "--out", out, "-q", env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"wrote {out}") and "onnx" in lines[0] and "float32" in lines[0]
+    parity = [line for line in lines if line.startswith("frame scores on")]
+    assert len(parity) == 1 and "Pearson" in parity[0] and "Spearman" in parity[0] and "max |error|" in parity[0]
+    spearman = float(parity[0].split("Spearman ")[1].split(",")[0])
+    assert spearman > 0.999
+    assert any(line.startswith("clip AUC on") for line in lines)
+    from edge_asd.edge.model_file import read_model_file
+
+    assert read_model_file(out)[1] == "onnx"
+
+
+def test_convert_int8_needs_calibration(checkpoint, tmp_path, env):
+    proc = cli("edge-convert", checkpoint, "--to", "tflite", "--int8", "--out", tmp_path / "m.tflite", env=env)
+    assert_one_line_error(proc)
+    assert "--calibration" in proc.stderr
+    assert not (tmp_path / "m.tflite").exists()

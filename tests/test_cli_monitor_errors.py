@@ -1,0 +1,108 @@
+"""edge-monitor on user mistakes: each gives one "Error:" line, a nonzero exit and no traceback."""
+
+from __future__ import annotations
+
+import pytest
+import soundfile as sf
+
+from conftest import assert_one_line_error, cli
+
+# edge-monitor: user mistakes ----------------------------------------------------------------------
+
+def _monitor_error(model, *args, env, input=None, words=()):
+    proc = cli("edge-monitor", "--model", model, *args, env=env, input=input)
+    assert_one_line_error(proc)
+    error = next(line for line in proc.stderr.splitlines() if line.startswith("Error:"))
+    for w in words:
+        assert w in error, error
+    return error
+
+
+def test_monitor_missing_audio(model, tmp_path, env):
+    _monitor_error(model, "--phi", "1", "--input", tmp_path / "nope.wav", env=env, words=["nope.wav"])
+
+
+def test_monitor_non_audio(model, tmp_path, env):
+    path = tmp_path / "notes.txt"
+    path.write_text("not audio\n" * 100)
+    _monitor_error(model, "--phi", "1", "--input", path, env=env, words=["notes.txt"])
+
+
+def test_monitor_empty_file(model, tmp_path, env):
+    path = tmp_path / "empty.wav"
+    path.write_bytes(b"")
+    _monitor_error(model, "--phi", "1", "--input", path, env=env, words=["empty"])
+
+
+def test_monitor_truncated_wav(model, fan_audio, tmp_path, env):
+    full = tmp_path / "full.wav"
+    sf.write(full, fan_audio, 16000, subtype="PCM_16")
+    data = full.read_bytes()
+    path = tmp_path / "half.wav"
+    path.write_bytes(data[: len(data) // 2])
+    _monitor_error(model, "--phi", "1", "--input", path, env=env, words=["truncated"])
+
+
+def test_monitor_wrong_rate_on_stdin(model, fan_audio, tmp_path, env):
+    wav = tmp_path / "cd.wav"
+    sf.write(wav, fan_audio[:44100], 44100, subtype="PCM_16")
+    _monitor_error(model, "--phi", "1", "--input", "-", env=env, input=wav.read_bytes(),
+                   words=["wrong sample rate", "44100"])
+
+
+def test_monitor_declared_pcm_rate_mismatch(model, env):
+    _monitor_error(model, "--phi", "1", "--input", "-", "--pcm-rate", "48000", env=env, input=b"\x00\x01" * 8000,
+                   words=["48000", "16000"])
+
+
+def test_monitor_silence(model, env):
+    _monitor_error(model, "--phi", "1", "--input", "-", env=env, input=b"\x00\x00" * 16000, words=["silence"])
+
+
+def test_monitor_damaged_model(model, fan, tmp_path, env):
+    data = model.read_bytes()
+    bad = tmp_path / "half.tflite"
+    bad.write_bytes(data[: len(data) // 2])
+    _monitor_error(bad, "--phi", "1", "--input", fan["test_normal"][0], env=env, words=["half.tflite"])
+
+
+def test_monitor_not_our_model(model, fan, tmp_path, env):
+    try:
+        from test_model_file import strip_tflite_metadata
+    except ImportError:  # tests/ imported as a package
+        from tests.test_model_file import strip_tflite_metadata
+
+    foreign = tmp_path / "foreign.tflite"
+    foreign.write_bytes(strip_tflite_metadata(model.read_bytes()))
+    _monitor_error(foreign, "--phi", "1", "--input", fan["test_normal"][0], env=env, words=["not an edge-asd model"])
+    text = tmp_path / "text.tflite"
+    text.write_text("hello\n" * 100)
+    _monitor_error(text, "--phi", "1", "--input", fan["test_normal"][0], env=env)
+
+
+def test_monitor_unknown_machine_id(calibrated, model, fan, env):
+    store, _ = calibrated
+    _monitor_error(model, "--store", store, "--machine-id", "07", "--input", fan["test_normal"][0], env=env,
+                   words=["id_07", "edge-calibrate"])
+    _monitor_error(model, "--store", store, "--machine-id", "pump", "--input", fan["test_normal"][0], env=env,
+                   words=["machine ID"])
+
+
+def test_monitor_no_store(model, fan, tmp_path, env):
+    _monitor_error(model, "--input", fan["test_normal"][0], env={"EDGE_ASD_STORE": str(tmp_path / "none.json")},
+                   words=["edge-calibrate"])
+
+
+def test_monitor_mic_without_sound_card(model, env):
+    try:
+        import pyaudio  # noqa: F401
+
+        pytest.skip("PyAudio is installed here; this test is for machines without it")
+    except ImportError:
+        pass
+    _monitor_error(model, "--phi", "1", "--input", "mic", env=env, words=["PyAudio"])
+
+
+def test_monitor_bad_mic_device_index(model, env):
+    """``--input mic:abc`` is a typo, not a crash."""
+    _monitor_error(model, "--phi", "1", "--input", "mic:abc", env=env)
