@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
+from edge_asd.edge.features import standardize
 from edge_asd.edge.presets import FeatureConfig
 
 from .batches import BatchBuilder, BatchConfig
@@ -91,8 +92,6 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
     ae = build_autoencoder(arch).to(device).train()
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr, amsgrad=True)
     builder = BatchBuilder(normal_clips, something_else, features, cfg.batch)
-    mean_t = torch.as_tensor(np.tile(mean, features.n_context_frames), device=device)
-    std_t = torch.as_tensor(np.tile(std, features.n_context_frames), device=device)
 
     total = cfg.epochs * cfg.batches_per_epoch
     history = []
@@ -102,8 +101,8 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, cfg.lr)
         batch = builder.draw(rng)
-        x_u = (torch.as_tensor(batch.x_u, device=device) - mean_t) / std_t
-        x_a = (torch.as_tensor(batch.x_a, device=device) - mean_t) / std_t
+        x_u = torch.as_tensor(standardize(batch.x_u, mean, std), device=device)  # the device's own code
+        x_a = torch.as_tensor(standardize(batch.x_a, mean, std), device=device)
         a_u, a_a = anomaly_score(ae, x_u), anomaly_score(ae, x_a)
         if cfg.loss == "re":
             loss = re_loss(a_u)
