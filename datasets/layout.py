@@ -30,8 +30,10 @@ from typing import NamedTuple
 
 from edge_asd.edge.errors import EdgeAsdError
 from edge_asd.edge.machine_id import normalize_machine_id
+from edge_asd.firmware_io.audio_file import audio_files
 
-AUDIO_EXTENSIONS = (".wav", ".flac")
+AUDIO_EXTENSIONS = (".wav", ".flac")  # the public datasets' formats; other audio is not a dataset clip
+
 SPLITS = ("train", "test")
 LABELS = ("normal", "anomaly")
 _SPLIT_FOLDERS = {"train", "test", "source_test", "target_test"}
@@ -94,21 +96,6 @@ def _parse(path: Path) -> Clip | None:
     return None
 
 
-def _audio_files(root: Path) -> Iterable[Path]:
-    """Every .wav/.flac below root; follows links once, skips hidden folders and __MACOSX."""
-    seen: set[str] = set()
-    for folder, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX"]
-        for name in filenames:
-            if name.lower().endswith(AUDIO_EXTENSIONS):
-                yield Path(folder, name)
-
-
 def _resolve_root(root: str | os.PathLike) -> Path:
     path = Path(root).expanduser()
     if not path.exists():
@@ -154,7 +141,8 @@ def scan(
         raise EdgeAsdError(f"bad label {label!r}: use normal or anomaly")
     wanted_id = None if machine_id is None else normalize_machine_id(machine_id)
 
-    clips = [clip for clip in map(_parse, _audio_files(base)) if clip is not None]
+    files = (p for p in audio_files(base) if p.suffix.lower() in AUDIO_EXTENSIONS)
+    clips = [clip for clip in map(_parse, files) if clip is not None]
     if not clips:
         raise EdgeAsdError(
             f"{root}: no labelled clips found; expected <type>/train/normal_id_00_00000000.wav (DCASE) "

@@ -7,6 +7,7 @@ both are logged. Missing, empty, non-audio, truncated or NaN-carrying files rais
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +24,20 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
 
 def audio_files(directory: str | Path) -> list[Path]:
-    """Audio files (by suffix, any case) below ``directory``, sorted; hidden folders are skipped."""
-    root = Path(directory)
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1]))
+    """Audio files (by suffix, any case) below ``directory``, sorted.
+
+    Follows links to folders once (no loops), skips hidden folders and ``__MACOSX``.
+    """
+    found, seen = [], set()
+    for folder, dirnames, filenames in os.walk(directory, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX"]
+        found += [Path(folder, name) for name in filenames if name.lower().endswith(AUDIO_SUFFIXES)]
+    return sorted(found)
 
 
 def _open(path: Path) -> sf.SoundFile:
