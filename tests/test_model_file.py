@@ -149,9 +149,10 @@ def _refused(path: Path, words: str | None = None):
     return str(e.value)
 
 
-def test_truncated_tflite(int8_model, tmp_path):
-    data = Path(int8_model[0]).read_bytes()
-    path = tmp_path / "half.tflite"
+@pytest.mark.parametrize("fixture, suffix", [("int8_model", ".tflite"), ("onnx_model", ".onnx")])
+def test_truncated_model(fixture, suffix, request, tmp_path):
+    data = Path(request.getfixturevalue(fixture)[0]).read_bytes()
+    path = tmp_path / f"half{suffix}"
     path.write_bytes(data[: len(data) // 2])
     _refused(path, "damaged")
 
@@ -240,13 +241,6 @@ def test_empty_and_missing_model(tmp_path):
     path.write_bytes(b"")
     _refused(path, "empty")
     _refused(tmp_path / "missing.tflite", "not found")
-
-
-def test_truncated_onnx(onnx_model, tmp_path):
-    data = Path(onnx_model[0]).read_bytes()
-    path = tmp_path / "half.onnx"
-    path.write_bytes(data[: len(data) // 2])
-    _refused(path, "damaged")
 
 
 def test_onnx_without_our_metadata(onnx_model, tmp_path):
