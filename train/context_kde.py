@@ -42,11 +42,11 @@ def context_kde_weights(psi: torch.Tensor, is_u: torch.Tensor, n_context: int, s
     var = (mult[:, None] * (psi - mean) ** 2).sum(0) / total
     z = (psi - mean) / var.sqrt().clamp_min(1e-6)
     sq = z.pow(2).sum(1)
-    g = (sq[:, None] + sq[None, :] - 2.0 * (z @ z.T)).clamp_min(0.0)  # (T, T) frame distances
+    g = torch.addmm(sq[None, :], z, z.T, alpha=-2.0).add_(sq[:, None]).clamp_min_(0.0)  # (T, T) frame distances
     g.fill_diagonal_(0.0)  # exact: the j = i term of eq. (15) is exp(0) = 1
     d2 = diagonal_window_sum(g, n_context)[:n_vec, :n_vec]  # ||x_i - x_j||^2
-    k_sum = torch.exp(-sigma * d2[is_u]) @ u  # (M_u,), sum over j in x^(u)
-    return 1.0 / (k_sum / m_u + eps)
+    k_sum = torch.exp(d2.mul_(-sigma)) @ u  # sum over j in x^(u), for every i
+    return 1.0 / (k_sum[is_u] / m_u + eps)
 
 
 def diagonal_window_sum(g: torch.Tensor, length: int) -> torch.Tensor:

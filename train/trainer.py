@@ -162,21 +162,14 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
             batch = batches.get()
             x_u = torch.from_numpy(batch.x_u).to(device, non_blocking=True)
             x_a = torch.from_numpy(batch.x_a).to(device, non_blocking=True)
-            with _autocast(device, amp_dtype):
-                a_u, a_a = anomaly_score(ae, x_u).float(), anomaly_score(ae, x_a).float()
-            if cfg.loss == "re":
-                loss = re_loss(a_u)
-            elif cfg.loss == "snp":
-                loss = snp_loss(a_u, a_a, lam)
+            if cfg.loss != "bu":
+                weights = None
+            elif cfg.kde == "frames":
+                weights = context_kde_weights(torch.from_numpy(batch.psi).to(device), torch.from_numpy(~batch.is_a).to(device),
+                                              features.n_context_frames, sigma, cfg.epsilon)
             else:
-                w = (context_kde_weights(torch.from_numpy(batch.psi).to(device), torch.from_numpy(~batch.is_a).to(device),
-                                         features.n_context_frames, sigma, cfg.epsilon)
-                     if cfg.kde == "frames" else kde_weights(x_u, sigma, cfg.epsilon))
-                loss = bu_loss(a_u, a_a, w, lam)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+                weights = kde_weights(x_u, sigma, cfg.epsilon)
+            loss, a_u, a_a = update(ae, opt, scaler, x_u, x_a, cfg.loss, lam, weights, amp_dtype)
             n_frames += len(x_u) + len(x_a)
             row = {"step": step, "lr": opt.param_groups[0]["lr"], "loss": loss.item(), "score_u": a_u.mean().item(),
                    "score_a": a_a.mean().item() if len(x_a) else float("nan")}
@@ -222,10 +215,36 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
             "split": split, "metric": cfg.val_metric, "n_normal": len(val_set.x_normal), "n_pseudo": len(val_set.x_pseudo),
             "best_epoch": best["epoch"] if best else None, "stopped_early": run["stopped_early"]},
         "train_seconds": elapsed,
+        "train_frames": n_frames,
         "device": str(device),
         "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def update(ae, opt, scaler, x_u: torch.Tensor, x_a: torch.Tensor, loss_name: str, lam: float,
+           weights: torch.Tensor | None, amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One AMSGrad update on standardized x^(u) (M_u, D) and x^(a) (M_a, D): returns (loss, A(x^(u)), A(x^(a))).
+
+    ``weights``: the BU weights w_i of eq. (16), (M_u,), for ``loss_name == "bu"``. The forward pass
+    runs under autocast when ``amp_dtype`` is set; scores, weights and loss stay float32. For RE the
+    scores of x^(a) are computed without gradients, for the log only."""
+    device = x_u.device
+    with _autocast(device, amp_dtype):
+        a_u = anomaly_score(ae, x_u).float()
+        with torch.set_grad_enabled(loss_name != "re"):
+            a_a = anomaly_score(ae, x_a).float()
+    if loss_name == "re":
+        loss = re_loss(a_u)
+    elif loss_name == "snp":
+        loss = snp_loss(a_u, a_a, lam)
+    else:
+        loss = bu_loss(a_u, a_a, weights, lam)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss, a_u, a_a
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
