@@ -146,6 +146,9 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
         ckpt = train(cfg, features, normal_audio, other, mean, std, progress=not quiet, state_path=state_path, resume=resume)
     except ValueError as e:  # too little audio for a segment or a validation split
         raise EdgeAsdError(f"{e}; use longer clips or --val-fraction 0") from None
+    except KeyboardInterrupt:
+        saved = f"the state after the last whole epoch is in {state_path}; add --resume to continue" if state_path.is_file() else "nothing was saved"
+        raise EdgeAsdError(f"interrupted: {saved}") from None
     ckpt["training_data"] = fingerprint(paths)
     ckpt["something_else"] = {"dir": str(something_else_dir) if something_else_dir else None,
                               "n_sounds": len(other) if other else 0}

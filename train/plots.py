@@ -46,6 +46,9 @@ def write_curves(ckpt: dict, path: str | Path) -> None:
     else:
         ax_val.plot(ep, [e["loss"] for e in epochs], "o-")
         ax_val.set(xlabel="epoch", ylabel="mean loss", title="per epoch (no validation split)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax_val.xaxis.set_major_locator(MaxNLocator(integer=True))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(Path(path), buf.getvalue())
