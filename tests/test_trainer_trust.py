@@ -328,3 +328,19 @@ def test_edge_train_help_documents_every_hyper_parameter():
                    "1/(2D)", "H=2, U=128, Z=40", "D=1344", "1e-4", "[default: 0.2;", "--patience", "--resume",
                    "--precision", "--device", "bf16", "--cache-dir", "--val-metric", "AMSGrad"]:
         assert needle in text, needle
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_cuda_training_agrees_with_the_cpu(data, precision):
+    """The same 3 updates on CUDA (fp32, or autocast with bf16 / fp16 + GradScaler) and on the CPU:
+    same batches, losses within the precision's rounding, fp32 weights, a usable validation."""
+    normals, others, mean, std = data
+    kw = {"epochs": 1, "batches_per_epoch": 3, "val_fraction": 0.2, "patience": 0}
+    cpu = train(config(**kw), FEATURES, normals, others, mean, std, progress=False)
+    gpu = train(config(device="cuda", precision=precision, **kw), FEATURES, normals, others, mean, std, progress=False)
+    assert gpu["device"].startswith("cuda")
+    rtol = {"fp32": 1e-3, "bf16": 0.05, "fp16": 0.02}[precision]
+    np.testing.assert_allclose([h["score_u"] for h in gpu["history"]], [h["score_u"] for h in cpu["history"]], rtol=rtol)
+    assert all(v.dtype in (torch.float32, torch.int64) and v.device.type == "cpu" for v in gpu["model_state"].values())
+    assert 0.0 <= gpu["epochs"][0]["val_auc"] <= 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import click
@@ -65,7 +66,7 @@ log = logging.getLogger("edge_asd")
               help="auto = cuda when torch sees a GPU, else cpu.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto = bf16 autocast on CUDA GPUs that support it, else fp16 with a GradScaler; fp32 on the CPU.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads (default: torch's choice).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads. Default: all cores but one, which prepares the mini-batches.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Cache of decoded audio and log-mel frames (default: $EDGE_ASD_CACHE_DIR or the user cache dir).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the feature cache.")
@@ -118,8 +119,8 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
     ids = sorted({c.machine_id for c in normals})
     paths = [c.path for c in normals]
     log.info("training on %d normal clips of %s %s", len(paths), machine_type, ", ".join(ids))
-    if threads:
-        torch.set_num_threads(threads)
+    # one core is left to the thread that prepares the mini-batches
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) - 1))
     cache = FeatureCache(None if no_cache else (cache_dir or default_cache_dir()))
     normal_audio = load_clips(paths, features, cache)
     if something_else_dir is None:
