@@ -188,11 +188,11 @@ def test_early_stopping_when_validation_does_not_improve(data):
 
 def test_checkpoint_holds_the_best_epochs_weights(data):
     normals, others, mean, std = data
-    ck = train(config(epochs=4, batches_per_epoch=4, val_fraction=0.2, patience=0), FEATURES, normals, others, mean, std,
+    ck = train(config(epochs=4, batches_per_epoch=4, val_fraction=0.2, keep="best"), FEATURES, normals, others, mean, std,
                progress=False)
     best = ck["validation"]["best_epoch"]
     keys = [(round(e["val_auc"], 4), -e["val_score_u"]) for e in ck["epochs"]]
-    assert keys[best - 1] == max(keys) and len(ck["epochs"]) == 4
+    assert keys[best - 1] == max(keys) and len(ck["epochs"]) == 4 and ck["validation"]["kept_epoch"] == best
     # recompute the validation of the returned weights: it is the best epoch's row
     train_clips, val_clips, _ = split_normals(normals, 0.2, 0)
     vs = build_validation(val_clips, BatchBuilder(train_clips, others, FEATURES), mean, std, 0)

@@ -56,9 +56,12 @@ log = logging.getLogger("edge_asd")
               help="Validation criterion, maximised: auc = pseudo-anomaly AUC (held-out normal vectors vs the same audio with "
                    "something-else sounds at -15 to 0 dB ANR), ties to the lower normal score; score = lowest mean A(x) "
                    "of the held-out normal vectors.")
-@click.option("--patience", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Early stopping: stop after this many epochs without a better validation criterion (0 = never). "
-                   "The checkpoint keeps the best epoch's weights.")
+@click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Early stopping: stop after this many epochs without a better validation criterion (0 = never; "
+                   "off by default: on MIMII fan the pseudo-anomaly AUC did not track the real AUC, see README).")
+@click.option("--keep", type=click.Choice(["auto", "best", "last"]), default="auto", show_default=True,
+              help="Which epoch's weights the checkpoint holds: best (validation criterion), last, or auto = best "
+                   "with early stopping, else last.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from OUT's .state.pt (written after every epoch), with the same options.")
 @click.option("--seed", default=0, show_default=True, help="Seed for the weights, the validation split and the mini-batches.")
@@ -76,7 +79,7 @@ log = logging.getLogger("edge_asd")
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else_dir, schedule, epochs, batches_per_epoch, lr,
-         sigma, lam, epsilon, kde, anr_min, anr_max, val_fraction, val_metric, patience, resume, seed, device, precision,
+         sigma, lam, epsilon, kde, anr_min, anr_max, val_fraction, val_metric, patience, keep, resume, seed, device, precision,
          threads, cache_dir, no_cache, out_path, quiet):
     """Train on the normal training clips of DATA_DIR (DCASE or MIMII layout) and write a checkpoint.
 
@@ -139,7 +142,7 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
     cfg = TrainConfig(machine_type=machine_type, machine_ids=ids, preset=preset, arch=arch, loss=loss, epochs=epochs,
                       batches_per_epoch=batches_per_epoch, lr=lr, seed=seed, device=device, sigma=sigma, lam=lam,
                       epsilon=epsilon, batch=BatchConfig(anr_db=(anr_min, anr_max)), precision=precision,
-                      val_fraction=val_fraction, patience=patience, val_metric=val_metric, kde=kde)
+                      val_fraction=val_fraction, patience=patience, keep=keep, val_metric=val_metric, kde=kde)
     state_path = out_path.with_suffix(".state.pt")
     if resume and not state_path.is_file():
         raise EdgeAsdError(f"--resume: no training state {state_path} (it is written after every epoch)")

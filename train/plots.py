@@ -13,7 +13,7 @@ from edge_asd.edge.atomic_io import atomic_write_bytes
 def write_curves(ckpt: dict, path: str | Path) -> None:
     """Left: the loss of every update and its running mean over one epoch. Right: per epoch, the
     pseudo-anomaly validation AUC and the held-out normal score (when the run had validation), else the
-    epoch's mean loss; the kept (best) epoch is marked. Written atomically."""
+    epoch's mean loss; the best epoch is marked and the title names the one the checkpoint holds. Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,7 +39,9 @@ def write_curves(ckpt: dict, path: str | Path) -> None:
         ax_score.plot(ep, [e["val_score_u"] for e in epochs], "s--", color="C1", ms=3, label="held-out normal score")
         ax_score.set_ylabel("mean A(x) of held-out normal vectors")
         if validation.get("best_epoch"):
-            ax_val.axvline(validation["best_epoch"], color="k", lw=0.8, ls=":", label=f"kept: epoch {validation['best_epoch']}")
+            ax_val.axvline(validation["best_epoch"], color="k", lw=0.8, ls=":", label=f"best: epoch {validation['best_epoch']}")
+        if validation.get("kept_epoch"):
+            ax_val.set_title(f"validation (checkpoint: epoch {validation['kept_epoch']})")
         lines = ax_val.get_legend_handles_labels()
         more = ax_score.get_legend_handles_labels()
         ax_val.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right", fontsize=8)

@@ -59,8 +59,11 @@ class TrainConfig:
     """auto (bf16 or fp16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16 (CUDA only)."""
     val_fraction: float = 0.0
     """Share of the normal audio held out for validation (whole clips, or time when < 5 clips); 0 = none."""
-    patience: int = 5
+    patience: int = 0
     """Early stopping: epochs without a better validation criterion; 0 = never stop early."""
+    keep: str = "auto"
+    """Which weights the checkpoint holds with validation: "best" epoch, "last", or "auto" = best when
+    early stopping is on (patience > 0), else last."""
     val_metric: str = "auc"
     """Validation criterion: "auc" (pseudo-anomaly AUC, ties to the lower normal score) or "score"."""
     kde: str = "frames"
@@ -104,14 +107,14 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-RESUME_IGNORED = ("device", "precision", "prefetch")
+RESUME_IGNORED = ("device", "precision", "prefetch", "keep")
 """TrainConfig fields that may differ between an interrupted run and its resumption."""
 
 
 def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarray],
           something_else: list[np.ndarray] | None, mean: np.ndarray, std: np.ndarray,
           progress: bool = True, *, val_clips: list[np.ndarray] | None = None,
-          state_path: str | Path | None = None, resume: bool = False) -> dict:
+          state_path: str | Path | None = None, resume: bool = False, on_epoch=None) -> dict:
     """Train an autoencoder; return the checkpoint dict (weights, arch, features, normalization, loss).
 
     Args:
@@ -121,7 +124,10 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
             ``normal_clips`` (:func:`validation.split_normals`).
         state_path: where the full training state is written at the end of every epoch (atomic).
         resume: continue from ``state_path`` (same config and normalization, else EdgeAsdError).
-    With validation, the returned weights are those of the best epoch (``validation["best_epoch"]``).
+        on_epoch: called as ``on_epoch(row, ae)`` after every epoch, with the epoch's row (loss and
+            validation) and the autoencoder (in train mode; switch to eval and back to score with it).
+    With validation, the returned weights are those of the best epoch when ``cfg.keep`` says so
+    (``validation["kept_epoch"]``), else those of the last.
     Raises EdgeAsdError when the loss becomes NaN/inf or the resume state does not fit.
     """
     device = resolve_device(cfg.device)
@@ -179,6 +185,8 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
             run["step"] = step + 1
             if run["step"] % cfg.batches_per_epoch == 0 or run["step"] == total:
                 _end_of_epoch(run, cfg, ae, score, val_set)
+                if on_epoch is not None:
+                    on_epoch(run["epochs"][-1], ae)
                 if state_path is not None:
                     _save_state(state_path, run, cfg, mean, std, ae, opt, scaler)
                 if run["stopped_early"]:
@@ -195,10 +203,13 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
     log.info("trained %d updates in %.1f s (%.0f frames/s) on %s%s", run["step"] - start, elapsed,
              n_frames / max(elapsed, 1e-9), device, f" ({amp_dtype})" if amp_dtype else "")
     best = run["best"]
-    weights = best["model_state"] if best else {k: v.detach().cpu() for k, v in ae.state_dict().items()}
+    keep_best = best is not None and (cfg.keep == "best" or (cfg.keep == "auto" and cfg.patience > 0))
+    weights = best["model_state"] if keep_best else {k: v.detach().cpu() for k, v in ae.state_dict().items()}
     if best:
-        log.info("best epoch %d of %d (%s %s)%s", best["epoch"], len(run["epochs"]), cfg.val_metric, best["key"],
-                 ", stopped early" if run["stopped_early"] else "")
+        row = run["epochs"][best["epoch"] - 1]
+        log.info("best epoch %d of %d: validation AUC %.3f, held-out normal score %.1f%s; the checkpoint holds the %s epoch",
+                 best["epoch"], len(run["epochs"]), row["val_auc"], row["val_score_u"],
+                 " (stopped early)" if run["stopped_early"] else "", "best" if keep_best else "last")
     return {
         "schema": CHECKPOINT_SCHEMA,
         "model_state": weights,
@@ -213,7 +224,8 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
         "epochs": run["epochs"],
         "validation": None if val_set is None else {
             "split": split, "metric": cfg.val_metric, "n_normal": len(val_set.x_normal), "n_pseudo": len(val_set.x_pseudo),
-            "best_epoch": best["epoch"] if best else None, "stopped_early": run["stopped_early"]},
+            "best_epoch": best["epoch"] if best else None, "stopped_early": run["stopped_early"],
+            "kept_epoch": best["epoch"] if keep_best else len(run["epochs"])},
         "train_seconds": elapsed,
         "train_frames": n_frames,
         "device": str(device),
