@@ -11,7 +11,7 @@
    training step consumes on full 30-s mini-batches (target >= 2), and the loop's throughput with the
    background thread vs without;
 4. ``--wall``: wall time of edge-train for the demo model (12 x 50 updates, as examples/demo.py) and
-   for fan id_00 to early stopping (short schedule), both with validation on, as subprocesses.
+   for fan id_00 to early stopping (short schedule, --patience 5), both with validation on, as subprocesses.
 
 With CUDA present (or ``--device cuda``), the step timings run on the CPU and on the GPU (fp32 and
 autocast bf16/fp16), printed side by side. Every figure is the median of repeated timings.
@@ -205,7 +205,7 @@ def main() -> None:
                   str(data / "something_else" / "train"), "--lambda", "2D", "--threads", str(args.threads), "-q"]
         with tempfile.TemporaryDirectory() as tmp:
             for name, extra in [("demo model (examples/demo.py: 12 x 50 updates)", ["--epochs", "12", "--batches-per-epoch", "50"]),
-                                ("fan id_00 to early stopping (short schedule: 20 x 50, patience 5)", [])]:
+                                ("fan id_00 to early stopping (short schedule: 20 x 50, patience 5)", ["--patience", "5"])]:
                 t = time.perf_counter()
                 proc = subprocess.run([exe, *common, *extra, "--out", f"{tmp}/m.pt"], capture_output=True, text=True)
                 wall = time.perf_counter() - t
