@@ -77,7 +77,7 @@ def main() -> None:
     # lambda = 2D rather than the paper's printed 2M: with 2M the tanh of eq. 10 saturates on these
     # standardized features and BU degenerates to a weighted RE (README, "lambda").
     run("edge-train", data, "--machine-type", args.machine_type, "--machine-id", args.machine_id, "--loss", "bu",
-        "--lambda", args.lam,
+        "--lambda", args.lam, "--val-fraction", "0",  # phi is calibrated on these clips below: train on all of them
         *(["--something-else", something_else] if something_else.is_dir() else []),
         "--epochs", args.epochs, "--batches-per-epoch", args.batches_per_epoch, "--out", ckpt, "-q")
     train_s = time.perf_counter() - t

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_asd.edge.features import extract
+from edge_asd.edge.features import LogMel, logmel, stack_context
 from edge_asd.edge.presets import FeatureConfig
 
 
@@ -28,12 +28,16 @@ class BatchConfig:
 @dataclass
 class MiniBatch:
     x_u: np.ndarray
-    """Normal context vectors, (M_u, D) float32 (raw log-mel, not standardized)."""
+    """Normal context vectors, (M_u, D) float32 (raw log-mel unless ``draw`` was given mean/std)."""
     x_a: np.ndarray
     """Context vectors that contain the something-else sound, (M_a, D) float32."""
     anr_db: float
     span: tuple[int, int]
     """Samples [start, stop) of the mixture where the something-else sound lies."""
+    psi: np.ndarray | None = None
+    """Log-mel frames of the whole mixture, (T, M) float32; vector i stacks frames i .. i + L - 1."""
+    is_a: np.ndarray | None = None
+    """(T - L + 1,) bool: which of the mixture's vectors are x^(a) (the rest, in order, are x^(u))."""
 
 
 def segment(clips: list[np.ndarray], segment_samples: int) -> list[np.ndarray]:
@@ -65,6 +69,20 @@ def coloured_noise(n_samples: int, exponent: float, rng: np.random.Generator) ->
     return (noise / np.sqrt(np.mean(noise ** 2))).astype(np.float32)
 
 
+def mix_in(normal: np.ndarray, sound: np.ndarray, start: int, anr_db: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """Eq. (8): ``normal`` with ``alpha * sound`` added from sample ``start``, alpha set so that the ANR
+    (power of alpha a over the power of the normal samples under it) is ``anr_db`` dB.
+
+    Returns (mixture float32 (N,), span [start, stop) in samples)."""
+    span = (start, start + len(sound))
+    p_normal = float(np.mean(normal[span[0]:span[1]].astype(np.float64) ** 2)) + 1e-12
+    p_sound = float(np.mean(sound.astype(np.float64) ** 2)) + 1e-12
+    alpha = np.sqrt(p_normal / p_sound * 10 ** (anr_db / 10))
+    mixture = np.array(normal, dtype=np.float32)
+    mixture[span[0]:span[1]] += (alpha * sound).astype(np.float32)
+    return mixture, span
+
+
 def overlapping_vectors(n_vectors: int, span: tuple[int, int], cfg: FeatureConfig) -> np.ndarray:
     """Boolean mask of the context vectors whose samples overlap ``span`` = [start, stop)."""
     first = np.arange(n_vectors) * cfg.hop_samples
@@ -89,6 +107,7 @@ class BatchBuilder:
         if not self.segments:
             raise ValueError(f"no normal clip is at least {batch_cfg.segment_s} s long")
         self.something_else = [s for s in (trim_silence(x) for x in something_else or []) if len(s) >= cfg.n_fft] or None
+        self.logmel = LogMel(cfg)  # the mel matrix once, not once per batch
 
     def draw_something_else(self, rng: np.random.Generator, max_samples: int) -> np.ndarray:
         if self.something_else is None:
@@ -108,17 +127,17 @@ class BatchBuilder:
         normal = np.concatenate([self.segments[i] for i in idx])
         sound = self.draw_something_else(rng, len(normal))
         start = int(rng.integers(len(normal) - len(sound) + 1))
-        span = (start, start + len(sound))
         anr_db = float(rng.uniform(*self.batch_cfg.anr_db))
-        p_normal = float(np.mean(normal[span[0]:span[1]].astype(np.float64) ** 2)) + 1e-12
-        p_sound = float(np.mean(sound.astype(np.float64) ** 2)) + 1e-12
-        alpha = np.sqrt(p_normal / p_sound * 10 ** (anr_db / 10))
-        mixture = normal.copy()
-        mixture[span[0]:span[1]] += (alpha * sound).astype(np.float32)
+        mixture, span = mix_in(normal, sound, start, anr_db)
         return normal, mixture, span, anr_db
 
-    def draw(self, rng: np.random.Generator) -> MiniBatch:
+    def draw(self, rng: np.random.Generator, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> MiniBatch:
+        """One mini-batch; with ``mean``/``std`` (n_mels,), psi and the vectors come standardized per mel
+        band, equal to ``edge.features.standardize`` of the raw vectors but with L times less work."""
         _, mixture, span, anr_db = self.mix(rng)
-        vectors = extract(mixture, self.cfg)
+        psi = logmel(mixture, self.cfg, self.logmel)  # == edge.features.extract, without rebuilding the mel matrix
+        if mean is not None:
+            psi = ((psi - mean) / std).astype(np.float32)
+        vectors = stack_context(psi, self.cfg.n_context_frames)
         is_a = overlapping_vectors(len(vectors), span, self.cfg)
-        return MiniBatch(vectors[~is_a], vectors[is_a], anr_db, span)
+        return MiniBatch(vectors[~is_a], vectors[is_a], anr_db, span, psi, is_a)

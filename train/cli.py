@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import click
@@ -28,42 +29,76 @@ log = logging.getLogger("edge_asd")
 @click.option("--something-else", "something_else_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of something-else sounds a for pseudo-anomalies (eq. 8). Default: coloured noise.")
 @click.option("--schedule", type=click.Choice(["short", "paper"]), default="short", show_default=True,
-              help="Named budget: short = 20 epochs x 50 batches at lr 1e-3; paper = 200 x 500 at 1e-4 (sec. 4.2.2). "
-                   "--epochs, --batches-per-epoch and --lr override it.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (short: 20, paper: 200).")
+              help="Named budget. short: 20 epochs x 50 mini-batches at lr 1e-3 (minutes on a laptop); paper: "
+                   "200 x 500 at 1e-4 (sec. 4.2.2, ~4 h on the paper's GPU). Both: lr fixed for the first half, then "
+                   "linear decay to lr/100. --epochs, --batches-per-epoch and --lr override it.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs, the unit of validation and early stopping (short: 20, paper: 200).")
 @click.option("--batches-per-epoch", type=click.IntRange(min=1), default=None,
-              help="Mini-batches per epoch, one 30-s mixture each (short: 50, paper: 500).")
+              help="Mini-batches (updates) per epoch, one 30-s mixture each (short: 50, paper: 500).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Initial AMSGrad step size, fixed for half the run, then linear decay to 1/100 (short: 1e-3, paper: 1e-4).")
-@click.option("--sigma", type=float, default=None, help="KDE bandwidth sigma of eq. 15. Default 1/(2D).")
+              help="Initial AMSGrad step size (sec. 4.2.2), fixed for half the run, then linear decay to 1/100 (short: 1e-3, paper: 1e-4).")
+@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="sigma, KDE bandwidth of eq. 15, 1/(squared standardized distance). Default 1/(2D) (sec. 4.2.2), D = input dimension.")
 @click.option("--lambda", "lam", default="2M", show_default=True,
-              help="Clipping lambda of eq. 10: 2M (sec. 4.2.2), 2D (sec. 4.1.1; far less tanh saturation with "
-                   "standardized features, see README) or a number.")
-@click.option("--epsilon", default=1e-6, show_default=True, help="epsilon of eq. 16, w = 1/(K + epsilon).")
-@click.option("--anr-min", default=-30.0, show_default=True, help="Lowest ANR of the pseudo-anomalies, dB.")
-@click.option("--anr-max", default=10.0, show_default=True, help="Highest ANR of the pseudo-anomalies, dB.")
-@click.option("--seed", default=0, show_default=True, help="Seed for weights and mini-batches.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (.pt).")
+              help="lambda, clipping level of eq. 10, in units of the anomaly score A(x): 2M (sec. 4.2.2, M = mel bands), "
+                   "2D (sec. 4.1.1; far less tanh saturation with standardized features, see README) or a number.")
+@click.option("--epsilon", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+              help="epsilon of eq. 16, w_i = 1/(K(x_i) + epsilon), dimensionless.")
+@click.option("--kde", type=click.Choice(["frames", "vectors"]), default="frames", show_default=True,
+              help="How K(x) of eq. 15 is computed: frames = from the log-mel frames' distances (L times less work, "
+                   "batch normalized per mel band); vectors = Gram matrix of the D-dim vectors, normalized per dimension.")
+@click.option("--anr-min", default=-30.0, show_default=True, help="Lowest ANR of the pseudo-anomalies a (eq. 8, sec. 4.2.1), dB.")
+@click.option("--anr-max", default=10.0, show_default=True, help="Highest ANR of the pseudo-anomalies a (eq. 8, sec. 4.2.1), dB.")
+@click.option("--val-fraction", type=click.FloatRange(min=0, max=0.9), default=0.2, show_default=True,
+              help="Share of the normal training audio held out for validation: whole clips when there are at least 5, "
+                   "else the last part of every clip (time split). 0 = no validation, no early stopping, last weights.")
+@click.option("--val-metric", type=click.Choice(["auc", "score"]), default="auc", show_default=True,
+              help="Validation criterion, maximised: auc = pseudo-anomaly AUC (held-out normal vectors vs the same audio with "
+                   "something-else sounds at -15 to 0 dB ANR), ties to the lower normal score; score = lowest mean A(x) "
+                   "of the held-out normal vectors.")
+@click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Early stopping: stop after this many epochs without a better validation criterion (0 = never; "
+                   "off by default: on MIMII fan the pseudo-anomaly AUC did not track the real AUC, see README).")
+@click.option("--keep", type=click.Choice(["auto", "best", "last"]), default="auto", show_default=True,
+              help="Which epoch's weights the checkpoint holds: best (validation criterion), last, or auto = best "
+                   "with early stopping, else last.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from OUT's .state.pt (written after every epoch), with the same options.")
+@click.option("--seed", default=0, show_default=True, help="Seed for the weights, the validation split and the mini-batches.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto = cuda when torch sees a GPU, else cpu.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto = bf16 autocast on CUDA GPUs that support it, else fp16 with a GradScaler; fp32 on the CPU.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads. Default: all cores but one, which prepares the mini-batches.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache of decoded audio and log-mel frames (default: $EDGE_ASD_CACHE_DIR or the user cache dir).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the feature cache.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write (.pt); next to it: .log.csv (per update), .epochs.csv, .curves.png, .state.pt.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; only warnings and errors.")
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else_dir, schedule, epochs, batches_per_epoch, lr,
-         sigma, lam, epsilon, anr_min, anr_max, seed, device, out_path, quiet):
+         sigma, lam, epsilon, kde, anr_min, anr_max, val_fraction, val_metric, patience, keep, resume, seed, device, precision,
+         threads, cache_dir, no_cache, out_path, quiet):
     """Train on the normal training clips of DATA_DIR (DCASE or MIMII layout) and write a checkpoint.
 
     Mini-batches follow Koizumi et al. 2019 sec. 4.2.1: ten 3-s normal segments, one something-else
     sound mixed in at a random ANR; frames that contain it are the pseudo-anomalies x^(a).
     """
     setup_logging(quiet=quiet)
+    import torch
+
     from edge_asd.datasets.layout import assign_mimii_split, normalize_machine_id, scan
     from edge_asd.edge.errors import EdgeAsdError
+    from edge_asd.edge.features import LogMel
     from edge_asd.edge.presets import get_preset
     from edge_asd.firmware_io.audio_file import audio_files
 
     from .batches import BatchConfig
     from .checkpoint import save_checkpoint, write_history_csv
     from .data import band_statistics, fingerprint, load_clips
+    from .feature_cache import FeatureCache, default_cache_dir
     from .losses import resolve_lambda
     from .trainer import SCHEDULES, TrainConfig, train
 
@@ -87,7 +122,10 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
     ids = sorted({c.machine_id for c in normals})
     paths = [c.path for c in normals]
     log.info("training on %d normal clips of %s %s", len(paths), machine_type, ", ".join(ids))
-    normal_audio = load_clips(paths, features)
+    # one core is left to the thread that prepares the mini-batches
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) - 1))
+    cache = FeatureCache(None if no_cache else (cache_dir or default_cache_dir()))
+    normal_audio = load_clips(paths, features, cache)
     if something_else_dir is None:
         log.warning("no --something-else directory: coloured noise stands in for something-else sounds (eq. 8)")
         other = None
@@ -95,13 +133,26 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
         other_paths = audio_files(something_else_dir)
         if not other_paths:
             raise EdgeAsdError(f"{something_else_dir}: no .wav/.flac files for --something-else")
-        other = load_clips(other_paths, features)
+        other = load_clips(other_paths, features, cache)
         log.info("%d something-else sounds from %s", len(other), something_else_dir)
-    mean, std = band_statistics(normal_audio, features)
+    fn = LogMel(features)
+    mean, std = band_statistics(normal_audio, features, [cache.logmel(p, a, features, fn) for p, a in zip(paths, normal_audio)])
+    if cache.root is not None:
+        log.info("feature cache %s: %d hits, %d new entries", cache.root, cache.hits, cache.misses)
     cfg = TrainConfig(machine_type=machine_type, machine_ids=ids, preset=preset, arch=arch, loss=loss, epochs=epochs,
                       batches_per_epoch=batches_per_epoch, lr=lr, seed=seed, device=device, sigma=sigma, lam=lam,
-                      epsilon=epsilon, batch=BatchConfig(anr_db=(anr_min, anr_max)))
-    ckpt = train(cfg, features, normal_audio, other, mean, std, progress=not quiet)
+                      epsilon=epsilon, batch=BatchConfig(anr_db=(anr_min, anr_max)), precision=precision,
+                      val_fraction=val_fraction, patience=patience, keep=keep, val_metric=val_metric, kde=kde)
+    state_path = out_path.with_suffix(".state.pt")
+    if resume and not state_path.is_file():
+        raise EdgeAsdError(f"--resume: no training state {state_path} (it is written after every epoch)")
+    try:
+        ckpt = train(cfg, features, normal_audio, other, mean, std, progress=not quiet, state_path=state_path, resume=resume)
+    except ValueError as e:  # too little audio for a segment or a validation split
+        raise EdgeAsdError(f"{e}; use longer clips or --val-fraction 0") from None
+    except KeyboardInterrupt:
+        saved = f"the state after the last whole epoch is in {state_path}; add --resume to continue" if state_path.is_file() else "nothing was saved"
+        raise EdgeAsdError(f"interrupted: {saved}") from None
     ckpt["training_data"] = fingerprint(paths)
     ckpt["something_else"] = {"dir": str(something_else_dir) if something_else_dir else None,
                               "n_sounds": len(other) if other else 0}
@@ -109,7 +160,14 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
     save_checkpoint(ckpt, out_path)
     log_path = out_path.with_suffix(".log.csv")
     write_history_csv(ckpt["history"], log_path)
-    log.info("training log: %s", log_path)
+    write_history_csv(ckpt["epochs"], out_path.with_suffix(".epochs.csv"))
+    try:
+        from .plots import write_curves
+
+        write_curves(ckpt, out_path.with_suffix(".curves.png"))
+    except ImportError:
+        log.warning("matplotlib is not installed: no .curves.png (pip install matplotlib)")
+    log.info("training log: %s, %s, %s", log_path, out_path.with_suffix(".epochs.csv").name, out_path.with_suffix(".curves.png").name)
     click.echo(str(out_path))
 
 

@@ -11,16 +11,24 @@ from edge_asd.edge.features import LogMel, logmel
 from edge_asd.edge.presets import FeatureConfig
 from edge_asd.firmware_io.audio_file import read_audio
 
+from .feature_cache import FeatureCache
 
-def load_clips(paths: list[Path], cfg: FeatureConfig) -> list[np.ndarray]:
-    """Each file as mono float32 at ``cfg.sample_rate`` (resampled/mixed down with a log line)."""
+
+def load_clips(paths: list[Path], cfg: FeatureConfig, cache: FeatureCache | None = None) -> list[np.ndarray]:
+    """Each file as mono float32 at ``cfg.sample_rate`` (resampled/mixed down with a log line); with a
+    ``cache``, decoded once and memory-mapped from then on."""
+    if cache is not None:
+        return [cache.audio(p, cfg.sample_rate) for p in paths]
     return [read_audio(p, cfg.sample_rate) for p in paths]
 
 
-def band_statistics(clips: list[np.ndarray], cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of psi per mel band over all frames of ``clips``: 2 x (n_mels,) float32."""
+def band_statistics(clips: list[np.ndarray], cfg: FeatureConfig,
+                    frames: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of psi per mel band over all frames of ``clips``: 2 x (n_mels,) float32.
+
+    ``frames``: the clips' log-mel frames when already at hand (e.g. from :class:`FeatureCache`)."""
     fn = LogMel(cfg)
-    frames = np.concatenate([logmel(c, cfg, fn) for c in clips]).astype(np.float64)
+    frames = np.concatenate(frames if frames is not None else [logmel(c, cfg, fn) for c in clips]).astype(np.float64)
     return frames.mean(0).astype(np.float32), np.maximum(frames.std(0), 1e-3).astype(np.float32)
 
 
