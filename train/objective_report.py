@@ -20,6 +20,8 @@ LOSS_ORDER = ("re", "snp", "bu")
 ARCH_ORDER = ("fcn-small", "fcn-large", "dcase2020")
 PAIRS = (("bu", "snp"), ("snp", "re"), ("bu", "re"))
 NAMES = {"re": "RE", "snp": "SNP", "bu": "BU"}
+FEW = 3
+"""Fewer clips than this in a class: the interval cannot reflect that class's sampling (marked †)."""
 
 
 def read_runs(path: Path) -> list[dict]:
@@ -115,6 +117,8 @@ def _cell(row: dict, metric: str = "auc", ci: bool = True) -> str:
     if ci:
         low, high = row[metric + "_ci"]
         text += f" [{low:.2f}, {high:.2f}]"
+        if min(row["n_normal"], row["n_anomalous"]) < FEW:
+            text += " †"
     return text
 
 
@@ -134,14 +138,18 @@ def markdown(rows: list[dict], pairs: list[dict], header: str) -> str:
         if not present:
             return
         out.extend([f"### {title}", "", note, ""])
-        counts = {s: next(r for r in rows if r["set"] == s) for s in present}
-        out.append("| machine | model | seeds | " + " | ".join(
-            f"{s} ({counts[s]['n_normal']} n / {counts[s]['n_anomalous']} a)" for s in present) + " |")
+        out.append("| machine | model | seeds | " + " | ".join(present) + " |")
         out.append("|---|---|---|" + "---|" * len(present))
+        last = None
         for m in models:
             cells = [_cell(index[(*m, s, pooling)], metric) if (*m, s, pooling) in index else "–" for s in present]
             if all(c == "–" for c in cells):
                 continue
+            if m[:2] != last:  # a row with the clip counts of this machine ID's test sets
+                last = m[:2]
+                counts = [index[(*m, s, pooling)] if (*m, s, pooling) in index else None for s in present]
+                out.append(f"| **{m[0]} {m[1]}** | clips (normal / anomalous) | | " + " | ".join(
+                    "" if c is None else f"{c['n_normal']} / {c['n_anomalous']}" for c in counts) + " |")
             n = next(index[(*m, s, pooling)]["n_seeds"] for s in present if (*m, s, pooling) in index)
             out.append(f"| {m[0]} {m[1]} | {model_name(m[2], m[3])} | {n} | " + " | ".join(cells) + " |")
         out.append("")
@@ -149,7 +157,9 @@ def markdown(rows: list[dict], pairs: list[dict], header: str) -> str:
     real = [s for s in sets if s == "real"]
     seg = [s for s in sets if s.startswith("segment_")]
     clip = [s for s in sets if s.startswith("clip_")]
-    ci_note = "mean ± std over seeds [95 % bootstrap CI over clips of the seed-mean]."
+    ci_note = ("mean ± std over seeds [95 % bootstrap CI over clips of the seed-mean]; the bold rows give "
+               f"the clips of each test set (normal / anomalous). †: fewer than {FEW} clips in a class, so the interval understates "
+               "the uncertainty (with 1 normal clip it ignores which normal clip was recorded).")
     table("Real anomalous test clips: AUC, clip score = max frame score (eq. 11)", real, "auc", "max", ci_note)
     table("Real anomalous test clips: pAUC (max FPR 0.1), clip score = max", real, "pauc", "max", ci_note)
     table("Real anomalous test clips: AUC, clip score = mean frame score", real, "auc", "mean", ci_note)
@@ -195,7 +205,9 @@ def plot(rows: list[dict], path: Path, pooling: str = "max") -> None:
     machines = list(dict.fromkeys((r["machine_type"], r["machine_id"]) for r in rows))
     if not machines:
         return
-    fig, axes = plt.subplots(len(machines), 1, figsize=(9, 3.2 * len(machines)), squeeze=False, constrained_layout=True)
+    all_models = list(dict.fromkeys((r["arch"], r["loss"]) for r in rows))
+    colour = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(all_models)}
+    fig, axes = plt.subplots(len(machines), 1, figsize=(9, 3.6 * len(machines)), squeeze=False, constrained_layout=True)
     for ax, (mtype, mid) in zip(axes[:, 0], machines):
         mine = [r for r in rows if (r["machine_type"], r["machine_id"]) == (mtype, mid)]
         sets = sorted({r["set"] for r in mine}, key=_set_order)
@@ -211,10 +223,10 @@ def plot(rows: list[dict], path: Path, pooling: str = "max") -> None:
                 y.append(r["auc_mean"])
                 err[0].append(max(0.0, r["auc_mean"] - r["auc_ci"][0]))
                 err[1].append(max(0.0, r["auc_ci"][1] - r["auc_mean"]))
-            ax.bar(x, y, width, yerr=err, capsize=2, label=model_name(arch, loss))
+            ax.bar(x, y, width, yerr=err, capsize=2, label=model_name(arch, loss), color=colour[(arch, loss)])
         ax.set_xticks(range(len(sets)), [s.replace("segment_", "segments ").replace("real", "real clips") for s in sets])
         ax.set(ylim=(0.0, 1.0), ylabel=f"AUC (clip score = {pooling})", title=f"{mtype} {mid}")
         ax.axhline(0.5, color="grey", lw=0.5, ls=":")
-        ax.legend(fontsize=7, ncol=3, loc="lower left")
+        ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.savefig(path, dpi=90)
     plt.close(fig)
