@@ -265,6 +265,11 @@ def execute(todo, settings, device, jobs, threads, runs_path: Path) -> int:
     """Run ``todo``; append each result to ``runs_path`` as soon as it finishes. Returns the number of failures."""
     failed = 0
     t0 = time.perf_counter()
+    if runs_path.is_file() and runs_path.stat().st_size:
+        with open(runs_path, "rb+") as f:  # a line cut short by an interruption: end it, so the next one is whole
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
 
     def record(i, spec, result):
         with open(runs_path, "a") as f:

@@ -122,10 +122,12 @@ def test_reduced_experiment_end_to_end_resumes_and_reports(tmp_path, data_root):
     md = (report / "objective.md").read_text()
     assert "fcn-small BU" in md and "BU − RE" in md and (report / "objective.png").stat().st_size > 10_000
 
-    again = _run(*common)  # resume: nothing left to train
+    with open(out / "runs.jsonl", "a") as f:
+        f.write('{"key": "fan/id_00/fcn-small/snp/0", "sets": {"re')  # a line cut short by an interruption
+    again = _run(*common)  # resume: nothing left to train, the damaged line ignored
     assert again.returncode == 0, again.stderr
     assert "2 already finished" in again.stderr and "trained" not in again.stderr
-    assert len((out / "runs.jsonl").read_text().splitlines()) == 2
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 3
 
     (report / "objective.md").unlink()
     only = _run("--report-only", "--out", out, "--report-dir", report, "--n-boot", "200")

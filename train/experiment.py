@@ -227,14 +227,15 @@ def run_one(spec: RunSpec, prep: Prepared, something_else: list[np.ndarray] | No
     train_s = time.perf_counter() - t0
     ae = restore(ckpt)[0].to(resolve_device(device))
     scores = score_items(prep, spec.preset, frame_scorer(ae, feats["mean"], feats["std"], cfg, resolve_device(device)))
-    history = ckpt["history"]
+    history = ckpt.get("history") or [{}]
     tail = history[-max(1, len(history) // 10):]
     result = {
         "key": spec.key, "machine_type": spec.machine_type, "machine_id": spec.machine_id, "arch": spec.arch,
         "preset": spec.preset, "loss": spec.loss, "seed": spec.seed, "settings": settings,
         "loss_params": ckpt["loss"]["params"], "device": ckpt["device"], "train_seconds": round(train_s, 2),
         "score_seconds": round(time.perf_counter() - t0 - train_s, 2),
-        "final": {k: float(np.nanmean([h[k] for h in tail])) for k in ("loss", "score_u", "score_a")},
+        "final": {k: float(np.nanmean([h.get(k, np.nan) for h in tail])) for k in ("loss", "score_u", "score_a")},
+        "train_config": ckpt.get("train_config"),
         "sets": {},
     }
     for name, ts in prep.sets.items():
