@@ -136,3 +136,21 @@ def test_reduced_experiment_end_to_end_resumes_and_reports(tmp_path, data_root):
 
     other = _run(*common[:-4], "--updates", "30", "--out", out)  # other settings, same folder: refused
     assert other.returncode == 1 and "other settings" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_compare_two_folders_pairs_runs_by_model_and_seed():
+    from edge_asd.train.objective_report import compare, compare_markdown
+
+    rng = np.random.default_rng(3)
+    y = [0] * 20 + [1] * 40
+
+    def run(seed, shift):
+        s = np.r_[rng.normal(0, 1, 20), rng.normal(shift, 1, 40)]
+        return {"key": f"fan/id_00/fcn-small/bu/{seed}", "machine_type": "fan", "machine_id": "id_00",
+                "arch": "fcn-small", "loss": "bu", "seed": seed, "sets": {"real": {"labels": y, "max": s.tolist()}}}
+
+    strong, weak = [run(s, 2.0) for s in (0, 1)], [run(s, 0.0) for s in (0, 1, 2)]
+    rows = compare(strong, weak, n_boot=200)
+    assert len(rows) == 1 and rows[0]["n_seeds"] == 2 and rows[0]["d_auc_ci"][0] > 0.3
+    assert "**>**" in compare_markdown(rows, "A", "B")
+    assert compare(strong, strong, n_boot=50)[0]["d_auc"] == 0.0

@@ -230,3 +230,44 @@ def plot(rows: list[dict], path: Path, pooling: str = "max") -> None:
         ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def compare(runs_a: list[dict], runs_b: list[dict], pooling: str = "max", n_boot: int = 1000) -> list[dict]:
+    """Paired differences between two experiment folders (settings A vs B) for every model both hold.
+
+    Runs are matched by model (machine type, ID, architecture, loss) and seed; the test sets must hold the
+    same clips in both (same data, same mixture plan), which the labels and item counts check.
+    """
+    ga, gb = group(runs_a), group(runs_b)
+    rows = []
+    for model, seeds_a in ga.items():
+        if model not in gb:
+            continue
+        common = sorted({r["seed"] for r in seeds_a} & {r["seed"] for r in gb[model]})
+        if not common:
+            continue
+        ra = [r for r in seeds_a if r["seed"] in common]
+        rb = [r for r in gb[model] if r["seed"] in common]
+        for set_name in sorted(set(ra[0]["sets"]) & set(rb[0]["sets"]), key=_set_order):
+            y = ra[0]["sets"][set_name]["labels"]
+            if y != rb[0]["sets"][set_name]["labels"]:
+                continue
+            sa = np.array([r["sets"][set_name][pooling] for r in ra])
+            sb = np.array([r["sets"][set_name][pooling] for r in rb])
+            d_auc, d_pauc = paired_difference_ci(y, sa, sb, n_boot=n_boot)
+            (auc_a, _), (auc_b, _) = auc_ci(y, sa, n_boot=100), auc_ci(y, sb, n_boot=100)
+            rows.append({"model": model, "set": set_name, "n_seeds": len(common), "auc_a": auc_a.value,
+                         "auc_b": auc_b.value, "d_auc": d_auc.value, "d_auc_ci": [d_auc.low, d_auc.high],
+                         "d_pauc": d_pauc.value, "d_pauc_ci": [d_pauc.low, d_pauc.high]})
+    return rows
+
+
+def compare_markdown(rows: list[dict], label_a: str, label_b: str) -> str:
+    out = [f"| model | seeds | test set | AUC {label_a} | AUC {label_b} | difference [95 % paired CI] | |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["model"]
+        out.append(f"| {m[0]} {m[1]} {model_name(m[2], m[3])} | {r['n_seeds']} | {r['set']} | {r['auc_a']:.3f} | "
+                   f"{r['auc_b']:.3f} | {r['d_auc']:+.3f} [{r['d_auc_ci'][0]:+.3f}, {r['d_auc_ci'][1]:+.3f}] | "
+                   f"{_verdict(*r['d_auc_ci'])} |")
+    return "\n".join(out) + "\n"
