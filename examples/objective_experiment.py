@@ -1,0 +1,341 @@
+"""The objective experiment of Koizumi et al. 2019 (sec. 4.2, Fig. 4) on real machine recordings.
+
+    python examples/objective_experiment.py --machine-types fan --ids id_00 --archs fcn-small,dcase2020 \\
+        --updates 500 --jobs 2 --out out/objective --report-dir docs/objective
+
+Trains RE, SNP and BU (and the DCASE 2020 baseline AE with RE) with the same number of updates on every
+machine type and ID of the data that has normal training clips, for each seed, and scores:
+
+* the real test clips (AUC / pAUC at max FPR 0.1, clip score = max frame score, eq. 11, and the mean);
+* paper-style mixtures: the paper's anomalous sounds (DCASE 2016 office events) mixed into the held-out
+  normal clips at ANR -10, -15 and -20 dB, on whole clips and on 2-s segments.
+
+Audio is decoded and test features computed once per machine ID; every model meets the same mixtures.
+Each finished run is one JSON line in OUT/runs.jsonl (with its per-clip scores): a rerun with the same
+settings skips finished runs, so an interrupted experiment resumes. ``--report-only`` builds the
+Markdown tables and the plot from that file. The same command runs on a full DCASE 2020 Task 2 or
+MIMII download (``edge-data fetch``; ``--data``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import click
+
+from edge_asd.edge.cli_common import setup_logging, user_errors
+from edge_asd.edge.errors import EdgeAsdError
+
+log = logging.getLogger("edge_asd")
+RUNS = "runs.jsonl"
+SETTINGS = "settings.json"
+_STATE: dict = {}  # the prepared machine IDs, inherited by forked workers
+
+
+def csv_list(kind=str):
+    def convert(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return [kind(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: a comma-separated list of {kind.__name__} values") from None
+    return convert
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data root (DCASE/MIMII layout). Default: $EDGE_ASD_DATA or ../shared/data.")
+@click.option("--machine-types", callback=csv_list(), default=None, help="Comma-separated machine types (default: all).")
+@click.option("--ids", callback=csv_list(), default=None, help="Comma-separated machine IDs, e.g. id_00,section_00 (default: all).")
+@click.option("--losses", callback=csv_list(), default="re,snp,bu", show_default=True)
+@click.option("--archs", callback=csv_list(), default="fcn-small,fcn-large,dcase2020", show_default=True,
+              help="fcn-small / fcn-large (sec. 4.2.2, koizumi2019 features) and dcase2020 (the DCASE 2020 baseline "
+                   "AE on its own features, trained with RE only).")
+@click.option("--seeds", callback=csv_list(int), default="0,1,2", show_default=True)
+@click.option("--updates", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="AMSGrad updates (mini-batches) per run, identical for every run.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--lambda", "lam", default="2D", show_default=True, help="lambda of eq. 10: 2M, 2D or a number.")
+@click.option("--sigma", type=float, default=None, help="KDE bandwidth of eq. 15 (default 1/(2D)).")
+@click.option("--epsilon", type=float, default=1e-6, show_default=True, help="epsilon of eq. 16.")
+@click.option("--anr-train", nargs=2, type=float, default=(-30.0, 10.0), show_default=True,
+              help="ANR range of the training pseudo-anomalies, dB.")
+@click.option("--segment-s", type=click.FloatRange(min=0.5), default=2.0, show_default=True,
+              help="Segment length of the segment-level paper-style test, s.")
+@click.option("--something-else", "something_else_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Something-else sounds for training (eq. 8). Default: DATA/something_else/train, else the kit's.")
+@click.option("--anomaly-sounds", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Anomalous sounds for the paper-style mixtures. Default: DATA/something_else/test (the paper's "
+                   "DCASE 2016 clips), else the kit's; none found: that part is skipped.")
+@click.option("--max-anomaly-sounds", type=click.IntRange(min=1), default=None,
+              help="Use at most this many anomalous sounds, evenly spaced over the sorted list (quick checks).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Runs in parallel (processes).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads per job (default: cores / jobs).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/objective"), show_default=True)
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where objective.md and objective.png go (default: --out).")
+@click.option("--report-only", is_flag=True, help="Only build the table and plot from OUT/runs.jsonl.")
+@click.option("--n-boot", type=click.IntRange(min=100), default=1000, show_default=True, help="Bootstrap replicates.")
+@click.option("-q", "--quiet", is_flag=True)
+@user_errors
+def main(data, machine_types, ids, losses, archs, seeds, updates, lr, lam, sigma, epsilon, anr_train, segment_s,
+         something_else_dir, anomaly_sounds, max_anomaly_sounds, device, jobs, threads, out, report_dir, report_only, n_boot, quiet):
+    setup_logging(quiet=quiet)
+    report_dir = report_dir or out
+    if report_only:
+        report(out, report_dir, n_boot)
+        return
+    from edge_asd.edge.machine_id import normalize_machine_id
+    from edge_asd.train.experiment import ARCH_PRESET
+    from edge_asd.train.losses import LOSSES, resolve_lambda
+
+    bad = [a for a in archs if a not in ARCH_PRESET] + [x for x in losses if x not in LOSSES]
+    if bad:
+        raise EdgeAsdError(f"unknown arch or loss {bad}; archs: {', '.join(ARCH_PRESET)}; losses: re, snp, bu")
+    try:
+        resolve_lambda(lam, 1344, 64)
+    except ValueError as e:
+        raise EdgeAsdError(f"--lambda: {e}") from None
+    settings = {"updates": updates, "lr": lr, "lambda": lam, "sigma": sigma, "epsilon": epsilon,
+                "anr_train_db": list(anr_train), "segment_s": segment_s, "mixture_seed": 0,
+                "max_anomaly_sounds": max_anomaly_sounds}
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out / SETTINGS, settings)
+
+    data, machines = find_machines(data, machine_types, ids and [normalize_machine_id(i) for i in ids])
+    done = {r["key"] for r in read_jsonl(out / RUNS)}
+    specs = plan(machines, archs, losses, seeds)
+    todo = [s for s in specs if s.key not in done]
+    log.info("%d runs in the grid, %d already finished in %s, %d to do", len(specs), len(specs) - len(todo), out / RUNS,
+             len(todo))
+    if todo:
+        prepare_all(data, machines, {(s.machine_type, s.machine_id) for s in todo}, {s.preset for s in todo},
+                    something_else_dir, anomaly_sounds, max_anomaly_sounds, segment_s, out)
+        failed = execute(todo, settings, device, jobs, threads or max(1, (os.cpu_count() or 1) // jobs), out / RUNS)
+    else:
+        failed = 0
+    report(out, report_dir, n_boot)
+    if failed:
+        raise EdgeAsdError(f"{failed} run(s) failed (messages above); rerun the same command to retry them")
+
+
+def check_settings(path: Path, settings: dict) -> None:
+    """Runs of one output folder share their settings; a folder with other settings is refused."""
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise EdgeAsdError(f"{path.parent} holds runs with other settings {diff} (old, new); use another --out")
+    else:
+        path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    from edge_asd.train.objective_report import read_runs
+
+    return read_runs(path)
+
+
+def find_machines(data: Path | None, types: list[str] | None, ids: list[str] | None):
+    """(data root, {(machine_type, machine_id): {"train": [...], "test_normal": [...], "test_anomaly": [...]}})
+    for every machine ID with normal training clips that passes the filters."""
+    from edge_asd.datasets.layout import assign_mimii_split, scan
+    from edge_asd.datasets.locate import require_data_root
+
+    data = data or require_data_root()
+    clips = assign_mimii_split(scan(data))
+    machines: dict[tuple[str, str], dict[str, list[Path]]] = {}
+    for c in clips:
+        if (types and c.machine_type.casefold() not in {t.casefold() for t in types}) or (ids and c.machine_id not in ids):
+            continue
+        kind = "train" if c.split == "train" else f"test_{c.label}"
+        if c.split == "train" and c.label != "normal":
+            continue
+        machines.setdefault((c.machine_type, c.machine_id), {"train": [], "test_normal": [], "test_anomaly": []})[kind].append(c.path)
+    machines = {k: v for k, v in sorted(machines.items()) if v["train"]}
+    if not machines:
+        raise EdgeAsdError(f"no machine ID with normal training clips under {data} for types {types or 'all'}, "
+                           f"IDs {ids or 'all'}")
+    return data, machines
+
+
+def plan(machines, archs, losses, seeds):
+    """Every run, seed-major (an interrupted grid has all conditions of the first seeds)."""
+    from edge_asd.train.experiment import BASELINE_ARCH, RunSpec
+
+    specs = []
+    for seed in seeds:
+        for mtype, mid in machines:
+            for arch in archs:
+                for loss in (["re"] if arch == BASELINE_ARCH else losses):
+                    specs.append(RunSpec(mtype, mid, arch, loss, seed))
+    return list(dict.fromkeys(specs))
+
+
+def _sound_dir(given: Path | None, data: Path, sub: str) -> Path | None:
+    from edge_asd.datasets.locate import local_data_root
+
+    if given is not None:
+        if not given.is_dir():
+            raise EdgeAsdError(f"{given}: no such directory")
+        return given
+    for root in (data, local_data_root()):
+        if root is not None and (Path(root) / "something_else" / sub).is_dir():
+            return Path(root) / "something_else" / sub
+    return None
+
+
+def prepare_all(data, machines, wanted, presets, something_else_dir, anomaly_dir, max_sounds, segment_s, out) -> None:
+    from edge_asd.firmware_io.audio_file import audio_files
+    from edge_asd.train.experiment import describe, item_names, load_audio, prepare
+    from edge_asd.train.mixtures import anomaly_sound_files
+
+    se_dir = _sound_dir(something_else_dir, data, "train")
+    if se_dir is None:
+        log.warning("no something-else sounds found: coloured noise stands in for them in training (eq. 8)")
+        _STATE["something_else"] = None
+    else:
+        _STATE["something_else"] = list(load_audio(audio_files(se_dir)).values())
+        log.info("%d something-else sounds for training from %s", len(_STATE["something_else"]), se_dir)
+    sounds = None
+    an_dir = _sound_dir(anomaly_dir, data, "test")
+    if an_dir is None:
+        log.warning("no anomalous sounds (--anomaly-sounds, DATA/something_else/test): paper-style mixtures skipped")
+    else:
+        try:
+            files = anomaly_sound_files(an_dir)
+            if max_sounds and max_sounds < len(files):
+                files = [files[round(i * (len(files) - 1) / max(1, max_sounds - 1))] for i in range(max_sounds)]
+            sounds = load_audio(files)
+            log.info("%d anomalous sounds for the paper-style mixtures from %s", len(sounds), an_dir)
+        except FileNotFoundError as e:
+            log.warning("%s: paper-style mixtures skipped", e)
+    _STATE["prepared"] = {}
+    for key in sorted(wanted):
+        t0 = time.perf_counter()
+        paths = machines[key]
+        prep = prepare(*key, list(load_audio(paths["train"]).values()), load_audio(paths["test_normal"]),
+                       load_audio(paths["test_anomaly"]), sounds, sorted(presets), segment_s=segment_s)
+        _STATE["prepared"][key] = prep
+        (out / f"items_{key[0]}_{key[1]}.json").write_text(json.dumps(item_names(prep)) + "\n")
+        log.info("%s (prepared in %.1f s)", describe(prep), time.perf_counter() - t0)
+        if "real" not in prep.sets:
+            log.info("%s %s: no anomalous test clip with a normal one: only paper-style mixtures", *key)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    setup_logging(quiet=True)
+
+
+def _run(spec, settings, device) -> dict:
+    from edge_asd.train.experiment import run_one
+
+    return run_one(spec, _STATE["prepared"][(spec.machine_type, spec.machine_id)], _STATE["something_else"],
+                   settings, device)
+
+
+def _headline(result: dict) -> str:
+    import numpy as np
+
+    from edge_asd.train.bootstrap import weighted_auc_pauc
+
+    parts = []
+    for name in ("real", "segment_-15dB"):
+        if name in result["sets"]:
+            s = result["sets"][name]
+            y = np.asarray(s["labels"], bool)
+            auc, _ = weighted_auc_pauc(y, np.asarray(s["max"]), np.ones((1, (~y).sum())), np.ones((1, y.sum())))
+            parts.append(f"{name} AUC {auc[0]:.3f}")
+    return ", ".join(parts)
+
+
+def execute(todo, settings, device, jobs, threads, runs_path: Path) -> int:
+    """Run ``todo``; append each result to ``runs_path`` as soon as it finishes. Returns the number of failures."""
+    failed = 0
+    t0 = time.perf_counter()
+    if runs_path.is_file() and runs_path.stat().st_size:
+        with open(runs_path, "rb+") as f:  # a line cut short by an interruption: end it, so the next one is whole
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+    def record(i, spec, result):
+        with open(runs_path, "a") as f:
+            f.write(json.dumps(result) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        print(f"[{i}/{len(todo)}] {spec.key}: {result['train_seconds']:.0f} s train, {_headline(result)} "
+              f"({time.perf_counter() - t0:.0f} s elapsed)", file=sys.stderr, flush=True)
+
+    if jobs == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        _worker_init(threads)
+        setup_logging()
+        for i, spec in enumerate(todo, 1):
+            try:
+                record(i, spec, _run(spec, settings, device))
+            except EdgeAsdError:
+                raise
+            except Exception as e:  # one failed run must not lose the others
+                failed += 1
+                log.error("%s failed: %s: %s", spec.key, type(e).__name__, e)
+        return failed
+    # fork: the workers inherit the prepared features (copy-on-write); the parent never touched CUDA
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = {pool.submit(_run, spec, settings, device): spec for spec in todo}
+        try:
+            for i, fut in enumerate(as_completed(futures), 1):
+                spec = futures[fut]
+                try:
+                    record(i, spec, fut.result())
+                except Exception as e:
+                    failed += 1
+                    log.error("%s failed: %s: %s", spec.key, type(e).__name__, e)
+        except KeyboardInterrupt:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return failed
+
+
+def report(out: Path, report_dir: Path, n_boot: int) -> None:
+    from edge_asd.train.objective_report import markdown, paired, plot, summarize
+
+    runs = read_jsonl(out / RUNS)
+    if not runs:
+        raise EdgeAsdError(f"{out / RUNS}: no finished runs to report")
+    settings = json.loads((out / SETTINGS).read_text()) if (out / SETTINGS).is_file() else {}
+    t0 = time.perf_counter()
+    rows = summarize(runs, n_boot)
+    pairs = paired(runs, n_boot=n_boot)
+    machines = sorted({f"{r['machine_type']} {r['machine_id']}" for r in runs})
+    devices = sorted({r["device"] for r in runs})
+    train_s = sum(r["train_seconds"] for r in runs)
+    header = (f"# Objective experiment (Koizumi et al. 2019, sec. 4.2 / Fig. 4) on real recordings\n\n"
+              f"{len(runs)} runs; machines: {', '.join(machines)}; {settings.get('updates', '?')} updates per run, "
+              f"lr {settings.get('lr', '?')}, lambda {settings.get('lambda', '?')}, sigma "
+              f"{settings.get('sigma') or '1/(2D)'}, epsilon {settings.get('epsilon', '?')}, training ANR "
+              f"{settings.get('anr_train_db', '?')} dB, segments {settings.get('segment_s', '?')} s; device {', '.join(devices)}; "
+              f"total training time {train_s / 60:.1f} min. Generated by `examples/objective_experiment.py`.")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "objective.md").write_text(markdown(rows, pairs, header))
+    (report_dir / "objective_rows.json").write_text(json.dumps({"rows": rows, "paired": pairs}, indent=0) + "\n")
+    plot(rows, report_dir / "objective.png")
+    log.info("report: %s, %s (%.0f s)", report_dir / "objective.md", report_dir / "objective.png", time.perf_counter() - t0)
+    click.echo(str(report_dir / "objective.md"))
+
+
+if __name__ == "__main__":
+    main()
