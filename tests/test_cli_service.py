@@ -69,7 +69,8 @@ machine_id = "00"
         assert [r["event"] for r in mine][0] == "start" and mine[-1]["event"] == "summary"
         alone = events_of(run_ok("--model", model, "--input", clip, "--window", "2", *args, env=env).stdout)
         assert same_run([r for r in mine if r["event"] == "anomaly"]) == same_run(alone)  # same as run alone
-        assert len([r for r in mine if r["event"] == "verdict"]) == 5  # 10 s in 2-s windows
+        # 10 s in 2-s windows [0, 2), ..., [8, 10), and [10, 12) holding the last frame, complete at 10.0 s
+        assert [r["window"] for r in mine if r["event"] == "verdict"] == [0, 1, 2, 3, 4, 5]
         assert [line for line in proc.stderr.splitlines() if line.startswith(f"edge-monitor: {name}: 604 frames")]
     assert by_input["fan-normal"][0]["machine_id"] == "id_00"  # phi from the store
     assert by_input["fan-normal"][0]["phi"] == json.loads(store.read_text())["machines"]["id_00"]["phi"]
