@@ -87,11 +87,18 @@ def _mono(block: np.ndarray) -> np.ndarray:
 
 
 class FileSource:
-    """Blocks of ``block_samples`` (last one may be shorter) from an audio file, at ``sample_rate`` Hz."""
+    """Blocks of ``block_samples`` (last one may be shorter) from an audio file, at ``sample_rate`` Hz.
 
-    def __init__(self, path: str | Path, sample_rate: int, block_samples: int):
+    ``channel``: the channel to read (0-based), or None for the mean of all channels.
+    """
+
+    def __init__(self, path: str | Path, sample_rate: int, block_samples: int, channel: int | None = None):
         self.path, self.sample_rate, self.block_samples = Path(path), sample_rate, block_samples
         self._f = _open(self.path)
+        if channel is not None and not 0 <= channel < self._f.channels:
+            self._f.close()
+            raise EdgeAsdError(f"{self.path}: no channel {channel} ({self._f.channels} channel(s))")
+        self.channel = channel
         declared = _declared_frames(self.path, self._f)
         if declared is not None and declared > self._f.frames:
             self._f.close()
@@ -99,7 +106,7 @@ class FileSource:
                 f"{self.path}: truncated WAV (header announces {declared} frames, file holds {self._f.frames})"
             )
         self.file_rate, self.channels = self._f.samplerate, self._f.channels
-        if self.channels > 1:
+        if self.channels > 1 and channel is None:
             log.info("%s: mixing %d channels down to mono", self.path, self.channels)
         self._resampler = None
         if self.file_rate != sample_rate:
@@ -115,7 +122,7 @@ class FileSource:
             while True:
                 raw = self._f.read(read, dtype="float32", always_2d=False)
                 last = len(raw) < read
-                block = _mono(raw)
+                block = _mono(raw) if self.channel is None or raw.ndim == 1 else np.ascontiguousarray(raw[:, self.channel])
                 if not np.all(np.isfinite(block)):
                     raise EdgeAsdError(f"{self.path}: contains NaN or infinite samples")
                 if self._resampler is not None:

@@ -1,14 +1,22 @@
-"""Raw PCM from a byte stream: stdin, a pipe, or a serial port.
+"""Raw PCM from a byte stream: stdin, a pipe, or a serial port (a microcontroller streaming its ADC).
 
-Framing: signed 16-bit little-endian mono samples at the model's sample rate (16 kHz for the
-shipped presets), no header, no delimiters: ``arecord -f S16_LE -r 16000 -c 1 -t raw | edge-monitor
---input -`` or ``sox in.flac -t raw -e signed -b 16 -c 1 -r 16000 - | edge-monitor --input -``. A WAV
-stream (``RIFF`` header) is also accepted; its sample rate must be the model's.
+Framing (no header, no delimiters, no checksum): signed 16-bit little-endian samples at the model's
+sample rate (16 kHz for the shipped presets), ``channels`` interleaved channels (default 1), frame after
+frame: ``L0 R0 L1 R1 ...`` for two channels. ``arecord -f S16_LE -r 16000 -c 1 -t raw | edge-monitor
+--input -``, or a microcontroller writing ``int16_t`` samples to its USB CDC / UART:
+``edge-monitor --input serial:/dev/ttyACM0``. A WAV stream (``RIFF`` header) is also accepted on a
+byte stream; its sample rate must be the model's. Raw PCM carries no rate, so a declared rate that is
+not the model's is refused rather than guessed.
+
+A serial port is live: a read that returns nothing is a pause, not the end; ``stall_s`` seconds
+without a byte raise EdgeAsdError (the sender stopped or the cable is out).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import wave
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -36,24 +44,36 @@ class _Prefixed:
 
 
 class PcmSource:
-    """Blocks of ``block_samples`` float32 samples from a raw s16le mono stream (or a WAV stream).
+    """Blocks of at most ``block_samples`` float32 samples from raw s16le PCM (or a WAV stream).
 
     Args:
-        stream: binary stream (``sys.stdin.buffer``, a serial port object with ``read``).
+        stream: binary stream (``sys.stdin.buffer``, a pyserial port). With ``read1`` (pipes, files) a
+            block is whatever has arrived, so a live pipe is scored without waiting for a full block.
         sample_rate: the model's rate, Hz. ``declared_rate``: the rate the sender uses, if the user
             states it; a mismatch raises EdgeAsdError (raw PCM carries no rate to resample from).
+        channels: interleaved channels in raw PCM; ``channel``: the one to score (0-based), or None
+            for the mean of all channels.
+        live: an empty read means "nothing yet" (serial port) instead of end of stream.
+    Raises:
+        EdgeAsdError: rate mismatch, malformed WAV header, bad channel.
     """
 
+    poll_s = 0.25
+
     def __init__(self, stream: BinaryIO, sample_rate: int, block_samples: int, name: str = "stdin",
-                 declared_rate: int | None = None):
+                 declared_rate: int | None = None, channels: int = 1, channel: int | None = None,
+                 live: bool = False, stall_s: float = 5.0):
         self.name, self.sample_rate, self.block_samples = name, sample_rate, block_samples
+        self.live, self.stall_s = live, stall_s
+        self.stop = threading.Event()
+        self._stream_obj = stream
         if declared_rate is not None and declared_rate != sample_rate:
             raise EdgeAsdError(
                 f"{name}: raw PCM at {declared_rate} Hz, but the model needs {sample_rate} Hz; "
                 f"resample upstream (e.g. sox ... -r {sample_rate})"
             )
-        head = stream.read(4)
-        self._channels = 1
+        head = b"" if live else stream.read(4)
+        self._channels = channels
         if head == b"RIFF":
             try:
                 w = wave.open(_Prefixed(head, stream), "rb")
@@ -64,30 +84,86 @@ class PcmSource:
             if w.getsampwidth() != 2:
                 raise EdgeAsdError(f"{name}: WAV with {8 * w.getsampwidth()}-bit samples; send 16-bit PCM")
             self._channels = w.getnchannels()
-            self._read = lambda n: w.readframes(n)
+            self._read = lambda n: w.readframes(n // (2 * self._channels)) or None
             log.info("%s: WAV stream, %d Hz, %d channel(s)", name, sample_rate, self._channels)
         else:
-            self._stream = _Prefixed(head, stream)
-            self._read = lambda n: self._stream.read(2 * n)
+            self._pending = head
+            read = getattr(stream, "read1", None) if not live else None
+            if read is None:
+                read = stream.read
+            self._read = (lambda n: read(n) or (b"" if live else None))
+        if channel is not None and not 0 <= channel < self._channels:
+            raise EdgeAsdError(f"{name}: channel {channel} does not exist ({self._channels} channel(s))")
+        self.channel = channel
         self.dropped_bytes = 0
+
+    def stats(self) -> dict:
+        return {"dropped_bytes": self.dropped_bytes}
+
+    def _to_samples(self, raw: bytes) -> np.ndarray:
+        block = np.frombuffer(raw, dtype="<i2").astype(np.float32) * _INT16_SCALE
+        if self._channels > 1:
+            block = block.reshape(-1, self._channels)
+            block = block.mean(axis=1) if self.channel is None else np.ascontiguousarray(block[:, self.channel])
+        return block
 
     def __iter__(self) -> Iterator[np.ndarray]:
         frame_bytes = 2 * self._channels
-        while True:
-            raw = self._read(self.block_samples)
-            if not raw:
-                return
-            usable = len(raw) - len(raw) % frame_bytes
-            if usable != len(raw):
-                self.dropped_bytes += len(raw) - usable
-                log.warning("%s: stream ended inside a sample; dropped %d byte(s)", self.name, len(raw) - usable)
-            block = np.frombuffer(raw[:usable], dtype="<i2").astype(np.float32) * _INT16_SCALE
-            if self._channels > 1:
-                block = block.reshape(-1, self._channels).mean(axis=1)
-            if len(block):
+        want = self.block_samples * frame_bytes
+        pending = getattr(self, "_pending", b"")
+        last_data = time.monotonic()
+        while not self.stop.is_set():
+            raw = self._read(max(1, want - len(pending)))
+            if raw is None:  # end of stream
+                break
+            if not raw:  # a live port with nothing yet
+                if time.monotonic() - last_data > self.stall_s:
+                    raise EdgeAsdError(f"{self.name}: no data for {self.stall_s:g} s (sender stopped or disconnected?)")
+                continue
+            last_data = time.monotonic()
+            pending += raw
+            usable = len(pending) - len(pending) % frame_bytes
+            if usable:
+                block, pending = self._to_samples(pending[:usable]), pending[usable:]
                 yield block
-            if len(raw) < self.block_samples * frame_bytes:
-                return
+        if pending:
+            self.dropped_bytes += len(pending)
+            log.warning("%s: stream ended inside a sample; dropped %d byte(s)", self.name, len(pending))
 
     def close(self) -> None:
-        pass
+        close = getattr(self._stream_obj, "close", None)
+        if self.live and close is not None:
+            close()
+
+
+class _SerialReader:
+    """A pyserial port read as a live stream: each read returns what has arrived, b"" after ``poll_s``."""
+
+    def __init__(self, port):
+        self.port = port
+
+    def read(self, n: int) -> bytes:
+        waiting = self.port.in_waiting
+        return self.port.read(min(n, waiting) if waiting else 1)
+
+    def close(self) -> None:
+        self.port.close()
+
+
+def open_serial(url: str, sample_rate: int, block_samples: int, baud: int = 921600, channels: int = 1,
+                channel: int | None = None, stall_s: float = 5.0) -> PcmSource:
+    """Raw PCM from a serial port (``/dev/ttyACM0``, ``COM3``, or a pyserial URL such as ``loop://``).
+
+    Needs pyserial (``pip install 'edge-asd[serial]'``). Raises EdgeAsdError when the port cannot be opened.
+    """
+    try:
+        import serial
+    except ImportError:
+        raise EdgeAsdError("serial input needs pyserial: pip install 'edge-asd[serial]'") from None
+    try:
+        port = serial.serial_for_url(url, baudrate=baud, timeout=PcmSource.poll_s)
+    except (serial.SerialException, ValueError, OSError) as e:
+        raise EdgeAsdError(f"serial:{url}: cannot open the port ({e})") from None
+    log.info("serial:%s: %d baud, s16le, %d channel(s) at %d Hz", url, baud, channels, sample_rate)
+    return PcmSource(_SerialReader(port), sample_rate, block_samples, f"serial:{url}", channels=channels,
+                     channel=channel, live=True, stall_s=stall_s)

@@ -1,9 +1,14 @@
-"""Event sinks: where anomaly events go. JSON lines on stdout, or appended to a file."""
+"""Event sinks: where edge-monitor's JSON lines go. stdout, or appended to a file (fsynced, rotated).
+
+Every line is flushed at once; a file sink also fsyncs it, so a power cut loses no line already
+reported. Several monitor threads may share a sink (writes are serialized).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import TextIO
 
@@ -14,18 +19,60 @@ class JsonLinesSink:
     def __init__(self, stream: TextIO, fsync: bool = False, owns_stream: bool = False):
         self.stream, self.fsync, self._owns = stream, fsync, owns_stream
         self.n_written = 0
+        self._lock = threading.Lock()
 
     @classmethod
     def append_to(cls, path: str | Path) -> JsonLinesSink:
         return cls(open(path, "a", encoding="utf-8"), fsync=True, owns_stream=True)
 
     def write(self, record: dict) -> None:
-        self.stream.write(json.dumps(record, sort_keys=True) + "\n")
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with self._lock:
+            self._write_line(line)
+            self.n_written += 1
+
+    def _write_line(self, line: str) -> None:
+        self.stream.write(line)
         self.stream.flush()
         if self.fsync:
             os.fsync(self.stream.fileno())
-        self.n_written += 1
 
     def close(self) -> None:
         if self._owns:
             self.stream.close()
+
+
+class RotatingJsonLinesFile(JsonLinesSink):
+    """Appends to ``path``; before a line would take it past ``max_bytes``, the file is renamed to
+    ``path.1`` (``path.1`` to ``path.2``, ... up to ``backups``; the oldest is deleted) and a new one
+    started. ``max_bytes`` 0: never rotate. Lines are never split across files.
+    """
+
+    def __init__(self, path: str | Path, max_bytes: int = 0, backups: int = 5):
+        self.path, self.max_bytes, self.backups = Path(path), int(max_bytes), max(0, int(backups))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(open(self.path, "a", encoding="utf-8"), fsync=True, owns_stream=True)
+
+    def _write_line(self, line: str) -> None:
+        size = self.stream.tell()
+        if self.max_bytes and size > 0 and size + len(line.encode("utf-8")) > self.max_bytes:
+            self._rotate()
+        super()._write_line(line)
+
+    def _rotate(self) -> None:
+        self.stream.close()
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            Path(f"{self.path}.{self.backups}").unlink(missing_ok=True)
+            for k in range(self.backups - 1, 0, -1):
+                older = Path(f"{self.path}.{k}")
+                if older.exists():
+                    os.replace(older, f"{self.path}.{k + 1}")
+            os.replace(self.path, f"{self.path}.1")
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the renames survive a power cut
+        finally:
+            os.close(dir_fd)
+        self.stream = open(self.path, "a", encoding="utf-8")

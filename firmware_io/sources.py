@@ -1,25 +1,135 @@
-"""Pick an audio source from the ``--input`` value: ``mic``, ``mic:INDEX``, ``-`` (stdin), or a file."""
+"""Open audio sources from their ``--input`` spelling.
+
+A source is an iterable of mono float32 blocks in [-1, 1] at the model's sample rate; a live source may
+also yield a :class:`Gap` where samples were lost, so the consumer restarts its features there. Sources
+have ``close()``, and live ones a ``stop`` event (set it to end the iteration at the next block) and
+``stats()`` (overflows, dropped samples or bytes).
+
+Spellings: ``mic`` (default input device), ``mic:3`` (device index), ``mic:USB`` (part of a device name),
+``serial:/dev/ttyACM0`` (raw PCM from a microcontroller; any pyserial URL), ``-`` (raw PCM or WAV on
+stdin), or an audio file.
+"""
 
 from __future__ import annotations
 
+import io
+import os
 import sys
+from dataclasses import dataclass
 
 from edge_asd.edge.errors import EdgeAsdError
 
 
-def open_source(spec: str, sample_rate: int, block_samples: int, pcm_rate: int | None = None):
-    """A source yielding mono float32 blocks at ``sample_rate`` Hz; raises EdgeAsdError on bad input."""
-    if spec == "-":
-        from .pcm import PcmSource
+@dataclass(frozen=True)
+class Gap:
+    """``n_samples`` samples were lost (dropped by a full ring buffer) between two blocks."""
 
-        return PcmSource(sys.stdin.buffer, sample_rate, block_samples, "stdin", declared_rate=pcm_rate)
-    if spec == "mic" or spec.startswith("mic:"):
-        from .mic import MicSource
+    n_samples: int
 
-        device = spec.partition(":")[2]
-        if device and not device.isdigit():
-            raise EdgeAsdError(f"--input {spec}: the device after 'mic:' must be an index number (see arecord -l)")
-        return MicSource(sample_rate, block_samples, int(device) if device else None)
-    from .audio_file import FileSource
 
-    return FileSource(spec, sample_rate, block_samples)
+@dataclass(frozen=True)
+class SourceRequest:
+    """One input to open. ``channel``: which channel to score (0-based; None = mean of all, files and PCM);
+    ``pcm_channels``: interleaved channels of raw PCM; ``pcm_rate``: declared rate of raw PCM, Hz;
+    ``baud``: serial speed; ``stall_s``: seconds without data before a live input is declared dead;
+    ``buffer_s``: seconds of microphone audio kept while inference catches up."""
+
+    spec: str
+    sample_rate: int
+    block_samples: int
+    channel: int | None = None
+    pcm_channels: int = 1
+    pcm_rate: int | None = None
+    baud: int = 921600
+    stall_s: float = 5.0
+    buffer_s: float = 10.0
+
+
+class _FdReader:
+    """stdin read with ``os.read``: a thread blocked in it holds no lock that interpreter exit needs
+    (a stopped monitor may leave its reader thread waiting on an open pipe)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def read1(self, n: int) -> bytes:
+        return os.read(self.fd, n)
+
+    def read(self, n: int = -1) -> bytes:
+        out = b""
+        while n < 0 or len(out) < n:
+            chunk = os.read(self.fd, 1 << 16 if n < 0 else n - len(out))
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def _stdin():
+    try:
+        return _FdReader(sys.stdin.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):  # replaced stdin (tests, embedding)
+        return sys.stdin.buffer
+
+
+def _mic_device_spec(spec: str) -> str:
+    return spec.partition(":")[2]
+
+
+def is_mic(spec: str) -> bool:
+    return spec == "mic" or spec.startswith("mic:")
+
+
+def open_sources(requests: list[SourceRequest], pyaudio_module=None) -> list:
+    """Open every input; inputs on the same microphone device share one PortAudio stream.
+
+    Raises:
+        EdgeAsdError: an input cannot be opened (the ones already opened are closed again).
+    """
+    opened, devices = [], {}
+    try:
+        mic_channels: dict[str, int] = {}
+        for r in requests:
+            if is_mic(r.spec):
+                mic_channels[_mic_device_spec(r.spec)] = max(mic_channels.get(_mic_device_spec(r.spec), 1),
+                                                             (r.channel or 0) + 1)
+        for r in requests:
+            if is_mic(r.spec):
+                from .mic import MicDevice, find_device
+
+                key = _mic_device_spec(r.spec)
+                if key not in devices:
+                    index = find_device(key or None, pyaudio_module)
+                    devices[key] = MicDevice(r.sample_rate, mic_channels[key], index, r.buffer_s,
+                                             pyaudio_module=pyaudio_module, name=r.spec)
+                elif devices[key].sample_rate != r.sample_rate:
+                    raise EdgeAsdError(f"{r.spec}: two models with different sample rates cannot share one device")
+                opened.append(devices[key].channel(r.channel or 0, r.block_samples, r.stall_s))
+            elif r.spec.startswith("serial:"):
+                from .pcm import open_serial
+
+                opened.append(open_serial(r.spec[len("serial:"):], r.sample_rate, r.block_samples, r.baud,
+                                          r.pcm_channels, r.channel, r.stall_s))
+            elif r.spec == "-":
+                from .pcm import PcmSource
+
+                opened.append(PcmSource(_stdin(), r.sample_rate, r.block_samples, "stdin",
+                                        declared_rate=r.pcm_rate, channels=r.pcm_channels, channel=r.channel))
+            else:
+                from .audio_file import FileSource
+
+                opened.append(FileSource(r.spec, r.sample_rate, r.block_samples, channel=r.channel))
+    except BaseException:
+        for s in opened:
+            s.close()
+        for d in devices.values():
+            d.close()
+        raise
+    return opened
+
+
+def open_source(spec: str, sample_rate: int, block_samples: int, pcm_rate: int | None = None, **options):
+    """One source (see :class:`SourceRequest` for ``options``); raises EdgeAsdError on bad input."""
+    pyaudio_module = options.pop("pyaudio_module", None)
+    return open_sources([SourceRequest(spec, sample_rate, block_samples, pcm_rate=pcm_rate, **options)],
+                        pyaudio_module)[0]

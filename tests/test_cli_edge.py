@@ -13,11 +13,21 @@ import soundfile as sf
 from conftest import cli
 
 EVENT_FIELDS = {"schema", "event", "time_s", "frame", "score", "running_max", "phi", "machine_id", "model_sha256",
-                "window"}
+                "window", "input", "wall_time", "evidence"}
+
+
+def records_of(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
 def events_of(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    """The anomaly event lines."""
+    return [r for r in records_of(stdout) if r["event"] == "anomaly"]
+
+
+def same_run(records: list[dict]) -> list[dict]:
+    """Records without what differs between two runs of the same audio (wall clock, input name)."""
+    return [{k: v for k, v in r.items() if k not in ("wall_time", "input")} for r in records]
 
 
 def reference_events(scores: np.ndarray, phi: float, window_s: float | None = None) -> list[tuple]:
@@ -166,7 +176,7 @@ def test_monitor_store_phi_raises_events_on_anomaly(model, fan, anomaly_clip, cl
         assert e["score"] == pytest.approx(float(scores[f]), rel=1e-6) and e["score"] >= phi
         assert e["running_max"] == (None if prev is None else pytest.approx(prev, rel=1e-6))
         assert e["time_s"] == pytest.approx((f * 256 + 5632) / 16000, abs=1e-4)
-        assert e["schema"] == 1 and e["event"] == "anomaly" and e["machine_id"] == "id_00"
+        assert e["schema"] == 2 and e["event"] == "anomaly" and e["machine_id"] == "id_00"
         assert e["model_sha256"] == scorer.sha256
 
 
@@ -212,10 +222,10 @@ def test_monitor_pcm_stdin_matches_file(model, anomaly_clip, low_phi, env):
     assert rate == 16000
     pcm = samples.astype("<i2").tobytes()
     _, from_pcm = monitor("--model", model, "--input", "-", "--phi", str(low_phi), env=env, input=pcm)
-    assert from_pcm == from_file and len(from_file) >= 1
+    assert same_run(from_pcm) == same_run(from_file) and len(from_file) >= 1
     _, declared = monitor("--model", model, "--input", "-", "--pcm-rate", "16000", "--phi", str(low_phi), env=env,
                           input=pcm)
-    assert declared == from_file
+    assert same_run(declared) == same_run(from_file)
 
 
 def test_monitor_wav_on_stdin(model, anomaly_clip, low_phi, tmp_path, env):
@@ -224,7 +234,7 @@ def test_monitor_wav_on_stdin(model, anomaly_clip, low_phi, tmp_path, env):
     wav = tmp_path / "clip.wav"
     sf.write(wav, samples, 16000, subtype="PCM_16")
     _, from_wav = monitor("--model", model, "--input", "-", "--phi", str(low_phi), env=env, input=wav.read_bytes())
-    assert from_wav == from_file
+    assert same_run(from_wav) == same_run(from_file)
 
 
 def test_monitor_events_file_appends(model, anomaly_clip, low_phi, tmp_path, env):
@@ -235,8 +245,9 @@ def test_monitor_events_file_appends(model, anomaly_clip, low_phi, tmp_path, env
                            events_file, env=env)
     assert len(events) >= 1
     assert events_file.read_text() == old + proc.stdout
-    monitor("--model", model, "--input", anomaly_clip, "--phi", str(low_phi), "--events", events_file, env=env)
-    assert events_file.read_text() == old + proc.stdout + proc.stdout
+    again, _ = monitor("--model", model, "--input", anomaly_clip, "--phi", str(low_phi), "--events", events_file, env=env)
+    assert events_file.read_text() == old + proc.stdout + again.stdout  # appended, the first run's lines kept
+    assert same_run(events_of(again.stdout)) == same_run(events_of(proc.stdout))
 
 
 def test_monitor_ctrl_c_prints_the_summary_and_keeps_events(model, anomaly_clip, low_phi, tmp_path, env):
@@ -259,16 +270,20 @@ def test_monitor_ctrl_c_prints_the_summary_and_keeps_events(model, anomaly_clip,
     proc.stdin.write(pcm)  # the whole clip, but the stream stays open like a microphone's
     proc.stdin.flush()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not events_file.exists() or not events_file.read_text().strip()):
+    while time.monotonic() < deadline and '"anomaly"' not in (events_file.read_text() if events_file.exists() else ""):
         time.sleep(0.1)
     time.sleep(1.0)  # let it drain the clip and block on the open stream
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    proc.wait(timeout=30)  # stdin stays open: the stop comes from the signal, not from an end of input
+    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.stdin.close()
     assert proc.returncode == 0, err.decode()
     assert "Traceback" not in err.decode()
     assert "edge-monitor:" in err.decode() and "frames" in err.decode() and "real-time factor" in err.decode()
     stdout_events = events_of(out.decode())
-    assert stdout_events and [json.loads(line) for line in events_file.read_text().splitlines()] == stdout_events
+    assert stdout_events and [json.loads(line) for line in events_file.read_text().splitlines()] == records_of(out.decode())
+    summary = records_of(out.decode())[-1]  # the last line: the summary, with why it ended
+    assert summary["event"] == "summary" and summary["reason"] == "stopped" and summary["frames"] > 0
 
 
 def test_monitor_runs_onnx_models_with_the_same_events_as_the_float_scores(onnx_model, anomaly_clip, low_phi, env):

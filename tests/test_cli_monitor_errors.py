@@ -106,3 +106,37 @@ def test_monitor_mic_without_sound_card(model, env):
 def test_monitor_bad_mic_device_index(model, env):
     """``--input mic:abc`` is a typo, not a crash."""
     _monitor_error(model, "--phi", "1", "--input", "mic:abc", env=env)
+
+
+def test_monitor_bad_window(model, fan, env):
+    _monitor_error(model, "--phi", "1", "--input", fan["test_normal"][0], "--window", "hourly", env=env,
+                   words=["--window", "gate"])
+
+
+def test_monitor_full_disk_for_the_events_log(model, fan, env):
+    """/dev/full: every write fails with ENOSPC. One line, exit 1; stdout still got what was seen."""
+    import os
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    proc = cli("edge-monitor", "--model", model, "--phi", "1", "--input", fan["test_normal"][0], "--events", "/dev/full",
+               env=env)
+    assert_one_line_error(proc)
+    assert "No space left" in proc.stderr
+    assert '"event": "start"' in proc.stdout
+
+
+def test_monitor_missing_config(model, tmp_path, env):
+    proc = cli("edge-monitor", "--config", tmp_path / "monitor.toml", env=env)
+    assert_one_line_error(proc)
+    assert "monitor.toml: no such file" in proc.stderr
+
+
+def test_monitor_serial_port_missing(model, tmp_path, env):
+    _monitor_error(model, "--phi", "1", "--input", f"serial:{tmp_path}/ttyUSB7", env=env, words=["ttyUSB7", "port"])
+
+
+def test_monitor_without_model_or_config(env):
+    proc = cli("edge-monitor", "--input", "-", env=env, input=b"")
+    assert_one_line_error(proc)
+    assert "--model" in proc.stderr and "--config" in proc.stderr

@@ -1,7 +1,9 @@
 """RunningMaxDetector: the frame-wise decision of Koizumi et al. 2019, eqs. (4) and (11), streamed.
 
 Rule under test: an event for every frame whose score is >= phi AND greater than the running max of
-the current operation window so far; ``window_s`` resets that running max.
+the current operation window so far; a new window resets that running max and closes the old one with
+a verdict (max score, its time, anomalous = max >= phi, eq. 11). Windows here are fixed-length
+(index ``int(t // window_s)``); the windows themselves are tested in test_windows.py.
 """
 
 from __future__ import annotations
@@ -9,23 +11,27 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_asd.edge.detector import EVENT_SCHEMA, Event, RunningMaxDetector
+from edge_asd.edge.detector import EVENT_SCHEMA, OFF, Event, RunningMaxDetector, Verdict
 
 SHA = "ab" * 32
 
 
+def window_of(t, window_s):
+    return 0 if window_s is None else int(t // window_s)
+
+
 def run(scores, phi, window_s=None, hop_s=0.016, t0=0.352):
     """Feed scores at frame times t0 + k * hop_s; return (detector, events, running max after each frame)."""
-    det = RunningMaxDetector(phi, "id_00", SHA, window_s)
+    det = RunningMaxDetector(phi, "id_00", SHA)
     events, maxima = [], []
     for k, s in enumerate(scores):
-        e = det.update(k, t0 + k * hop_s, s)
-        if e is not None:
-            events.append(e)
+        t = t0 + k * hop_s
+        events += [r for r in det.update(k, t, s, window_of(t, window_s)) if isinstance(r, Event)]
         maxima.append(det.running_max)
     return det, events, maxima
 
@@ -94,6 +100,66 @@ def test_window_resets_running_max():
     assert det.window == 2
 
 
+def test_verdict_per_closed_window():
+    """Eq. (11) per window: anomalous iff the window's max reaches phi; one verdict when it closes."""
+    scores = [5.0, 9.0, 8.0, 7.0, 1.0, 2.0, 4.9, 3.0, 1.0, 8.0]
+    det = RunningMaxDetector(5.0, "id_00", SHA)
+    records = []
+    for k, s in enumerate(scores):
+        records += det.update(k, 0.5 * k, s, int(0.5 * k // 2.0))
+    records.append(det.close())
+    verdicts = [r for r in records if isinstance(r, Verdict)]
+    assert [(v.window, v.frames, v.max_score, v.max_time_s, v.anomalous, v.events) for v in verdicts] == [
+        (0, 4, 9.0, 0.5, True, 2), (1, 4, 4.9, 3.0, False, 0), (2, 2, 8.0, 4.5, True, 1)]
+    assert [(v.start_s, v.end_s) for v in verdicts] == [(0.0, 1.5), (2.0, 3.5), (4.0, 4.5)]
+    # a verdict comes right before the first record of the next window
+    kinds = [(type(r).__name__, r.window) for r in records]
+    assert kinds.index(("Verdict", 0)) < kinds.index(("Event", 2))
+    assert det.n_windows == 3 and det.n_anomalous_windows == 2
+    assert det.close() is None  # nothing open any more
+    d = verdicts[1].to_dict()
+    assert d["event"] == "verdict" and d["schema"] == EVENT_SCHEMA and d["anomalous"] is False
+    assert json.loads(json.dumps(d)) == d
+
+
+def test_frames_outside_every_window_close_it_and_are_not_judged():
+    """Energy gate off (window None): the open window closes at once; off frames raise nothing."""
+    det = RunningMaxDetector(5.0, "id_00", SHA)
+    assert det.update(0, 0.1, 6.0, 0)[0].frame == 0
+    (verdict,) = det.update(1, 0.2, 100.0, None)
+    assert isinstance(verdict, Verdict) and verdict.window == 0 and verdict.max_score == 6.0
+    assert det.update(2, 0.3, 100.0, None) == []
+    (event,) = det.update(3, 0.4, 7.0, 1)
+    assert event.window == 1 and event.running_max is None
+    assert det.n_off == 2 and det.max_score == 7.0  # the gated-off 100s are no part of any decision
+
+
+def test_nonfinite_scores_are_skipped_and_counted():
+    det = RunningMaxDetector(5.0, "id_00", SHA)
+    assert det.update(0, 0.1, math.nan) == []
+    (event,) = det.update(1, 0.2, 6.0)
+    assert event.running_max is None  # NaN never became the running max
+    assert det.update(2, 0.3, math.inf) == [] and det.update(3, 0.4, 7.0)[0].running_max == 6.0
+    assert det.n_nonfinite == 2
+    assert det.close().frames == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores=st.lists(st.one_of(st.floats(-10, 10), st.just(math.nan)), max_size=80),
+       windows=st.lists(st.sampled_from([OFF, 0, 1, 2]), max_size=80), phi=st.floats(-10, 10))
+def test_block_update_equals_frame_by_frame(scores, windows, phi):
+    n = min(len(scores), len(windows))
+    scores, windows = scores[:n], sorted(windows[:n], key=lambda w: w if w != OFF else 0.5)  # windows in order
+    times = 0.016 * np.arange(n)
+    one, block = RunningMaxDetector(phi, "m", SHA), RunningMaxDetector(phi, "m", SHA)
+    a = [r for k in range(n) for r in one.update(k, times[k], scores[k], None if windows[k] == OFF else windows[k])]
+    b = []
+    for lo in range(0, n, 7):  # blocks of 7 frames, cutting across windows
+        b += block.update_block(lo, times[lo:lo + 7], np.array(scores[lo:lo + 7]), np.array(windows[lo:lo + 7]))
+    assert a == b
+    assert one.close() == block.close()
+
+
 def test_same_scores_without_window_give_fewer_events():
     scores = [5.0, 9.0, 8.0, 7.0, 6.0, 5.0, 7.0, 10.0, 1.0, 8.0]
     _, events, _ = run(scores, 5.0, window_s=None, hop_s=0.5, t0=0.0)
@@ -101,22 +167,23 @@ def test_same_scores_without_window_give_fewer_events():
 
 
 def test_window_index_follows_stream_time_and_skipped_windows():
-    det = RunningMaxDetector(0.0, "id_00", SHA, window_s=1.0)
-    assert det.update(0, 0.2, 3.0).window == 0
-    assert det.update(1, 0.9, 2.0) is None  # below the window's max
-    e = det.update(2, 3.5, 1.0)  # windows 1 and 2 had no frames
-    assert e is not None and e.window == 3 and e.running_max is None
+    det = RunningMaxDetector(0.0, "id_00", SHA)
+    assert det.update(0, 0.2, 3.0, 0)[0].window == 0
+    assert det.update(1, 0.9, 2.0, 0) == []  # below the window's max
+    verdict, e = det.update(2, 3.5, 1.0, 3)  # windows 1 and 2 had no frames
+    assert verdict.window == 0 and verdict.max_score == 3.0
+    assert e.window == 3 and e.running_max is None
 
 
 def test_event_dict_fields():
-    det = RunningMaxDetector(2.5, "id_03", SHA, window_s=4.0)
-    det.update(0, 1.0, 1.0)
-    e = det.update(1, 5.123456, 3.0)
+    det = RunningMaxDetector(2.5, "id_03", SHA)
+    det.update(0, 1.0, 1.0, 0)
+    _, e = det.update(1, 5.123456, 3.0, 1)
     assert isinstance(e, Event)
     d = e.to_dict()
     assert set(d) == {"schema", "event", "time_s", "frame", "score", "running_max", "phi", "machine_id",
                       "model_sha256", "window"}
-    assert d["schema"] == EVENT_SCHEMA == 1
+    assert d["schema"] == EVENT_SCHEMA == 2
     assert d["event"] == "anomaly"
     assert d["time_s"] == pytest.approx(5.1235)
     assert d["frame"] == 1 and d["score"] == 3.0 and d["phi"] == 2.5
@@ -130,10 +197,6 @@ def test_bad_arguments():
         RunningMaxDetector(math.nan, "id_00", SHA)
     with pytest.raises(ValueError):
         RunningMaxDetector(math.inf, "id_00", SHA)
-    with pytest.raises(ValueError):
-        RunningMaxDetector(1.0, "id_00", SHA, window_s=0)
-    with pytest.raises(ValueError):
-        RunningMaxDetector(1.0, "id_00", SHA, window_s=-1.0)
 
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -154,11 +217,11 @@ def test_matches_brute_force(steps, phi, window_s, small_ints):
         scores.append(float(round(s) % 7) if small_ints else s)  # small ints: many ties with phi and the max
     if small_ints:
         phi = float(round(phi) % 7)
-    det = RunningMaxDetector(phi, "id_00", SHA, window_s)
+    det = RunningMaxDetector(phi, "id_00", SHA)
     got = []
     for i, (ti, s) in enumerate(zip(times, scores)):
-        e = det.update(i, ti, s)
-        if e is not None:
-            got.append((e.frame, e.score, e.running_max, e.window))
+        for e in det.update(i, ti, s, window_of(ti, window_s)):
+            if isinstance(e, Event):
+                got.append((e.frame, e.score, e.running_max, e.window))
     assert got == reference(times, scores, phi, window_s)
     assert det.n_events == len(got) and det.n_frames == len(scores)

@@ -33,7 +33,7 @@ def test_monitor_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path):
         "cli_monitor", ["--model", int8_model[0], "--phi", "0", "--input", fan["test_anomaly"][0]], tmp_path / "s.json")
     assert loaded == []
     # it really scored the clip (events on stdout with phi 0), so the whole path was exercised
-    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    events = [e for line in proc.stdout.splitlines() if line.startswith("{") and (e := json.loads(line))["event"] == "anomaly"]
     assert len(events) >= 1 and events[0]["frame"] == 0
     assert "604 frames" in proc.stderr
 

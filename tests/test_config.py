@@ -1,0 +1,86 @@
+"""``edge-monitor --config monitor.toml``: several inputs, defaults, relative paths, refused mistakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_asd.edge.config import load_config
+from edge_asd.edge.errors import EdgeAsdError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text):
+    path = tmp_path / "conf" / "monitor.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_inputs_take_the_defaults_and_override_them(tmp_path):
+    path = write(tmp_path, """
+[monitor]
+store = "state/phi.json"
+events = "/var/lib/edge-asd/events.jsonl"
+window = "gate"
+gate_db = -50
+evidence_dir = "evidence"
+
+[[input]]
+name = "fan-1"
+source = "mic:USB"
+channel = 0
+model = "fan.tflite"
+machine_id = "id_00"
+
+[[input]]
+name = "pump"
+source = "serial:/dev/ttyACM0"
+model = "/opt/models/pump.onnx"
+machine_id = "section_00"
+window = 30
+phi = 812.5
+evidence_png = true
+""")
+    fan, pump = load_config(path)
+    base = path.parent.resolve()
+    assert (fan.name, fan.source, fan.channel, fan.machine_id) == ("fan-1", "mic:USB", 0, "id_00")
+    assert fan.model == base / "fan.tflite" and fan.store == base / "state" / "phi.json"  # relative to the file
+    assert fan.events == Path("/var/lib/edge-asd/events.jsonl") and fan.evidence_dir == base / "evidence"
+    assert fan.window == "gate" and fan.gate_db == -50.0 and isinstance(fan.gate_db, float) and fan.phi is None
+    assert pump.model == Path("/opt/models/pump.onnx") and pump.window == "30" and pump.phi == 812.5
+    assert pump.evidence_png is True and fan.evidence_png is False and pump.gate_db == -50.0
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[[input]]\nmodel = "a.tflite"\nmodle = "b"\n', ["unknown key 'modle'", "#1"]),
+    ('[monitor]\nthreshold = 3\n[[input]]\nmodel = "a.tflite"\n', ["unknown key 'threshold'", "[monitor]"]),
+    ('[[input]]\nmodel = "a.tflite"\nchannel = "left"\n', ["channel", "int"]),
+    ('[[input]]\nmodel = "a.tflite"\nphi = true\n', ["phi", "float"]),
+    ('[[input]]\nsource = "mic"\n', ["no model"]),
+    ('[monitor]\nwindow = "gate"\n', ["no [[input]]"]),
+    ('[[inputs]]\nmodel = "a"\n', ["unknown table", "inputs"]),
+    ('[[input]]\nmodel = "a"\nname = "x"\n[[input]]\nmodel = "b"\nname = "x"\n', ["several inputs named x"]),
+    ('[[input]]\nmodel = "a"\nsource = "-"\n[[input]]\nmodel = "b"\nsource = "-"\nname = "y"\n', ["stdin"]),
+    ('[[input]\nmodel = "a"\n', ["not valid TOML"]),
+])
+def test_mistakes_are_one_clear_error(tmp_path, text, words):
+    path = write(tmp_path, text)
+    with pytest.raises(EdgeAsdError) as e:
+        load_config(path)
+    assert str(path) in str(e.value)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(EdgeAsdError, match="no such file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_the_shipped_example_config_loads():
+    inputs = load_config(REPO / "examples" / "service" / "monitor.toml")
+    assert len(inputs) >= 2 and len({i.label for i in inputs}) == len(inputs)
+    assert all(i.model is not None and i.machine_id for i in inputs)
