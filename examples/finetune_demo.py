@@ -112,6 +112,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--base-updates", type=int, default=100)
     ap.add_argument("--ft-steps", type=int, default=100)
+    ap.add_argument("--ft-minutes", type=float, default=30.0,
+                    help="edge-finetune's time cap (its device default, 1.25 min, would make the updates depend on the load)")
     ap.add_argument("--lr", type=float, default=3e-4, help="fine-tuning step size")
     ap.add_argument("--max-base-clips", type=int, default=200)
     ap.add_argument("--max-ft-clips", type=int, default=30, help="30 x 10 s = the issue's 5 minutes on a full download")
@@ -169,7 +171,7 @@ def main() -> None:
             store = work / "phi.json"
             run("edge-calibrate", *ex["finetune"], "--model", model, "--machine-id", ex["target"], "--store", store, "-q")
             ft = run("edge-finetune", *ex["finetune"], "--model", model, "--machine-id", ex["target"], "--store", store,
-                     "--steps", args.ft_steps, "--lr", args.lr, "--seed", seed, "-q")
+                     "--steps", args.ft_steps, "--minutes", args.ft_minutes, "--lr", args.lr, "--seed", seed, "-q")
             mix = render(plan_mixtures([len(h) for h in held], [len(s) for s in sounds], seed=seed), held, sounds)
             scores = {}
             for name, path in (("shipped", shipped), ("finetuned", model)):
