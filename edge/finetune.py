@@ -160,8 +160,8 @@ def install(model_path: Path, new_model: bytes, store: Path, machine_id: str, ph
 
     old = model_path.read_bytes()
     atomic_write_bytes(previous_path(model_path), old)
-    state = {"schema": STATE_SCHEMA, "model": str(model_path), "store": str(store), "machine_id": machine_id,
-             "previous_phi": previous_phi, **summary}
+    state = {**summary, "schema": STATE_SCHEMA, "model": str(model_path), "store": str(store), "machine_id": machine_id,
+             "previous_phi": previous_phi}  # the whole previous phi record, restored by rollback
     atomic_write_text(state_path(model_path), json.dumps(state, indent=2, sort_keys=True) + "\n")
     atomic_write_bytes(model_path, new_model)
     phi_store.save_phi(store, machine_id, phi_record)

@@ -38,7 +38,7 @@ def test_finetune_then_monitor_then_rollback(deployed, fan, env):
 
     path, store = deployed
     shipped, old_phi = path.read_bytes(), phi_of(store)
-    proc = cli("edge-finetune", *fan["train"][4:7], "--model", path, "--machine-id", "00", "--store", store,
+    proc = cli("edge-finetune", *fan["train"][:3], "--model", path, "--machine-id", "00", "--store", store,
                "--steps", "4", env=env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
