@@ -1,0 +1,168 @@
+"""``edge-finetune``: adapt the model in service to one machine from its normal sound, on the device."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE, phi_from_clip_maxima
+from .cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from .errors import EdgeAsdError
+
+log = logging.getLogger("edge_asd")
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("recordings", nargs=-1)
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The .tflite model file in service; replaced in place (the old one is kept for --rollback).")
+@click.option("--machine-id", default=None, help="Machine ID the recordings come from (00, id_00, section_00).")
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="phi store. Default: $EDGE_ASD_STORE or the user config dir.")
+@click.option("--steps", type=click.IntRange(min=1), default=150, show_default=True, help="Training updates.")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=1.25, show_default=True,
+              help="Stop training after this many minutes (wall clock) even before --steps: the device's time budget.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True, help="AMSGrad step size.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--something-else", "something_else_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Everyday sounds for the pseudo-anomalies of eq. (8); default: coloured noise.")
+@click.option("--reject-factor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Frames the current model scores above FACTOR x phi are left out of training.")
+@click.option("--max-rejected", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Refuse when more than this fraction of the frames is rejected.")
+@click.option("--force", is_flag=True, help="Fine-tune even when the guard rail refuses, or without a phi to check against.")
+@click.option("--rollback", is_flag=True, help="Put back the model and phi in service before the last fine-tune.")
+@click.option("--threads", default=1, show_default=True, help="Inference threads.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.version_option(kit_version(), "--version")
+@user_errors
+def main(recordings, model_path, machine_id, store, steps, minutes, lr, seed, something_else_dir, reject_factor,
+         max_rejected, force, rollback, threads, quiet):
+    """Continue BU training of the model in service on normal RECORDINGS (files or directories) of one
+    machine, recalibrate its phi, and replace the model file atomically. Prints a JSON summary on stdout.
+
+    The recordings are first scored with the current model: frames above phi are rejected (they may be
+    the fault the model should catch); more than --max-rejected of them and the command refuses.
+    """
+    setup_logging(quiet=quiet)
+    from . import finetune as ft
+    from . import phi_store
+    from .cli_calibrate import expand_recordings
+    from .machine_id import normalize_machine_id
+
+    store = store or phi_store.default_store_path()
+    if rollback:
+        state = ft.rollback(model_path, store)
+        click.echo(json.dumps({"rolled_back": str(model_path), "machine_id": state["machine_id"],
+                               "model_sha256": state["previous_sha256"],
+                               "phi": (state.get("previous_phi") or {}).get("phi")}))
+        return
+    if not recordings:
+        raise EdgeAsdError("give the normal RECORDINGS to fine-tune on (files or directories), or --rollback")
+    if machine_id is None:
+        raise EdgeAsdError("--machine-id is required: the new phi is stored for that machine")
+    machine_id = normalize_machine_id(machine_id)
+    summary, phi_record = finetune_model(model_path, machine_id, store, expand_recordings(recordings),
+                                         ft.FinetuneConfig(steps=steps, minutes=minutes, lr=lr, seed=seed,
+                                                           reject_factor=reject_factor, max_rejected=max_rejected),
+                                         something_else_dir, force, threads)
+    click.echo(json.dumps({**{k: summary[k] for k in ("machine_id", "steps", "train_seconds", "audio_seconds",
+                                                         "frames", "rejected_frames", "base_sha256")},
+                           "model_sha256": phi_record["model_sha256"], "phi": phi_record["phi"],
+                           "previous_phi": summary["previous_phi"], "store": str(store)}))
+
+
+def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[Path], cfg, something_else_dir=None,
+                   force: bool = False, threads: int = 1) -> tuple[dict, dict]:
+    """The whole command without its options parsing: (summary, new phi record)."""
+    from edge_asd.firmware_io.audio_file import audio_files, read_audio
+
+    from . import finetune as ft
+    from . import phi_store
+    from .scorer import Scorer
+
+    scorer = Scorer(model_path, num_threads=threads)
+    if scorer.kind != "tflite":
+        raise EdgeAsdError(f"{model_path}: edge-finetune rewrites .tflite model files; convert with --to tflite")
+    try:
+        _, previous = phi_store.lookup_phi(store, machine_id, scorer.sha256)
+    except EdgeAsdError as e:
+        if not force:
+            raise EdgeAsdError(f"{e} (the guard rail scores the audio against it; or pass --force)") from None
+        previous = None
+    sr = scorer.features.sample_rate
+    clips = [read_audio(f, sr) for f in files]
+    for f, c in zip(files, clips):
+        if len(c) < scorer.features.samples_per_vector:
+            raise EdgeAsdError(f"{f}: shorter than one context window ({scorer.features.samples_per_vector} samples)")
+    audio_s = sum(map(len, clips)) / sr
+    limit = None if previous is None else cfg.reject_factor * float(previous["phi"])
+    guarded = ft.guard(scorer, clips, limit)
+    share = guarded.n_rejected / max(1, guarded.n_frames)
+    log.info("guard rail: %d of %d frames (%.1f %%) score above %s", guarded.n_rejected, guarded.n_frames, 100 * share,
+             "nothing (no phi)" if limit is None else f"{limit:.1f} = {cfg.reject_factor} x phi")
+    if share > cfg.max_rejected:
+        if not force:
+            raise EdgeAsdError(
+                f"{guarded.n_rejected} of {guarded.n_frames} frames ({100 * share:.0f} %) already score as anomalous "
+                f"(above {limit:.1f}); fine-tuning on them would teach the model the fault. Check the recordings, "
+                f"or pass --force")
+        log.warning("--force: training on all %d frames, %d of them above the limit", guarded.n_frames, guarded.n_rejected)
+        guarded = ft.Guarded(clips, guarded.n_frames, guarded.n_rejected, limit)
+    something_else = [read_audio(p, sr) for p in audio_files(something_else_dir)] if something_else_dir else None
+    data = Path(model_path).read_bytes()
+    layers, _ = ft.read_layers(data, str(model_path))
+
+    def progress(step, row):
+        if step % 25 == 0 or step == cfg.steps - 1:
+            log.info("update %d/%d: loss %.2f, mean A(x_u) %.1f", step + 1, cfg.steps, row["loss"], row["score_u"])
+
+    t0 = time.perf_counter()
+    layers, history = ft.train_layers(layers, scorer.info, guarded.runs, cfg, something_else, progress)
+    seconds = time.perf_counter() - t0
+    summary = ft.summary_record(machine_id, cfg, history, seconds, len(files), audio_s, guarded, scorer.sha256)
+    calibration = ft.calibration_sample(scorer.info, guarded.runs, cfg.calibration_frames, cfg.seed)
+    new_model = ft.write_layers(data, layers, ft.new_metadata(scorer.meta, summary), calibration, str(model_path))
+    phi_record = recalibrate(new_model, model_path, clips, files, previous, threads)
+    phi_record["fine_tuned"] = {k: summary[k] for k in ("steps", "rejected_frames", "base_sha256", "finetuned_at")}
+    summary["previous_phi"] = None if previous is None else previous["phi"]
+    ft.install(Path(model_path), new_model, store, machine_id, phi_record, previous,
+               {**summary, "model_sha256": phi_record["model_sha256"], "previous_sha256": scorer.sha256})
+    log.info("fine-tuned in %.1f s (%d updates); phi %s -> %.1f; previous model kept in %s", seconds, len(history),
+             "none" if previous is None else f"{previous['phi']:.1f}", phi_record["phi"], ft.previous_path(Path(model_path)).name)
+    return summary, phi_record
+
+
+def recalibrate(new_model: bytes, model_path: Path, clips: list[np.ndarray], files: list[Path],
+                previous: dict | None, threads: int) -> dict:
+    """phi for the fine-tuned model, with the rule of the previous record (edge-calibrate's default
+    otherwise), on the fine-tuning recordings scored through the new file as the device will run it."""
+    from .scorer import Scorer
+
+    rule = (previous or {}).get("rule") or {"name": "clip-max-quantile", "quantile": DEFAULT_QUANTILE, "margin": DEFAULT_MARGIN}
+    fd, tmp = tempfile.mkstemp(dir=Path(model_path).parent, prefix=f".{Path(model_path).name}.", suffix=".check.tflite")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(new_model)
+        scorer = Scorer(tmp, num_threads=threads)
+        maxima = [float(scorer.score_audio(c).max()) for c in clips]
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    phi = phi_from_clip_maxima(np.array(maxima), rule["quantile"], rule["margin"])
+    return {"phi": phi, "model_sha256": scorer.sha256, "model_path": str(Path(model_path).resolve()),
+            "machine_type": scorer.meta.get("machine_type"), "rule": rule,
+            "clip_max_scores": {"min": min(maxima), "median": float(np.median(maxima)), "max": max(maxima)},
+            "recordings": [str(f) for f in files], "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "kit_version": kit_version()}
+
+
+if __name__ == "__main__":
+    main()
