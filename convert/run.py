@@ -10,7 +10,7 @@ import numpy as np
 
 from edge_asd.edge.cli_common import kit_version
 from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.features import extract
+from edge_asd.edge.features import extract, standardize
 
 from .pipeline import Conversion, write_model
 from .report import Row, latencies
@@ -26,8 +26,7 @@ def _held_out_vectors(conversion: Conversion, n: int = 64) -> np.ndarray:
         return np.zeros((1, conversion.features.dim), np.float32)
     vectors = np.concatenate([extract(conversion.audio[p], conversion.features) for p in paths])
     pick = np.random.default_rng(0).choice(len(vectors), size=min(n, len(vectors)), replace=False)
-    return np.asarray((vectors[pick].reshape(len(pick), -1, len(conversion.mean)) - conversion.mean) / conversion.std,
-                      np.float32).reshape(len(pick), -1)
+    return standardize(vectors[pick], conversion.mean, conversion.std)
 
 
 def convert_and_measure(conversion: Conversion, jobs: list[tuple[str, str, str]], out: Path, stem: str,

@@ -94,11 +94,15 @@ def export_tflite(score_model: torch.nn.Module, dim: int, calibration: np.ndarra
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         quantizer = _static_quantizer(float_output_layer)
-        exported = torch.export.export(score_model, sample).module()
+        # calibrated in batches (a dynamic batch axis): the observers see the same values as row by row,
+        # 20x faster; litert-torch re-exports the quantized graph at batch 1 below
+        batch = torch.export.Dim("n")
+        exported = torch.export.export(score_model, (torch.zeros(2, dim),), dynamic_shapes=({0: batch},)).module()
         prepared = move_exported_model_to_eval(prepare_pt2e(exported, quantizer))
+        rows = torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32))
         with torch.no_grad():
-            for row in torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32)):
-                prepared(row[None])
+            for i in range(0, len(rows), 256):
+                prepared(rows[i:i + 256] if len(rows[i:i + 256]) > 1 else rows[i:i + 256].repeat(2, 1))
         quantized = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
         quantized.training = False  # its ops are in eval form already; the flag is what litert-torch checks
         return _serialize(litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer)))
