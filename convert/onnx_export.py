@@ -35,7 +35,8 @@ def _quantize_int8(model, calibration: np.ndarray, calibrate_method: str, batch:
     class Reader(CalibrationDataReader):
         def __init__(self):
             rows = np.ascontiguousarray(calibration, dtype=np.float32)
-            self._it = iter([{INPUT_NAME: rows[i:i + batch]} for i in range(0, len(rows), batch)])
+            size = min(batch, len(rows))  # equal batches: the histogram calibrators stack them (remainder dropped)
+            self._it = iter([{INPUT_NAME: rows[i:i + size]} for i in range(0, len(rows) - size + 1, size)])
 
         def get_next(self):
             return next(self._it, None)

@@ -5,7 +5,7 @@ torch model on the held-out real test clips, plus the microcontroller figures of
 
 Runs, per checkpoint, exactly what a user runs:
     edge-convert CKPT --to all --calibration DATA --out DIR --report REPORT --allow-degraded
-    edge-convert CKPT --to c-array --calibration DATA --out DIR/firmware
+    edge-convert CKPT --to c-array --calibration DATA --out DIR/firmware --allow-degraded
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def main():
         report = work / f"{ckpt.stem}.md"
         run("edge-convert", ckpt, "--to", "all", "--calibration", data, "--out", work / ckpt.stem, "--report", report,
             "--allow-degraded", "-q")
-        fw = run("edge-convert", ckpt, "--to", "c-array", "--calibration", data, "--out", work / ckpt.stem / "firmware", "-q")
+        fw = run("edge-convert", ckpt, "--to", "c-array", "--calibration", data, "--out", work / ckpt.stem / "firmware",
+                 "--allow-degraded", "-q")
         mcu = [line for line in fw.stdout.splitlines() if line.startswith("microcontroller:")]
         body = report.read_text().split("\n", 1)[1]  # without its title
         sections.append(f"## {ckpt.stem}\n{body}\n" + "".join(f"- {m}\n" for m in mcu))
