@@ -46,7 +46,7 @@ class Row:
         if self.quantization == "int8-static" and self.float_size_bytes:
             ratio = self.size_bytes / self.float_size_bytes
             if ratio > INT8_SIZE_RATIO_MAX:
-                out.append(f"{self.target}: size {ratio:.2f}x float > {INT8_SIZE_RATIO_MAX}x")
+                out.append(f"{self.target}: size {ratio:.3f}x float > {INT8_SIZE_RATIO_MAX}x")
         return out
 
 
@@ -127,7 +127,7 @@ def render(rows: list[Row], title: str, context: list[str]) -> str:
     for r in rows:
         p = r.parity
         cells = [r.target, f"{r.size_bytes / 1024:.0f}",
-                 _f(r.size_bytes / r.float_size_bytes if r.float_size_bytes else None, ".2f"),
+                 _f(r.size_bytes / r.float_size_bytes if r.float_size_bytes else None, ".3f"),
                  _f(p and p.spearman, ".5f"), _f(p and p.pearson, ".5f"), _f(p and p.max_abs_error, ".4g"),
                  _f(p and p.auc_float), _f(p and p.auc_converted), _f(p and p.pauc_float), _f(p and p.pauc_converted)]
         cells += [_f(r.latency_us.get(k), ".0f") if k in r.latency_us else "" for k in runtimes]
