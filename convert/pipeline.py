@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edge_asd.edge.atomic_io import atomic_write_bytes
 from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.features import extract, standardize
 from edge_asd.edge.model_file import seal, write_tflite_metadata
 from edge_asd.edge.scorer import Scorer
 from edge_asd.firmware_io.audio_file import audio_files, read_audio
@@ -22,13 +22,25 @@ from .parity import Parity, parity
 
 log = logging.getLogger("edge_asd")
 
+QUANTIZATIONS = ("float32", "int8-dynamic", "int8-static")
+TARGETS = {  # name -> (format, quantization): every file edge-convert --to all writes
+    "tflite-float32": ("tflite", "float32"),
+    "tflite-int8-dynamic": ("tflite", "int8-dynamic"),
+    "tflite-int8-static": ("tflite", "int8-static"),
+    "onnx-float32": ("onnx", "float32"),
+    "onnx-int8-static": ("onnx", "int8-static"),
+}
+MAX_SOMETHING_ELSE = 64
+"""Something-else sounds loaded for pseudo-anomalous calibration frames (a random subset)."""
+
 
 def split_clips(data_dir: Path, ckpt: dict) -> tuple[list[Path], list[Path], list[bool | None]]:
-    """(calibration paths, parity paths, parity labels) from a DCASE/MIMII folder or a plain folder.
+    """(calibration paths, held-out parity paths, their labels) from a DCASE/MIMII folder or a plain folder.
 
-    Calibration: the normal training clips of the model's machine IDs; parity: those plus the test clips,
-    labelled anomaly True/False (None for the calibration clips, which are left out of the AUC). A
-    folder that is not a dataset: every audio file is a normal recording for both.
+    Calibration: the normal training clips of the model's machine IDs; parity: the test clips of those
+    IDs (held out from calibration), labelled anomaly True/False. A folder that is not a dataset: every
+    other audio file calibrates, the rest are held out, all normal (label None, no AUC); a single file
+    serves both.
     """
     from edge_asd.datasets.layout import assign_mimii_split, scan
 
@@ -41,55 +53,163 @@ def split_clips(data_dir: Path, ckpt: dict) -> tuple[list[Path], list[Path], lis
         files = audio_files(data_dir)
         if not files:
             raise EdgeAsdError(f"{data_dir}: no audio files for calibration")
-        return files, files, [None] * len(files)
+        held = files[1::2] or files
+        return files[::2], held, [None] * len(held)
     calib = [c.path for c in mine if c.split == "train" and c.label == "normal"] or [c.path for c in mine if c.label == "normal"]
-    test = [c for c in mine if c.split == "test"]
-    return calib, calib + [c.path for c in test], [None] * len(calib) + [c.label == "anomaly" for c in test]
+    test = [c for c in mine if c.split == "test"] or [c for c in mine if c.path not in calib]
+    if not test:
+        return calib, calib, [None] * len(calib)
+    return calib, [c.path for c in test], [c.label == "anomaly" if c.split == "test" else None for c in test]
+
+
+@dataclass
+class Options:
+    """How to quantize. Defaults: what passed the parity targets on the real fan recordings (docs/convert/)."""
+
+    calibration_frames: int = 2000
+    """Standardized context vectors the int8 activation ranges are calibrated on."""
+    pseudo_fraction: float = 0.25
+    """Share of them that are pseudo-anomalous (normal audio + something-else sound, eq. 8)."""
+    calibrate_method: str = "minmax"
+    """ONNX int8 only: onnxruntime CalibrationMethod (minmax, entropy, percentile, distribution)."""
+    float_output_layer: bool = False
+    """TFLite int8-static only: keep the decoder's last layer in float."""
+    something_else_dir: Path | None = None
+    """Sounds for pseudo-anomalies; None: the checkpoint's, else DATA_DIR/something_else/train, else coloured noise."""
+    seed: int = 0
+
+    def describe(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Conversion:
+    """One checkpoint, its float model and (optionally) the clips to calibrate on and measure parity with."""
+
+    checkpoint: Path
+    calibration_dir: Path | None = None
+    options: Options = field(default_factory=Options)
+
+    def __post_init__(self):
+        self.ckpt = load_checkpoint(self.checkpoint)
+        self.ae, self.features, self.mean, self.std = restore(self.ckpt)
+        self.score_model = ScoreModel(self.ae)
+        self.calib_paths, self.parity_paths, self.labels = (
+            split_clips(self.calibration_dir, self.ckpt) if self.calibration_dir else ([], [], []))
+        self.audio = {p: read_audio(p, self.features.sample_rate) for p in dict.fromkeys(self.calib_paths + self.parity_paths)}
+        self._representative = None
+        self._float_scores = None
+
+    def set_options(self, options: Options) -> None:
+        """Quantize the next files with other options (the clips and float scores are kept)."""
+        self.options, self._representative = options, None
+
+    def representative(self) -> tuple[np.ndarray, dict]:
+        """Standardized calibration vectors (n, D) float32 and their description for the metadata."""
+        if self._representative is None:
+            if not self.calib_paths:
+                raise EdgeAsdError("int8 needs --calibration DATA_DIR: int8 ranges are calibrated on normal recordings")
+            from .representative import representative_vectors
+
+            opt = self.options
+            sounds_dir, sounds = self._something_else()
+            vectors, n_pseudo = representative_vectors([self.audio[p] for p in self.calib_paths], sounds, self.features,
+                                                       self.mean, self.std, opt.calibration_frames, opt.pseudo_fraction,
+                                                       opt.seed)
+            log.info("calibrating int8 on %d frames of %d clips (%d pseudo-anomalous, %s)", len(vectors),
+                     len(self.calib_paths), n_pseudo, sounds_dir or "coloured noise")
+            self._representative = vectors, {
+                "calibration_frames": int(len(vectors)), "calibration_clips": len(self.calib_paths),
+                "pseudo_anomalous_frames": int(n_pseudo),
+                "pseudo_anomaly_sounds": "/".join(Path(sounds_dir).parts[-2:]) if sounds_dir else ("coloured noise" if n_pseudo else None)}
+        return self._representative
+
+    def _something_else(self) -> tuple[str | None, list[np.ndarray] | None]:
+        if self.options.pseudo_fraction <= 0:
+            return None, None
+        candidates = [self.options.something_else_dir, (self.ckpt.get("something_else") or {}).get("dir"),
+                      self.calibration_dir and Path(self.calibration_dir) / "something_else" / "train"]
+        for d in candidates:
+            if d and Path(d).is_dir() and audio_files(d):
+                files = audio_files(d)
+                rng = np.random.default_rng(self.options.seed)
+                pick = sorted(rng.choice(len(files), size=min(MAX_SOMETHING_ELSE, len(files)), replace=False))
+                return str(d), [read_audio(files[i], self.features.sample_rate) for i in pick]
+            if d and d is self.options.something_else_dir:
+                raise EdgeAsdError(f"{d}: no .wav/.flac files for --something-else")
+        return None, None
+
+    def model_bytes(self, fmt: str, quantization: str = "float32") -> bytes:
+        """A sealed model file's bytes (metadata included)."""
+        if fmt not in ("tflite", "onnx"):
+            raise EdgeAsdError(f"unknown target {fmt!r}: use tflite or onnx")
+        if quantization not in QUANTIZATIONS:
+            raise EdgeAsdError(f"unknown quantization {quantization!r}: use {', '.join(QUANTIZATIONS)}")
+        if fmt == "onnx" and quantization == "int8-dynamic":
+            raise EdgeAsdError("ONNX int8 is static (QDQ) in this kit: use --quantize int8-static")
+        opt = self.options
+        quant: dict = {"mode": quantization}
+        calibration = None
+        if quantization == "int8-static":
+            calibration, described = self.representative()
+            quant.update(described, weights="per-channel symmetric int8", activations="per-tensor int8",
+                         error_computation="float32")
+        elif quantization == "int8-dynamic":
+            quant.update(weights="per-channel symmetric int8", activations="float32, quantized per inference inside FC")
+        if fmt == "onnx":
+            from .onnx_export import export_onnx
+
+            if calibration is not None:
+                quant["calibrate_method"] = opt.calibrate_method
+            return seal(export_onnx(self.score_model, self.features.dim, model_metadata(self.ckpt, "onnx", quant),
+                                    calibration, opt.calibrate_method))
+        from .tflite_export import export_tflite
+
+        if quantization == "int8-static":
+            quant["output_layer"] = "float32" if opt.float_output_layer else "int8"
+        data = export_tflite(self.score_model, self.features.dim, calibration, quantization, opt.float_output_layer)
+        return seal(write_tflite_metadata(data, model_metadata(self.ckpt, "tflite", quant)))
+
+    def float_scores(self) -> list[np.ndarray]:
+        """The torch float model's frame scores of each held-out clip."""
+        if self._float_scores is None:
+            score = torch_frame_scorer(self.ae, self.mean, self.std, self.features)
+            self._float_scores = [score(self.audio[p]) for p in self.parity_paths]
+        return self._float_scores
+
+    def parity(self, scorer: Scorer) -> Parity | None:
+        """Parity of a loaded model file against the float model on the held-out clips (batch scoring)."""
+        if not self.parity_paths:
+            return None
+        return parity(self.float_scores(), [scorer.score_audio(self.audio[p]) for p in self.parity_paths], self.labels)
+
+
+def write_model(conversion: Conversion, fmt: str, quantization: str, out_path: Path) -> Scorer:
+    """Write one model file atomically and load it back the way the device will."""
+    atomic_write_bytes(Path(out_path), conversion.model_bytes(fmt, quantization))
+    return Scorer(out_path)
 
 
 def convert_checkpoint(checkpoint: Path, target: str, out_path: Path, int8: bool = False,
                        calibration_dir: Path | None = None, calibration_frames: int = 2000,
-                       seed: int = 0) -> tuple[Scorer, Parity | None]:
+                       seed: int = 0, quantization: str | None = None,
+                       options: Options | None = None) -> tuple[Scorer, Parity | None]:
     """Write the model file; return it loaded through the edge runtime, and parity when clips were given.
 
+    Args:
+        target: "tflite" or "onnx".
+        int8: shorthand for ``quantization="int8-static"``.
+        quantization: "float32", "int8-dynamic" (TFLite) or "int8-static".
+        options: quantization options (``calibration_frames`` and ``seed`` are used when it is None).
     Raises:
         EdgeAsdError: bad checkpoint, int8 without calibration clips, unreadable audio, unwritable output.
     """
+    quantization = quantization or ("int8-static" if int8 else "float32")
     if target not in ("tflite", "onnx"):
         raise EdgeAsdError(f"unknown target {target!r}: use tflite or onnx")
-    if int8 and target != "tflite":
-        raise EdgeAsdError("--int8 is available for --to tflite (ONNX int8 is not in this version)")
-    if int8 and calibration_dir is None:
+    if quantization == "int8-static" and calibration_dir is None:
         raise EdgeAsdError("--int8 needs --calibration DATA_DIR: int8 ranges are calibrated on normal recordings")
-    ckpt = load_checkpoint(checkpoint)
-    ae, features, mean, std = restore(ckpt)
-    score_model = ScoreModel(ae)
-    calib_paths, parity_paths, labels = split_clips(calibration_dir, ckpt) if calibration_dir else ([], [], [])
-    audio = {p: read_audio(p, features.sample_rate) for p in dict.fromkeys(calib_paths + parity_paths)}
-
-    if target == "onnx":
-        from .onnx_export import export_onnx
-
-        data = export_onnx(score_model, features.dim, model_metadata(ckpt, "onnx", {"mode": "float32"}))
-    else:
-        from .tflite_export import export_tflite
-
-        calibration, quant = None, {"mode": "float32"}
-        if int8:
-            vectors = np.concatenate([extract(audio[p], features) for p in calib_paths])
-            pick = np.random.default_rng(seed).choice(len(vectors), size=min(calibration_frames, len(vectors)), replace=False)
-            calibration = standardize(vectors[pick], mean, std)
-            quant = {"mode": "int8-static", "weights": "per-channel symmetric int8", "activations": "per-tensor int8",
-                     "error_computation": "float32", "calibration_frames": int(len(pick)),
-                     "calibration_clips": len(calib_paths)}
-            log.info("calibrating int8 on %d frames of %d clips", len(pick), len(calib_paths))
-        data = write_tflite_metadata(export_tflite(score_model, features.dim, calibration),
-                                     model_metadata(ckpt, "tflite", quant))
-    atomic_write_bytes(Path(out_path), seal(data))
-    converted = Scorer(out_path)  # load it back the way the device will
-    if not parity_paths:
-        return converted, None
-    float_score = torch_frame_scorer(ae, mean, std, features)
-    result = parity([float_score(audio[p]) for p in parity_paths],
-                    [converted.score_audio(audio[p]) for p in parity_paths], labels)
-    return converted, result
+    options = options or Options(calibration_frames=calibration_frames, seed=seed)
+    conversion = Conversion(Path(checkpoint), calibration_dir, options)
+    scorer = write_model(conversion, target, quantization, out_path)
+    return scorer, conversion.parity(scorer)

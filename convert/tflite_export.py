@@ -1,9 +1,14 @@
-"""TFLite export through litert-torch (no TensorFlow): float32, or full-integer int8 by static PT2E.
+"""TFLite export through litert-torch (no TensorFlow): float32, dynamic-range int8, or full-integer int8.
 
-Int8: every fully-connected layer runs in int8 with per-channel symmetric weights and per-tensor
-activations calibrated (histogram observer) on representative standardized normal frames; the
-squared-error sum of eq. (5) stays in float, after DEQUANTIZE, so the score keeps its resolution.
-The graph is exported at batch 1, the streaming shape.
+- ``float32``: the torch graph as is.
+- ``int8-dynamic``: int8 weights (per channel), float activations quantized on the fly inside each
+  fully-connected kernel (ai-edge-quantizer recipe ``dynamic_wi8_afp32`` on the float file). No calibration.
+- ``int8-static``: static PT2E quantization: every fully-connected layer runs in int8 with per-channel
+  symmetric weights and per-tensor activations calibrated (histogram observer) on representative
+  standardized frames; the squared-error sum of eq. (5) stays in float, after DEQUANTIZE, so the score
+  keeps its resolution. ``float_output_layer=True`` leaves the decoder's last layer (U -> D) in float too.
+
+The graph is exported at batch 1, the streaming shape; the edge runtime resizes the input for batches.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import torch
 
 log = logging.getLogger("edge_asd")
 
+MODES = ("float32", "int8-dynamic", "int8-static")
+
 
 @contextlib.contextmanager
 def _quiet():
@@ -27,35 +34,75 @@ def _quiet():
         yield
 
 
-def export_tflite(score_model: torch.nn.Module, dim: int, calibration: np.ndarray | None = None) -> bytes:
-    """Serialized .tflite of ``score_model`` ((1, dim) -> (1,)); int8 when ``calibration`` (n, dim) is given."""
+def _serialize(edge_model) -> bytes:
+    fd, tmp = tempfile.mkstemp(suffix=".tflite")
+    os.close(fd)
+    try:
+        edge_model.export(tmp)
+        with open(tmp, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(tmp)
+
+
+def _static_quantizer(float_output_layer: bool):
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+
+    class Quantizer(PT2EQuantizer):
+        def annotate(self, model):
+            model = super().annotate(model)
+            if float_output_layer:  # drop the annotation of the last linear: it runs on dequantized input
+                last = [n for n in model.graph.nodes if n.target == torch.ops.aten.linear.default][-1]
+                last.meta.pop("quantization_annotation", None)
+            return model
+
+    return Quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+
+def _dynamic_int8(float_tflite: bytes) -> bytes:
+    from ai_edge_quantizer import quantizer, recipe
+
+    qt = quantizer.Quantizer(float_tflite)
+    qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    return bytes(qt.quantize().quantized_model)
+
+
+def export_tflite(score_model: torch.nn.Module, dim: int, calibration: np.ndarray | None = None,
+                  mode: str | None = None, float_output_layer: bool = False) -> bytes:
+    """Serialized .tflite of ``score_model`` ((1, dim) float32 -> (1,) float32).
+
+    Args:
+        calibration: standardized representative vectors, (n, dim) float32; needed for ``int8-static``.
+        mode: one of :data:`MODES`; default ``int8-static`` when ``calibration`` is given, else ``float32``.
+        float_output_layer: int8-static only, keep the decoder's output layer in float.
+    """
     import litert_torch
 
+    mode = mode or ("int8-static" if calibration is not None else "float32")
+    if mode not in MODES:
+        raise ValueError(f"unknown TFLite mode {mode!r}")
     score_model = score_model.eval()
     sample = (torch.zeros(1, dim),)
     with _quiet():
+        if mode != "int8-static":
+            data = _serialize(litert_torch.convert(score_model, sample))
+            return _dynamic_int8(data) if mode == "int8-dynamic" else data
         if calibration is None:
-            edge_model = litert_torch.convert(score_model, sample)
-        else:
-            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-            from litert_torch.quantize.quant_config import QuantConfig
-            from torchao.quantization.pt2e import move_exported_model_to_eval
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+            raise ValueError("int8-static needs calibration vectors")
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-            quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-            exported = torch.export.export(score_model, sample).module()
-            prepared = move_exported_model_to_eval(prepare_pt2e(exported, quantizer))
-            with torch.no_grad():
-                for row in torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32)):
-                    prepared(row[None])
-            quantized = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
-            quantized.training = False  # its ops are in eval form already; the flag is what litert-torch checks
-            edge_model = litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
-        fd, tmp = tempfile.mkstemp(suffix=".tflite")
-        os.close(fd)
-        try:
-            edge_model.export(tmp)
-            with open(tmp, "rb") as f:
-                return f.read()
-        finally:
-            os.unlink(tmp)
+        quantizer = _static_quantizer(float_output_layer)
+        # calibrated in batches (a dynamic batch axis): the observers see the same values as row by row,
+        # 20x faster; litert-torch re-exports the quantized graph at batch 1 below
+        batch = torch.export.Dim("n")
+        exported = torch.export.export(score_model, (torch.zeros(2, dim),), dynamic_shapes=({0: batch},)).module()
+        prepared = move_exported_model_to_eval(prepare_pt2e(exported, quantizer))
+        rows = torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32))
+        with torch.no_grad():
+            for i in range(0, len(rows), 256):
+                prepared(rows[i:i + 256] if len(rows[i:i + 256]) > 1 else rows[i:i + 256].repeat(2, 1))
+        quantized = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
+        quantized.training = False  # its ops are in eval form already; the flag is what litert-torch checks
+        return _serialize(litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer)))

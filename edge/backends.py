@@ -45,10 +45,18 @@ def _tflite_interpreter_cls():
 
 
 class TFLiteBackend(Backend):
+    """LiteRT / tflite-runtime. The file's graph is batch 1 (streaming); :meth:`score` runs batches on a
+    second interpreter whose input is resized to (n, D), so the streaming one is never reallocated."""
+
+    batch_size = 256
+    """Largest batch :meth:`score` resizes to; longer inputs go in chunks."""
+
     def __init__(self, data: bytes, dim: int, num_threads: int = 1, where: str = "model"):
         cls, self.name = _tflite_interpreter_cls()
+        self._new = lambda: cls(model_content=data, num_threads=num_threads)
+        self._batch_it, self._batch_n = None, 0
         try:
-            self._it = cls(model_content=data, num_threads=num_threads)
+            self._it = self._new()
             self._it.allocate_tensors()
         except Exception as e:
             raise EdgeAsdError(f"{where}: the TFLite interpreter cannot load it ({e})") from None
@@ -66,6 +74,23 @@ class TFLiteBackend(Backend):
         self._it.set_tensor(self._in, x)
         self._it.invoke()
         return float(self._it.get_tensor(self._out).reshape(-1)[0])
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Scores of standardized vectors, (n, D) float32 -> (n,) float32, in batches of up to :attr:`batch_size`."""
+        if len(x) <= 1:
+            return super().score(x)
+        return np.concatenate([self._score_batch(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+
+    def _score_batch(self, x: np.ndarray) -> np.ndarray:
+        if self._batch_it is None:
+            self._batch_it = self._new()
+        if self._batch_n != len(x):
+            self._batch_it.resize_tensor_input(self._in, [len(x), x.shape[1]])
+            self._batch_it.allocate_tensors()
+            self._batch_n = len(x)
+        self._batch_it.set_tensor(self._in, np.ascontiguousarray(x, dtype=np.float32))
+        self._batch_it.invoke()
+        return self._batch_it.get_tensor(self._out).reshape(-1).astype(np.float32)
 
 
 class OnnxBackend(Backend):

@@ -130,6 +130,10 @@ def write_tflite_metadata(data: bytes, meta: dict) -> bytes:
     """Return the flatbuffer with ``meta`` stored (replacing any previous ``edge_asd`` entry)."""
     flatbuffers, schema = _schema()
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    for b in model.buffers or []:  # buffers stored after the flatbuffer (offset/size): inline them, repacking drops the tail
+        if b.offset and b.offset > 1:
+            b.data = np.frombuffer(data[b.offset:b.offset + b.size], dtype=np.uint8)
+            b.offset = b.size = 0
     buf = schema.BufferT()
     buf.data = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
     model.buffers.append(buf)

@@ -43,7 +43,7 @@ def test_extras_keep_the_device_install_light(wheel):
     assert any(r.startswith("ai-edge-litert") for r in edge)
     assert any(r.startswith("torch") for r in requires if "extra == \"train\"" in r)
     scripts = [ln for ln in zipfile.ZipFile(wheel).read(meta.replace("METADATA", "entry_points.txt")).decode().splitlines()]
-    for name in ("edge-train", "edge-convert", "edge-calibrate", "edge-monitor", "edge-data"):
+    for name in ("edge-train", "edge-convert", "edge-calibrate", "edge-monitor", "edge-data", "edge-inspect"):
         assert any(s.startswith(f"{name} =") for s in scripts)
 
 
