@@ -60,12 +60,39 @@ class TFLiteBackend(Backend):
             raise EdgeAsdError(f"{where}: model output {tuple(outputs[0]['shape'])} is not one anomaly score")
         self.input_dtype = inputs[0]["dtype"]
         self._in, self._out = inputs[0]["index"], outputs[0]["index"]
+        self._dim, self._batch, self._batchable = dim, 1, True
         log.info("backend: %s (%d thread%s)", self.name, num_threads, "" if num_threads == 1 else "s")
 
     def score_one(self, x: np.ndarray) -> float:
+        self._resize(1)
         self._it.set_tensor(self._in, x)
         self._it.invoke()
         return float(self._it.get_tensor(self._out).reshape(-1)[0])
+
+    def _resize(self, n: int) -> None:
+        if n != self._batch:
+            self._it.resize_tensor_input(self._in, [n, self._dim])
+            self._it.allocate_tensors()
+            self._batch = n
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """All n vectors in one invoke: the batch-1 graph resized to batch n (LiteRT
+        ``resize_tensor_input``; kept until n changes); one invoke per vector for a graph that cannot."""
+        if len(x) <= 1 or not self._batchable:
+            return super().score(x)
+        try:
+            self._resize(len(x))
+            self._it.set_tensor(self._in, x)
+            self._it.invoke()
+            out = self._it.get_tensor(self._out).reshape(-1)
+            if out.size != len(x):
+                raise ValueError(f"batch {len(x)} gave {out.size} scores")
+        except (ValueError, RuntimeError) as e:
+            log.info("backend: no batched invoke for this graph (%s); one vector per invoke", e)
+            self._batchable = False
+            self._resize(1)
+            return super().score(x)
+        return out.astype(np.float32, copy=True)
 
 
 class OnnxBackend(Backend):

@@ -44,7 +44,7 @@ def main(model_path, machine_id, store, phi, input_spec, pcm_rate, window_s, eve
     from . import phi_store
     from .detector import RunningMaxDetector
     from .machine_id import normalize_machine_id
-    from .monitor import monitor
+    from .monitor import BLOCK_HOPS, monitor
     from .scorer import Scorer
 
     scorer = Scorer(model_path, num_threads=threads)
@@ -54,7 +54,7 @@ def main(model_path, machine_id, store, phi, input_spec, pcm_rate, window_s, eve
         phi = float(record["phi"])
     machine_id = machine_id or "unknown"
     detector = RunningMaxDetector(phi, machine_id, scorer.sha256, window_s)
-    source = open_source(input_spec, scorer.features.sample_rate, scorer.features.hop_samples, pcm_rate)
+    source = open_source(input_spec, scorer.features.sample_rate, BLOCK_HOPS * scorer.features.hop_samples, pcm_rate)
     sinks = [JsonLinesSink(sys.stdout)] + ([JsonLinesSink.append_to(events_path)] if events_path else [])
     log.info("monitoring %s with %s (%s), machine ID %s, phi %.3f", input_spec, Path(model_path).name,
              scorer.backend.name, machine_id, phi)

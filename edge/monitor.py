@@ -11,6 +11,10 @@ from .detector import RunningMaxDetector
 from .features import StreamingFeatures, vector_end_s
 from .scorer import Scorer
 
+BLOCK_HOPS = 16
+"""Hops per block handed to the features and the model in one call (256 ms at 16 kHz, hop 256): numpy
+and the interpreter run once per block, not once per frame. Events keep their frame times."""
+
 
 @dataclass
 class Summary:
@@ -53,9 +57,9 @@ def monitor(source, scorer: Scorer, detector: RunningMaxDetector, on_event) -> S
             vectors = feats.push(block)
             scores = scorer.score_vectors(vectors)
             compute_s += time.perf_counter() - t0
-            for k, score in enumerate(scores):
-                frame = first + k
-                event = detector.update(frame, float(vector_end_s(frame, cfg)), float(score))
+            times = vector_end_s(np.arange(first, first + len(scores)), cfg).tolist()
+            for k, (time_s, score) in enumerate(zip(times, scores.tolist())):
+                event = detector.update(first + k, time_s, score)
                 if event is not None:
                     on_event(event.to_dict())
     except KeyboardInterrupt:
