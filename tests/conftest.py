@@ -34,6 +34,7 @@ _MODULES = {
     "edge-calibrate": "edge_asd.edge.cli_calibrate",
     "edge-monitor": "edge_asd.edge.cli_monitor",
     "edge-data": "edge_asd.datasets.cli",
+    "edge-report": "edge_asd.edge.cli_report",
 }
 
 
