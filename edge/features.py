@@ -138,12 +138,15 @@ class StreamingFeatures:
 
     ``push(chunk)`` returns the vectors that became complete, ``shape = (k, cfg.dim)``; the vectors
     of all pushes, concatenated, equal :func:`extract` of the concatenated chunks. ``reset()`` starts
-    a new stream.
+    a new stream. With per-band ``mean`` and ``std`` (shape (n_mels,), float32) they come out
+    standardized, equal to :func:`standardize` of those vectors, at 1/L of its cost (each log-mel
+    frame is standardized once, not in each of the L vectors that hold it).
     """
 
-    def __init__(self, cfg: FeatureConfig):
+    def __init__(self, cfg: FeatureConfig, mean: np.ndarray | None = None, std: np.ndarray | None = None):
         self.cfg = cfg
         self._logmel = LogMel(cfg)
+        self._norm = None if mean is None else (np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32))
         self.reset()
 
     def reset(self) -> None:
@@ -160,7 +163,10 @@ class StreamingFeatures:
         self._samples = buf[n * cfg.hop_samples:]
         if n == 0:
             return np.zeros((0, cfg.dim), dtype=np.float32)
-        psi = np.concatenate([self._psi, self._logmel(frames)])
+        fresh = self._logmel(frames)
+        if self._norm is not None:
+            fresh = (fresh - self._norm[0]) / self._norm[1]
+        psi = np.concatenate([self._psi, fresh])
         out = stack_context(psi, cfg.n_context_frames)
         self._psi = psi[max(0, len(psi) - (cfg.n_context_frames - 1)):]
         self.n_vectors += len(out)

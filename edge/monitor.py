@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .detector import RunningMaxDetector
-from .features import StreamingFeatures, vector_end_s
+from .features import vector_end_s
 from .scorer import Scorer
 
-BLOCK_HOPS = 16
-"""Hops per block handed to the features and the model in one call (256 ms at 16 kHz, hop 256): numpy
+BLOCK_HOPS = 32
+"""Hops per block handed to the features and the model in one call (512 ms at 16 kHz, hop 256): numpy
 and the interpreter run once per block, not once per frame. Events keep their frame times."""
 
 
@@ -45,7 +45,7 @@ def monitor(source, scorer: Scorer, detector: RunningMaxDetector, on_event) -> S
 
     ``compute_s`` counts feature and inference time only, not time spent waiting for audio.
     """
-    feats = StreamingFeatures(scorer.features)
+    feats = scorer.stream()  # standardized context vectors: the model's input
     cfg = scorer.features
     n_samples, compute_s, silent = 0, 0.0, True
     try:
@@ -55,7 +55,7 @@ def monitor(source, scorer: Scorer, detector: RunningMaxDetector, on_event) -> S
             silent = silent and not np.any(block)
             first = feats.n_vectors
             vectors = feats.push(block)
-            scores = scorer.score_vectors(vectors)
+            scores = scorer.score_inputs(vectors)
             compute_s += time.perf_counter() - t0
             times = vector_end_s(np.arange(first, first + len(scores)), cfg).tolist()
             for k, (time_s, score) in enumerate(zip(times, scores.tolist())):

@@ -31,8 +31,24 @@ def test_batched_scores_equal_one_vector_per_call(scorer, fan):
 
 
 def test_monitor_blocks_give_whole_file_scores(scorer, fan_audio):
-    feats = StreamingFeatures(scorer.features)
+    """The monitor's path (standardized streaming features, one model call per block) == score_audio."""
+    feats = scorer.stream()
     block = BLOCK_HOPS * scorer.features.hop_samples
-    got = np.concatenate([scorer.score_vectors(feats.push(fan_audio[i:i + block])) for i in range(0, len(fan_audio), block)])
+    got = np.concatenate([scorer.score_inputs(feats.push(fan_audio[i:i + block])) for i in range(0, len(fan_audio), block)])
     np.testing.assert_array_equal(got, scorer.score_audio(fan_audio))
     assert len(got) == 604
+
+
+@pytest.mark.parametrize("chunk", [256, 1000, 8192])
+def test_standardized_streaming_equals_standardize_of_extract(chunk, fan_audio):
+    from edge_asd.edge.features import extract, standardize
+    from edge_asd.edge.presets import get_preset
+
+    cfg = get_preset("koizumi2019")
+    rng = np.random.default_rng(0)
+    mean = rng.normal(-3, 1, cfg.n_mels).astype(np.float32)
+    std = rng.uniform(0.5, 2, cfg.n_mels).astype(np.float32)
+    feats = StreamingFeatures(cfg, mean, std)
+    got = np.concatenate([feats.push(fan_audio[i:i + chunk]) for i in range(0, len(fan_audio), chunk)])
+    np.testing.assert_array_equal(got, standardize(extract(fan_audio, cfg), mean, std))
+    assert got.dtype == np.float32
