@@ -36,7 +36,8 @@ def test_report_from_recordings_and_event_log(model, fan, clip_max, tmp_path, en
     n_events = sum(1 for line in log.read_text().splitlines() if json.loads(line).get("event") == "anomaly")
     assert n_events >= 1
     out = tmp_path / "report"
-    proc = cli("edge-report", "--events", log, "--recording", anomaly, "--normals", fan["train"][0].parent,
+    normals = [a for p in fan["train"] for a in ("--normals", p)]  # the 10 id_00 clips (the folder holds other IDs)
+    proc = cli("edge-report", "--events", log, "--recording", anomaly, *normals,
                "--test-dir", fan["test_normal"][0].parent, "--machine-id", "00", "--model", model, "--phi", phi,
                "--out", out, env=env)
     assert proc.returncode == 0, proc.stderr
