@@ -45,18 +45,16 @@ def _tflite_interpreter_cls():
 
 
 class TFLiteBackend(Backend):
-    """LiteRT / tflite-runtime. The file's graph is batch 1 (streaming); :meth:`score` runs batches on a
-    second interpreter whose input is resized to (n, D), so the streaming one is never reallocated."""
+    """LiteRT / tflite-runtime. The file's graph is batch 1; :meth:`score` resizes its input to (n, D)
+    for blocks of vectors (the monitor scores 32 hops per call, calibration and evaluation whole clips)."""
 
     batch_size = 256
     """Largest batch :meth:`score` resizes to; longer inputs go in chunks."""
 
     def __init__(self, data: bytes, dim: int, num_threads: int = 1, where: str = "model"):
         cls, self.name = _tflite_interpreter_cls()
-        self._new = lambda: cls(model_content=data, num_threads=num_threads)
-        self._batch_it, self._batch_n = None, 0
         try:
-            self._it = self._new()
+            self._it = cls(model_content=data, num_threads=num_threads)
             self._it.allocate_tensors()
         except Exception as e:
             raise EdgeAsdError(f"{where}: the TFLite interpreter cannot load it ({e})") from None
@@ -68,29 +66,45 @@ class TFLiteBackend(Backend):
             raise EdgeAsdError(f"{where}: model output {tuple(outputs[0]['shape'])} is not one anomaly score")
         self.input_dtype = inputs[0]["dtype"]
         self._in, self._out = inputs[0]["index"], outputs[0]["index"]
+        self._dim, self._batch, self._batchable = dim, 1, True
         log.info("backend: %s (%d thread%s)", self.name, num_threads, "" if num_threads == 1 else "s")
 
     def score_one(self, x: np.ndarray) -> float:
+        self._resize(1)
         self._it.set_tensor(self._in, x)
         self._it.invoke()
         return float(self._it.get_tensor(self._out).reshape(-1)[0])
 
+    def _resize(self, n: int) -> None:
+        if n != self._batch:
+            self._it.resize_tensor_input(self._in, [n, self._dim])
+            self._it.allocate_tensors()
+            self._batch = n
+
     def score(self, x: np.ndarray) -> np.ndarray:
-        """Scores of standardized vectors, (n, D) float32 -> (n,) float32, in batches of up to :attr:`batch_size`."""
-        if len(x) <= 1:
+        """Scores of standardized vectors, (n, D) float32 -> (n,) float32: up to :attr:`batch_size` vectors
+        per invoke, the batch-1 graph resized to the batch (LiteRT ``resize_tensor_input``; kept until the
+        size changes); one invoke per vector for a graph that cannot be resized."""
+        if len(x) <= 1 or not self._batchable:
             return super().score(x)
         return np.concatenate([self._score_batch(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
 
     def _score_batch(self, x: np.ndarray) -> np.ndarray:
-        if self._batch_it is None:
-            self._batch_it = self._new()
-        if self._batch_n != len(x):
-            self._batch_it.resize_tensor_input(self._in, [len(x), x.shape[1]])
-            self._batch_it.allocate_tensors()
-            self._batch_n = len(x)
-        self._batch_it.set_tensor(self._in, np.ascontiguousarray(x, dtype=np.float32))
-        self._batch_it.invoke()
-        return self._batch_it.get_tensor(self._out).reshape(-1).astype(np.float32)
+        if not self._batchable:
+            return super().score(x)
+        try:
+            self._resize(len(x))
+            self._it.set_tensor(self._in, np.ascontiguousarray(x, dtype=np.float32))
+            self._it.invoke()
+            out = self._it.get_tensor(self._out).reshape(-1)
+            if out.size != len(x):
+                raise ValueError(f"batch {len(x)} gave {out.size} scores")
+        except (ValueError, RuntimeError) as e:
+            log.info("backend: no batched invoke for this graph (%s); one vector per invoke", e)
+            self._batchable = False
+            self._resize(1)
+            return super().score(x)
+        return out.astype(np.float32, copy=True)
 
 
 class OnnxBackend(Backend):

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE, phi_from_clip_maxima
+from .calibration import DEFAULT_QUANTILE, calibrate
 from .cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from .errors import EdgeAsdError
 from .machine_id import normalize_machine_id
@@ -34,57 +34,158 @@ def expand_recordings(paths: tuple[str, ...]) -> list[Path]:
     return out
 
 
+def score_recordings(scorer, files: list[Path]) -> tuple[list[np.ndarray], list[float]]:
+    """(frame scores, duration in s) of each recording; EdgeAsdError for one shorter than a context window."""
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    scores, durations = [], []
+    for f in files:
+        samples = read_audio(f, scorer.features.sample_rate)
+        s = scorer.score_audio(samples)
+        if len(s) == 0:
+            raise EdgeAsdError(f"{f}: shorter than one context window ({scorer.features.samples_per_vector} samples)")
+        scores.append(s)
+        durations.append(len(samples) / scorer.features.sample_rate)
+        log.info("%s: max score %.3f over %d frames", f.name, float(s.max()), len(s))
+    return scores, durations
+
+
+def split_holdout(files: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
+    """(fit, held out): the last ``fraction`` of the recordings (the latest, when named in time order)."""
+    if not 0.0 < fraction < 1.0:
+        raise EdgeAsdError(f"--holdout must be in (0, 1), not {fraction}")
+    n_held = max(1, round(fraction * len(files)))
+    if n_held >= len(files):
+        raise EdgeAsdError(f"--holdout {fraction} leaves no recording to calibrate on ({len(files)} given)")
+    return files[:-n_held], files[-n_held:]
+
+
+def check_line(check: dict) -> str:
+    """The held-out check as one sentence."""
+    line = (f"check on {check['windows']} held-out normal windows: {check['false_alarms']} false alarms, "
+            f"realized {check['per_day']:.3g}/day (95% upper bound {check['per_day_upper95']:.3g}/day)")
+    if "target_per_day" in check:
+        verdict = "met" if check["meets_target"] else "NOT met"
+        if check["meets_target"] and check["per_day_upper95"] > check["target_per_day"]:
+            verdict += " but not confirmed at 95%" + (
+                f" ({check['windows_needed']} alarm-free windows would confirm it)" if check["false_alarms"] == 0 else "")
+        line += f"; target {check['target_per_day']:.3g}/day: {verdict}"
+    return line
+
+
+def show(store: Path, machine_id: str | None) -> None:
+    from . import phi_store
+
+    for mid, records in sorted(phi_store.history(store, machine_id).items()):
+        click.echo(f"{mid}:")
+        for r in records:
+            rule = r.get("rule", {})
+            what = ", ".join(f"{k} {v}" for k, v in rule.items() if k != "name")
+            window = r.get("window_s")
+            click.echo(f"  {r.get('calibrated_at', '?')}  phi {r['phi']:.4g}  model {str(r.get('model_sha256'))[:12]}  "
+                       f"{rule.get('name', '?')} ({what})  window {'1 recording' if window is None else f'{window:g} s'}  "
+                       f"{len(r.get('recordings', []))} recordings"
+                       + (f"  check {r['check']['false_alarms']}/{r['check']['windows']}" if r.get("check") else ""))
+
+
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("recordings", nargs=-1, required=True)
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Model file (.tflite or .onnx).")
-@click.option("--machine-id", required=True, help="Machine ID the recordings come from: 00, id_00 or section_00.")
+@click.argument("recordings", nargs=-1)
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Model file (.tflite or .onnx).")
+@click.option("--machine-id", help="Machine ID the recordings come from: 00, id_00 or section_00.")
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="phi store (JSON). Default: $EDGE_ASD_STORE or the user config dir.")
+@click.option("--window", "window_s", type=float, default=None,
+              help="Decision window, s: the recordings are joined and cut into windows this long (default: one "
+                   "recording = one window). Use the monitor's --window.")
 @click.option("--quantile", default=DEFAULT_QUANTILE, show_default=True,
-              help="q of the per-recording max scores (eq. 11) that phi is placed above.")
-@click.option("--margin", default=DEFAULT_MARGIN, show_default=True, help="phi = margin x quantile.")
+              help="Quantile rule: q of the window max scores (eq. 11) that phi is placed above.")
+@click.option("--margin", type=float, default=None, help="Quantile rule: phi = margin x quantile [default: 1.1; 1.0 "
+              "with --target-fpr].")
+@click.option("--target-fpr", type=float, default=None,
+              help="Quantile rule at a false-positive rate per window: q = 1 - TARGET_FPR.")
+@click.option("--false-alarms-per-day", "alarms_per_day", type=float, default=None,
+              help="Budget rule: fit an extreme-value tail to the window maxima, phi for this many false alarms a day.")
+@click.option("--tail", type=click.Choice(["gumbel", "gev"]), default="gumbel", show_default=True,
+              help="Budget rule: distribution of the window maxima (scipy.stats gumbel_r or genextreme).")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Budget rule: parametric-bootstrap refits for phi's uncertainty (0: none).")
+@click.option("--holdout", type=float, default=None,
+              help="Keep this fraction of the recordings (the last ones) out of the fit and check phi on them.")
+@click.option("--check", "check_paths", multiple=True,
+              help="Held-out normal recordings (file or directory; repeatable) to check phi on.")
+@click.option("--show", "show_history", is_flag=True, help="Print the phi history of the store (or of --machine-id) and exit.")
 @click.option("--threads", default=1, show_default=True, help="Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
-def main(recordings, model_path, machine_id, store, quantile, margin, threads, quiet):
+def main(recordings, model_path, machine_id, store, window_s, quantile, margin, target_fpr, alarms_per_day, tail,
+         n_boot, holdout, check_paths, show_history, threads, quiet):
     """Score normal RECORDINGS (files or directories) and store phi for one machine ID.
 
-    Each recording's score is its max frame score (Koizumi et al. 2019, eq. 11); phi is MARGIN times
-    the QUANTILE of those scores. Prints the result as JSON on stdout.
+    A window's score is its max frame score (Koizumi et al. 2019, eq. 11). Rules: phi = MARGIN x the
+    QUANTILE of the window scores (default: 1.1 x the worst); --target-fpr P: the 1-P quantile;
+    --false-alarms-per-day R: an extreme-value fit for R false alarms a day, with its bootstrap
+    uncertainty. --holdout / --check report the false-alarm rate realized on normal recordings kept
+    out of the fit. Prints the result as JSON on stdout; --show prints the store's history.
     """
     setup_logging(quiet=quiet)
-    from edge_asd.firmware_io.audio_file import read_audio
-
     from . import phi_store
+
+    store = store or phi_store.default_store_path()
+    if show_history:
+        show(store, normalize_machine_id(machine_id) if machine_id else None)
+        return
+    for name, value in (("RECORDINGS", recordings), ("--model", model_path), ("--machine-id", machine_id)):
+        if not value:
+            raise click.UsageError(f"{name} is required (or use --show)")
+    if holdout is not None and check_paths:
+        raise EdgeAsdError("give either --holdout or --check, not both")
     from .scorer import Scorer
 
     machine_id = normalize_machine_id(machine_id)
-    store = store or phi_store.default_store_path()
     scorer = Scorer(model_path, num_threads=threads)
     files = expand_recordings(recordings)
-    maxima = []
-    for f in files:
-        scores = scorer.score_audio(read_audio(f, scorer.features.sample_rate))
-        if len(scores) == 0:
-            raise EdgeAsdError(f"{f}: shorter than one context window ({scorer.features.samples_per_vector} samples)")
-        maxima.append(float(scores.max()))
-        log.info("%s: max score %.3f over %d frames", f.name, maxima[-1], len(scores))
-    phi = phi_from_clip_maxima(np.array(maxima), quantile, margin)
+    held_files = expand_recordings(check_paths) if check_paths else []
+    if holdout is not None:
+        files, held_files = split_holdout(files, holdout)
+    scores, durations = score_recordings(scorer, files)
+    held_scores = score_recordings(scorer, held_files)[0] if held_files else None
+    result = calibrate(scores, scorer.features.hop_s, float(np.median(durations)), window_s, quantile=quantile,
+                       margin=margin, target_fpr=target_fpr, alarms_per_day=alarms_per_day, tail=tail, n_boot=n_boot,
+                       heldout_scores=held_scores)
+    phi = result["phi"]
+    maxima = [float(s.max()) for s in scores]
     record = {
         "phi": phi,
         "model_sha256": scorer.sha256,
         "model_path": str(Path(model_path).resolve()),
         "machine_type": scorer.meta.get("machine_type"),
-        "rule": {"name": "clip-max-quantile", "quantile": quantile, "margin": margin},
+        "rule": result["rule"],
+        "window_s": window_s,
+        "window_maxima": result["window_maxima"],
         "clip_max_scores": {"min": min(maxima), "median": float(np.median(maxima)), "max": max(maxima)},
         "recordings": [str(f) for f in files],
         "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kit_version": kit_version(),
     }
+    for key in ("fit", "check"):
+        if key in result:
+            record[key] = result[key]
+    if held_files:
+        record["heldout_recordings"] = [str(f) for f in held_files]
+    if "fit" in result:
+        fit, boot = result["fit"], result["fit"].get("bootstrap")
+        log.info("%s fit of %d window maxima %s (KS p %.2f); phi %.4g for p %.3g per window%s", fit["fit"]["family"],
+                 fit["fit"]["n_maxima"], fit["fit"]["params"], fit["fit"]["ks_pvalue"], phi, fit["p_window"],
+                 f", bootstrap 90% interval [{boot['phi_p5']:.4g}, {boot['phi_p95']:.4g}]" if boot else "")
+    if "check" in result:
+        click.echo(f"edge-calibrate: {check_line(result['check'])}", err=True)
     phi_store.save_phi(store, machine_id, record)
-    click.echo(json.dumps({"machine_id": machine_id, "phi": phi, "store": str(store), "n_recordings": len(files),
-                           "clip_max_scores": record["clip_max_scores"]}))
+    out = {"machine_id": machine_id, "phi": phi, "store": str(store), "n_recordings": len(files),
+           "clip_max_scores": record["clip_max_scores"], "rule": record["rule"], "window_s": window_s,
+           "window_maxima": record["window_maxima"]}
+    out.update({k: record[k] for k in ("fit", "check") if k in record})
+    click.echo(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -73,22 +73,30 @@ class LogMel:
         return ((20.0 / self.cfg.magnitude_power) * np.log10(mel)).astype(np.float32)
 
 
+def _strided(base: np.ndarray, shape: tuple[int, int], strides: tuple[int, int]) -> np.ndarray:
+    """A read-only view of C-contiguous ``base`` (np.ndarray on its buffer: a few us cheaper per call
+    than ``as_strided``, which matters once per block on the device)."""
+    if shape[0] == 0:
+        return np.zeros(shape, dtype=base.dtype)
+    view = np.ndarray(shape, base.dtype, buffer=base, strides=strides)
+    view.flags.writeable = False
+    return view
+
+
 def frame_signal(samples: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """Overlapping frames as a strided view, ``shape = (1 + (N - n_fft) // hop, n_fft)``; (0, n_fft) if short."""
     samples = np.ascontiguousarray(samples)
     n_frames = 1 + (len(samples) - n_fft) // hop if len(samples) >= n_fft else 0
     step = samples.strides[0]
-    return np.lib.stride_tricks.as_strided(samples, (n_frames, n_fft), (hop * step, step), writeable=False)
+    return _strided(samples, (n_frames, n_fft), (hop * step, step))
 
 
 def stack_context(psi: np.ndarray, n_context_frames: int) -> np.ndarray:
     """Context vectors from log-mel frames: (T, M) -> (T - L + 1, L * M), oldest frame first."""
     psi = np.ascontiguousarray(psi)
     n_vectors = max(0, psi.shape[0] - n_context_frames + 1)
-    row = psi.strides[0]
-    view = np.lib.stride_tricks.as_strided(psi, (n_vectors, n_context_frames * psi.shape[1]), (row, psi.strides[1]),
-                                           writeable=False)  # consecutive rows of a C-contiguous array are contiguous
-    return view.copy()
+    # consecutive rows of a C-contiguous array are contiguous: vector i is the flat run from row i
+    return _strided(psi, (n_vectors, n_context_frames * psi.shape[1]), (psi.strides[0], psi.strides[1])).copy()
 
 
 def logmel(samples: np.ndarray, cfg: FeatureConfig, logmel_fn: LogMel | None = None) -> np.ndarray:
@@ -130,12 +138,15 @@ class StreamingFeatures:
 
     ``push(chunk)`` returns the vectors that became complete, ``shape = (k, cfg.dim)``; the vectors
     of all pushes, concatenated, equal :func:`extract` of the concatenated chunks. ``reset()`` starts
-    a new stream.
+    a new stream. With per-band ``mean`` and ``std`` (shape (n_mels,), float32) they come out
+    standardized, equal to :func:`standardize` of those vectors, at 1/L of its cost (each log-mel
+    frame is standardized once, not in each of the L vectors that hold it).
     """
 
-    def __init__(self, cfg: FeatureConfig):
+    def __init__(self, cfg: FeatureConfig, mean: np.ndarray | None = None, std: np.ndarray | None = None):
         self.cfg = cfg
         self._logmel = LogMel(cfg)
+        self._norm = None if mean is None else (np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32))
         self.reset()
 
     def reset(self) -> None:
@@ -152,7 +163,10 @@ class StreamingFeatures:
         self._samples = buf[n * cfg.hop_samples:]
         if n == 0:
             return np.zeros((0, cfg.dim), dtype=np.float32)
-        psi = np.concatenate([self._psi, self._logmel(frames)])
+        fresh = self._logmel(frames)
+        if self._norm is not None:
+            fresh = (fresh - self._norm[0]) / self._norm[1]
+        psi = np.concatenate([self._psi, fresh])
         out = stack_context(psi, cfg.n_context_frames)
         self._psi = psi[max(0, len(psi) - (cfg.n_context_frames - 1)):]
         self.n_vectors += len(out)

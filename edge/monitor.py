@@ -2,7 +2,7 @@
 running-max detector -> JSON lines (events, verdicts, summary) and evidence clips.
 
 The loop works on blocks: each block of samples gives the context vectors it completes, all scored
-in one call (``Scorer.score_vectors``), and the detector takes the block's scores as one array.
+in one call (``Scorer.score_inputs``), and the detector takes the block's scores as one array.
 Stream time counts every sample, lost ones too: after a Gap the features restart (no context vector
 spans the hole) and times stay true to the clock.
 """
@@ -18,11 +18,16 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .detector import EVENT_SCHEMA, RunningMaxDetector
-from .features import StreamingFeatures
 from .scorer import Scorer
 from .windows import WholeStream
 
 log = logging.getLogger("edge_asd")
+
+BLOCK_HOPS = 16
+"""Hops per block read from a file or stdin pipe (256 ms at 16 kHz, hop 256): the features and the model
+run once per block, not once per frame; events keep their frame times. Larger blocks measured slower."""
+LIVE_BLOCK_HOPS = 6
+"""Hops per block from a microphone or serial port (about 0.1 s): latency matters more there."""
 
 
 def utc_now() -> str:
@@ -96,7 +101,7 @@ class Monitor:
         self.windows = windows or WholeStream()
         self.evidence = evidence
         self.cfg = scorer.features
-        self._feats = StreamingFeatures(self.cfg)
+        self._feats = scorer.stream()  # standardized context vectors: the model's input
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.summary: Summary | None = None
@@ -161,7 +166,7 @@ class Monitor:
         vectors = self._feats.push(block)
         self.position += len(block)
         self._samples += len(block)
-        scores = self.scorer.score_vectors(vectors)
+        scores = self.scorer.score_inputs(vectors)
         if len(scores):
             ends = self._segment_start + (first + np.arange(len(scores))) * cfg.hop_samples + cfg.samples_per_vector
             wins = self.windows.windows_at(ends)

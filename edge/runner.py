@@ -135,7 +135,9 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
 def _block_samples(spec: str, hop: int) -> int:
     """Samples per block: about 0.26 s for files (fewer calls; larger blocks measured slower), about 0.1 s for live inputs (latency)."""
     live = spec == "-" or spec.startswith(("mic", "serial:"))
-    return hop * (6 if live else 16)
+    from .monitor import BLOCK_HOPS, LIVE_BLOCK_HOPS
+
+    return hop * (LIVE_BLOCK_HOPS if live else BLOCK_HOPS)
 
 
 def run_monitors(monitors: list, shutdown: Shutdown, grace_s: float = 3.0) -> tuple[list, BaseException | None]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import make_backend
-from .features import extract
+from .features import StreamingFeatures, extract
 from .model_file import read_model_file, sha256_bytes
 
 
@@ -43,6 +43,18 @@ class Scorer:
         if len(vectors) == 0:
             return np.zeros(0, dtype=np.float32)
         return self.backend.score(self.info.standardize(vectors))
+
+    def stream(self) -> StreamingFeatures:
+        """Streaming features for this model whose vectors are already standardized: its input for
+        :meth:`score_inputs` (the monitor's block path)."""
+        return StreamingFeatures(self.info.features, self.info.mean, self.info.std)
+
+    def score_inputs(self, x: np.ndarray) -> np.ndarray:
+        """Anomaly scores of standardized vectors (from :meth:`stream`), (n, D) float32 -> (n,) float32,
+        in one model call."""
+        if len(x) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.backend.score(x)
 
     def score_audio(self, samples: np.ndarray) -> np.ndarray:
         """Frame scores of a whole mono recording at the model's sample rate, (N,) -> (n_vectors,)."""

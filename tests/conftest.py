@@ -35,6 +35,7 @@ _MODULES = {
     "edge-monitor": "edge_asd.edge.cli_monitor",
     "edge-data": "edge_asd.datasets.cli",
     "edge-inspect": "edge_asd.edge.cli_inspect",
+    "edge-report": "edge_asd.edge.cli_report",
 }
 
 

@@ -1,5 +1,6 @@
-"""The device install has no torch, onnx, librosa, jax or litert-torch: edge-monitor and edge-calibrate
-on a .tflite file must not import them (a Raspberry Pi has neither the memory nor the wheels)."""
+"""The device install has no torch, onnx, librosa, jax or litert-torch: edge-monitor, edge-calibrate and
+edge-report on a .tflite file must not import them (a Raspberry Pi has neither the memory nor the
+wheels); the monitor does not import matplotlib or scipy either (the report and calibrate extras)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 
 HEAVY = ("torch", "onnx", "librosa", "jax", "litert_torch", "tensorflow")
+OPTIONAL = ("matplotlib", "scipy", "sklearn")
 
 SNIPPET = """
 import json, sys
@@ -18,8 +20,8 @@ print("MODULES=" + json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
 """
 
 
-def run_in_fresh_python(module: str, args: list[str], env_store) -> tuple[list[str], subprocess.CompletedProcess]:
-    code = SNIPPET.format(module=module, args=[str(a) for a in args], heavy=HEAVY)
+def run_in_fresh_python(module: str, args: list[str], env_store, heavy=HEAVY) -> tuple[list[str], subprocess.CompletedProcess]:
+    code = SNIPPET.format(module=module, args=[str(a) for a in args], heavy=heavy)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "EDGE_ASD_STORE": str(env_store)})
     assert proc.returncode == 0, proc.stderr
@@ -30,7 +32,8 @@ def run_in_fresh_python(module: str, args: list[str], env_store) -> tuple[list[s
 
 def test_monitor_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path):
     loaded, proc = run_in_fresh_python(
-        "cli_monitor", ["--model", int8_model[0], "--phi", "0", "--input", fan["test_anomaly"][0]], tmp_path / "s.json")
+        "cli_monitor", ["--model", int8_model[0], "--phi", "0", "--input", fan["test_anomaly"][0]], tmp_path / "s.json",
+        heavy=HEAVY + OPTIONAL)
     assert loaded == []
     # it really scored the clip (events on stdout with phi 0), so the whole path was exercised
     events = [e for line in proc.stdout.splitlines() if line.startswith("{") and (e := json.loads(line))["event"] == "anomaly"]
@@ -45,6 +48,26 @@ def test_calibrate_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path
         tmp_path / "unused.json")
     assert loaded == []
     assert json.loads(store.read_text())["machines"]["id_00"]["phi"] > 0
+
+
+def test_calibrate_budget_rule_imports_no_training_stack(int8_model, fan, tmp_path):
+    store = tmp_path / "phi.json"
+    loaded, _ = run_in_fresh_python(
+        "cli_calibrate", [*fan["train"][:3], "--model", int8_model[0], "--machine-id", "00", "--store", store, "--window",
+                          "1", "--false-alarms-per-day", "1", "--holdout", "0.34", "--bootstrap", "5"],
+        tmp_path / "unused.json")
+    assert loaded == []
+    assert json.loads(store.read_text())["machines"]["id_00"]["fit"]["p_window"] > 0
+
+
+def test_report_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path):
+    out = tmp_path / "report"
+    loaded, _ = run_in_fresh_python(
+        "cli_report", ["--model", int8_model[0], "--phi", "1", "--recording", fan["test_anomaly"][0], "--normals",
+                       fan["train"][0], "--normals", fan["train"][1], "--test-dir", fan["test_normal"][0].parent,
+                       "--out", out], tmp_path / "unused.json")
+    assert loaded == []
+    assert sorted(p.name for p in out.glob("*.png")) == ["normal_maxima.png", "roc.png", "timeline.png"]
 
 
 def test_the_check_sees_heavy_imports(tmp_path):

@@ -84,8 +84,33 @@ def test_lookup_without_machine_id(tmp_path):
     assert "id_00" in str(e.value) and "id_02" in str(e.value) and "--machine-id" in str(e.value)
 
 
+def test_history_keeps_every_calibration(tmp_path):
+    store = tmp_path / "phi.json"
+    phi_store.save_phi(store, "id_00", record(812.5))
+    phi_store.save_phi(store, "id_02", record(5.0))
+    phi_store.save_phi(store, "id_00", record(700.0, SHA_B))
+    hist = phi_store.history(store)
+    assert [r["phi"] for r in hist["id_00"]] == [812.5, 700.0]
+    assert [r["model_sha256"] for r in hist["id_00"]] == [SHA_A, SHA_B]
+    assert [r["phi"] for r in hist["id_02"]] == [5.0]
+    assert phi_store.history(store, "id_02") == {"id_02": [record(5.0)]}
+    assert phi_store.lookup_phi(store, "id_00", SHA_B) == ("id_00", record(700.0, SHA_B))  # the latest is in use
+    with pytest.raises(EdgeAsdError, match="never calibrated"):
+        phi_store.history(store, "id_09")
+
+
+def test_history_of_a_store_written_before_it(tmp_path):
+    """A store with no history key (written by 0.1) gains one that starts with the record it replaces."""
+    store = tmp_path / "phi.json"
+    store.write_text(json.dumps({"schema": 1, "machines": {"id_00": record(812.5)}}))
+    assert phi_store.history(store) == {"id_00": [record(812.5)]}
+    phi_store.save_phi(store, "id_00", record(900.0))
+    assert [r["phi"] for r in phi_store.history(store, "id_00")["id_00"]] == [812.5, 900.0]
+
+
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00garbage", b"", b"[1, 2]",
-                                     b'{"schema": 2, "machines": {}}', b'{"schema": 1, "machines": []}'])
+                                     b'{"schema": 2, "machines": {}}', b'{"schema": 1, "machines": []}',
+                                     b'{"schema": 1, "machines": {}, "history": []}'])
 def test_corrupt_store(tmp_path, content):
     store = tmp_path / "phi.json"
     store.write_bytes(content)

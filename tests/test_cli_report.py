@@ -1,0 +1,93 @@
+"""edge-report as users run it: pictures from a real event log, a scored real recording, the real fan
+normals and the labelled fan test folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error, cli
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def clip_max(model):
+    from edge_asd.edge.scorer import Scorer
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    scorer = Scorer(model)
+    return lambda path: float(scorer.score_audio(read_audio(path, 16000)).max())
+
+
+def assert_png(path):
+    data = open(path, "rb").read()
+    assert data[:8] == PNG_MAGIC and len(data) > 10_000, path
+
+
+def test_report_from_recordings_and_event_log(model, fan, clip_max, tmp_path, env):
+    phi = float(np.median([clip_max(p) for p in fan["train"]]))
+    anomaly = max(fan["test_anomaly"], key=clip_max)
+    log = tmp_path / "events.jsonl"
+    mon = cli("edge-monitor", "--model", model, "--phi", phi, "--input", anomaly, "--events", log, env=env)
+    assert mon.returncode == 0, mon.stderr
+    n_events = sum(1 for line in log.read_text().splitlines() if json.loads(line).get("event") == "anomaly")
+    assert n_events >= 1
+    out = tmp_path / "report"
+    normals = [a for p in fan["train"] for a in ("--normals", p)]  # the 10 id_00 clips (the folder holds other IDs)
+    proc = cli("edge-report", "--events", log, "--recording", anomaly, *normals,
+               "--test-dir", fan["test_normal"][0].parent, "--machine-id", "00", "--model", model, "--phi", phi,
+               "--out", out, env=env)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    names = sorted(p.split("/")[-1] for p in res["figures"])
+    assert names == ["normal_maxima.png", "roc.png", "timeline.png"]
+    for p in res["figures"]:
+        assert_png(p)
+    page = (out / "index.html").read_text()
+    assert all(f'src="{n}"' in page for n in names)
+    assert res["events in log"] == n_events
+    # the ROC numbers are those of the clip scores, computed here independently
+    from edge_asd.train.evaluate import auc_pauc
+
+    clips = fan["test_normal"] + fan["test_anomaly"]
+    auc, pauc = auc_pauc(np.array([p in fan["test_anomaly"] for p in clips]), np.array([clip_max(p) for p in clips]))
+    assert float(res["test AUC"]) == pytest.approx(auc, abs=1e-4)
+    assert float(res["test pAUC (FPR <= 0.1)"]) == pytest.approx(pauc, abs=1e-4)
+    over = sum(clip_max(p) >= phi for p in fan["train"])
+    assert res["normal windows over phi"] == f"{over} of 10"
+
+
+def test_report_from_an_event_log_alone(model, fan, clip_max, tmp_path, env):
+    """No model: the timeline of the logged events, phi read from the log; a torn last line is skipped."""
+    anomaly = max(fan["test_anomaly"], key=clip_max)
+    log = tmp_path / "events.jsonl"
+    cli("edge-monitor", "--model", model, "--phi", "0", "--input", anomaly, "--events", log, env=env)
+    log.write_text(log.read_text() + '{"schema": 1, "event": "anom')
+    proc = cli("edge-report", "--events", log, "--out", tmp_path / "r", env=env)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["phi"] == "0" and [p.split("/")[-1] for p in res["figures"]] == ["timeline.png"]
+    assert_png(res["figures"][0])
+    assert "incomplete" in proc.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], ["nothing to draw"]),
+    (["--recording", "x.wav"], ["--model"]),
+    (["--events", "missing.jsonl"], ["no such event log"]),
+])
+def test_report_user_mistakes(tmp_path, env, args, words):
+    proc = cli("edge-report", *args, "--out", tmp_path / "r", env=env)
+    assert_one_line_error(proc)
+    assert all(w in proc.stderr for w in words), proc.stderr
+
+
+def test_report_rejects_a_file_that_is_not_an_event_log(tmp_path, env):
+    bad = tmp_path / "notes.jsonl"
+    bad.write_text("hello\nworld\n")
+    proc = cli("edge-report", "--events", bad, "--out", tmp_path / "r", env=env)
+    assert_one_line_error(proc)
+    assert "not JSON" in proc.stderr
