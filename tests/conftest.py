@@ -148,3 +148,29 @@ def calibrated(model, fan, tmp_path_factory):
 def env(tmp_path):
     """Keep every command away from the user's config dir."""
     return {"EDGE_ASD_STORE": str(tmp_path / "default_store.json")}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small matrices on a shared 2-core runner: one intra-op thread is faster and steadier."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def fan_training_clips(fan, something_else):
+    """(normals, something-else sounds, mean, std) for the trainer tests: the fan id_00 training clips and
+    every 16th something-else sound, decoded at the koizumi2019 rate, and the normals' per-band statistics."""
+    from edge_asd.edge.presets import get_preset
+    from edge_asd.firmware_io.audio_file import audio_files
+    from edge_asd.train.data import band_statistics, load_clips
+
+    features = get_preset("koizumi2019")
+    normals = load_clips(fan["train"], features)
+    others = load_clips(audio_files(something_else)[::16], features)
+    mean, std = band_statistics(normals, features)
+    return normals, others, mean, std

@@ -14,9 +14,8 @@ from torch import nn
 
 from edge_asd.edge.errors import EdgeAsdError
 from edge_asd.edge.presets import get_preset
-from edge_asd.firmware_io.audio_file import audio_files
 from edge_asd.train.checkpoint import load_checkpoint, restore, save_checkpoint
-from edge_asd.train.data import band_statistics, load_clips
+from edge_asd.train.data import load_clips
 from edge_asd.train.evaluate import torch_frame_scorer
 from edge_asd.train.model import ARCHS, FCNAutoencoder, anomaly_score
 from edge_asd.train.trainer import TrainConfig, lr_at, train
@@ -24,21 +23,12 @@ from edge_asd.train.trainer import TrainConfig, lr_at, train
 FEATURES = get_preset("koizumi2019")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small matrices on a shared 2-core runner: one intra-op thread is faster and steadier."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data(fan, something_else):
-    normals = load_clips(fan["train"], FEATURES)
-    others = load_clips(audio_files(something_else)[::16], FEATURES)
-    mean, std = band_statistics(normals, FEATURES)
-    return normals, others, mean, std
+def data(fan_training_clips):
+    return fan_training_clips
 
 
 def run(data, updates: int, seed: int = 0, **kw) -> dict:

@@ -11,12 +11,11 @@ import torch
 from edge_asd.edge.errors import EdgeAsdError
 from edge_asd.edge.features import extract, logmel
 from edge_asd.edge.presets import get_preset
-from edge_asd.firmware_io.audio_file import audio_files, read_audio
+from edge_asd.firmware_io.audio_file import read_audio
 from edge_asd.train import pipeline
 from edge_asd.train.batches import BatchBuilder
 from edge_asd.train.checkpoint import restore
 from edge_asd.train.context_kde import context_kde_weights, diagonal_window_sum
-from edge_asd.train.data import band_statistics, load_clips
 from edge_asd.train.feature_cache import FeatureCache
 from edge_asd.train.losses import kde_weights
 from edge_asd.train.model import anomaly_score
@@ -27,20 +26,12 @@ from edge_asd.train.validation import build_validation, split_normals, validate
 FEATURES = get_preset("koizumi2019")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data(fan, something_else):
-    normals = load_clips(fan["train"], FEATURES)
-    others = load_clips(audio_files(something_else)[::16], FEATURES)
-    mean, std = band_statistics(normals, FEATURES)
-    return normals, others, mean, std
+def data(fan_training_clips):
+    return fan_training_clips
 
 
 def config(**kw) -> TrainConfig:
