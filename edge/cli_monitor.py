@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from edge_asd.firmware_io.sources import DEFAULT_BAUD
+
 from .cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from .errors import EdgeAsdError
 
@@ -46,7 +48,7 @@ def _list_devices(ctx, param, value):
 @click.option("--pcm-rate", type=int, default=None, help="Sample rate (Hz) of raw PCM; must equal the model's.")
 @click.option("--pcm-channels", type=click.IntRange(min=1), default=1, show_default=True,
               help="Interleaved channels in raw PCM (stdin, serial).")
-@click.option("--baud", type=int, default=921600, show_default=True, help="Serial port speed (ignored by USB CDC).")
+@click.option("--baud", type=int, default=DEFAULT_BAUD, show_default=True, help="Serial port speed (ignored by USB CDC).")
 @click.option("--window", default="whole", show_default=True,
               help="Operation window resetting the running max: whole (the stream), SECONDS (fixed length), "
                    "or gate (one window per machine-on segment, energy gate).")

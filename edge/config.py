@@ -25,6 +25,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_asd.firmware_io.sources import DEFAULT_BAUD, DEFAULT_BUFFER_S, DEFAULT_STALL_S
+
 from .errors import EdgeAsdError
 
 PATH_KEYS = ("model", "store", "events", "evidence_dir")
@@ -44,9 +46,9 @@ class InputConfig:
     channel: int | None = None
     pcm_channels: int = 1
     pcm_rate: int | None = None
-    baud: int = 921600
-    stall_s: float = 5.0
-    buffer_s: float = 10.0
+    baud: int = DEFAULT_BAUD
+    stall_s: float = DEFAULT_STALL_S
+    buffer_s: float = DEFAULT_BUFFER_S
     window: str = "whole"
     gate_db: float = -45.0
     gate_min_on_s: float = 0.5

@@ -27,6 +27,14 @@ class Gap:
     n_samples: int
 
 
+DEFAULT_BAUD = 921600
+"""Serial speed, bit/s, unless an input names another."""
+DEFAULT_STALL_S = 5.0
+"""Seconds without data before a live input is declared dead."""
+DEFAULT_BUFFER_S = 10.0
+"""Seconds of microphone audio the ring buffer keeps while inference catches up."""
+
+
 @dataclass(frozen=True)
 class SourceRequest:
     """One input to open. ``channel``: which channel to score (0-based; None = mean of all, files and PCM);
@@ -40,9 +48,9 @@ class SourceRequest:
     channel: int | None = None
     pcm_channels: int = 1
     pcm_rate: int | None = None
-    baud: int = 921600
-    stall_s: float = 5.0
-    buffer_s: float = 10.0
+    baud: int = DEFAULT_BAUD
+    stall_s: float = DEFAULT_STALL_S
+    buffer_s: float = DEFAULT_BUFFER_S
 
 
 class _FdReader:
