@@ -233,9 +233,13 @@ def prepare_all(data, machines, wanted, presets, something_else_dir, anomaly_dir
 
 
 def _worker_init(threads: int) -> None:
+    """Torch and the BLAS under numpy both get ``threads``: numpy's OpenBLAS would otherwise start one
+    thread per core in every worker for the log-mel matmul, and N workers x all cores spin against each other."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
+    threadpool_limits(threads)
     setup_logging(quiet=True)
 
 

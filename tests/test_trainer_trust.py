@@ -119,6 +119,23 @@ def test_an_error_in_the_pipeline_thread_reaches_the_training_loop(data, monkeyp
             p.get()
 
 
+def test_numpy_blas_runs_on_one_thread_while_batches_are_drawn(data):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    normals, others, mean, std = data
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        if not before:
+            pytest.skip("numpy has no BLAS that threadpoolctl can see")
+        with Prefetcher(BatchBuilder(normals, others, FEATURES), mean, std, seed=0, start=0, stop=2, depth=1) as p:
+            p.get()
+            assert blas_threads() == [1] * len(before)
+        assert blas_threads() == before
+
+
 # --- validation split and criterion ----------------------------------------------------------------
 
 

