@@ -265,6 +265,15 @@ def _headline(result: dict) -> str:
     return ", ".join(parts)
 
 
+def _lock(f) -> None:
+    """An exclusive lock on ``f`` until it is closed (POSIX; elsewhere nothing)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+
+
 def execute(todo, settings, device, jobs, threads, runs_path: Path) -> int:
     """Run ``todo``; append each result to ``runs_path`` as soon as it finishes. Returns the number of failures."""
     failed = 0
@@ -277,6 +286,7 @@ def execute(todo, settings, device, jobs, threads, runs_path: Path) -> int:
 
     def record(i, spec, result):
         with open(runs_path, "a") as f:
+            _lock(f)  # two experiments (e.g. GPU archs and CPU archs) may share one --out
             f.write(json.dumps(result) + "\n")
             f.flush()
             os.fsync(f.fileno())
