@@ -50,15 +50,6 @@ def score_recordings(scorer, files: list[Path]) -> tuple[list[np.ndarray], list[
     return scores, durations
 
 
-def window_spec(windows) -> str:
-    """The canonical ``--window`` value of a windows object: ``whole``, ``gate`` or the seconds as ``%g``."""
-    from .windows import EnergyGate, FixedWindows
-
-    if isinstance(windows, FixedWindows):
-        return f"{windows.window_s:g}"
-    return "gate" if isinstance(windows, EnergyGate) else "whole"
-
-
 def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: float = -45.0
                              ) -> tuple[list, list[float], list[float]]:
     """(the calibration.WindowMax of every window of every recording, each recording's duration in s and
@@ -203,7 +194,7 @@ def main(recordings, model_path, machine_id, store, window, gate_db, quantile, m
     if holdout is not None:
         files, held_files = split_holdout(files, holdout)
     windows = make_windows(window, scorer.features.sample_rate, scorer.features.hop_samples, gate_db)
-    window = window_spec(windows)
+    window = windows.spec
     fit_windows, durations, maxima = recordings_window_maxima(scorer, files, window, gate_db)
     held_windows = recordings_window_maxima(scorer, held_files, window, gate_db)[0] if held_files else []
     held = phi_maxima(held_windows, "held-out recordings") if held_files else None

@@ -48,7 +48,7 @@ class _Windows:
 
 
 class WholeStream(_Windows):
-    name = "whole"
+    name = spec = "whole"
 
     def windows_at(self, end_samples: np.ndarray) -> np.ndarray:
         return np.zeros(len(end_samples), dtype=np.int64)
@@ -78,6 +78,7 @@ class FixedWindows(_Windows):
         if not window_s > 0:
             raise ValueError("window_s must be positive")
         self.window_s, self.sample_rate = window_s, sample_rate
+        self.spec = f"{window_s:g}"  # the --window value, as edge-calibrate stores it
 
     def push(self, block: np.ndarray) -> None:
         pass
@@ -110,7 +111,7 @@ class EnergyGate(_Windows):
         sample_rate: Hz. hop_samples: gate resolution, samples (the model's hop).
     """
 
-    name = "gate"
+    name = spec = "gate"
 
     def __init__(self, sample_rate: int, hop_samples: int, on_db: float = -45.0, off_db: float | None = None,
                  min_on_s: float = 0.5, min_off_s: float = 1.0):
