@@ -1,9 +1,14 @@
 """Choosing the threshold phi from normal recordings.
 
 The decision of Koizumi et al. 2019 (eq. 11) is per window: a window is anomalous when its max frame
-score reaches phi, so every rule here works on *window maxima* of frame scores. A window is one
-recording (the default) or ``window_s`` seconds of frames, the recordings' frame scores taken back to
-back as the monitor would hear them (trailing partial window dropped).
+score reaches phi, so every rule here works on *window maxima* of frame scores. The windows are the
+ones edge-monitor decides on: each recording is taken as a stream of its own, starting at 0 s, and
+its frame scores are stamped and assigned to windows by the same code as the monitor's
+(:func:`.windows.recording_windows`: a score is stamped at the end of its context vector), so
+:func:`window_maxima` gives, window by window, what the monitor's ``verdict`` lines would say for that
+recording with the same ``--window``: ``whole`` (one window per recording), ``SECONDS`` or ``gate``.
+A fixed window that the end of a recording cuts short (its span runs past the last sample) is reported
+but left out of phi: on a continuous stream it would have held more frames.
 
 Rules:
 
@@ -19,10 +24,12 @@ Rules:
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .errors import EdgeAsdError
+from .windows import OFF, EnergyGate, FixedWindows, recording_windows
 
 DEFAULT_QUANTILE = 1.0
 DEFAULT_MARGIN = 1.1
@@ -46,33 +53,78 @@ def phi_from_clip_maxima(clip_maxima: np.ndarray, quantile: float = DEFAULT_QUAN
     return float(margin * np.quantile(maxima, quantile))
 
 
-def window_frames(window_s: float, hop_s: float) -> int:
-    """Frames per decision window of ``window_s`` seconds at one frame per ``hop_s`` seconds (>= 1)."""
-    if not window_s > 0:
-        raise EdgeAsdError(f"--window must be positive seconds, not {window_s}")
-    return max(1, round(window_s / hop_s))
+@dataclass(frozen=True)
+class WindowMax:
+    """One operation window of one recording and its max frame score: what edge-monitor's ``verdict``
+    line says for that window when it monitors the recording alone (times rounded like it, 4 decimals)."""
+
+    recording: str
+    window: int
+    """Window index, as the verdict's ``window``."""
+    start_s: float
+    """Stamp of the window's first frame score, s from the recording's start."""
+    end_s: float
+    """Stamp of its last frame score, s."""
+    frames: int
+    max_score: float
+    """max_t A(x_t) over the window's frames (eq. 11)."""
+    max_time_s: float
+    """Stamp of the (first) frame with that score, s."""
+    complete: bool
+    """False when the recording ended before the window's span did (a fixed window cut short): left out of phi."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
-def window_maxima(frame_scores: list[np.ndarray], frames_per_window: int | None = None) -> np.ndarray:
-    """Max frame score of each decision window (eq. 11), shape (n_windows,), float64.
+def window_maxima(scores: np.ndarray, samples: np.ndarray, windows, cfg, recording: str = "") -> list[WindowMax]:
+    """The operation windows of one recording and their max frame scores, in stream order.
 
     Args:
-        frame_scores: per recording, its frame scores, shape (n_frames_i,).
-        frames_per_window: None: one window per recording. Else the recordings' scores are joined in
-            order and cut into windows of that many frames; a trailing partial window is dropped.
-    Raises:
-        EdgeAsdError: no recording, or fewer frames than one window.
+        scores: the recording's frame scores, shape (n_frames,), as ``Scorer.score_audio`` gives them.
+        samples: the recording, shape (N,), at ``cfg.sample_rate`` Hz (the energy gate listens to it).
+        windows: a fresh ``windows.make_windows(...)`` object (one per recording).
+        cfg: the model's FeatureConfig. recording: a name carried into each WindowMax.
+    Frames outside every window (gated off) belong to none; a NaN score makes its window's max NaN.
     """
-    if not frame_scores:
-        raise EdgeAsdError("no normal recording to calibrate on")
-    if frames_per_window is None:
-        return np.array([float(np.max(s)) for s in frame_scores])
-    joined = np.concatenate([np.asarray(s, dtype=np.float64) for s in frame_scores])
-    n = len(joined) // frames_per_window
-    if n == 0:
-        raise EdgeAsdError(f"the recordings hold {len(joined)} frames, fewer than one window ({frames_per_window} frames);"
-                           " give more recordings or a shorter --window")
-    return joined[: n * frames_per_window].reshape(n, frames_per_window).max(axis=1)
+    stamps, index = recording_windows(windows, samples, len(scores), cfg)
+    scores = np.asarray(scores, dtype=np.float64)
+    sr = cfg.sample_rate
+    cuts = np.flatnonzero(np.diff(index)) + 1
+    out = []
+    for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(index)]):
+        w = int(index[a])
+        if w == OFF:
+            continue
+        k = a + int(np.argmax(scores[a:b]))
+        out.append(WindowMax(recording, w, round(int(stamps[a]) / sr, 4), round(int(stamps[b - 1]) / sr, 4), b - a,
+                             float(scores[k]), round(int(stamps[k]) / sr, 4), not windows.cut_short(w, len(samples))))
+    return out
+
+
+def phi_maxima(windows: list[WindowMax], what: str = "normal recordings") -> np.ndarray:
+    """Max scores of the complete windows, shape (n,), float64: the sample phi is fitted to (or checked on).
+
+    Raises:
+        EdgeAsdError: no complete window (every recording shorter than one window, or the gate never opened).
+    """
+    maxima = np.array([w.max_score for w in windows if w.complete], dtype=np.float64)
+    if maxima.size == 0:
+        why = ("the gate never found the machine running (check --gate-db)" if not windows
+               else "every recording is shorter than one window; give longer recordings or a shorter --window")
+        raise EdgeAsdError(f"the {what} hold no complete decision window: {why}")
+    return maxima
+
+
+def seconds_per_window(windows, durations_s: list[float], n_windows: int) -> float:
+    """Stream time one window stands for, s, to turn per-window rates into per-day ones: ``W`` for fixed
+    windows, the median recording length for ``whole``, and for ``gate`` the recordings' total length
+    over their number of machine-on windows (the machine's cycle as the recordings show it)."""
+    if isinstance(windows, FixedWindows):
+        return windows.window_s
+    if isinstance(windows, EnergyGate):
+        return float(np.sum(durations_s)) / max(1, n_windows)
+    return float(np.median(durations_s))
 
 
 def windows_per_day(window_s: float) -> float:
@@ -145,33 +197,32 @@ def windows_needed(p_window: float, confidence: float = 0.95) -> int:
     return math.ceil(math.log(1.0 - confidence) / math.log1p(-p_window))
 
 
-def calibrate(frame_scores: list[np.ndarray], hop_s: float, recording_s: float, window_s: float | None = None, *,
-              quantile: float = DEFAULT_QUANTILE, margin: float | None = None, target_fpr: float | None = None,
-              alarms_per_day: float | None = None, tail: str = "gumbel", n_boot: int = 200,
-              heldout_scores: list[np.ndarray] | None = None) -> dict:
-    """phi from the frame scores of normal recordings by one of the rules above, checked on held-out ones.
+def calibrate(maxima: np.ndarray, window_length_s: float, *, quantile: float = DEFAULT_QUANTILE,
+              margin: float | None = None, target_fpr: float | None = None, alarms_per_day: float | None = None,
+              tail: str = "gumbel", n_boot: int = 200, heldout_maxima: np.ndarray | None = None) -> dict:
+    """phi from the window maxima of normal recordings by one of the rules above, checked on held-out ones.
 
     Args:
-        frame_scores: per recording, its frame scores, shape (n_frames_i,).
-        hop_s: seconds between frames; ``recording_s``: typical recording length, s (the window length
-            when ``window_s`` is None).
-        window_s: decision window, s; None = one window per recording.
+        maxima: max frame score of each complete window (:func:`phi_maxima`), shape (n,).
+        window_length_s: stream time one window stands for, s (:func:`seconds_per_window`): turns the
+            per-window rates into per-day ones.
         quantile, margin: the quantile rule (margin defaults to 1.1, or 1.0 with a ``target_fpr``).
         target_fpr: false-positive rate per window; sets ``quantile = 1 - target_fpr``.
         alarms_per_day: false-alarm budget rule with an extreme-value ``tail`` ("gumbel" or "gev").
-        heldout_scores: frame scores of normal recordings kept out of the fit, for the check.
+        heldout_maxima: window maxima of normal recordings kept out of the fit, for the check.
     Returns:
-        {"phi", "rule", "window_s", "window_maxima": {n, min, median, max}, "fit"?, "check"?}.
+        {"phi", "rule", "window_maxima": {n, min, median, max}, "fit"?, "check"?}.
     Raises:
         EdgeAsdError on conflicting rules, out-of-range values, or too little data.
     """
     if target_fpr is not None and alarms_per_day is not None:
         raise EdgeAsdError("give either --target-fpr or --false-alarms-per-day, not both")
-    per_window = None if window_s is None else window_frames(window_s, hop_s)
-    length_s = recording_s if window_s is None else per_window * hop_s
-    maxima = window_maxima(frame_scores, per_window)
-    out = {"window_s": window_s, "window_maxima": {"n": int(maxima.size), "min": float(maxima.min()),
-                                                   "median": float(np.median(maxima)), "max": float(maxima.max())}}
+    maxima = np.asarray(maxima, dtype=np.float64)
+    if maxima.size == 0:
+        raise EdgeAsdError("no normal recording to calibrate on")
+    length_s = window_length_s
+    out = {"window_maxima": {"n": int(maxima.size), "min": float(maxima.min()), "median": float(np.median(maxima)),
+                             "max": float(maxima.max())}}
     if alarms_per_day is not None:
         if margin is not None:
             raise EdgeAsdError("--margin applies to the quantile rule, not to --false-alarms-per-day")
@@ -191,9 +242,8 @@ def calibrate(frame_scores: list[np.ndarray], hop_s: float, recording_s: float, 
             out["rule"]["target_fpr"] = target_fpr
         target_p = target_fpr
     out["phi"] = phi
-    if heldout_scores:
-        held = window_maxima(heldout_scores, per_window)
-        check = realized_rate(held, phi, length_s)
+    if heldout_maxima is not None and len(heldout_maxima):
+        check = realized_rate(heldout_maxima, phi, length_s)
         if target_p is not None:
             check["target_per_window"] = target_p
             check["target_per_day"] = target_p * windows_per_day(length_s)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .calibration import DEFAULT_QUANTILE, calibrate
+from .calibration import DEFAULT_QUANTILE, calibrate, phi_maxima, seconds_per_window, window_maxima
 from .cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from .errors import EdgeAsdError
 from .machine_id import normalize_machine_id
@@ -50,6 +50,34 @@ def score_recordings(scorer, files: list[Path]) -> tuple[list[np.ndarray], list[
     return scores, durations
 
 
+def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: float = -45.0
+                             ) -> tuple[list, list[float], list[float]]:
+    """(the calibration.WindowMax of every window of every recording, each recording's duration in s and
+    its max frame score).
+
+    Each recording is read at the model's rate, scored, and its windows cut as edge-monitor ``--window
+    WINDOW --gate-db GATE_DB`` cuts them on that file (:func:`.calibration.window_maxima`). Raises
+    EdgeAsdError for a recording shorter than one context vector or unreadable audio.
+    """
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    from .windows import make_windows
+
+    cfg = scorer.features
+    out, durations, clip_max = [], [], []
+    for f in files:
+        samples = read_audio(f, cfg.sample_rate)
+        scores = scorer.score_audio(samples)
+        if len(scores) == 0:
+            raise EdgeAsdError(f"{f}: shorter than one context window ({cfg.samples_per_vector} samples)")
+        windows = window_maxima(scores, samples, make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db), cfg, str(f))
+        log.info("%s: max score %.3f over %d frames, %d windows", f.name, float(scores.max()), len(scores), len(windows))
+        out += windows
+        durations.append(len(samples) / cfg.sample_rate)
+        clip_max.append(float(scores.max()))
+    return out, durations, clip_max
+
+
 def split_holdout(files: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
     """(fit, held out): the last ``fraction`` of the recordings (the latest, when named in time order)."""
     if not 0.0 < fraction < 1.0:
@@ -73,6 +101,14 @@ def check_line(check: dict) -> str:
     return line
 
 
+def write_maxima(path: Path, fit: list, held: list) -> None:
+    """Every window as a JSON line (calibration.WindowMax fields and ``held_out``), written atomically."""
+    from .atomic_io import atomic_write_text
+
+    lines = [json.dumps({**w.to_dict(), "held_out": h}) for ws, h in ((fit, False), (held, True)) for w in ws]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
 def show(store: Path, machine_id: str | None) -> None:
     from . import phi_store
 
@@ -81,9 +117,10 @@ def show(store: Path, machine_id: str | None) -> None:
         for r in records:
             rule = r.get("rule", {})
             what = ", ".join(f"{k} {v}" for k, v in rule.items() if k != "name")
-            window = r.get("window_s")
+            window = r.get("window") or ("whole" if r.get("window_s") is None else f"{r['window_s']:g}")
+            window = {"whole": "1 recording", "gate": "gate"}.get(window, f"{window} s")
             click.echo(f"  {r.get('calibrated_at', '?')}  phi {r['phi']:.4g}  model {str(r.get('model_sha256'))[:12]}  "
-                       f"{rule.get('name', '?')} ({what})  window {'1 recording' if window is None else f'{window:g} s'}  "
+                       f"{rule.get('name', '?')} ({what})  window {window}  "
                        f"{len(r.get('recordings', []))} recordings"
                        + (f"  check {r['check']['false_alarms']}/{r['check']['windows']}" if r.get("check") else ""))
 
@@ -94,9 +131,11 @@ def show(store: Path, machine_id: str | None) -> None:
 @click.option("--machine-id", help="Machine ID the recordings come from: 00, id_00 or section_00.")
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="phi store (JSON). Default: $EDGE_ASD_STORE or the user config dir.")
-@click.option("--window", "window_s", type=float, default=None,
-              help="Decision window, s: the recordings are joined and cut into windows this long (default: one "
-                   "recording = one window). Use the monitor's --window.")
+@click.option("--window", default="whole", show_default=True,
+              help="Decision window, as edge-monitor's --window: whole (one recording = one window), SECONDS, or "
+                   "gate. Each recording is cut into the windows the monitor would give it verdicts for.")
+@click.option("--gate-db", type=float, default=-45.0, show_default=True,
+              help="--window gate: machine on at or above this level, dBFS (use the monitor's value).")
 @click.option("--quantile", default=DEFAULT_QUANTILE, show_default=True,
               help="Quantile rule: q of the window max scores (eq. 11) that phi is placed above.")
 @click.option("--margin", type=float, default=None, help="Quantile rule: phi = margin x quantile [default: 1.1; 1.0 "
@@ -113,16 +152,21 @@ def show(store: Path, machine_id: str | None) -> None:
               help="Keep this fraction of the recordings (the last ones) out of the fit and check phi on them.")
 @click.option("--check", "check_paths", multiple=True,
               help="Held-out normal recordings (file or directory; repeatable) to check phi on.")
+@click.option("--maxima-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write every window (recording, window, start_s, end_s, frames, max_score, max_time_s, complete, "
+                   "held_out) to this JSONL file.")
 @click.option("--show", "show_history", is_flag=True, help="Print the phi history of the store (or of --machine-id) and exit.")
 @click.option("--threads", default=1, show_default=True, help="Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
-def main(recordings, model_path, machine_id, store, window_s, quantile, margin, target_fpr, alarms_per_day, tail,
-         n_boot, holdout, check_paths, show_history, threads, quiet):
+def main(recordings, model_path, machine_id, store, window, gate_db, quantile, margin, target_fpr, alarms_per_day, tail,
+         n_boot, holdout, check_paths, maxima_out, show_history, threads, quiet):
     """Score normal RECORDINGS (files or directories) and store phi for one machine ID.
 
-    A window's score is its max frame score (Koizumi et al. 2019, eq. 11). Rules: phi = MARGIN x the
+    A window's score is its max frame score (Koizumi et al. 2019, eq. 11); the windows are edge-monitor's
+    for each recording with the same --window (fixed windows cut short by a recording's end are left
+    out). Rules: phi = MARGIN x the
     QUANTILE of the window scores (default: 1.1 x the worst); --target-fpr P: the 1-P quantile;
     --false-alarms-per-day R: an extreme-value fit for R false alarms a day, with its bootstrap
     uncertainty. --holdout / --check report the false-alarm rate realized on normal recordings kept
@@ -141,6 +185,7 @@ def main(recordings, model_path, machine_id, store, window_s, quantile, margin, 
     if holdout is not None and check_paths:
         raise EdgeAsdError("give either --holdout or --check, not both")
     from .scorer import Scorer
+    from .windows import make_windows
 
     machine_id = normalize_machine_id(machine_id)
     scorer = Scorer(model_path, num_threads=threads)
@@ -148,19 +193,26 @@ def main(recordings, model_path, machine_id, store, window_s, quantile, margin, 
     held_files = expand_recordings(check_paths) if check_paths else []
     if holdout is not None:
         files, held_files = split_holdout(files, holdout)
-    scores, durations = score_recordings(scorer, files)
-    held_scores = score_recordings(scorer, held_files)[0] if held_files else None
-    result = calibrate(scores, scorer.features.hop_s, float(np.median(durations)), window_s, quantile=quantile,
+    windows = make_windows(window, scorer.features.sample_rate, scorer.features.hop_samples, gate_db)
+    window = windows.spec
+    fit_windows, durations, maxima = recordings_window_maxima(scorer, files, window, gate_db)
+    held_windows = recordings_window_maxima(scorer, held_files, window, gate_db)[0] if held_files else []
+    held = phi_maxima(held_windows, "held-out recordings") if held_files else None
+    result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)), quantile=quantile,
                        margin=margin, target_fpr=target_fpr, alarms_per_day=alarms_per_day, tail=tail, n_boot=n_boot,
-                       heldout_scores=held_scores)
+                       heldout_maxima=held)
+    result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
+    if maxima_out is not None:
+        write_maxima(maxima_out, fit_windows, held_windows)
     phi = result["phi"]
-    maxima = [float(s.max()) for s in scores]
+    window_s = float(window) if window not in ("whole", "gate") else None
     record = {
         "phi": phi,
         "model_sha256": scorer.sha256,
         "model_path": str(Path(model_path).resolve()),
         "machine_type": scorer.meta.get("machine_type"),
         "rule": result["rule"],
+        "window": window,
         "window_s": window_s,
         "window_maxima": result["window_maxima"],
         "clip_max_scores": {"min": min(maxima), "median": float(np.median(maxima)), "max": max(maxima)},
@@ -171,6 +223,8 @@ def main(recordings, model_path, machine_id, store, window_s, quantile, margin, 
     for key in ("fit", "check"):
         if key in result:
             record[key] = result[key]
+    if window == "gate":
+        record["gate_db"] = gate_db
     if held_files:
         record["heldout_recordings"] = [str(f) for f in held_files]
     if "fit" in result:
@@ -182,7 +236,7 @@ def main(recordings, model_path, machine_id, store, window_s, quantile, margin, 
         click.echo(f"edge-calibrate: {check_line(result['check'])}", err=True)
     phi_store.save_phi(store, machine_id, record)
     out = {"machine_id": machine_id, "phi": phi, "store": str(store), "n_recordings": len(files),
-           "clip_max_scores": record["clip_max_scores"], "rule": record["rule"], "window_s": window_s,
+           "clip_max_scores": record["clip_max_scores"], "rule": record["rule"], "window": window, "window_s": window_s,
            "window_maxima": record["window_maxima"]}
     out.update({k: record[k] for k in ("fit", "check") if k in record})
     click.echo(json.dumps(out))

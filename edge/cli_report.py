@@ -86,8 +86,10 @@ def page(out: Path, figures: list[tuple[str, str]], facts: dict) -> Path:
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="phi store. Default: $EDGE_ASD_STORE or the user config dir.")
 @click.option("--phi", type=float, default=None, help="Threshold to draw (default: the event log's, else the store's for --model).")
-@click.option("--window", "window_s", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Decision window, s (default: the calibration's; else one recording).")
+@click.option("--window", default=None,
+              help="Decision window as edge-monitor's --window: whole, SECONDS or gate (default: the calibration's).")
+@click.option("--gate-db", type=float, default=None,
+              help="--window gate: machine-on level, dBFS (default: the calibration's, else -45).")
 @click.option("--tail", type=click.Choice(["gumbel", "gev"]), default=None,
               help="Extreme-value fit drawn on the maxima (default: the calibration's, else gumbel).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
@@ -96,7 +98,8 @@ def page(out: Path, figures: list[tuple[str, str]], facts: dict) -> Path:
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
-def main(events_path, recording, normals, test_dir, model_path, machine_id, store, phi, window_s, tail, out, threads, quiet):
+def main(events_path, recording, normals, test_dir, model_path, machine_id, store, phi, window, gate_db, tail, out, threads,
+         quiet):
     """Draw the score timeline, the normal window maxima with phi and its tail fit, and the ROC.
 
     Give an event log and/or recordings with a model. Writes PNG files and index.html to OUT and
@@ -119,7 +122,9 @@ def main(events_path, recording, normals, test_dir, model_path, machine_id, stor
     if phi is None:
         raise EdgeAsdError("no phi to draw: the event log is empty; pass --phi or --model with a calibrated --store")
     record = _calibration_record(store, machine_id, scorer)
-    window_s = window_s if window_s is not None else record.get("window_s")
+    if window is None:  # the calibration's windows (records before "window" only had "window_s")
+        window = record.get("window") or ("whole" if record.get("window_s") is None else str(record["window_s"]))
+    gate_db = gate_db if gate_db is not None else record.get("gate_db", -45.0)
     tail = tail or record.get("rule", {}).get("tail", "gumbel")
     figures, facts = [], {"phi": f"{phi:.6g}"}
     if events_path:
@@ -132,11 +137,14 @@ def main(events_path, recording, normals, test_dir, model_path, machine_id, stor
             from edge_asd.firmware_io.audio_file import read_audio
 
             from .detector import Event, RunningMaxDetector
-            from .features import vector_end_s
+            from .windows import make_windows, recording_windows
 
-            scores = scorer.score_audio(read_audio(recording, scorer.features.sample_rate))
-            times = np.asarray(vector_end_s(np.arange(len(scores)), scorer.features), dtype=np.float64)
-            windows = np.zeros(len(scores), dtype=int) if window_s is None else (times // window_s).astype(int)
+            cfg = scorer.features
+            samples = read_audio(recording, cfg.sample_rate)
+            scores = scorer.score_audio(samples)
+            stamps, windows = recording_windows(make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db), samples,
+                                                len(scores), cfg)  # the monitor's windows for this recording
+            times = stamps / cfg.sample_rate
             if not events_path:  # the events the monitor would raise on this recording
                 det = RunningMaxDetector(phi, "report", scorer.sha256)
                 events = [r.to_dict() for r in det.update_block(0, times, scores, windows) if isinstance(r, Event)]
@@ -146,14 +154,17 @@ def main(events_path, recording, normals, test_dir, model_path, machine_id, stor
                         "score timeline: frame scores, running max per window, phi and events"))
 
     if normals:
-        from .calibration import window_frames, window_maxima, windows_per_day
-        from .cli_calibrate import expand_recordings, score_recordings
+        from .calibration import phi_maxima, seconds_per_window, windows_per_day
+        from .cli_calibrate import expand_recordings, recordings_window_maxima
         from .evt import MIN_MAXIMA, TailFit
+        from .windows import make_windows
 
-        frame_scores, durations = score_recordings(scorer, expand_recordings(normals))
-        per_window = None if window_s is None else window_frames(window_s, scorer.features.hop_s)
-        maxima = window_maxima(frame_scores, per_window)
-        length_s = float(np.median(durations)) if window_s is None else per_window * scorer.features.hop_s
+        # the windows edge-calibrate fits phi to: the monitor's, complete ones only
+        all_windows, durations, _ = recordings_window_maxima(scorer, expand_recordings(normals), window, gate_db)
+        maxima = phi_maxima(all_windows)
+        cfg = scorer.features
+        length_s = seconds_per_window(make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db), durations,
+                                      len(all_windows))
         fit = TailFit.fit(maxima, tail) if len(maxima) >= MIN_MAXIMA and np.ptp(maxima) > 0 else None
         budget = record.get("rule", {}).get("false_alarms_per_day")
         p_window = budget / windows_per_day(length_s) if budget else None

@@ -19,7 +19,7 @@ import numpy as np
 
 from .detector import EVENT_SCHEMA, RunningMaxDetector
 from .scorer import Scorer
-from .windows import WholeStream
+from .windows import WholeStream, frame_stamps
 
 log = logging.getLogger("edge_asd")
 
@@ -168,7 +168,7 @@ class Monitor:
         self._samples += len(block)
         scores = self.scorer.score_inputs(vectors)
         if len(scores):
-            ends = self._segment_start + (first + np.arange(len(scores))) * cfg.hop_samples + cfg.samples_per_vector
+            ends = frame_stamps(first, len(scores), cfg, self._segment_start)  # a score's stamp: its vector's end
             wins = self.windows.windows_at(ends)
             for r in self.detector.update_block(self._frame, ends / cfg.sample_rate, scores, wins):
                 record = self._record(r.to_dict())

@@ -100,6 +100,8 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
             feats = scorer.features
             windows = make_windows(cfg.window, feats.sample_rate, feats.hop_samples, cfg.gate_db, cfg.gate_min_on_s,
                                    cfg.gate_min_off_s)
+            if cfg.phi is None:
+                _check_window(cfg.label, record, windows)
             evidence = None
             if cfg.evidence_dir is not None:
                 evidence = EvidenceRecorder(cfg.evidence_dir, f"{Path(cfg.label).stem}_{machine_id}", feats, cfg.evidence_before_s,
@@ -131,6 +133,15 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
         log.info("%s: %s (%s), machine ID %s, phi %.3f, window %s", cfg.label, Path(cfg.model).name,
                  scorer.backend.name, detector.machine_id, detector.phi, cfg.window)
     return monitors, list(file_sinks.values())
+
+
+def _check_window(label: str, record: dict, windows) -> None:
+    """Warn when the stored phi was calibrated on other windows than the monitor's (window maxima grow with
+    the window: a phi from 1-s windows raises false alarms on whole streams)."""
+    calibrated = record.get("window") or ("whole" if record.get("window_s") is None else f"{record['window_s']:g}")
+    if calibrated != windows.spec:
+        log.warning("%s: phi was calibrated with --window %s but the monitor uses --window %s; run edge-calibrate "
+                    "with the monitor's --window", label, calibrated, windows.spec)
 
 
 def _block_samples(spec: str, hop: int) -> int:

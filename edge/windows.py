@@ -4,12 +4,22 @@ Koizumi et al. 2019 decide per recording X: anomalous when ``max_t A(x_t) >= phi
 stream the "recording" is an operation window, and each new window restarts the running max:
 
 - ``whole``: the whole stream is one window (index 0);
-- ``fixed`` (``--window SECONDS``): window ``k`` holds the frames completed in ``[k*W, (k+1)*W)`` s;
+- ``fixed`` (``--window SECONDS``): window ``k`` holds the frames stamped in ``[k*W, (k+1)*W)`` s;
 - ``gate`` (``--window gate``): one window per machine-on segment (one machine cycle = one operation),
   found by an energy gate on the audio; frames while the machine is off belong to no window.
 
-All three answer ``window_at(end_sample)``: the window of the context vector that became complete at
-that absolute sample index (samples since stream start, lost samples included), or None (gated off);
+**Time stamp of a frame score** (the one convention of edge-monitor, edge-calibrate and edge-report):
+the score of context vector ``i`` is stamped at the *end* of its vector, the absolute sample
+``start + i * hop + samples_per_vector`` (exclusive end; ``start`` is where the features last
+(re)started), i.e. the moment the score becomes available. For ``koizumi2019`` the first score of a
+stream is stamped 5632 samples = 0.352 s after its start, so window 0 of ``--window W`` holds the
+scores stamped in ``[0.352, W)`` s and every later window the scores whose vectors *end* inside it
+(their audio starts up to 0.352 s earlier). :func:`frame_stamps` computes the stamps and
+:func:`recording_windows` assigns a recording's frames to windows; both the monitor and the
+calibration call them.
+
+All three window kinds answer ``window_at(end_sample)``: the window of the score stamped at that
+absolute sample index (samples since stream start, lost samples included), or None (gated off);
 ``windows_at(end_samples)`` answers for an array at once (int64, OFF = -1 for None). Queries must
 come in increasing order.
 """
@@ -31,9 +41,14 @@ class _Windows:
     def windows_at(self, end_samples: np.ndarray) -> np.ndarray:
         return np.array([OFF if (w := self.window_at(int(e))) is None else w for e in end_samples], dtype=np.int64)
 
+    def cut_short(self, window: int, stream_samples: int) -> bool:
+        """True when a stream of ``stream_samples`` samples ended before ``window``'s span did (only a
+        fixed-length window can be: a whole stream or a machine-on segment ends where the stream ends)."""
+        return False
+
 
 class WholeStream(_Windows):
-    name = "whole"
+    name = spec = "whole"
 
     def windows_at(self, end_samples: np.ndarray) -> np.ndarray:
         return np.zeros(len(end_samples), dtype=np.int64)
@@ -49,7 +64,13 @@ class WholeStream(_Windows):
 
 
 class FixedWindows(_Windows):
-    """Window ``int(t // window_s)`` for a vector complete at ``t = end_sample / sample_rate`` seconds."""
+    """Window ``int(t // window_s)`` for a score stamped at ``t = end_sample / sample_rate`` seconds.
+
+    Args:
+        window_s: window length, s. sample_rate: Hz.
+    Raises:
+        ValueError: window_s is not positive.
+    """
 
     name = "fixed"
 
@@ -57,6 +78,7 @@ class FixedWindows(_Windows):
         if not window_s > 0:
             raise ValueError("window_s must be positive")
         self.window_s, self.sample_rate = window_s, sample_rate
+        self.spec = f"{window_s:g}"  # the --window value, as edge-calibrate stores it
 
     def push(self, block: np.ndarray) -> None:
         pass
@@ -69,6 +91,10 @@ class FixedWindows(_Windows):
 
     def windows_at(self, end_samples: np.ndarray) -> np.ndarray:
         return np.floor_divide(np.asarray(end_samples) / self.sample_rate, self.window_s).astype(np.int64)
+
+    def cut_short(self, window: int, stream_samples: int) -> bool:
+        """Window ``k`` spans ``[k*W, (k+1)*W)`` s; it is cut short when the stream ends before ``(k+1)*W``."""
+        return window >= self.window_at(stream_samples)
 
 
 class EnergyGate(_Windows):
@@ -85,7 +111,7 @@ class EnergyGate(_Windows):
         sample_rate: Hz. hop_samples: gate resolution, samples (the model's hop).
     """
 
-    name = "gate"
+    name = spec = "gate"
 
     def __init__(self, sample_rate: int, hop_samples: int, on_db: float = -45.0, off_db: float | None = None,
                  min_on_s: float = 0.5, min_off_s: float = 1.0):
@@ -136,6 +162,34 @@ class EnergyGate(_Windows):
         while self._states and self._states[0][0] <= end_sample:
             self._current = self._states.popleft()[1]
         return self._current
+
+
+def frame_stamps(first_frame: int, n_frames: int, cfg, start_sample: int = 0) -> np.ndarray:
+    """Time stamps of frame scores ``first_frame .. first_frame + n_frames - 1``, absolute samples, (n_frames,) int64.
+
+    The score of context vector ``i`` (counted from ``start_sample``, where the features last (re)started)
+    is stamped at the end of its vector: ``start_sample + i * hop_samples + samples_per_vector`` (divide
+    by ``cfg.sample_rate`` for seconds). ``cfg``: the model's FeatureConfig.
+    """
+    index = first_frame + np.arange(n_frames, dtype=np.int64)
+    return start_sample + index * cfg.hop_samples + cfg.samples_per_vector
+
+
+def recording_windows(windows, samples: np.ndarray, n_frames: int, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of a recording's frame scores as edge-monitor assigns them, the recording streamed
+    alone from sample 0 (in blocks of any size: the result does not depend on them).
+
+    Args:
+        windows: a fresh WholeStream, FixedWindows or EnergyGate (nothing pushed yet).
+        samples: the recording, mono, shape (N,), at ``cfg.sample_rate`` (the energy gate hears it).
+        n_frames: its number of frame scores (context vectors), ``1 + (N - samples_per_vector) // hop``.
+    Returns:
+        (stamps, window): :func:`frame_stamps` of the frames (absolute samples, int64) and their window
+        index (int64; OFF = -1 outside every window), shapes (n_frames,).
+    """
+    windows.push(samples)
+    stamps = frame_stamps(0, n_frames, cfg)
+    return stamps, windows.windows_at(stamps)
 
 
 def make_windows(spec: str | float | None, sample_rate: int, hop_samples: int, gate_db: float = -45.0,

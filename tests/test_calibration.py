@@ -1,5 +1,5 @@
-"""Calibration rules on window maxima (Koizumi et al. 2019, eq. 11): windows, the quantile rule at a
-target false-positive rate, the extreme-value false-alarm budget, and the held-out check."""
+"""Calibration rules on window maxima (Koizumi et al. 2019, eq. 11): the monitor's windows of a recording,
+the quantile rule at a target false-positive rate, the extreme-value false-alarm budget, and the held-out check."""
 
 from __future__ import annotations
 
@@ -10,35 +10,61 @@ from scipy import stats
 from edge_asd.edge.calibration import (
     calibrate,
     phi_for_budget,
+    phi_maxima,
     realized_rate,
+    seconds_per_window,
     upper_bound,
-    window_frames,
     window_maxima,
     windows_needed,
 )
 from edge_asd.edge.errors import EdgeAsdError
 from edge_asd.edge.evt import TailFit, gumbel_fit
+from edge_asd.edge.presets import get_preset
+from edge_asd.edge.windows import EnergyGate, FixedWindows, WholeStream
 
-HOP_S = 0.016
-
-
-def test_window_maxima_one_per_recording_and_fixed_length():
-    a, b = np.array([1.0, 5.0, 2.0]), np.array([3.0, 0.5, 4.0, 9.0, 1.0])
-    assert window_maxima([a, b]).tolist() == [5.0, 9.0]
-    # joined back to back: [1 5 2 3 0.5 4 9 1] in windows of 3 -> [1 5 2] [3 .5 4]; [9 1] dropped
-    assert window_maxima([a, b], 3).tolist() == [5.0, 4.0]
-    assert window_maxima([a, b], 1).tolist() == [1, 5, 2, 3, 0.5, 4, 9, 1]
-    with pytest.raises(EdgeAsdError, match="fewer than one window"):
-        window_maxima([a, b], 9)
-    with pytest.raises(EdgeAsdError, match="no normal recording"):
-        window_maxima([])
+CFG = get_preset("koizumi2019")  # 16 kHz, hop 256 samples, a context vector ends 5632 samples after it starts
 
 
-def test_window_frames():
-    assert window_frames(10.0, HOP_S) == 625
-    assert window_frames(0.001, HOP_S) == 1
-    with pytest.raises(EdgeAsdError, match="--window"):
-        window_frames(0.0, HOP_S)
+def recording(seconds: float, level: float = 0.1):
+    """(frame scores 0, 1, 2, ... (float), white noise at ``level``) of a ``seconds``-long recording."""
+    samples = np.random.default_rng(0).uniform(-level, level, round(seconds * CFG.sample_rate)).astype(np.float32)
+    n_frames = 1 + (len(samples) - CFG.samples_per_vector) // CFG.hop_samples
+    return np.arange(n_frames, dtype=np.float64), samples
+
+
+def test_fixed_windows_hold_the_scores_stamped_inside_them():
+    """16 s in 5-s windows. Score i is stamped at (i * 256 + 5632) / 16000 s, the end of its vector: window 0
+    holds frames 0-290 (0.352-4.992 s), window 1 291-602, window 2 603-915, window 3 916-978, cut short at 16 s."""
+    scores, samples = recording(16.0)
+    got = window_maxima(scores, samples, FixedWindows(5.0, CFG.sample_rate), CFG, "r")
+    assert [(w.window, w.frames, w.max_score, w.complete) for w in got] == [
+        (0, 291, 290.0, True), (1, 312, 602.0, True), (2, 313, 915.0, True), (3, 63, 978.0, False)]
+    assert [(w.start_s, w.end_s) for w in got] == [(0.352, 4.992), (5.008, 9.984), (10.0, 14.992), (15.008, 16.0)]
+    assert got[1].max_time_s == 9.984 and got[0].recording == "r"
+    assert phi_maxima(got).tolist() == [290.0, 602.0, 915.0]  # the cut-short window is left out of phi
+    # a window that ends exactly where the recording does is complete
+    assert [w.complete for w in window_maxima(*recording(15.0), FixedWindows(5.0, CFG.sample_rate), CFG)] == [True] * 3
+    with pytest.raises(EdgeAsdError, match="shorter than one window"):
+        phi_maxima(window_maxima(*recording(4.0), FixedWindows(5.0, CFG.sample_rate), CFG))
+
+
+def test_whole_and_gate_windows():
+    scores, samples = recording(3.0)
+    (whole,) = window_maxima(scores, samples, WholeStream(), CFG)
+    assert (whole.window, whole.frames, whole.max_score, whole.complete) == (0, len(scores), scores[-1], True)
+    # 1 s of near-silence, 2 s on: the gate opens 0.5 s after the machine starts; earlier frames are in no window
+    quiet = np.r_[samples[:CFG.sample_rate] * 1e-4, samples[CFG.sample_rate:]]
+    (on,) = window_maxima(scores, quiet, EnergyGate(CFG.sample_rate, CFG.hop_samples), CFG)
+    assert on.start_s == pytest.approx(1.5, abs=0.02) and on.end_s == 2.992 and on.complete  # the last stamp
+    assert on.frames == sum(1 for i in range(len(scores)) if (i * 256 + 5632) / 16000 >= on.start_s)
+    with pytest.raises(EdgeAsdError, match="gate never found"):
+        phi_maxima(window_maxima(scores, samples * 1e-4, EnergyGate(CFG.sample_rate, CFG.hop_samples), CFG))
+
+
+def test_seconds_per_window():
+    assert seconds_per_window(FixedWindows(2.5, 16000), [10.0, 12.0], 9) == 2.5
+    assert seconds_per_window(WholeStream(), [10.0, 12.0, 30.0], 3) == 12.0  # median recording
+    assert seconds_per_window(EnergyGate(16000, 256), [60.0, 60.0], 4) == 30.0  # one machine cycle per 30 s
 
 
 @pytest.mark.parametrize("family", ["gumbel", "gev"])
@@ -99,7 +125,8 @@ def test_quantile_rule_at_target_fpr_and_check():
     rng = np.random.default_rng(4)
     fit_scores = [rng.normal(10, 1, 625) for _ in range(200)]  # 200 recordings of 10 s
     held = [rng.normal(10, 1, 625) for _ in range(400)]
-    out = calibrate(fit_scores, HOP_S, 10.0, target_fpr=0.05, heldout_scores=held)
+    out = calibrate(np.array([s.max() for s in fit_scores]), 10.0, target_fpr=0.05,
+                    heldout_maxima=np.array([s.max() for s in held]))
     assert out["rule"] == {"name": "clip-max-quantile", "quantile": 0.95, "margin": 1.0, "target_fpr": 0.05}
     assert out["phi"] == pytest.approx(np.quantile([s.max() for s in fit_scores], 0.95))
     c = out["check"]
@@ -108,16 +135,19 @@ def test_quantile_rule_at_target_fpr_and_check():
     assert c["false_alarms"] == sum(s.max() >= out["phi"] for s in held)
 
 
-def test_calibrate_with_a_window_length():
-    scores = [np.arange(1000, dtype=float)]  # 16 s of frames, windows of 5 s = 312 frames -> 3 windows
-    out = calibrate(scores, HOP_S, 16.0, window_s=5.0, quantile=1.0, margin=1.0)
-    assert out["window_maxima"]["n"] == 3 and out["phi"] == 935.0 and out["window_s"] == 5.0
+def test_calibrate_rules_and_errors():
+    maxima = np.arange(1.0, 11.0)
+    out = calibrate(maxima, 5.0, quantile=1.0, margin=1.0)
+    assert out["window_maxima"] == {"n": 10, "min": 1.0, "median": 5.5, "max": 10.0} and out["phi"] == 10.0
+    assert calibrate(maxima, 5.0)["phi"] == pytest.approx(11.0)  # default: 1.1 x the worst window
     with pytest.raises(EdgeAsdError, match="not both"):
-        calibrate(scores, HOP_S, 16.0, target_fpr=0.1, alarms_per_day=1.0)
+        calibrate(maxima, 5.0, target_fpr=0.1, alarms_per_day=1.0)
     with pytest.raises(EdgeAsdError, match="--margin"):
-        calibrate(scores, HOP_S, 16.0, window_s=0.5, alarms_per_day=1.0, margin=1.1)
+        calibrate(maxima, 0.5, alarms_per_day=1.0, margin=1.1)
     with pytest.raises(EdgeAsdError, match="--target-fpr"):
-        calibrate(scores, HOP_S, 16.0, target_fpr=1.5)
+        calibrate(maxima, 5.0, target_fpr=1.5)
+    with pytest.raises(EdgeAsdError, match="no normal recording"):
+        calibrate(np.zeros(0), 5.0)
 
 
 def test_numpy_gumbel_fit_equals_scipy():

@@ -21,6 +21,14 @@ def frame_scores(model):
     return lambda path: scorer.score_audio(read_audio(path, 16000))
 
 
+def monitor_window_maxima(scores: np.ndarray, window_s: float, duration_s: float = 10.0) -> list[float]:
+    """Brute force, the monitor's convention: score i is stamped at its vector's end, (i * 256 + 5632) / 16000 s,
+    and belongs to window floor(stamp / W); windows whose span runs past the recording's end are left out."""
+    stamps = (np.arange(len(scores)) * 256 + 5632) / 16000
+    k = np.floor(stamps / window_s).astype(int)
+    return [float(scores[k == w].max()) for w in np.unique(k) if (w + 1) * window_s <= duration_s]
+
+
 def calibrate(*args, env):
     proc = cli("edge-calibrate", *args, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -35,28 +43,27 @@ def test_budget_rule_with_windows_and_holdout(model, fan, frame_scores, tmp_path
     proc, out = calibrate(*fan["train"], "--model", model, "--machine-id", "00", "--store", store, "--window", "1",
                           "--false-alarms-per-day", "1", "--holdout", "0.3", "--bootstrap", "50", env=env)
     train, held = sorted(fan["train"])[:7], sorted(fan["train"])[7:]
-    per_window = 62  # round(1 s / 16 ms)
-    joined = np.concatenate([frame_scores(p) for p in train])
-    maxima = joined[: len(joined) // per_window * per_window].reshape(-1, per_window).max(axis=1)
-    assert out["window_maxima"]["n"] == len(maxima) == 7 * 604 // per_window
+    maxima = np.array([m for p in train for m in monitor_window_maxima(frame_scores(p), 1.0)])
+    # each 10-s recording: windows [0, 1) ... [9, 10) s; [10, 11) holds one score (stamped 10.0 s) and is cut short
+    assert out["window_maxima"]["n"] == len(maxima) == 7 * 10 and out["window_maxima"]["cut_short"] == 7
     assert out["window_maxima"]["max"] == pytest.approx(maxima.max(), rel=1e-6)
     assert out["rule"] == {"name": "false-alarm-budget", "false_alarms_per_day": 1.0, "tail": "gumbel"}
     fit = out["fit"]
-    assert fit["p_window"] == pytest.approx(per_window * 0.016 / 86400)
+    assert fit["p_window"] == pytest.approx(1.0 / 86400)
     assert fit["fit"]["family"] == "gumbel" and fit["fit"]["n_maxima"] == len(maxima)
     b = fit["bootstrap"]
     assert b["n"] == 50 and b["phi_p5"] < out["phi"] < b["phi_p95"]
     # phi is the 1 - p quantile of the maximum-likelihood Gumbel fit, computed here with scipy
     assert out["phi"] == pytest.approx(stats.gumbel_r(*stats.gumbel_r.fit(maxima)).isf(fit["p_window"]), rel=1e-4)
-    held_joined = np.concatenate([frame_scores(p) for p in held])
-    held_max = held_joined[: len(held_joined) // per_window * per_window].reshape(-1, per_window).max(axis=1)
+    held_max = np.array([m for p in held for m in monitor_window_maxima(frame_scores(p), 1.0)])
     check = out["check"]
     assert check["windows"] == len(held_max) and check["false_alarms"] == int(np.sum(held_max >= out["phi"]))
     assert check["target_per_day"] == pytest.approx(1.0)
     assert check["windows_needed"] > 100_000  # what it would take to show 1/day in 1-s windows
     assert "held-out normal windows" in proc.stderr and "target 1/day" in proc.stderr and "not confirmed" in proc.stderr
     saved = json.loads(store.read_text())["machines"]["id_00"]
-    assert saved["phi"] == out["phi"] and saved["window_s"] == 1.0 and len(saved["heldout_recordings"]) == 3
+    assert saved["phi"] == out["phi"] and saved["window_s"] == 1.0 and saved["window"] == "1"
+    assert len(saved["heldout_recordings"]) == 3
     assert len(saved["recordings"]) == 7
 
 
@@ -97,7 +104,8 @@ def test_show_prints_the_history(model, fan, tmp_path, env):
     (["--holdout", "0.99"], ["leaves no recording"]),
     (["--target-fpr", "0.1", "--false-alarms-per-day", "1"], ["not both"]),
     (["--false-alarms-per-day", "1"], ["at least 5"]),  # 3 recordings, one window each
-    (["--window", "100"], ["fewer than one window"]),
+    (["--window", "100"], ["shorter than one window"]),
+    (["--window", "hourly"], ["--window"]),
     (["--false-alarms-per-day", "1", "--margin", "1.2"], ["--margin"]),
 ])
 def test_calibrate_user_mistakes(model, fan, tmp_path, env, args, words):

@@ -60,6 +60,23 @@ def test_report_from_recordings_and_event_log(model, fan, clip_max, tmp_path, en
     assert res["normal windows over phi"] == f"{over} of 10"
 
 
+def test_report_histogram_has_the_calibration_windows(model, fan, tmp_path, env):
+    """--window 1: the histogram holds the maxima edge-calibrate fits phi to, the monitor's complete 1-s windows."""
+    from edge_asd.edge.scorer import Scorer
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    scorer, maxima = Scorer(model), []
+    for p in fan["train"][:3]:
+        scores = scorer.score_audio(read_audio(p, 16000))
+        k = (np.arange(len(scores)) * 256 + 5632) // 16000  # window of each score, stamped at its vector's end
+        maxima += [scores[k == w].max() for w in range(10)]  # [10, 11) s is cut short by the 10-s clip's end
+    phi = float(np.median(maxima))
+    proc = cli("edge-report", *[a for p in fan["train"][:3] for a in ("--normals", p)], "--model", model,
+               "--phi", phi, "--window", "1", "--out", tmp_path / "r", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["normal windows over phi"] == f"{sum(m >= phi for m in maxima)} of 30"
+
+
 def test_report_from_an_event_log_alone(model, fan, clip_max, tmp_path, env):
     """No model: the timeline of the logged events, phi read from the log; a torn last line is skipped."""
     anomaly = max(fan["test_anomaly"], key=clip_max)
