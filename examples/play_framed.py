@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from edge_asd.edge.errors import EdgeAsdError
 from edge_asd.firmware_io.audio_file import read_audio
 from edge_asd.firmware_io.pcm_framing import FLAG_START, MAX_VALUES, encode_frame
 
@@ -34,7 +35,10 @@ def main() -> None:
     if not 1 <= args.frame_samples <= MAX_VALUES:
         ap.error(f"--frame-samples must be 1..{MAX_VALUES}")
 
-    audio = read_audio(args.audio, args.rate)  # float32 in [-1, 1], mono
+    try:
+        audio = read_audio(args.audio, args.rate)  # float32 in [-1, 1], mono
+    except EdgeAsdError as e:
+        sys.exit(f"Error: {e}")
     samples = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
     starts = range(0, len(samples), args.frame_samples)
     rng = np.random.default_rng(args.seed)

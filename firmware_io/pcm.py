@@ -179,11 +179,9 @@ class PcmSource:
                 if now - garbage_since > self.stall_s or skipped > garbage_limit:
                     raise EdgeAsdError(f"{self.name}: no intact PCM frame in {skipped} bytes ({now - garbage_since:.1f} s); "
                                        "is the sender framing its samples (else --pcm-framing raw)?")
-        pending = dec.pending
+        cut_short = dec.pending
         yield from self._blocks(dec.finish())
-        if pending and not self.stop.is_set():
-            log.warning("%s: stream ended inside a frame; %d byte(s) skipped", self.name, pending)
-        self._log_damage(good)
+        self._log_damage(good, "; the stream ended inside a frame" if cut_short else "")
         if dec.frames_ok == 0 and dec.bytes_skipped and not self.stop.is_set():
             raise EdgeAsdError(f"{self.name}: no intact PCM frame in {dec.bytes_skipped} bytes; "
                                "is the sender framing its samples (else --pcm-framing raw)?")
@@ -200,7 +198,7 @@ class PcmSource:
             elif item is not None:
                 run.append(item)
 
-    def _log_damage(self, before: dict) -> None:
+    def _log_damage(self, before: dict, note: str = "") -> None:
         """One warning line for what happened since the counters ``before`` (the last intact frame)."""
         stats = self._decoder.stats()
         delta = {k: v - before[k] for k, v in stats.items()}
@@ -209,7 +207,7 @@ class PcmSource:
                                                        ("sender_restarts", "sender restart(s)")) if delta[k]]
         if what:
             restart = "; features restart" if delta["frames_lost"] or delta["sender_restarts"] else ""
-            log.warning("%s: framed PCM: %s%s (so far: %s)", self.name, ", ".join(what), restart,
+            log.warning("%s: framed PCM: %s%s%s (so far: %s)", self.name, ", ".join(what), restart, note,
                         ", ".join(f"{k} {v}" for k, v in stats.items()))
 
     def close(self) -> None:
