@@ -105,8 +105,9 @@ class FrameDecoder:
                 "bytes_skipped": self.bytes_skipped, "sender_restarts": self.restarts}
 
     def feed(self, data: bytes) -> list:
-        """Decode what ``data`` completes. Returns int16 arrays of shape (N,) (interleaved) and Gaps
-        (``n_samples`` per channel), in stream order. Raises EdgeAsdError: see the module doc."""
+        """Decode what ``data`` completes. Returns, in stream order, int16 arrays of shape (k,) (the payloads
+        of consecutive intact frames joined, channels interleaved) and Gaps (``n_samples`` per channel).
+        Raises EdgeAsdError: see the module doc."""
         self._buf += data
         return self._decode(final=False)
 
@@ -120,54 +121,54 @@ class FrameDecoder:
         return len(self._buf)
 
     def _decode(self, final: bool) -> list:
-        buf, out, pos = self._buf, [], 0
-        while True:
-            i = buf.find(MAGIC, pos)
-            if i < 0:  # keep a tail that may be the start of the next magic
-                keep = len(buf) if final else max(pos, len(buf) - len(MAGIC) + 1)
-                self.bytes_skipped += keep - pos
-                pos = keep
-                break
-            self.bytes_skipped += i - pos
-            pos = i
-            n = self._length(buf, pos)
-            end = pos + HEADER.size + 2 * n + CRC.size if n else len(buf) + 1
-            if end > len(buf) and not final and n != 0:
-                break  # wait for the rest of the header or frame
-            if end <= len(buf) and zlib.crc32(buf[pos:end - CRC.size]) == CRC.unpack_from(buf, end - CRC.size)[0]:
-                out.extend(self._frame(buf, pos, n))
-                pos = end
-                continue
-            self.frames_corrupt += end <= len(buf)  # a whole frame, damaged (else: no header, or cut short)
-            self.bytes_skipped += 1  # look for the next magic from the next byte
-            pos += 1
+        buf, out, payloads, pos, size = self._buf, [], [], 0, len(self._buf)
+        with memoryview(buf) as view:
+            while True:
+                if not buf.startswith(MAGIC, pos):  # after an intact frame the next one starts right there
+                    i = buf.find(MAGIC, pos)
+                    if i < 0:  # keep a tail that may be the start of the next magic
+                        keep = size if final else max(pos, size - len(MAGIC) + 1)
+                        self.bytes_skipped += keep - pos
+                        pos = keep
+                        break
+                    self.bytes_skipped += i - pos
+                    pos = i
+                if size - pos < HEADER.size and not final:
+                    break  # wait for the rest of the header
+                _, version_flags, seq, n = HEADER.unpack_from(buf, pos) if size - pos >= HEADER.size else (0, 0, 0, 0)
+                end = pos + HEADER.size + 2 * n + CRC.size
+                whole = 1 <= n <= MAX_VALUES and end <= size  # a plausible header and all of its frame
+                if 1 <= n <= MAX_VALUES and not whole and not final:
+                    break  # wait for the rest of the frame
+                if whole and zlib.crc32(view[pos:end - CRC.size]) == CRC.unpack_from(buf, end - CRC.size)[0]:
+                    gap = self._check(version_flags, seq, n)
+                    if gap is not None:
+                        out += [np.frombuffer(b"".join(payloads), "<i2")] if payloads else []
+                        out.append(gap)
+                        payloads = []
+                    payloads.append(bytes(view[pos + HEADER.size:end - CRC.size]))
+                    pos = end
+                    continue
+                self.frames_corrupt += whole  # a whole frame, damaged (else no header, or cut short)
+                self.bytes_skipped += 1  # no frame here: look for the next magic from the next byte
+                pos += 1
         del buf[:pos]
-        return out
+        return out + ([np.frombuffer(b"".join(payloads), "<i2")] if payloads else [])
 
-    @staticmethod
-    def _length(buf: bytearray, pos: int) -> int | None:
-        """N of the header at ``pos``: None if the header is incomplete, 0 if N is out of range (no header)."""
-        if len(buf) - pos < HEADER.size:
-            return None
-        n = HEADER.unpack_from(buf, pos)[3]
-        return n if 1 <= n <= MAX_VALUES else 0
-
-    def _frame(self, buf: bytearray, pos: int, n: int) -> list:
-        _, version_flags, seq, _ = HEADER.unpack_from(buf, pos)
+    def _check(self, version_flags: int, seq: int, n: int) -> Gap | None:
+        """Account for an intact frame; the Gap before it, if frames are missing or the sender restarted."""
         if version_flags >> 4 != VERSION:
             raise EdgeAsdError(f"framed PCM version {version_flags >> 4}; this reader knows version {VERSION}")
         if n % self.channels:
             raise EdgeAsdError(f"a frame of {n} samples does not hold whole {self.channels}-channel samples "
                                "(check --pcm-channels)")
         self.frames_ok += 1
-        samples = np.frombuffer(bytes(buf[pos + HEADER.size:pos + HEADER.size + 2 * n]), dtype="<i2")
         expected, self._next = self._next, (seq + 1) & 0xFFFF
-        gap = None
-        if expected is not None and (version_flags & FLAG_START or (seq - expected) & 0xFFFF >= 0x8000):
+        if expected is None or (seq == expected and not version_flags & FLAG_START):
+            return None
+        missing = (seq - expected) & 0xFFFF
+        if version_flags & FLAG_START or missing >= 0x8000:
             self.restarts += 1
-            gap = Gap(0)  # how much the restart lost is unknown; the features restart all the same
-        elif expected is not None and seq != expected:
-            missing = (seq - expected) & 0xFFFF
-            self.frames_lost += missing
-            gap = Gap(missing * (n // self.channels))
-        return [samples] if gap is None else [gap, samples]
+            return Gap(0)  # how much the restart lost is unknown; the features restart all the same
+        self.frames_lost += missing
+        return Gap(missing * (n // self.channels))
