@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edge_asd.firmware_io.sources import DEFAULT_BAUD
+from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS
 
 from .cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from .errors import EdgeAsdError
@@ -48,6 +48,9 @@ def _list_devices(ctx, param, value):
 @click.option("--pcm-rate", type=int, default=None, help="Sample rate (Hz) of raw PCM; must equal the model's.")
 @click.option("--pcm-channels", type=click.IntRange(min=1), default=1, show_default=True,
               help="Interleaved channels in raw PCM (stdin, serial).")
+@click.option("--pcm-framing", type=click.Choice(PCM_FRAMINGS), default="raw", show_default=True,
+              help="Raw PCM (stdin, serial): bare s16le samples, or framed (sync word, sequence number, CRC-32: "
+                   "damaged bytes are skipped, lost frames restart the features; see README).")
 @click.option("--baud", type=int, default=DEFAULT_BAUD, show_default=True, help="Serial port speed (ignored by USB CDC).")
 @click.option("--window", default="whole", show_default=True,
               help="Operation window resetting the running max: whole (the stream), SECONDS (fixed length), "
@@ -71,7 +74,7 @@ def _list_devices(ctx, param, value):
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
-def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_channels, baud, window, gate_db,
+def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_channels, pcm_framing, baud, window, gate_db,
          events_path, events_max_mb, evidence_dir, evidence_seconds, evidence_png, config_path, threads, quiet):
     """Stream audio through the model; print one JSON line per frame that pushes the running max over phi,
     one verdict line per closed operation window (eq. 11), and a summary line.
@@ -92,7 +95,7 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
             raise EdgeAsdError("missing --model (or --config FILE listing the inputs)")
         configs = [InputConfig(source=str(input_spec), model=Path(model_path), name=str(input_spec),
                                machine_id=machine_id, store=store, phi=phi, channel=channel, pcm_channels=pcm_channels,
-                               pcm_rate=pcm_rate, baud=baud, window=window, gate_db=gate_db, events=events_path,
+                               pcm_rate=pcm_rate, pcm_framing=pcm_framing, baud=baud, window=window, gate_db=gate_db, events=events_path,
                                events_max_mb=events_max_mb, evidence_dir=evidence_dir, evidence_before_s=evidence_seconds,
                                evidence_after_s=evidence_seconds, evidence_png=evidence_png, threads=threads)]
     from edge_asd.firmware_io.sinks import JsonLinesSink

@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_asd.firmware_io.sources import DEFAULT_BAUD, DEFAULT_BUFFER_S, DEFAULT_STALL_S
+from edge_asd.firmware_io.sources import DEFAULT_BAUD, DEFAULT_BUFFER_S, DEFAULT_STALL_S, PCM_FRAMINGS
 
 from .errors import EdgeAsdError
 
@@ -46,6 +46,8 @@ class InputConfig:
     channel: int | None = None
     pcm_channels: int = 1
     pcm_rate: int | None = None
+    pcm_framing: str = "raw"
+    """Raw PCM on stdin or a serial port: "raw" (bare s16le) or "framed" (sync word, sequence, CRC-32)."""
     baud: int = DEFAULT_BAUD
     stall_s: float = DEFAULT_STALL_S
     buffer_s: float = DEFAULT_BUFFER_S
@@ -85,6 +87,8 @@ def _coerce(key: str, value, where: str):
         return str(value)
     if not ok:
         raise EdgeAsdError(f"{where}: {key} = {value!r} should be {kind.replace(' | None', '').replace('Path', 'a path')}")
+    if key == "pcm_framing" and value not in PCM_FRAMINGS:
+        raise EdgeAsdError(f"{where}: pcm_framing = {value!r} should be one of {', '.join(PCM_FRAMINGS)}")
     return float(value) if kind.startswith("float") else value
 
 

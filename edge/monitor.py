@@ -55,12 +55,22 @@ class Summary:
     overflows: int = 0
     """Input overflows the sound card's driver reported."""
     dropped_samples: int = 0
-    """Samples lost because inference fell behind (ring buffer full)."""
+    """Samples lost: inference fell behind (ring buffer full), or framed PCM frames went missing."""
     dropped_bytes: int = 0
     """Bytes of raw PCM that did not make a whole sample frame."""
     evidence_clips: int = 0
     reason: str = "end of input"
     """Why monitoring ended: "end of input", "stopped" (signal), or "error: ..."."""
+    frames_ok: int = 0
+    """Framed PCM (``--pcm-framing framed``): intact frames received."""
+    frames_corrupt: int = 0
+    """Framed PCM: frames whose CRC-32 failed (their samples are never scored)."""
+    frames_lost: int = 0
+    """Framed PCM: frames missing from the sequence numbers (corrupt ones included); the features restart."""
+    bytes_skipped: int = 0
+    """Framed PCM: bytes in no intact frame (garbage, damaged frames, a truncated last frame)."""
+    sender_restarts: int = 0
+    """Framed PCM: the sender restarted (START flag or a sequence number jumping back)."""
 
     @property
     def real_time_factor(self) -> float:
@@ -74,6 +84,10 @@ class Summary:
         extra += [f"{self.overflows} input overflows"] if self.overflows else []
         extra += [f"{self.dropped_samples} samples dropped"] if self.dropped_samples else []
         extra += [f"{self.dropped_bytes} bytes dropped"] if self.dropped_bytes else []
+        if self.frames_ok or self.bytes_skipped:
+            extra += [f"framed PCM: {self.frames_ok} frames ok, {self.frames_corrupt} corrupt, {self.frames_lost} lost, "
+                      f"{self.bytes_skipped} bytes skipped" + (f", {self.sender_restarts} sender restarts"
+                                                               if self.sender_restarts else "")]
         return (f"{self.frames} frames, {self.events} events, {self.audio_s:.1f} s of audio; max score {peak}; "
                 f"phi {phi:.3f}; real-time factor {self.real_time_factor:.5f}"
                 + "".join(f"; {x}" for x in extra) + ("" if self.reason == "end of input" else f"; {self.reason}"))
@@ -199,7 +213,9 @@ class Monitor:
                 det.max_time_s, self._silent and self._samples > 0, det.n_nonfinite, det.n_windows,
                 det.n_anomalous_windows, det.n_off, stats.get("overflows", 0),
                 max(self._dropped, stats.get("dropped_samples", 0)), stats.get("dropped_bytes", 0),
-                self.evidence.n_written if self.evidence is not None else 0, reason)
+                self.evidence.n_written if self.evidence is not None else 0, reason,
+                **{k: stats.get(k, 0) for k in ("frames_ok", "frames_corrupt", "frames_lost", "bytes_skipped",
+                                                "sender_restarts")})
             self._emit_last(self._record({"event": "summary", "machine_id": det.machine_id, "phi": det.phi,
                                           "model_sha256": det.model_sha256, **self.summary.to_dict()}))
             return self.summary

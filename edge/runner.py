@@ -114,7 +114,7 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
                 sinks.append(file_sinks[key])
             request = SourceRequest(cfg.source, feats.sample_rate, _block_samples(cfg.source, feats.hop_samples),
                                     channel=cfg.channel, pcm_channels=cfg.pcm_channels, pcm_rate=cfg.pcm_rate,
-                                    baud=cfg.baud, stall_s=cfg.stall_s, buffer_s=cfg.buffer_s)
+                                    baud=cfg.baud, stall_s=cfg.stall_s, buffer_s=cfg.buffer_s, pcm_framing=cfg.pcm_framing)
             prepared.append((cfg, scorer, RunningMaxDetector(phi, machine_id, scorer.sha256), windows, evidence,
                              sinks, request))
         sources = open_sources([p[-1] for p in prepared], pyaudio_module)

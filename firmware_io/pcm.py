@@ -10,6 +10,12 @@ not the model's is refused rather than guessed.
 
 A serial port is live: a read that returns nothing is a pause, not the end; ``stall_s`` seconds
 without a byte raise EdgeAsdError (the sender stopped or the cable is out).
+
+``framing="framed"``: the bytes are frames of :mod:`~edge_asd.firmware_io.pcm_framing` (magic, version,
+sequence number, length, samples, CRC-32) instead of bare samples. Damaged bytes are skipped until the
+next intact frame, lost frames become a :class:`~edge_asd.firmware_io.sources.Gap` (the features restart
+there), and ``stall_s`` seconds of bytes without one intact frame (or as many bytes as ``stall_s`` of
+audio would take) raise EdgeAsdError: the sender does not frame its samples, or sends at another format.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from typing import BinaryIO
 import numpy as np
 
 from edge_asd.edge.errors import EdgeAsdError
+
+from .pcm_framing import MAGIC, OVERHEAD, FrameDecoder
+from .sources import Gap
 
 log = logging.getLogger("edge_asd")
 _INT16_SCALE = 1.0 / 32768.0
@@ -54,15 +63,22 @@ class PcmSource:
         channels: interleaved channels in raw PCM; ``channel``: the one to score (0-based), or None
             for the mean of all channels.
         live: an empty read means "nothing yet" (serial port) instead of end of stream.
+        stall_s: seconds a live stream may send nothing (and a framed one nothing intact) before EdgeAsdError.
+        framing: "raw" (bare s16le, or a WAV stream) or "framed" (see the module doc).
+    Yields float32 blocks, shape (k,) with k <= ``block_samples`` for raw PCM (framed: the samples of the
+    intact frames one read completed), and Gap markers (framed only).
     Raises:
-        EdgeAsdError: rate mismatch, malformed WAV header, bad channel.
+        EdgeAsdError: rate mismatch, malformed WAV header, bad channel, unknown framing; while iterating: a
+        stalled live stream, a framed stream without intact frames.
     """
 
     poll_s = 0.25
 
     def __init__(self, stream: BinaryIO, sample_rate: int, block_samples: int, name: str = "stdin",
                  declared_rate: int | None = None, channels: int = 1, channel: int | None = None,
-                 live: bool = False, stall_s: float = 5.0):
+                 live: bool = False, stall_s: float = 5.0, framing: str = "raw"):
+        if framing not in ("raw", "framed"):
+            raise EdgeAsdError(f"{name}: unknown PCM framing {framing!r} (raw or framed)")
         self.name, self.sample_rate, self.block_samples = name, sample_rate, block_samples
         self.live, self.stall_s = live, stall_s
         self.stop = threading.Event()
@@ -72,8 +88,9 @@ class PcmSource:
                 f"{name}: raw PCM at {declared_rate} Hz, but the model needs {sample_rate} Hz; "
                 f"resample upstream (e.g. sox ... -r {sample_rate})"
             )
-        head = b"" if live else stream.read(4)
+        head = b"" if live or framing == "framed" else stream.read(4)
         self._channels = channels
+        self._decoder = FrameDecoder(channels) if framing == "framed" else None
         if head == b"RIFF":
             try:
                 w = wave.open(_Prefixed(head, stream), "rb")
@@ -87,6 +104,8 @@ class PcmSource:
             self._read = lambda n: w.readframes(n // (2 * self._channels)) or None
             log.info("%s: WAV stream, %d Hz, %d channel(s)", name, sample_rate, self._channels)
         else:
+            if head == MAGIC:
+                log.warning("%s: the stream starts like framed PCM (%r); use --pcm-framing framed", name, MAGIC)
             self._pending = head
             read = getattr(stream, "read1", None) if not live else None
             if read is None:
@@ -98,16 +117,20 @@ class PcmSource:
         self.dropped_bytes = 0
 
     def stats(self) -> dict:
-        return {"dropped_bytes": self.dropped_bytes}
+        """``dropped_bytes``; framed: also the FrameDecoder's counters (frames_ok, frames_corrupt, ...)."""
+        return {"dropped_bytes": self.dropped_bytes, **(self._decoder.stats() if self._decoder else {})}
 
-    def _to_samples(self, raw: bytes) -> np.ndarray:
-        block = np.frombuffer(raw, dtype="<i2").astype(np.float32) * _INT16_SCALE
+    def _to_samples(self, raw: bytes | np.ndarray) -> np.ndarray:
+        block = (np.frombuffer(raw, dtype="<i2") if isinstance(raw, bytes) else raw).astype(np.float32) * _INT16_SCALE
         if self._channels > 1:
             block = block.reshape(-1, self._channels)
             block = block.mean(axis=1) if self.channel is None else np.ascontiguousarray(block[:, self.channel])
         return block
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[np.ndarray | Gap]:
+        return self._iter_framed() if self._decoder is not None else self._iter_raw()
+
+    def _iter_raw(self) -> Iterator[np.ndarray]:
         frame_bytes = 2 * self._channels
         want = self.block_samples * frame_bytes
         pending = getattr(self, "_pending", b"")
@@ -130,6 +153,63 @@ class PcmSource:
             self.dropped_bytes += len(pending)
             log.warning("%s: stream ended inside a sample; dropped %d byte(s)", self.name, len(pending))
 
+    def _iter_framed(self) -> Iterator[np.ndarray | Gap]:
+        dec = self._decoder
+        want = self.block_samples * 2 * self._channels + OVERHEAD
+        garbage_limit = int(self.stall_s * self.sample_rate * 2 * self._channels)  # bytes of stall_s of audio
+        last_data = time.monotonic()
+        garbage_since, good = None, dec.stats()  # counters at the last intact frame
+        while not self.stop.is_set():
+            raw = self._read(want)
+            if raw is None:  # end of stream
+                break
+            now = time.monotonic()
+            if not raw:  # a live port with nothing yet
+                if now - last_data > self.stall_s:
+                    raise EdgeAsdError(f"{self.name}: no data for {self.stall_s:g} s (sender stopped or disconnected?)")
+                continue
+            last_data = now
+            yield from self._blocks(dec.feed(raw))
+            if dec.frames_ok > good["frames_ok"]:
+                self._log_damage(good)
+                garbage_since, good = None, dec.stats()
+            elif dec.bytes_skipped > good["bytes_skipped"]:
+                garbage_since = garbage_since or now
+                skipped = dec.bytes_skipped - good["bytes_skipped"]
+                if now - garbage_since > self.stall_s or skipped > garbage_limit:
+                    raise EdgeAsdError(f"{self.name}: no intact PCM frame in {skipped} bytes ({now - garbage_since:.1f} s); "
+                                       "is the sender framing its samples (else --pcm-framing raw)?")
+        cut_short = dec.pending
+        yield from self._blocks(dec.finish())
+        self._log_damage(good, "; the stream ended inside a frame" if cut_short else "")
+        if dec.frames_ok == 0 and dec.bytes_skipped and not self.stop.is_set():
+            raise EdgeAsdError(f"{self.name}: no intact PCM frame in {dec.bytes_skipped} bytes; "
+                               "is the sender framing its samples (else --pcm-framing raw)?")
+
+    def _blocks(self, items: list) -> Iterator[np.ndarray | Gap]:
+        """Decoded frames as float32 blocks: consecutive frames merged, Gaps kept in place."""
+        run = []
+        for item in items + [None]:
+            if (item is None or isinstance(item, Gap)) and run:
+                yield self._to_samples(np.concatenate(run))
+                run = []
+            if isinstance(item, Gap):
+                yield item
+            elif item is not None:
+                run.append(item)
+
+    def _log_damage(self, before: dict, note: str = "") -> None:
+        """One warning line for what happened since the counters ``before`` (the last intact frame)."""
+        stats = self._decoder.stats()
+        delta = {k: v - before[k] for k, v in stats.items()}
+        what = [f"{delta[k]} {words}" for k, words in (("frames_lost", "frame(s) lost"), ("frames_corrupt", "corrupt (CRC)"),
+                                                       ("bytes_skipped", "byte(s) skipped"),
+                                                       ("sender_restarts", "sender restart(s)")) if delta[k]]
+        if what:
+            restart = "; features restart" if delta["frames_lost"] or delta["sender_restarts"] else ""
+            log.warning("%s: framed PCM: %s%s%s (so far: %s)", self.name, ", ".join(what), restart, note,
+                        ", ".join(f"{k} {v}" for k, v in stats.items()))
+
     def close(self) -> None:
         close = getattr(self._stream_obj, "close", None)
         if self.live and close is not None:
@@ -151,7 +231,7 @@ class _SerialReader:
 
 
 def open_serial(url: str, sample_rate: int, block_samples: int, baud: int = 921600, channels: int = 1,
-                channel: int | None = None, stall_s: float = 5.0) -> PcmSource:
+                channel: int | None = None, stall_s: float = 5.0, framing: str = "raw") -> PcmSource:
     """Raw PCM from a serial port (``/dev/ttyACM0``, ``COM3``, or a pyserial URL such as ``loop://``).
 
     Needs pyserial (``pip install 'edge-asd[serial]'``). Raises EdgeAsdError when the port cannot be opened.
@@ -164,6 +244,6 @@ def open_serial(url: str, sample_rate: int, block_samples: int, baud: int = 9216
         port = serial.serial_for_url(url, baudrate=baud, timeout=PcmSource.poll_s)
     except (serial.SerialException, ValueError, OSError) as e:
         raise EdgeAsdError(f"serial:{url}: cannot open the port ({e})") from None
-    log.info("serial:%s: %d baud, s16le, %d channel(s) at %d Hz", url, baud, channels, sample_rate)
+    log.info("serial:%s: %d baud, s16le (%s), %d channel(s) at %d Hz", url, baud, framing, channels, sample_rate)
     return PcmSource(_SerialReader(port), sample_rate, block_samples, f"serial:{url}", channels=channels,
-                     channel=channel, live=True, stall_s=stall_s)
+                     channel=channel, live=True, stall_s=stall_s, framing=framing)

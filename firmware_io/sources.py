@@ -22,7 +22,8 @@ from edge_asd.edge.errors import EdgeAsdError
 
 @dataclass(frozen=True)
 class Gap:
-    """``n_samples`` samples were lost (dropped by a full ring buffer) between two blocks."""
+    """``n_samples`` samples (per channel) were lost between two blocks: a full ring buffer dropped them, or
+    framed PCM frames went missing; 0 when the loss is unknown (a sender restarted). Features restart."""
 
     n_samples: int
 
@@ -33,6 +34,8 @@ DEFAULT_STALL_S = 5.0
 """Seconds without data before a live input is declared dead."""
 DEFAULT_BUFFER_S = 10.0
 """Seconds of microphone audio the ring buffer keeps while inference catches up."""
+PCM_FRAMINGS = ("raw", "framed")
+"""Raw PCM byte formats: bare s16le samples, or frames with a sync word, sequence number and CRC-32."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class SourceRequest:
     """One input to open. ``channel``: which channel to score (0-based; None = mean of all, files and PCM);
     ``pcm_channels``: interleaved channels of raw PCM; ``pcm_rate``: declared rate of raw PCM, Hz;
     ``baud``: serial speed; ``stall_s``: seconds without data before a live input is declared dead;
-    ``buffer_s``: seconds of microphone audio kept while inference catches up."""
+    ``buffer_s``: seconds of microphone audio kept while inference catches up; ``pcm_framing``: "raw" or
+    "framed" (stdin and serial only; see firmware_io.pcm_framing)."""
 
     spec: str
     sample_rate: int
@@ -51,6 +55,7 @@ class SourceRequest:
     baud: int = DEFAULT_BAUD
     stall_s: float = DEFAULT_STALL_S
     buffer_s: float = DEFAULT_BUFFER_S
+    pcm_framing: str = "raw"
 
 
 class _FdReader:
@@ -117,12 +122,13 @@ def open_sources(requests: list[SourceRequest], pyaudio_module=None) -> list:
                 from .pcm import open_serial
 
                 opened.append(open_serial(r.spec[len("serial:"):], r.sample_rate, r.block_samples, r.baud,
-                                          r.pcm_channels, r.channel, r.stall_s))
+                                          r.pcm_channels, r.channel, r.stall_s, r.pcm_framing))
             elif r.spec == "-":
                 from .pcm import PcmSource
 
                 opened.append(PcmSource(_stdin(), r.sample_rate, r.block_samples, "stdin",
-                                        declared_rate=r.pcm_rate, channels=r.pcm_channels, channel=r.channel))
+                                        declared_rate=r.pcm_rate, channels=r.pcm_channels, channel=r.channel,
+                                        framing=r.pcm_framing))
             else:
                 from .audio_file import FileSource
 
