@@ -4,6 +4,8 @@ the frame-based KDE, the background batch pipeline and the feature cache, on rea
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -192,6 +194,29 @@ def test_early_stopping_when_validation_does_not_improve(data):
     assert ck["validation"]["stopped_early"] and ck["validation"]["best_epoch"] == 1
     assert ck["validation"]["split"] == "clips"
     assert len({round(e["val_auc"], 6) for e in ck["epochs"]}) == 1
+
+
+def test_validation_tracking_replays_the_trainers_early_stopping(data):
+    """examples/validation_tracking.py says which epoch each --val-metric/--patience would keep; that
+    must be the epoch edge-train itself keeps."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "validation_tracking", Path(__file__).resolve().parents[1] / "examples" / "validation_tracking.py")
+    tracking = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tracking)
+    normals, others, mean, std = data
+    run = dict(epochs=6, batches_per_epoch=2, lr=3e-3, val_fraction=0.2)
+    rows = []  # every epoch of one run without early stopping, as the script records them
+    train(config(**run), FEATURES, normals, others, mean, std, progress=False, on_epoch=lambda row, ae: rows.append(row))
+    kept = set()
+    for metric in ("score", "auc"):
+        for patience in (0, 1, 2):
+            ck = train(config(**run, patience=patience, keep="best", val_metric=metric), FEATURES, normals, others, mean,
+                       std, progress=False)
+            assert tracking.kept_epoch(rows, metric, patience) == ck["validation"]["kept_epoch"]
+            kept.add((ck["validation"]["kept_epoch"], ck["validation"]["stopped_early"]))
+    assert any(stopped for _, stopped in kept) and len(kept) > 1  # the runs differ: the check has teeth
 
 
 def test_checkpoint_holds_the_best_epochs_weights(data):
