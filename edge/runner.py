@@ -142,7 +142,12 @@ def _check_window(label: str, record: dict, windows) -> None:
     segments)."""
     from .windows import describe, record_settings
 
-    calibrated, monitoring = describe(record_settings(record)), describe(windows.settings())
+    monitoring = describe(windows.settings())
+    try:
+        calibrated = describe(record_settings(record))
+    except EdgeAsdError as e:  # the monitor still runs on the phi itself
+        log.warning("%s: %s", label, e)
+        return
     if calibrated != monitoring:
         log.warning("%s: phi was calibrated with %s but the monitor uses %s; run edge-calibrate with the monitor's "
                     "window options", label, calibrated, monitoring)

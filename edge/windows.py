@@ -249,13 +249,21 @@ def record_settings(record: dict) -> dict:
 
     Records from before ``window`` was stored have only ``window_s`` (None: whole); records from before
     the gate's level and hold times were stored were calibrated with the defaults.
+
+    Raises:
+        EdgeAsdError: a gate level or hold time that is not a number (a damaged record).
     """
     window = record.get("window") or ("whole" if record.get("window_s") is None else f"{record['window_s']:g}")
     if window != "gate":
-        return {"window": window}
-    return {"window": window, "gate_db": float(record.get("gate_db", DEFAULT_GATE_DB)),
-            "gate_min_on_s": float(record.get("gate_min_on_s", DEFAULT_GATE_MIN_ON_S)),
-            "gate_min_off_s": float(record.get("gate_min_off_s", DEFAULT_GATE_MIN_OFF_S))}
+        return {"window": str(window)}
+    out = {"window": "gate"}
+    for key, default in (("gate_db", DEFAULT_GATE_DB), ("gate_min_on_s", DEFAULT_GATE_MIN_ON_S),
+                         ("gate_min_off_s", DEFAULT_GATE_MIN_OFF_S)):
+        value = record.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EdgeAsdError(f"the phi record's {key} is {value!r}, not a number; set phi again with edge-calibrate")
+        out[key] = float(value)
+    return out
 
 
 def windows_for_record(record: dict, sample_rate: int, hop_samples: int):
