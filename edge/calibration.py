@@ -18,7 +18,9 @@ Rules:
 - ``false-alarm-budget``: fit an extreme-value distribution to the window maxima (:mod:`.evt`) and take
   the score a window max exceeds with probability ``alarms_per_day / windows_per_day``.
 
-:func:`realized_rate` checks a phi on held-out normal windows.
+:func:`realized_rate` checks a phi on held-out normal windows. :func:`rule_arguments` turns the rule a
+phi record stores back into :func:`calibrate`'s arguments, so a later calibration (edge-finetune's) applies
+the same rule with the same parameters.
 """
 
 from __future__ import annotations
@@ -251,3 +253,25 @@ def calibrate(maxima: np.ndarray, window_length_s: float, *, quantile: float = D
             check["meets_target"] = check["rate_per_window"] <= target_p
         out["check"] = check
     return out
+
+
+def rule_arguments(rule: dict) -> dict:
+    """The keyword arguments of :func:`calibrate` that apply a stored rule again (``result["rule"]`` of an
+    earlier calibration): ``quantile`` and ``margin``, ``target_fpr`` and ``margin``, or ``alarms_per_day``
+    and ``tail``. :func:`calibrate` with them gives a ``rule`` equal to the stored one.
+
+    Raises:
+        EdgeAsdError: a rule this kit does not know, or one without its parameters (a damaged record).
+    """
+    name = rule.get("name") if isinstance(rule, dict) else None
+    try:
+        if name == "clip-max-quantile":
+            if rule.get("target_fpr") is not None:
+                return {"target_fpr": float(rule["target_fpr"]), "margin": float(rule["margin"])}
+            return {"quantile": float(rule["quantile"]), "margin": float(rule["margin"])}
+        if name == "false-alarm-budget":
+            return {"alarms_per_day": float(rule["false_alarms_per_day"]), "tail": str(rule["tail"])}
+    except (KeyError, TypeError, ValueError):
+        raise EdgeAsdError(f"the stored {name} rule lacks its parameters ({rule}); set phi again with edge-calibrate") from None
+    raise EdgeAsdError(f"unknown phi rule {name!r} in the store (known: clip-max-quantile, false-alarm-budget); "
+                       "set phi again with edge-calibrate")

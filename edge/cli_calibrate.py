@@ -10,10 +10,19 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .calibration import DEFAULT_QUANTILE, calibrate, phi_maxima, seconds_per_window, window_maxima
+from .calibration import (
+    DEFAULT_MARGIN,
+    DEFAULT_QUANTILE,
+    calibrate,
+    phi_maxima,
+    rule_arguments,
+    seconds_per_window,
+    window_maxima,
+)
 from .cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from .errors import EdgeAsdError
 from .machine_id import normalize_machine_id
+from .windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
 
 log = logging.getLogger("edge_asd")
 
@@ -50,14 +59,16 @@ def score_recordings(scorer, files: list[Path]) -> tuple[list[np.ndarray], list[
     return scores, durations
 
 
-def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: float = -45.0
+def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: float = DEFAULT_GATE_DB,
+                             gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S, gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S
                              ) -> tuple[list, list[float], list[float]]:
     """(the calibration.WindowMax of every window of every recording, each recording's duration in s and
     its max frame score).
 
     Each recording is read at the model's rate, scored, and its windows cut as edge-monitor ``--window
-    WINDOW --gate-db GATE_DB`` cuts them on that file (:func:`.calibration.window_maxima`). Raises
-    EdgeAsdError for a recording shorter than one context vector or unreadable audio.
+    WINDOW --gate-db GATE_DB --gate-min-on-s ... --gate-min-off-s ...`` cuts them on that file
+    (:func:`.calibration.window_maxima`; gate level in dBFS, hold times in s). Raises EdgeAsdError for a
+    recording shorter than one context vector, unreadable audio or a bad window.
     """
     from edge_asd.firmware_io.audio_file import read_audio
 
@@ -70,12 +81,62 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
         scores = scorer.score_audio(samples)
         if len(scores) == 0:
             raise EdgeAsdError(f"{f}: shorter than one context window ({cfg.samples_per_vector} samples)")
-        windows = window_maxima(scores, samples, make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db), cfg, str(f))
+        windows = make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db, gate_min_on_s, gate_min_off_s)
+        windows = window_maxima(scores, samples, windows, cfg, str(f))
         log.info("%s: max score %.3f over %d frames, %d windows", f.name, float(scores.max()), len(scores), len(windows))
         out += windows
         durations.append(len(samples) / cfg.sample_rate)
         clip_max.append(float(scores.max()))
     return out, durations, clip_max
+
+
+def phi_record(scorer, model_path, files: list[Path], result: dict, windows, clip_max: list[float]) -> dict:
+    """The phi store's record of a calibration: phi, the model (sha256, path, machine type), the rule (and
+    its ``fit`` / ``check`` when made), the windows' ``settings()`` (``window``; for the gate ``gate_db``
+    in dBFS, ``gate_min_on_s`` and ``gate_min_off_s`` in s) with ``window_s`` (s, None unless fixed), the
+    window maxima, each recording's max frame score, the recordings, the time (UTC) and the kit version.
+    ``result``: :func:`.calibration.calibrate`'s; ``clip_max``: each recording's max frame score.
+    """
+    record = {
+        "phi": result["phi"],
+        "model_sha256": scorer.sha256,
+        "model_path": str(Path(model_path).resolve()),
+        "machine_type": scorer.meta.get("machine_type"),
+        "rule": result["rule"],
+        **windows.settings(),
+        "window_s": float(windows.spec) if windows.name == "fixed" else None,
+        "window_maxima": result["window_maxima"],
+        "clip_max_scores": {"min": min(clip_max), "median": float(np.median(clip_max)), "max": max(clip_max)},
+        "recordings": [str(f) for f in files],
+        "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kit_version": kit_version(),
+    }
+    record.update({key: result[key] for key in ("fit", "check") if key in result})
+    return record
+
+
+def calibrate_like(previous: dict | None, scorer, model_path, files: list[Path]) -> dict:
+    """Calibrate again as an earlier phi record was: the same rule with the same parameters
+    (:func:`.calibration.rule_arguments`; the budget rule with as many bootstrap refits) on the same
+    windows (:func:`.windows.windows_for_record`), applied to ``files`` scored by ``scorer``.
+    ``previous`` None: edge-calibrate's defaults (1.1 x the worst recording, whole windows).
+
+    Returns the new phi record (:func:`phi_record`). Raises EdgeAsdError when the rule or window cannot be
+    applied: an unknown or damaged rule or window, no complete window, too few windows for a tail fit, ...
+    """
+    from .windows import windows_for_record
+
+    previous = previous or {}
+    rule = previous.get("rule") or {"name": "clip-max-quantile", "quantile": DEFAULT_QUANTILE, "margin": DEFAULT_MARGIN}
+    arguments = rule_arguments(rule)
+    cfg = scorer.features
+    windows = windows_for_record(previous, cfg.sample_rate, cfg.hop_samples)
+    fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings())
+    n_boot = ((previous.get("fit") or {}).get("bootstrap") or {}).get("n", 0)
+    result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)), n_boot=n_boot,
+                       **arguments)
+    result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
+    return phi_record(scorer, model_path, files, result, windows, clip_max)
 
 
 def split_holdout(files: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
@@ -111,14 +172,17 @@ def write_maxima(path: Path, fit: list, held: list) -> None:
 
 def show(store: Path, machine_id: str | None) -> None:
     from . import phi_store
+    from .windows import record_settings
 
     for mid, records in sorted(phi_store.history(store, machine_id).items()):
         click.echo(f"{mid}:")
         for r in records:
             rule = r.get("rule", {})
             what = ", ".join(f"{k} {v}" for k, v in rule.items() if k != "name")
-            window = r.get("window") or ("whole" if r.get("window_s") is None else f"{r['window_s']:g}")
-            window = {"whole": "1 recording", "gate": "gate"}.get(window, f"{window} s")
+            ws = record_settings(r)
+            window = {"whole": "1 recording",
+                      "gate": "gate ({gate_db:g} dBFS, on after {gate_min_on_s:g} s, off after {gate_min_off_s:g} s)",
+                      }.get(ws["window"], "{window} s").format(**ws)
             click.echo(f"  {r.get('calibrated_at', '?')}  phi {r['phi']:.4g}  model {str(r.get('model_sha256'))[:12]}  "
                        f"{rule.get('name', '?')} ({what})  window {window}  "
                        f"{len(r.get('recordings', []))} recordings"
@@ -134,8 +198,12 @@ def show(store: Path, machine_id: str | None) -> None:
 @click.option("--window", default="whole", show_default=True,
               help="Decision window, as edge-monitor's --window: whole (one recording = one window), SECONDS, or "
                    "gate. Each recording is cut into the windows the monitor would give it verdicts for.")
-@click.option("--gate-db", type=float, default=-45.0, show_default=True,
+@click.option("--gate-db", type=float, default=DEFAULT_GATE_DB, show_default=True,
               help="--window gate: machine on at or above this level, dBFS (use the monitor's value).")
+@click.option("--gate-min-on-s", type=click.FloatRange(min=0), default=DEFAULT_GATE_MIN_ON_S, show_default=True,
+              help="--window gate: seconds at or above --gate-db before the gate opens (the monitor's gate_min_on_s).")
+@click.option("--gate-min-off-s", type=click.FloatRange(min=0), default=DEFAULT_GATE_MIN_OFF_S, show_default=True,
+              help="--window gate: seconds below the off level before it closes (the monitor's gate_min_off_s).")
 @click.option("--quantile", default=DEFAULT_QUANTILE, show_default=True,
               help="Quantile rule: q of the window max scores (eq. 11) that phi is placed above.")
 @click.option("--margin", type=float, default=None, help="Quantile rule: phi = margin x quantile [default: 1.1; 1.0 "
@@ -160,8 +228,8 @@ def show(store: Path, machine_id: str | None) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
-def main(recordings, model_path, machine_id, store, window, gate_db, quantile, margin, target_fpr, alarms_per_day, tail,
-         n_boot, holdout, check_paths, maxima_out, show_history, threads, quiet):
+def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on_s, gate_min_off_s, quantile, margin,
+         target_fpr, alarms_per_day, tail, n_boot, holdout, check_paths, maxima_out, show_history, threads, quiet):
     """Score normal RECORDINGS (files or directories) and store phi for one machine ID.
 
     A window's score is its max frame score (Koizumi et al. 2019, eq. 11); the windows are edge-monitor's
@@ -193,10 +261,10 @@ def main(recordings, model_path, machine_id, store, window, gate_db, quantile, m
     held_files = expand_recordings(check_paths) if check_paths else []
     if holdout is not None:
         files, held_files = split_holdout(files, holdout)
-    windows = make_windows(window, scorer.features.sample_rate, scorer.features.hop_samples, gate_db)
-    window = windows.spec
-    fit_windows, durations, maxima = recordings_window_maxima(scorer, files, window, gate_db)
-    held_windows = recordings_window_maxima(scorer, held_files, window, gate_db)[0] if held_files else []
+    windows = make_windows(window, scorer.features.sample_rate, scorer.features.hop_samples, gate_db, gate_min_on_s,
+                           gate_min_off_s)
+    fit_windows, durations, maxima = recordings_window_maxima(scorer, files, **windows.settings())
+    held_windows = recordings_window_maxima(scorer, held_files, **windows.settings())[0] if held_files else []
     held = phi_maxima(held_windows, "held-out recordings") if held_files else None
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)), quantile=quantile,
                        margin=margin, target_fpr=target_fpr, alarms_per_day=alarms_per_day, tail=tail, n_boot=n_boot,
@@ -204,27 +272,8 @@ def main(recordings, model_path, machine_id, store, window, gate_db, quantile, m
     result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
     if maxima_out is not None:
         write_maxima(maxima_out, fit_windows, held_windows)
-    phi = result["phi"]
-    window_s = float(window) if window not in ("whole", "gate") else None
-    record = {
-        "phi": phi,
-        "model_sha256": scorer.sha256,
-        "model_path": str(Path(model_path).resolve()),
-        "machine_type": scorer.meta.get("machine_type"),
-        "rule": result["rule"],
-        "window": window,
-        "window_s": window_s,
-        "window_maxima": result["window_maxima"],
-        "clip_max_scores": {"min": min(maxima), "median": float(np.median(maxima)), "max": max(maxima)},
-        "recordings": [str(f) for f in files],
-        "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "kit_version": kit_version(),
-    }
-    for key in ("fit", "check"):
-        if key in result:
-            record[key] = result[key]
-    if window == "gate":
-        record["gate_db"] = gate_db
+    record = phi_record(scorer, model_path, files, result, windows, maxima)
+    phi, window, window_s = record["phi"], record["window"], record["window_s"]
     if held_files:
         record["heldout_recordings"] = [str(f) for f in held_files]
     if "fit" in result:

@@ -7,13 +7,10 @@ import logging
 import os
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-import numpy as np
 
-from .calibration import DEFAULT_MARGIN, DEFAULT_QUANTILE, phi_from_clip_maxima
 from .cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from .errors import EdgeAsdError
 
@@ -50,7 +47,10 @@ def main(recordings, model_path, machine_id, store, steps, minutes, lr, seed, so
     machine, recalibrate its phi, and replace the model file atomically. Prints a JSON summary on stdout.
 
     The recordings are first scored with the current model: frames above phi are rejected (they may be
-    the fault the model should catch); more than --max-rejected of them and the command refuses.
+    the fault the model should catch); more than --max-rejected of them and the command refuses. The new
+    phi is set on the RECORDINGS by the rule and on the windows of the phi in service (as edge-calibrate
+    set it: quantile, --target-fpr or --false-alarms-per-day; --window and the gate's options); when that
+    rule cannot be applied to them, the command refuses and nothing changes.
     """
     setup_logging(quiet=quiet)
     from . import finetune as ft
@@ -77,16 +77,24 @@ def main(recordings, model_path, machine_id, store, steps, minutes, lr, seed, so
     click.echo(json.dumps({**{k: summary[k] for k in ("machine_id", "steps", "train_seconds", "audio_seconds",
                                                          "frames", "rejected_frames", "base_sha256")},
                            "model_sha256": phi_record["model_sha256"], "phi": phi_record["phi"],
-                           "previous_phi": summary["previous_phi"], "store": str(store)}))
+                           "previous_phi": summary["previous_phi"], "rule": phi_record["rule"],
+                           "window": phi_record["window"], "store": str(store)}))
 
 
 def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[Path], cfg, something_else_dir=None,
                    force: bool = False, threads: int = 1) -> tuple[dict, dict]:
-    """The whole command without its options parsing: (summary, new phi record)."""
+    """The whole command without its options parsing: (summary, new phi record).
+
+    Raises EdgeAsdError (nothing changed) for a model that is not .tflite, no phi without ``force``, a
+    recording shorter than one context vector, the guard rail's refusal, or a previous phi whose rule and
+    windows cannot be applied to ``files`` (checked with the current model before training, and with the
+    fine-tuned one before it is installed).
+    """
     from edge_asd.firmware_io.audio_file import audio_files, read_audio
 
     from . import finetune as ft
     from . import phi_store
+    from .cli_calibrate import calibrate_like
     from .scorer import Scorer
 
     scorer = Scorer(model_path, num_threads=threads)
@@ -104,6 +112,10 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
         if len(c) < scorer.features.samples_per_vector:
             raise EdgeAsdError(f"{f}: shorter than one context window ({scorer.features.samples_per_vector} samples)")
     audio_s = sum(map(len, clips)) / sr
+    try:  # fail before the training time is spent when the rule cannot be applied to these recordings
+        calibrate_like(previous, scorer, model_path, files)
+    except EdgeAsdError as e:
+        raise EdgeAsdError(recalibration_error(previous, e, "nothing was trained")) from None
     limit = None if previous is None else cfg.reject_factor * float(previous["phi"])
     guarded = ft.guard(scorer, clips, limit)
     share = guarded.n_rejected / max(1, guarded.n_frames)
@@ -131,7 +143,7 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     summary = ft.summary_record(machine_id, cfg, history, seconds, len(files), audio_s, guarded, scorer.sha256)
     calibration = ft.calibration_sample(scorer.info, guarded.runs, cfg.calibration_frames, cfg.seed)
     new_model = ft.write_layers(data, layers, ft.new_metadata(scorer.meta, summary), calibration, str(model_path))
-    phi_record = recalibrate(new_model, model_path, clips, files, previous, threads)
+    phi_record = recalibrate(new_model, model_path, files, previous, threads)
     phi_record["fine_tuned"] = {k: summary[k] for k in ("steps", "rejected_frames", "base_sha256", "finetuned_at")}
     summary["previous_phi"] = None if previous is None else previous["phi"]
     ft.install(Path(model_path), new_model, store, machine_id, phi_record, previous,
@@ -141,27 +153,46 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     return summary, phi_record
 
 
-def recalibrate(new_model: bytes, model_path: Path, clips: list[np.ndarray], files: list[Path],
-                previous: dict | None, threads: int) -> dict:
-    """phi for the fine-tuned model, with the rule of the previous record (edge-calibrate's default
-    otherwise), on the fine-tuning recordings scored through the new file as the device will run it."""
+def recalibrate(new_model: bytes, model_path: Path, files: list[Path], previous: dict | None, threads: int) -> dict:
+    """phi for the fine-tuned model: the previous record's rule with its parameters, on its windows
+    (``--window`` whole / SECONDS / gate with the gate's level and hold times; edge-calibrate's defaults
+    without a previous record), applied to the fine-tuning recordings scored through the new file as the
+    device will run it (:func:`.cli_calibrate.calibrate_like`). Returns the new phi record.
+
+    Raises:
+        EdgeAsdError: the rule or windows cannot be applied (one line; the caller installs nothing).
+    """
+    from .cli_calibrate import calibrate_like
     from .scorer import Scorer
 
-    rule = (previous or {}).get("rule") or {"name": "clip-max-quantile", "quantile": DEFAULT_QUANTILE, "margin": DEFAULT_MARGIN}
     fd, tmp = tempfile.mkstemp(dir=Path(model_path).parent, prefix=f".{Path(model_path).name}.", suffix=".check.tflite")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(new_model)
-        scorer = Scorer(tmp, num_threads=threads)
-        maxima = [float(scorer.score_audio(c).max()) for c in clips]
+        return calibrate_like(previous, Scorer(tmp, num_threads=threads), model_path, files)
+    except EdgeAsdError as e:
+        raise EdgeAsdError(recalibration_error(previous, e, "the fine-tuned model was not installed")) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
-    phi = phi_from_clip_maxima(np.array(maxima), rule["quantile"], rule["margin"])
-    return {"phi": phi, "model_sha256": scorer.sha256, "model_path": str(Path(model_path).resolve()),
-            "machine_type": scorer.meta.get("machine_type"), "rule": rule,
-            "clip_max_scores": {"min": min(maxima), "median": float(np.median(maxima)), "max": max(maxima)},
-            "recordings": [str(f) for f in files], "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "kit_version": kit_version()}
+
+
+def recalibration_error(previous: dict | None, error: Exception, what_happened: str) -> str:
+    """One line: which rule and windows could not be re-applied, why, and that the model and phi stay."""
+    from .windows import describe, record_settings
+
+    if previous is None:
+        how = "edge-calibrate's default rule (1.1 x the worst recording)"
+    else:
+        rule = previous.get("rule") if isinstance(previous.get("rule"), dict) else {}
+        params = ", ".join(f"{k} {v}" for k, v in rule.items() if k != "name")
+        try:
+            window = describe(record_settings(previous))
+        except EdgeAsdError:
+            window = "damaged"
+        name = str(rule.get("name", "unknown")) + (f": {params}" if params else "")
+        how = f"the rule of the phi in service ({name}) on its windows ({window})"
+    return (f"cannot re-calibrate phi with {how} on these recordings: {error}; {what_happened}, the model and phi "
+            "in service are unchanged")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS
 
 from .cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from .errors import EdgeAsdError
+from .windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
 
 log = logging.getLogger("edge_asd")
 
@@ -55,8 +56,12 @@ def _list_devices(ctx, param, value):
 @click.option("--window", default="whole", show_default=True,
               help="Operation window resetting the running max: whole (the stream), SECONDS (fixed length), "
                    "or gate (one window per machine-on segment, energy gate).")
-@click.option("--gate-db", type=float, default=-45.0, show_default=True,
+@click.option("--gate-db", type=float, default=DEFAULT_GATE_DB, show_default=True,
               help="Energy gate: machine on at or above this level, dBFS (off 3 dB lower).")
+@click.option("--gate-min-on-s", type=click.FloatRange(min=0), default=DEFAULT_GATE_MIN_ON_S, show_default=True,
+              help="Energy gate: seconds at or above --gate-db before the gate opens.")
+@click.option("--gate-min-off-s", type=click.FloatRange(min=0), default=DEFAULT_GATE_MIN_OFF_S, show_default=True,
+              help="Energy gate: seconds below the off level before the gate closes.")
 @click.option("--events", "events_path", envvar="EDGE_ASD_EVENTS", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also append every line to this JSONL file (flushed and fsynced per line).")
 @click.option("--events-max-mb", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -75,7 +80,8 @@ def _list_devices(ctx, param, value):
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_channels, pcm_framing, baud, window, gate_db,
-         events_path, events_max_mb, evidence_dir, evidence_seconds, evidence_png, config_path, threads, quiet):
+         gate_min_on_s, gate_min_off_s, events_path, events_max_mb, evidence_dir, evidence_seconds, evidence_png, config_path,
+         threads, quiet):
     """Stream audio through the model; print one JSON line per frame that pushes the running max over phi,
     one verdict line per closed operation window (eq. 11), and a summary line.
 
@@ -95,7 +101,8 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
             raise EdgeAsdError("missing --model (or --config FILE listing the inputs)")
         configs = [InputConfig(source=str(input_spec), model=Path(model_path), name=str(input_spec),
                                machine_id=machine_id, store=store, phi=phi, channel=channel, pcm_channels=pcm_channels,
-                               pcm_rate=pcm_rate, pcm_framing=pcm_framing, baud=baud, window=window, gate_db=gate_db, events=events_path,
+                               pcm_rate=pcm_rate, pcm_framing=pcm_framing, baud=baud, window=window, gate_db=gate_db,
+                               gate_min_on_s=gate_min_on_s, gate_min_off_s=gate_min_off_s, events=events_path,
                                events_max_mb=events_max_mb, evidence_dir=evidence_dir, evidence_before_s=evidence_seconds,
                                evidence_after_s=evidence_seconds, evidence_png=evidence_png, threads=threads)]
     from edge_asd.firmware_io.sinks import JsonLinesSink

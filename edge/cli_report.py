@@ -18,6 +18,7 @@ import numpy as np
 
 from .cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from .errors import EdgeAsdError
+from .windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
 
 log = logging.getLogger("edge_asd")
 
@@ -89,7 +90,8 @@ def page(out: Path, figures: list[tuple[str, str]], facts: dict) -> Path:
 @click.option("--window", default=None,
               help="Decision window as edge-monitor's --window: whole, SECONDS or gate (default: the calibration's).")
 @click.option("--gate-db", type=float, default=None,
-              help="--window gate: machine-on level, dBFS (default: the calibration's, else -45).")
+              help=f"--window gate: machine-on level, dBFS (default: the calibration's, else {DEFAULT_GATE_DB:g}; "
+                   "the hold times are the calibration's).")
 @click.option("--tail", type=click.Choice(["gumbel", "gev"]), default=None,
               help="Extreme-value fit drawn on the maxima (default: the calibration's, else gumbel).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
@@ -124,7 +126,8 @@ def main(events_path, recording, normals, test_dir, model_path, machine_id, stor
     record = _calibration_record(store, machine_id, scorer)
     if window is None:  # the calibration's windows (records before "window" only had "window_s")
         window = record.get("window") or ("whole" if record.get("window_s") is None else str(record["window_s"]))
-    gate_db = gate_db if gate_db is not None else record.get("gate_db", -45.0)
+    gate_db = gate_db if gate_db is not None else record.get("gate_db", DEFAULT_GATE_DB)
+    hold_s = (record.get("gate_min_on_s", DEFAULT_GATE_MIN_ON_S), record.get("gate_min_off_s", DEFAULT_GATE_MIN_OFF_S))
     tail = tail or record.get("rule", {}).get("tail", "gumbel")
     figures, facts = [], {"phi": f"{phi:.6g}"}
     if events_path:
@@ -142,7 +145,7 @@ def main(events_path, recording, normals, test_dir, model_path, machine_id, stor
             cfg = scorer.features
             samples = read_audio(recording, cfg.sample_rate)
             scores = scorer.score_audio(samples)
-            stamps, windows = recording_windows(make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db), samples,
+            stamps, windows = recording_windows(make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db, *hold_s), samples,
                                                 len(scores), cfg)  # the monitor's windows for this recording
             times = stamps / cfg.sample_rate
             if not events_path:  # the events the monitor would raise on this recording
@@ -160,10 +163,10 @@ def main(events_path, recording, normals, test_dir, model_path, machine_id, stor
         from .windows import make_windows
 
         # the windows edge-calibrate fits phi to: the monitor's, complete ones only
-        all_windows, durations, _ = recordings_window_maxima(scorer, expand_recordings(normals), window, gate_db)
+        all_windows, durations, _ = recordings_window_maxima(scorer, expand_recordings(normals), window, gate_db, *hold_s)
         maxima = phi_maxima(all_windows)
         cfg = scorer.features
-        length_s = seconds_per_window(make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db), durations,
+        length_s = seconds_per_window(make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db, *hold_s), durations,
                                       len(all_windows))
         fit = TailFit.fit(maxima, tail) if len(maxima) >= MIN_MAXIMA and np.ptp(maxima) > 0 else None
         budget = record.get("rule", {}).get("false_alarms_per_day")

@@ -28,6 +28,7 @@ from pathlib import Path
 from edge_asd.firmware_io.sources import DEFAULT_BAUD, DEFAULT_BUFFER_S, DEFAULT_STALL_S, PCM_FRAMINGS
 
 from .errors import EdgeAsdError
+from .windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
 
 PATH_KEYS = ("model", "store", "events", "evidence_dir")
 
@@ -52,9 +53,11 @@ class InputConfig:
     stall_s: float = DEFAULT_STALL_S
     buffer_s: float = DEFAULT_BUFFER_S
     window: str = "whole"
-    gate_db: float = -45.0
-    gate_min_on_s: float = 0.5
-    gate_min_off_s: float = 1.0
+    gate_db: float = DEFAULT_GATE_DB
+    gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S
+    """Energy gate: seconds at or above ``gate_db`` before it opens (edge-calibrate --gate-min-on-s)."""
+    gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S
+    """Energy gate: seconds below ``gate_db - 3`` before it closes (edge-calibrate --gate-min-off-s)."""
     events: Path | None = None
     events_max_mb: float = 0.0
     """Rotate the events file beyond this size, MB; 0 = never."""

@@ -136,12 +136,21 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
 
 
 def _check_window(label: str, record: dict, windows) -> None:
-    """Warn when the stored phi was calibrated on other windows than the monitor's (window maxima grow with
-    the window: a phi from 1-s windows raises false alarms on whole streams)."""
-    calibrated = record.get("window") or ("whole" if record.get("window_s") is None else f"{record['window_s']:g}")
-    if calibrated != windows.spec:
-        log.warning("%s: phi was calibrated with --window %s but the monitor uses --window %s; run edge-calibrate "
-                    "with the monitor's --window", label, calibrated, windows.spec)
+    """Warn when the stored phi was calibrated on other windows than the monitor's: another ``--window``, or
+    for the energy gate another on level or hold time (window maxima grow with the window: a phi from 1-s
+    windows raises false alarms on whole streams; a gate that opens later or closes sooner changes the
+    segments)."""
+    from .windows import describe, record_settings
+
+    monitoring = describe(windows.settings())
+    try:
+        calibrated = describe(record_settings(record))
+    except EdgeAsdError as e:  # the monitor still runs on the phi itself
+        log.warning("%s: %s", label, e)
+        return
+    if calibrated != monitoring:
+        log.warning("%s: phi was calibrated with %s but the monitor uses %s; run edge-calibrate with the monitor's "
+                    "window options", label, calibrated, monitoring)
 
 
 def _block_samples(spec: str, hop: int) -> int:

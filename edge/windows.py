@@ -36,8 +36,23 @@ from .errors import EdgeAsdError
 OFF = -1
 """Window index of a frame outside every window (the energy gate found the machine off)."""
 
+# The energy gate's defaults, the one place they live (edge-monitor's options and TOML keys, edge-calibrate's
+# options, and phi records from before the hold times were stored all take them from here).
+DEFAULT_GATE_DB = -45.0
+"""Machine on at or above this hop level, dBFS (off 3 dB lower)."""
+DEFAULT_GATE_MIN_ON_S = 0.5
+"""Hold time before the gate opens: consecutive seconds at or above the on level."""
+DEFAULT_GATE_MIN_OFF_S = 1.0
+"""Hold time before the gate closes: consecutive seconds below the off level."""
+
 
 class _Windows:
+    def settings(self) -> dict:
+        """What defines these windows, as a phi record stores it: ``window`` (the --window value); the
+        energy gate adds ``gate_db`` (dBFS), ``gate_min_on_s`` and ``gate_min_off_s`` (s). The keys are
+        the keyword arguments of :func:`make_windows` after its first (and of ``recordings_window_maxima``)."""
+        return {"window": self.spec}
+
     def windows_at(self, end_samples: np.ndarray) -> np.ndarray:
         return np.array([OFF if (w := self.window_at(int(e))) is None else w for e in end_samples], dtype=np.int64)
 
@@ -108,18 +123,24 @@ class EnergyGate(_Windows):
     as the gate then stood. Lost samples (a Gap) keep the gate's state and reset its counters.
 
     Args:
-        sample_rate: Hz. hop_samples: gate resolution, samples (the model's hop).
+        sample_rate: Hz. hop_samples: gate resolution, samples (the model's hop). on_db, off_db: dBFS.
+        min_on_s, min_off_s: hold times, s (rounded up to whole hops, at least one).
+    Raises:
+        ValueError: off_db above on_db, or a negative or non-finite hold time.
     """
 
     name = spec = "gate"
 
-    def __init__(self, sample_rate: int, hop_samples: int, on_db: float = -45.0, off_db: float | None = None,
-                 min_on_s: float = 0.5, min_off_s: float = 1.0):
+    def __init__(self, sample_rate: int, hop_samples: int, on_db: float = DEFAULT_GATE_DB, off_db: float | None = None,
+                 min_on_s: float = DEFAULT_GATE_MIN_ON_S, min_off_s: float = DEFAULT_GATE_MIN_OFF_S):
         self.sample_rate, self.hop = sample_rate, hop_samples
         self.on_db = on_db
         self.off_db = on_db - 3.0 if off_db is None else off_db
         if self.off_db > self.on_db:
             raise ValueError("off_db must not exceed on_db")
+        if not (0 <= min_on_s < math.inf and 0 <= min_off_s < math.inf):
+            raise ValueError("the hold times min_on_s and min_off_s must be finite and not negative")
+        self.min_on_s, self.min_off_s = float(min_on_s), float(min_off_s)
         self.min_on_hops = max(1, math.ceil(min_on_s * sample_rate / hop_samples))
         self.min_off_hops = max(1, math.ceil(min_off_s * sample_rate / hop_samples))
         self.is_on = False
@@ -151,6 +172,10 @@ class EnergyGate(_Windows):
                     self.window += 1
             self._states.append((start + (k + 1) * self.hop, self.window if self.is_on else None))
         self._pos = start + n * self.hop
+
+    def settings(self) -> dict:
+        return {"window": self.spec, "gate_db": float(self.on_db), "gate_min_on_s": self.min_on_s,
+                "gate_min_off_s": self.min_off_s}
 
     def skip(self, n_samples: int) -> None:
         self._pos += len(self._partial) + n_samples
@@ -192,17 +217,23 @@ def recording_windows(windows, samples: np.ndarray, n_frames: int, cfg) -> tuple
     return stamps, windows.windows_at(stamps)
 
 
-def make_windows(spec: str | float | None, sample_rate: int, hop_samples: int, gate_db: float = -45.0,
-                 gate_min_on_s: float = 0.5, gate_min_off_s: float = 1.0):
+def make_windows(spec: str | float | None, sample_rate: int, hop_samples: int, gate_db: float = DEFAULT_GATE_DB,
+                 gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S, gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S):
     """Windows from a ``--window`` value: ``whole`` (or None), ``gate``, or a number of seconds.
 
+    Args:
+        sample_rate: Hz. hop_samples: the model's hop, samples. gate_db: the gate's on level, dBFS.
+        gate_min_on_s, gate_min_off_s: the gate's hold times, s (used by ``gate`` only).
     Raises:
-        EdgeAsdError: anything else, or a non-positive number of seconds.
+        EdgeAsdError: anything else, a non-positive number of seconds, or (``gate``) a negative hold time.
     """
     if spec is None or str(spec).strip().lower() in ("", "whole", "stream"):
         return WholeStream()
     text = str(spec).strip().lower()
     if text == "gate":
+        for name, value in (("--gate-min-on-s", gate_min_on_s), ("--gate-min-off-s", gate_min_off_s)):
+            if not 0 <= value < math.inf:
+                raise EdgeAsdError(f"{name} {value}: the gate's hold time must be a number of seconds >= 0")
         return EnergyGate(sample_rate, hop_samples, gate_db, min_on_s=gate_min_on_s, min_off_s=gate_min_off_s)
     try:
         seconds = float(text.removesuffix("s"))
@@ -211,3 +242,43 @@ def make_windows(spec: str | float | None, sample_rate: int, hop_samples: int, g
     if not (seconds > 0 and math.isfinite(seconds)):
         raise EdgeAsdError(f"--window {spec!r}: the window must be a positive number of seconds")
     return FixedWindows(seconds, sample_rate)
+
+
+def record_settings(record: dict) -> dict:
+    """The window settings a phi record was calibrated with (the ``settings()`` edge-calibrate stored).
+
+    Records from before ``window`` was stored have only ``window_s`` (None: whole); records from before
+    the gate's level and hold times were stored were calibrated with the defaults.
+
+    Raises:
+        EdgeAsdError: a gate level or hold time that is not a number (a damaged record).
+    """
+    window = record.get("window") or ("whole" if record.get("window_s") is None else f"{record['window_s']:g}")
+    if window != "gate":
+        return {"window": str(window)}
+    out = {"window": "gate"}
+    for key, default in (("gate_db", DEFAULT_GATE_DB), ("gate_min_on_s", DEFAULT_GATE_MIN_ON_S),
+                         ("gate_min_off_s", DEFAULT_GATE_MIN_OFF_S)):
+        value = record.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EdgeAsdError(f"the phi record's {key} is {value!r}, not a number; set phi again with edge-calibrate")
+        out[key] = float(value)
+    return out
+
+
+def windows_for_record(record: dict, sample_rate: int, hop_samples: int):
+    """Fresh windows as a phi record was calibrated on (:func:`record_settings`); ``sample_rate`` Hz,
+    ``hop_samples`` the model's hop. Raises EdgeAsdError for a window :func:`make_windows` refuses (a
+    damaged record)."""
+    settings = record_settings(record)
+    return make_windows(settings.pop("window"), sample_rate, hop_samples, **settings)
+
+
+def describe(settings: dict) -> str:
+    """Window settings as the options that give them: ``--window 1``, or ``--window gate --gate-db -45
+    --gate-min-on-s 0.5 --gate-min-off-s 1``."""
+    text = f"--window {settings['window']}"
+    for key in ("gate_db", "gate_min_on_s", "gate_min_off_s"):
+        if key in settings:
+            text += f" --{key.replace('_', '-')} {settings[key]:g}"
+    return text

@@ -12,6 +12,7 @@ from edge_asd.edge.calibration import (
     phi_for_budget,
     phi_maxima,
     realized_rate,
+    rule_arguments,
     seconds_per_window,
     upper_bound,
     window_maxima,
@@ -157,3 +158,21 @@ def test_numpy_gumbel_fit_equals_scipy():
                    np.array([1.0, 2.0, 2.5, 10.0, 3.0])):
         ours = gumbel_fit(sample)
         assert ours == pytest.approx(stats.gumbel_r.fit(sample), rel=1e-5)
+
+
+@pytest.mark.parametrize("options", [{}, {"target_fpr": 0.2}, {"quantile": 0.9, "margin": 1.05},
+                                     {"alarms_per_day": 2.0, "tail": "gumbel"}])
+def test_a_stored_rule_applies_again(options):
+    """What edge-finetune relies on: the rule a record stores gives, through rule_arguments, the same rule and phi."""
+    maxima = stats.gumbel_r(100.0, 10.0).rvs(40, random_state=1)
+    first = calibrate(maxima, 1.0, n_boot=0, **options)
+    again = calibrate(maxima, 1.0, n_boot=0, **rule_arguments(first["rule"]))
+    assert again["rule"] == first["rule"] and again["phi"] == first["phi"]
+
+
+@pytest.mark.parametrize("rule, words", [({"name": "false-alarm-budget", "tail": "gumbel"}, "lacks its parameters"),
+                                         ({"name": "clip-max-quantile", "quantile": "high", "margin": 1}, "lacks"),
+                                         ({"name": "median-times-3"}, "unknown phi rule"), ("quantile", "unknown phi rule")])
+def test_a_damaged_or_unknown_rule_is_refused(rule, words):
+    with pytest.raises(EdgeAsdError, match=words):
+        rule_arguments(rule)

@@ -106,6 +106,7 @@ def test_show_prints_the_history(model, fan, tmp_path, env):
     (["--false-alarms-per-day", "1"], ["at least 5"]),  # 3 recordings, one window each
     (["--window", "100"], ["shorter than one window"]),
     (["--window", "hourly"], ["--window"]),
+    (["--window", "gate", "--gate-min-off-s", "-1"], ["--gate-min-off-s"]),
     (["--false-alarms-per-day", "1", "--margin", "1.2"], ["--margin"]),
 ])
 def test_calibrate_user_mistakes(model, fan, tmp_path, env, args, words):

@@ -1,5 +1,6 @@
 """edge-finetune as users run it: fine-tune in place, monitor with the result, roll back; the guard rail;
-a process killed mid-run leaves the old model and phi in service; one-line errors."""
+a process killed mid-run leaves the old model and phi in service; the new phi keeps the rule and the windows
+of the one in service, or nothing changes; one-line errors."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from scipy import stats
 
 from conftest import BIN, assert_one_line_error, cli
 
@@ -106,6 +108,130 @@ def test_killed_midway_leaves_the_old_model_in_service(deployed, fan, env):
     assert path.read_bytes() == shipped and store.read_bytes() == old_store
     assert Scorer(path).sha256 == phi_of(store)["model_sha256"]
     assert not (path.parent / "fan.tflite.previous").exists()
+
+
+def calibrated_copy(model, recordings, tmp_path, env, *options) -> tuple[Path, Path]:
+    """(model copy, store) with phi of id_00 set by edge-calibrate ``options`` on ``recordings``."""
+    path, store = tmp_path / "fan.tflite", tmp_path / "phi.json"
+    shutil.copy(model, path)
+    proc = cli("edge-calibrate", *recordings, "--model", path, "--machine-id", "00", "--store", store, *options, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return path, store
+
+
+def finetune(path, store, recordings, env, *options):
+    return cli("edge-finetune", *recordings, "--model", path, "--machine-id", "00", "--store", store, "--steps", "3",
+               *options, env=env)
+
+
+def monitor_verdicts(path, recording, window: str, *gate) -> list[dict]:
+    """edge-monitor's verdict lines (its own code path: the streaming Monitor, 16-hop blocks) for one recording."""
+    from edge_asd.edge.detector import RunningMaxDetector
+    from edge_asd.edge.monitor import Monitor
+    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.windows import make_windows
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    scorer, audio, lines = Scorer(path), read_audio(recording, 16000), []
+    Monitor((audio[i:i + 4096] for i in range(0, len(audio), 4096)), scorer, RunningMaxDetector(1e9, "id_00", scorer.sha256),
+            lines.append, windows=make_windows(window, 16000, 256, *gate)).run()
+    return [v for v in lines if v["event"] == "verdict"]
+
+
+def test_recalibration_keeps_the_false_alarm_budget_and_the_1s_windows(model, fan, tmp_path, env):
+    """phi set for 1 false alarm a day (Gumbel) on 1-s windows: after fine-tuning, phi is the same rule fitted to the
+    fine-tuned model's 1-s window maxima of the fine-tuning recordings, and a monitor on 1-s windows does not warn."""
+    path, store = calibrated_copy(model, fan["train"][:4], tmp_path, env, "--window", "1", "--false-alarms-per-day", "1",
+                                  "--bootstrap", "20")
+    old = phi_of(store)
+    proc = finetune(path, store, fan["train"][4:7], env)
+    assert proc.returncode == 0, proc.stderr
+    new, out = phi_of(store), json.loads(proc.stdout)
+    assert new["rule"] == old["rule"] == out["rule"] == {"name": "false-alarm-budget", "false_alarms_per_day": 1.0,
+                                                         "tail": "gumbel"}
+    assert new["window"] == out["window"] == "1" and new["window_s"] == 1.0
+    # the 10 complete 1-s windows of each 10-s recording, as the monitor gives them with the fine-tuned model
+    maxima = [v["max_score"] for rec in fan["train"][4:7] for v in monitor_verdicts(path, rec, "1") if v["window"] < 10]
+    assert new["fit"]["fit"]["n_maxima"] == len(maxima) == 30 and new["window_maxima"]["cut_short"] == 3
+    assert new["fit"]["bootstrap"]["n"] == 20 and new["fit"]["p_window"] == pytest.approx(1 / 86400)
+    assert new["phi"] == pytest.approx(stats.gumbel_r(*stats.gumbel_r.fit(maxima)).isf(1 / 86400), rel=1e-4)
+    assert new["phi"] != old["phi"] and new["fine_tuned"]["steps"] == 3
+    for window, warned in (("1", False), ("whole", True)):
+        mon = cli("edge-monitor", "--model", path, "--machine-id", "00", "--store", store, "--input", fan["test_normal"][0],
+                  "--window", window, env=env)
+        assert mon.returncode == 0, mon.stderr
+        assert ("phi was calibrated with --window 1 but" in mon.stderr) == warned, mon.stderr
+
+
+def test_recalibration_keeps_the_target_fpr_and_the_gate(model, fan, tmp_path, env):
+    """phi at a target false-positive rate on energy-gate windows with non-default level and hold times: after
+    fine-tuning, the same quantile of the fine-tuned model's gate windows, and the gate settings stay in the record."""
+    gate = ["--gate-db", "-50", "--gate-min-on-s", "0.25", "--gate-min-off-s", "2.5"]
+    path, store = calibrated_copy(model, fan["train"][:4], tmp_path, env, "--window", "gate", *gate, "--target-fpr", "0.25")
+    old = phi_of(store)
+    proc = finetune(path, store, fan["train"][4:7], env)
+    assert proc.returncode == 0, proc.stderr
+    new = phi_of(store)
+    assert new["rule"] == old["rule"] == {"name": "clip-max-quantile", "quantile": 0.75, "margin": 1.0, "target_fpr": 0.25}
+    assert {k: new[k] for k in ("window", "gate_db", "gate_min_on_s", "gate_min_off_s")} == {
+        "window": "gate", "gate_db": -50.0, "gate_min_on_s": 0.25, "gate_min_off_s": 2.5}
+    maxima = [v["max_score"] for rec in fan["train"][4:7] for v in monitor_verdicts(path, rec, "gate", -50.0, 0.25, 2.5)]
+    assert new["window_maxima"]["n"] == len(maxima) >= 3
+    assert new["phi"] == pytest.approx(np.quantile(maxima, 0.75), rel=1e-9) and new["phi"] != old["phi"]
+    mon = cli("edge-monitor", "--model", path, "--machine-id", "00", "--store", store, "--input", fan["test_normal"][0],
+              "--window", "gate", *gate, env=env)
+    assert mon.returncode == 0 and "phi was calibrated with" not in mon.stderr, mon.stderr
+
+
+def test_a_rule_that_cannot_be_reapplied_changes_nothing(model, fan, tmp_path, env):
+    """A Gumbel budget set on 6 whole recordings cannot be refitted to the 3 fine-tuning recordings (a tail fit
+    needs 5 window maxima), nor can a rule this kit does not know be applied: one-line error before any training,
+    model and phi untouched, nothing to roll back."""
+    path, store = calibrated_copy(model, fan["train"][:6], tmp_path, env, "--false-alarms-per-day", "1", "--bootstrap", "0")
+    shipped, old_store = path.read_bytes(), store.read_bytes()
+    proc = finetune(path, store, fan["train"][4:7], env)
+    assert_one_line_error(proc)
+    error = next(line for line in proc.stderr.splitlines() if line.startswith("Error:"))
+    for words in ("false-alarm-budget", "--window whole", "at least 5 window maxima, got 3", "unchanged"):
+        assert words in error, error
+    assert "update 1/" not in proc.stderr  # refused before spending the training time
+    assert path.read_bytes() == shipped and store.read_bytes() == old_store
+    assert not (tmp_path / "fan.tflite.previous").exists() and not (tmp_path / "fan.tflite.finetune.json").exists()
+
+    data = json.loads(old_store)
+    data["machines"]["id_00"]["rule"] = {"name": "percentile-of-the-future", "p": 99}
+    store.write_text(json.dumps(data))
+    mangled = store.read_bytes()
+    proc = finetune(path, store, fan["train"][4:7], env)
+    assert_one_line_error(proc)
+    assert "unknown phi rule 'percentile-of-the-future'" in proc.stderr
+    assert path.read_bytes() == shipped and store.read_bytes() == mangled
+
+
+def test_a_recalibration_failing_after_training_installs_nothing(deployed, fan, monkeypatch):
+    """Should the fine-tuned model's scores defeat the rule (say a tail fit with no finite phi), the command fails
+    after training with one error, the model, phi and the folder as they were (no temporary model file left)."""
+    from edge_asd.edge import cli_calibrate
+    from edge_asd.edge.cli_finetune import finetune_model
+    from edge_asd.edge.errors import EdgeAsdError
+    from edge_asd.edge.finetune import FinetuneConfig
+
+    path, store = deployed
+    shipped, old_store, listing = path.read_bytes(), store.read_bytes(), sorted(os.listdir(path.parent))
+    real, calls = cli_calibrate.calibrate_like, []
+
+    def second_call_fails(previous, scorer, *args):
+        calls.append(scorer.sha256)
+        if len(calls) == 2:  # the fine-tuned model's scores
+            raise EdgeAsdError("the gumbel fit gives no finite phi for p = 1.16e-05")
+        return real(previous, scorer, *args)
+
+    monkeypatch.setattr(cli_calibrate, "calibrate_like", second_call_fails)
+    with pytest.raises(EdgeAsdError, match=r"clip-max-quantile.*no finite phi.*not installed, the model and phi in service"):
+        finetune_model(path, "id_00", store, fan["train"][4:6], FinetuneConfig(steps=2))
+    assert len(calls) == 2 and calls[0] != calls[1]
+    assert path.read_bytes() == shipped and store.read_bytes() == old_store
+    assert sorted(os.listdir(path.parent)) == listing
 
 
 @pytest.mark.parametrize("case", ["no-phi", "no-recordings", "no-machine-id", "short-clip"])

@@ -110,3 +110,35 @@ def test_monitor_warns_when_phi_was_calibrated_on_other_windows(model, fan, tmp_
                   "--window", window, env=env)
         assert mon.returncode == 0, mon.stderr
         assert ("calibrated with --window 1 but the monitor uses --window whole" in mon.stderr) == warned, mon.stderr
+
+
+def test_gate_hold_times_reach_the_calibration_and_the_monitor_check(model, recordings, tmp_path, env):
+    """The machine cycle's 2-s pause is shorter than a 2.5-s off hold: edge-calibrate --gate-min-off-s 2.5 gives it
+    one window where the default gives two, as edge-monitor does with the same hold; the record keeps the gate's
+    settings, and the monitor warns when its gate differs from them (command line) but not when it matches (TOML)."""
+    cycle, store, maxima_path = recordings[2], tmp_path / "phi.json", tmp_path / "maxima.jsonl"
+    gate = ["--window", "gate", "--gate-db", GATE_DB, "--gate-min-off-s", "2.5"]
+    cal = cli("edge-calibrate", cycle, "--model", model, "--machine-id", "00", "--store", store, *gate,
+              "--maxima-out", maxima_path, env=env)
+    assert cal.returncode == 0, cal.stderr
+    windows = [json.loads(line) for line in maxima_path.read_text().splitlines()]
+    mon = cli("edge-monitor", "--model", model, "--phi", "1e9", "--input", cycle, *gate, env=env)
+    assert mon.returncode == 0, mon.stderr
+    assert_same_windows(windows, [r for r in map(json.loads, mon.stdout.splitlines()) if r["event"] == "verdict"])
+    assert [w["window"] for w in windows] == [0]  # default hold (1 s): windows 0 and 1 (test above)
+    record = json.loads(store.read_text())["machines"]["id_00"]
+    assert {k: record[k] for k in ("window", "gate_db", "gate_min_on_s", "gate_min_off_s")} == {
+        "window": "gate", "gate_db": -50.0, "gate_min_on_s": 0.5, "gate_min_off_s": 2.5}
+
+    default_hold = cli("edge-monitor", "--model", model, "--machine-id", "00", "--store", store, "--input", cycle,
+                       "--window", "gate", "--gate-db", GATE_DB, env=env)
+    assert default_hold.returncode == 0, default_hold.stderr
+    assert ("phi was calibrated with --window gate --gate-db -50 --gate-min-on-s 0.5 --gate-min-off-s 2.5 but the monitor "
+            "uses --window gate --gate-db -50 --gate-min-on-s 0.5 --gate-min-off-s 1") in default_hold.stderr
+    assert "; 2 windows, " in default_hold.stderr  # the summary: the 1-s hold closes the gate in the pause
+    config = tmp_path / "monitor.toml"
+    config.write_text(f'[monitor]\nwindow = "gate"\ngate_db = {GATE_DB}\ngate_min_off_s = 2.5\n\n'
+                      f'[[input]]\nsource = "{cycle}"\nmodel = "{model}"\nmachine_id = "00"\nstore = "{store}"\n')
+    matching = cli("edge-monitor", "--config", config, env=env)
+    assert matching.returncode == 0, matching.stderr
+    assert "phi was calibrated with" not in matching.stderr and " windows, " not in matching.stderr, matching.stderr
