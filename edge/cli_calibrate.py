@@ -19,7 +19,7 @@ from .calibration import (
     seconds_per_window,
     window_maxima,
 )
-from .cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from .cli_common import CONTEXT_SETTINGS, gate_options, kit_version, setup_logging, user_errors
 from .errors import EdgeAsdError
 from .machine_id import normalize_machine_id
 from .windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
@@ -198,12 +198,7 @@ def show(store: Path, machine_id: str | None) -> None:
 @click.option("--window", default="whole", show_default=True,
               help="Decision window, as edge-monitor's --window: whole (one recording = one window), SECONDS, or "
                    "gate. Each recording is cut into the windows the monitor would give it verdicts for.")
-@click.option("--gate-db", type=float, default=DEFAULT_GATE_DB, show_default=True,
-              help="--window gate: machine on at or above this level, dBFS (use the monitor's value).")
-@click.option("--gate-min-on-s", type=click.FloatRange(min=0), default=DEFAULT_GATE_MIN_ON_S, show_default=True,
-              help="--window gate: seconds at or above --gate-db before the gate opens (the monitor's gate_min_on_s).")
-@click.option("--gate-min-off-s", type=click.FloatRange(min=0), default=DEFAULT_GATE_MIN_OFF_S, show_default=True,
-              help="--window gate: seconds below the off level before it closes (the monitor's gate_min_off_s).")
+@gate_options
 @click.option("--quantile", default=DEFAULT_QUANTILE, show_default=True,
               help="Quantile rule: q of the window max scores (eq. 11) that phi is placed above.")
 @click.option("--margin", type=float, default=None, help="Quantile rule: phi = margin x quantile [default: 1.1; 1.0 "

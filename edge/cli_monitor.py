@@ -10,9 +10,8 @@ import click
 
 from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS
 
-from .cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from .cli_common import CONTEXT_SETTINGS, gate_options, kit_version, setup_logging, user_errors
 from .errors import EdgeAsdError
-from .windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
 
 log = logging.getLogger("edge_asd")
 
@@ -56,12 +55,7 @@ def _list_devices(ctx, param, value):
 @click.option("--window", default="whole", show_default=True,
               help="Operation window resetting the running max: whole (the stream), SECONDS (fixed length), "
                    "or gate (one window per machine-on segment, energy gate).")
-@click.option("--gate-db", type=float, default=DEFAULT_GATE_DB, show_default=True,
-              help="Energy gate: machine on at or above this level, dBFS (off 3 dB lower).")
-@click.option("--gate-min-on-s", type=click.FloatRange(min=0), default=DEFAULT_GATE_MIN_ON_S, show_default=True,
-              help="Energy gate: seconds at or above --gate-db before the gate opens.")
-@click.option("--gate-min-off-s", type=click.FloatRange(min=0), default=DEFAULT_GATE_MIN_OFF_S, show_default=True,
-              help="Energy gate: seconds below the off level before the gate closes.")
+@gate_options
 @click.option("--events", "events_path", envvar="EDGE_ASD_EVENTS", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also append every line to this JSONL file (flushed and fsynced per line).")
 @click.option("--events-max-mb", type=click.FloatRange(min=0), default=0.0, show_default=True,
