@@ -83,6 +83,16 @@ def fan_audio(fan) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def fan_int16(fan) -> np.ndarray:
+    """The real fan clip of ``fan_audio`` as the int16 samples stored in its FLAC."""
+    import soundfile as sf
+
+    samples, rate = sf.read(fan["train"][0], dtype="int16")
+    assert rate == 16000 and samples.ndim == 1
+    return samples
+
+
+@pytest.fixture(scope="session")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
 
