@@ -60,12 +60,13 @@ def score_recordings(scorer, files: list[Path]) -> tuple[list[np.ndarray], list[
 
 
 def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: float = DEFAULT_GATE_DB,
-                             gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S, gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S
-                             ) -> tuple[list, list[float], list[float]]:
+                             gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S, gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S,
+                             audio: list[np.ndarray] | None = None) -> tuple[list, list[float], list[float]]:
     """(the calibration.WindowMax of every window of every recording, each recording's duration in s and
     its max frame score).
 
-    Each recording is read at the model's rate, scored, and its windows cut as edge-monitor ``--window
+    Each recording is read at the model's rate (or taken from ``audio``: the files already decoded, mono
+    float32 at the model's rate, in the same order), scored, and its windows cut as edge-monitor ``--window
     WINDOW --gate-db GATE_DB --gate-min-on-s ... --gate-min-off-s ...`` cuts them on that file
     (:func:`.calibration.window_maxima`; gate level in dBFS, hold times in s). Raises EdgeAsdError for a
     recording shorter than one context vector, unreadable audio or a bad window.
@@ -76,8 +77,8 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
 
     cfg = scorer.features
     out, durations, clip_max = [], [], []
-    for f in files:
-        samples = read_audio(f, cfg.sample_rate)
+    for i, f in enumerate(files):
+        samples = read_audio(f, cfg.sample_rate) if audio is None else audio[i]
         scores = scorer.score_audio(samples)
         if len(scores) == 0:
             raise EdgeAsdError(f"{f}: shorter than one context window ({cfg.samples_per_vector} samples)")
@@ -115,10 +116,12 @@ def phi_record(scorer, model_path, files: list[Path], result: dict, windows, cli
     return record
 
 
-def calibrate_like(previous: dict | None, scorer, model_path, files: list[Path]) -> dict:
+def calibrate_like(previous: dict | None, scorer, model_path, files: list[Path],
+                   audio: list[np.ndarray] | None = None) -> dict:
     """Calibrate again as an earlier phi record was: the same rule with the same parameters
     (:func:`.calibration.rule_arguments`; the budget rule with as many bootstrap refits) on the same
-    windows (:func:`.windows.windows_for_record`), applied to ``files`` scored by ``scorer``.
+    windows (:func:`.windows.windows_for_record`), applied to ``files`` (or their decoded ``audio``, see
+    :func:`recordings_window_maxima`) scored by ``scorer``.
     ``previous`` None: edge-calibrate's defaults (1.1 x the worst recording, whole windows).
 
     Returns the new phi record (:func:`phi_record`). Raises EdgeAsdError when the rule or window cannot be
@@ -131,7 +134,7 @@ def calibrate_like(previous: dict | None, scorer, model_path, files: list[Path])
     arguments = rule_arguments(rule)
     cfg = scorer.features
     windows = windows_for_record(previous, cfg.sample_rate, cfg.hop_samples)
-    fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings())
+    fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings(), audio=audio)
     n_boot = ((previous.get("fit") or {}).get("bootstrap") or {}).get("n", 0)
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)), n_boot=n_boot,
                        **arguments)

@@ -113,7 +113,7 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
             raise EdgeAsdError(f"{f}: shorter than one context window ({scorer.features.samples_per_vector} samples)")
     audio_s = sum(map(len, clips)) / sr
     try:  # fail before the training time is spent when the rule cannot be applied to these recordings
-        calibrate_like(previous, scorer, model_path, files)
+        calibrate_like(previous, scorer, model_path, files, clips)
     except EdgeAsdError as e:
         raise EdgeAsdError(recalibration_error(previous, e, "nothing was trained")) from None
     limit = None if previous is None else cfg.reject_factor * float(previous["phi"])
@@ -143,7 +143,7 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     summary = ft.summary_record(machine_id, cfg, history, seconds, len(files), audio_s, guarded, scorer.sha256)
     calibration = ft.calibration_sample(scorer.info, guarded.runs, cfg.calibration_frames, cfg.seed)
     new_model = ft.write_layers(data, layers, ft.new_metadata(scorer.meta, summary), calibration, str(model_path))
-    phi_record = recalibrate(new_model, model_path, files, previous, threads)
+    phi_record = recalibrate(new_model, model_path, files, clips, previous, threads)
     phi_record["fine_tuned"] = {k: summary[k] for k in ("steps", "rejected_frames", "base_sha256", "finetuned_at")}
     summary["previous_phi"] = None if previous is None else previous["phi"]
     ft.install(Path(model_path), new_model, store, machine_id, phi_record, previous,
@@ -153,11 +153,13 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     return summary, phi_record
 
 
-def recalibrate(new_model: bytes, model_path: Path, files: list[Path], previous: dict | None, threads: int) -> dict:
+def recalibrate(new_model: bytes, model_path: Path, files: list[Path], clips: list, previous: dict | None,
+                threads: int) -> dict:
     """phi for the fine-tuned model: the previous record's rule with its parameters, on its windows
     (``--window`` whole / SECONDS / gate with the gate's level and hold times; edge-calibrate's defaults
     without a previous record), applied to the fine-tuning recordings scored through the new file as the
-    device will run it (:func:`.cli_calibrate.calibrate_like`). Returns the new phi record.
+    device will run it (:func:`.cli_calibrate.calibrate_like`; ``clips``: the files decoded once, at the
+    model's rate). Returns the new phi record.
 
     Raises:
         EdgeAsdError: the rule or windows cannot be applied (one line; the caller installs nothing).
@@ -169,7 +171,7 @@ def recalibrate(new_model: bytes, model_path: Path, files: list[Path], previous:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(new_model)
-        return calibrate_like(previous, Scorer(tmp, num_threads=threads), model_path, files)
+        return calibrate_like(previous, Scorer(tmp, num_threads=threads), model_path, files, clips)
     except EdgeAsdError as e:
         raise EdgeAsdError(recalibration_error(previous, e, "the fine-tuned model was not installed")) from None
     finally:
