@@ -117,12 +117,15 @@ def phi_record(scorer, model_path, files: list[Path], result: dict, windows, cli
 
 
 def calibrate_like(previous: dict | None, scorer, model_path, files: list[Path],
-                   audio: list[np.ndarray] | None = None) -> dict:
+                   audio: list[np.ndarray] | None = None, held_files: list[Path] = (),
+                   held_audio: list[np.ndarray] | None = None) -> dict:
     """Calibrate again as an earlier phi record was: the same rule with the same parameters
     (:func:`.calibration.rule_arguments`; the budget rule with as many bootstrap refits) on the same
     windows (:func:`.windows.windows_for_record`), applied to ``files`` (or their decoded ``audio``, see
     :func:`recordings_window_maxima`) scored by ``scorer``.
     ``previous`` None: edge-calibrate's defaults (1.1 x the worst recording, whole windows).
+    ``held_files`` (decoded: ``held_audio``): held-out normal recordings; the new phi is checked on their
+    windows as edge-calibrate ``--check`` does (the record's ``check`` and ``heldout_recordings``).
 
     Returns the new phi record (:func:`phi_record`). Raises EdgeAsdError when the rule or window cannot be
     applied: an unknown or damaged rule or window, no complete window, too few windows for a tail fit, ...
@@ -136,10 +139,17 @@ def calibrate_like(previous: dict | None, scorer, model_path, files: list[Path],
     windows = windows_for_record(previous, cfg.sample_rate, cfg.hop_samples)
     fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings(), audio=audio)
     n_boot = ((previous.get("fit") or {}).get("bootstrap") or {}).get("n", 0)
+    held = None
+    if held_files:
+        held_windows = recordings_window_maxima(scorer, held_files, **windows.settings(), audio=held_audio)[0]
+        held = phi_maxima(held_windows, "held-out recordings")
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)), n_boot=n_boot,
-                       **arguments)
+                       heldout_maxima=held, **arguments)
     result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
-    return phi_record(scorer, model_path, files, result, windows, clip_max)
+    record = phi_record(scorer, model_path, files, result, windows, clip_max)
+    if held_files:
+        record["heldout_recordings"] = [str(f) for f in held_files]
+    return record
 
 
 def split_holdout(files: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:

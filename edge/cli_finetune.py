@@ -35,6 +35,9 @@ log = logging.getLogger("edge_asd")
               help="Frames the current model scores above FACTOR x phi are left out of training.")
 @click.option("--max-rejected", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Refuse when more than this fraction of the frames is rejected.")
+@click.option("--check", "check_paths", multiple=True,
+              help="Held-out normal recordings of this machine (file or directory; repeatable), not trained on: the new "
+                   "phi's realized false-alarm rate on them is printed and stored, as edge-calibrate --check does.")
 @click.option("--force", is_flag=True, help="Fine-tune even when the guard rail refuses, or without a phi to check against.")
 @click.option("--rollback", is_flag=True, help="Put back the model and phi in service before the last fine-tune.")
 @click.option("--threads", default=1, show_default=True, help="Inference threads.")
@@ -42,7 +45,7 @@ log = logging.getLogger("edge_asd")
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(recordings, model_path, machine_id, store, steps, minutes, lr, seed, something_else_dir, reject_factor,
-         max_rejected, force, rollback, threads, quiet):
+         max_rejected, check_paths, force, rollback, threads, quiet):
     """Continue BU training of the model in service on normal RECORDINGS (files or directories) of one
     machine, recalibrate its phi, and replace the model file atomically. Prints a JSON summary on stdout.
 
@@ -50,12 +53,14 @@ def main(recordings, model_path, machine_id, store, steps, minutes, lr, seed, so
     the fault the model should catch); more than --max-rejected of them and the command refuses. The new
     phi is set on the RECORDINGS by the rule and on the windows of the phi in service (as edge-calibrate
     set it: quantile, --target-fpr or --false-alarms-per-day; --window and the gate's options); when that
-    rule cannot be applied to them, the command refuses and nothing changes.
+    rule cannot be applied to them, the command refuses and nothing changes. With --check, the new phi is
+    also checked on held-out normal recordings of the machine (the realized false-alarm rate, as
+    edge-calibrate --check).
     """
     setup_logging(quiet=quiet)
     from . import finetune as ft
     from . import phi_store
-    from .cli_calibrate import expand_recordings
+    from .cli_calibrate import check_line, expand_recordings
     from .machine_id import normalize_machine_id
 
     store = store or phi_store.default_store_path()
@@ -73,17 +78,23 @@ def main(recordings, model_path, machine_id, store, steps, minutes, lr, seed, so
     summary, phi_record = finetune_model(model_path, machine_id, store, expand_recordings(recordings),
                                          ft.FinetuneConfig(steps=steps, minutes=minutes, lr=lr, seed=seed,
                                                            reject_factor=reject_factor, max_rejected=max_rejected),
-                                         something_else_dir, force, threads)
+                                         something_else_dir, force, threads,
+                                         expand_recordings(check_paths) if check_paths else [])
+    if "check" in phi_record:
+        click.echo(f"edge-finetune: {check_line(phi_record['check'])}", err=True)
     click.echo(json.dumps({**{k: summary[k] for k in ("machine_id", "steps", "train_seconds", "audio_seconds",
                                                          "frames", "rejected_frames", "base_sha256")},
                            "model_sha256": phi_record["model_sha256"], "phi": phi_record["phi"],
                            "previous_phi": summary["previous_phi"], "rule": phi_record["rule"],
-                           "window": phi_record["window"], "store": str(store)}))
+                           "window": phi_record["window"], "store": str(store),
+                           **({"check": phi_record["check"]} if "check" in phi_record else {})}))
 
 
 def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[Path], cfg, something_else_dir=None,
-                   force: bool = False, threads: int = 1) -> tuple[dict, dict]:
+                   force: bool = False, threads: int = 1, held_files: list[Path] = ()) -> tuple[dict, dict]:
     """The whole command without its options parsing: (summary, new phi record).
+
+    ``held_files``: held-out normal recordings the new phi is checked on (the record's ``check``).
 
     Raises EdgeAsdError (nothing changed) for a model that is not .tflite, no phi without ``force``, a
     recording shorter than one context vector, the guard rail's refusal, or a previous phi whose rule and
@@ -106,14 +117,18 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
         if not force:
             raise EdgeAsdError(f"{e} (the guard rail scores the audio against it; or pass --force)") from None
         previous = None
+    overlap = {Path(f).resolve() for f in files} & {Path(f).resolve() for f in held_files}
+    if overlap:
+        raise EdgeAsdError(f"{sorted(overlap)[0]}: given both to fine-tune on and as a held-out --check recording")
     sr = scorer.features.sample_rate
     clips = [read_audio(f, sr) for f in files]
-    for f, c in zip(files, clips):
+    held_clips = [read_audio(f, sr) for f in held_files]
+    for f, c in zip([*files, *held_files], [*clips, *held_clips]):
         if len(c) < scorer.features.samples_per_vector:
             raise EdgeAsdError(f"{f}: shorter than one context window ({scorer.features.samples_per_vector} samples)")
     audio_s = sum(map(len, clips)) / sr
     try:  # fail before the training time is spent when the rule cannot be applied to these recordings
-        calibrate_like(previous, scorer, model_path, files, clips)
+        calibrate_like(previous, scorer, model_path, files, clips, held_files, held_clips)
     except EdgeAsdError as e:
         raise EdgeAsdError(recalibration_error(previous, e, "nothing was trained")) from None
     limit = None if previous is None else cfg.reject_factor * float(previous["phi"])
@@ -143,7 +158,7 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     summary = ft.summary_record(machine_id, cfg, history, seconds, len(files), audio_s, guarded, scorer.sha256)
     calibration = ft.calibration_sample(scorer.info, guarded.runs, cfg.calibration_frames, cfg.seed)
     new_model = ft.write_layers(data, layers, ft.new_metadata(scorer.meta, summary), calibration, str(model_path))
-    phi_record = recalibrate(new_model, model_path, files, clips, previous, threads)
+    phi_record = recalibrate(new_model, model_path, files, clips, previous, threads, held_files, held_clips)
     phi_record["fine_tuned"] = {k: summary[k] for k in ("steps", "rejected_frames", "base_sha256", "finetuned_at")}
     summary["previous_phi"] = None if previous is None else previous["phi"]
     ft.install(Path(model_path), new_model, store, machine_id, phi_record, previous,
@@ -154,12 +169,13 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
 
 
 def recalibrate(new_model: bytes, model_path: Path, files: list[Path], clips: list, previous: dict | None,
-                threads: int) -> dict:
+                threads: int, held_files: list[Path] = (), held_clips: list | None = None) -> dict:
     """phi for the fine-tuned model: the previous record's rule with its parameters, on its windows
     (``--window`` whole / SECONDS / gate with the gate's level and hold times; edge-calibrate's defaults
     without a previous record), applied to the fine-tuning recordings scored through the new file as the
     device will run it (:func:`.cli_calibrate.calibrate_like`; ``clips``: the files decoded once, at the
-    model's rate). Returns the new phi record.
+    model's rate; ``held_files``/``held_clips``: held-out recordings to check the new phi on). Returns the
+    new phi record.
 
     Raises:
         EdgeAsdError: the rule or windows cannot be applied (one line; the caller installs nothing).
@@ -171,7 +187,8 @@ def recalibrate(new_model: bytes, model_path: Path, files: list[Path], clips: li
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(new_model)
-        return calibrate_like(previous, Scorer(tmp, num_threads=threads), model_path, files, clips)
+        return calibrate_like(previous, Scorer(tmp, num_threads=threads), model_path, files, clips, held_files,
+                              held_clips)
     except EdgeAsdError as e:
         raise EdgeAsdError(recalibration_error(previous, e, "the fine-tuned model was not installed")) from None
     finally:

@@ -183,6 +183,31 @@ def test_recalibration_keeps_the_target_fpr_and_the_gate(model, fan, tmp_path, e
     assert mon.returncode == 0 and "phi was calibrated with" not in mon.stderr, mon.stderr
 
 
+def test_check_reports_the_new_phis_false_alarms_on_held_out_recordings(model, fan, tmp_path, env):
+    """--check: the new phi (target FPR 0.2 on 1-s windows) is checked on held-out normal recordings of the machine:
+    its realized false alarms are the held-out 1-s windows the fine-tuned model, as the monitor runs it, puts
+    above that phi; printed, in the JSON summary and stored with the held-out recordings' names."""
+    path, store = calibrated_copy(model, fan["train"][:4], tmp_path, env, "--window", "1", "--target-fpr", "0.2")
+    held = fan["train"][7:10]
+    proc = finetune(path, store, fan["train"][4:7], env, "--max-rejected", "0.5",  # a tight phi: frames above it are left out
+                    *[a for f in held for a in ("--check", f)])
+    assert proc.returncode == 0, proc.stderr
+    new, out = phi_of(store), json.loads(proc.stdout)
+    maxima = [v["max_score"] for rec in held for v in monitor_verdicts(path, rec, "1") if v["window"] < 10]
+    alarms = sum(m > new["phi"] for m in maxima)
+    assert new["check"] == out["check"] and new["heldout_recordings"] == [str(f) for f in held]
+    assert new["check"]["windows"] == len(maxima) == 30 and new["check"]["false_alarms"] == alarms
+    assert new["check"]["target_per_window"] == pytest.approx(0.2)
+    assert new["check"]["meets_target"] == (alarms / 30 <= 0.2)
+    assert f"edge-finetune: check on 30 held-out normal windows: {alarms} false alarms" in proc.stderr
+
+    shipped, old_store = path.read_bytes(), store.read_bytes()
+    again = finetune(path, store, fan["train"][4:7], env, "--check", fan["train"][6])
+    assert_one_line_error(again)
+    assert "given both to fine-tune on and as a held-out --check recording" in again.stderr
+    assert path.read_bytes() == shipped and store.read_bytes() == old_store
+
+
 def test_a_rule_that_cannot_be_reapplied_changes_nothing(model, fan, tmp_path, env):
     """A Gumbel budget set on 6 whole recordings cannot be refitted to the 3 fine-tuning recordings (a tail fit
     needs 5 window maxima), nor can a rule this kit does not know be applied: one-line error before any training,
