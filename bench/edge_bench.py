@@ -82,25 +82,29 @@ def run_ours(model: Path, clips, seconds: float, block_hops: int) -> dict:
             "per_hop_us": 1e6 * summary.compute_s / summary.frames, "frames": summary.frames, "call": f"{block_hops} hops"}
 
 
+def time_halves(blocks, features, model) -> dict:
+    """Per-hop time of ``features(block) -> vectors`` and ``model(vectors)``, timed apart over ``blocks``, in us."""
+    t_feat = t_model = 0.0
+    hops = 0
+    for b in blocks:
+        t0 = time.perf_counter()
+        x = features(b)
+        t1 = time.perf_counter()
+        model(x)
+        t_model += time.perf_counter() - t1
+        t_feat += t1 - t0
+        hops += len(x)
+    return {"features_us": 1e6 * t_feat / hops, "model_us": 1e6 * t_model / hops}
+
+
 def run_breakdown(model: Path, clips, seconds: float, block_hops: int) -> dict:
     """Where our per-hop time goes: streaming log-mel context vectors vs. the model call, timed apart
     on the same blocks (us per hop)."""
     from edge_asd.edge.scorer import Scorer
 
     scorer = Scorer(model)
-    feats = scorer.stream()
     block = block_hops * scorer.features.hop_samples
-    t_feat = t_model = 0.0
-    hops = 0
-    for b in stream(clips, seconds, block):
-        t0 = time.perf_counter()
-        x = feats.push(b)
-        t1 = time.perf_counter()
-        scorer.score_inputs(x)
-        t_model += time.perf_counter() - t1
-        t_feat += t1 - t0
-        hops += len(x)
-    return {"features_us": 1e6 * t_feat / hops, "model_us": 1e6 * t_model / hops}
+    return time_halves(stream(clips, seconds, block), scorer.stream().push, scorer.score_inputs)
 
 
 class Reference:
@@ -142,18 +146,8 @@ class Reference:
 def run_reference_breakdown(onnx_path: Path, clips, seconds: float) -> dict:
     """Where the reference's per-hop time goes: librosa log-mel context vectors vs. the onnxruntime call."""
     ref = Reference(onnx_path)
-    ref.scores(clips[0])
-    t_feat = t_model = 0.0
-    hops = 0
-    for clip in stream(clips, seconds, int(CLIP_S * SR)):
-        t0 = time.perf_counter()
-        x = ref.vectors(clip)
-        t1 = time.perf_counter()
-        ref.model(x)
-        t_model += time.perf_counter() - t1
-        t_feat += t1 - t0
-        hops += len(x)
-    return {"features_us": 1e6 * t_feat / hops, "model_us": 1e6 * t_model / hops}
+    ref.scores(clips[0])  # warm-up, as in run_reference
+    return time_halves(stream(clips, seconds, int(CLIP_S * SR)), ref.vectors, ref.model)
 
 
 def run_reference(onnx_path: Path, clips, seconds: float) -> dict:
