@@ -152,13 +152,14 @@ def calibrate_like(previous: dict | None, scorer, model_path, files: list[Path],
     return record
 
 
-def split_holdout(files: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
-    """(fit, held out): the last ``fraction`` of the recordings (the latest, when named in time order)."""
+def split_holdout(files: list, fraction: float, option: str = "--holdout", what: str = "calibrate on") -> tuple[list, list]:
+    """(kept, held out): the last ``fraction`` of the recordings (the latest, when named in time order), at
+    least one. Raises EdgeAsdError (naming ``option``) when ``fraction`` is not in (0, 1) or nothing is kept."""
     if not 0.0 < fraction < 1.0:
-        raise EdgeAsdError(f"--holdout must be in (0, 1), not {fraction}")
+        raise EdgeAsdError(f"{option} must be in (0, 1), not {fraction}")
     n_held = max(1, round(fraction * len(files)))
     if n_held >= len(files):
-        raise EdgeAsdError(f"--holdout {fraction} leaves no recording to calibrate on ({len(files)} given)")
+        raise EdgeAsdError(f"{option} {fraction} leaves no recording to {what} ({len(files)} given)")
     return files[:-n_held], files[-n_held:]
 
 

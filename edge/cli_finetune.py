@@ -35,6 +35,9 @@ log = logging.getLogger("edge_asd")
               help="Frames the current model scores above FACTOR x phi are left out of training.")
 @click.option("--max-rejected", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Refuse when more than this fraction of the frames is rejected.")
+@click.option("--phi-share", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True,
+              help="Share of the RECORDINGS (the last ones, at least one) kept out of training to set the new phi on; "
+                   "0 sets phi on the training recordings, which the new model scores low.")
 @click.option("--check", "check_paths", multiple=True,
               help="Held-out normal recordings of this machine (file or directory; repeatable), not trained on: the new "
                    "phi's realized false-alarm rate on them is printed and stored, as edge-calibrate --check does.")
@@ -45,13 +48,14 @@ log = logging.getLogger("edge_asd")
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(recordings, model_path, machine_id, store, steps, minutes, lr, seed, something_else_dir, reject_factor,
-         max_rejected, check_paths, force, rollback, threads, quiet):
+         max_rejected, phi_share, check_paths, force, rollback, threads, quiet):
     """Continue BU training of the model in service on normal RECORDINGS (files or directories) of one
     machine, recalibrate its phi, and replace the model file atomically. Prints a JSON summary on stdout.
 
     The recordings are first scored with the current model: frames above phi are rejected (they may be
-    the fault the model should catch); more than --max-rejected of them and the command refuses. The new
-    phi is set on the RECORDINGS by the rule and on the windows of the phi in service (as edge-calibrate
+    the fault the model should catch); more than --max-rejected of them and the command refuses. The last
+    --phi-share of the RECORDINGS are not trained on: the new phi is set on them (the model scores the audio
+    it was trained on low), by the rule and on the windows of the phi in service (as edge-calibrate
     set it: quantile, --target-fpr or --false-alarms-per-day; --window and the gate's options); when that
     rule cannot be applied to them, the command refuses and nothing changes. With --check, the new phi is
     also checked on held-out normal recordings of the machine (the realized false-alarm rate, as
@@ -77,13 +81,15 @@ def main(recordings, model_path, machine_id, store, steps, minutes, lr, seed, so
     machine_id = normalize_machine_id(machine_id)
     summary, phi_record = finetune_model(model_path, machine_id, store, expand_recordings(recordings),
                                          ft.FinetuneConfig(steps=steps, minutes=minutes, lr=lr, seed=seed,
-                                                           reject_factor=reject_factor, max_rejected=max_rejected),
+                                                           reject_factor=reject_factor, max_rejected=max_rejected,
+                                                           phi_share=phi_share),
                                          something_else_dir, force, threads,
                                          expand_recordings(check_paths) if check_paths else [])
     if "check" in phi_record:
         click.echo(f"edge-finetune: {check_line(phi_record['check'])}", err=True)
     click.echo(json.dumps({**{k: summary[k] for k in ("machine_id", "steps", "train_seconds", "audio_seconds",
-                                                         "frames", "rejected_frames", "base_sha256")},
+                                                         "recordings_trained", "recordings_phi", "frames",
+                                                         "rejected_frames", "base_sha256")},
                            "model_sha256": phi_record["model_sha256"], "phi": phi_record["phi"],
                            "previous_phi": summary["previous_phi"], "rule": phi_record["rule"],
                            "window": phi_record["window"], "store": str(store),
@@ -127,12 +133,17 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
         if len(c) < scorer.features.samples_per_vector:
             raise EdgeAsdError(f"{f}: shorter than one context window ({scorer.features.samples_per_vector} samples)")
     audio_s = sum(map(len, clips)) / sr
+    train_files, train_clips, phi_files, phi_clips = split_for_phi(files, clips, cfg.phi_share)
     try:  # fail before the training time is spent when the rule cannot be applied to these recordings
-        calibrate_like(previous, scorer, model_path, files, clips, held_files, held_clips)
+        calibrate_like(previous, scorer, model_path, phi_files, phi_clips, held_files, held_clips)
     except EdgeAsdError as e:
         raise EdgeAsdError(recalibration_error(previous, e, "nothing was trained")) from None
     limit = None if previous is None else cfg.reject_factor * float(previous["phi"])
-    guarded = ft.guard(scorer, clips, limit)
+    guarded = ft.guard(scorer, train_clips, limit)
+    if phi_files is not train_files:  # the fault in a phi recording would raise phi: it counts as much
+        on_phi = ft.guard(scorer, phi_clips, limit)
+        guarded = ft.Guarded(guarded.runs, guarded.n_frames + on_phi.n_frames, guarded.n_rejected + on_phi.n_rejected,
+                             limit)
     share = guarded.n_rejected / max(1, guarded.n_frames)
     log.info("guard rail: %d of %d frames (%.1f %%) score above %s", guarded.n_rejected, guarded.n_frames, 100 * share,
              "nothing (no phi)" if limit is None else f"{limit:.1f} = {cfg.reject_factor} x phi")
@@ -143,7 +154,7 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
                 f"(above {limit:.1f}); fine-tuning on them would teach the model the fault. Check the recordings, "
                 f"or pass --force")
         log.warning("--force: training on all %d frames, %d of them above the limit", guarded.n_frames, guarded.n_rejected)
-        guarded = ft.Guarded(clips, guarded.n_frames, guarded.n_rejected, limit)
+        guarded = ft.Guarded(train_clips, guarded.n_frames, guarded.n_rejected, limit)
     something_else = [read_audio(p, sr) for p in audio_files(something_else_dir)] if something_else_dir else None
     data = Path(model_path).read_bytes()
     layers, _ = ft.read_layers(data, str(model_path))
@@ -156,9 +167,10 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     layers, history = ft.train_layers(layers, scorer.info, guarded.runs, cfg, something_else, progress)
     seconds = time.perf_counter() - t0
     summary = ft.summary_record(machine_id, cfg, history, seconds, len(files), audio_s, guarded, scorer.sha256)
+    summary.update(recordings_trained=len(train_files), recordings_phi=len(phi_files))
     calibration = ft.calibration_sample(scorer.info, guarded.runs, cfg.calibration_frames, cfg.seed)
     new_model = ft.write_layers(data, layers, ft.new_metadata(scorer.meta, summary), calibration, str(model_path))
-    phi_record = recalibrate(new_model, model_path, files, clips, previous, threads, held_files, held_clips)
+    phi_record = recalibrate(new_model, model_path, phi_files, phi_clips, previous, threads, held_files, held_clips)
     phi_record["fine_tuned"] = {k: summary[k] for k in ("steps", "rejected_frames", "base_sha256", "finetuned_at")}
     summary["previous_phi"] = None if previous is None else previous["phi"]
     ft.install(Path(model_path), new_model, store, machine_id, phi_record, previous,
@@ -166,6 +178,25 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     log.info("fine-tuned in %.1f s (%d updates); phi %s -> %.1f; previous model kept in %s", seconds, len(history),
              "none" if previous is None else f"{previous['phi']:.1f}", phi_record["phi"], ft.previous_path(Path(model_path)).name)
     return summary, phi_record
+
+
+def split_for_phi(files: list[Path], clips: list, share: float) -> tuple[list, list, list, list]:
+    """(train files, their clips, phi files, their clips): the last ``share`` of the recordings (at least one)
+    are kept out of training and set phi. A model scores the audio it was just trained on lower than new
+    audio of the same machine, so a phi set on it is low (fan id_00, 1-s windows, target 5 %: 16-34 % false
+    alarms on held-out normals, against 2-4 % for phi set on recordings kept out; docs/finetune.md).
+    ``share`` 0: both are all of the recordings (a warning says what that costs).
+
+    Raises EdgeAsdError (one line, naming --phi-share) when the split leaves nothing to train on."""
+    if share == 0:
+        log.warning("--phi-share 0: phi is set on the recordings the model is trained on, and comes out low "
+                    "(more false alarms in service)")
+        return files, clips, files, clips
+    from .cli_calibrate import split_holdout
+
+    train, kept = split_holdout(list(zip(files, clips)), share, "--phi-share", "train on")
+    log.info("phi is set on the last %d of %d recordings, kept out of training (--phi-share %g)", len(kept), len(files), share)
+    return [f for f, _ in train], [c for _, c in train], [f for f, _ in kept], [c for _, c in kept]
 
 
 def recalibrate(new_model: bytes, model_path: Path, files: list[Path], clips: list, previous: dict | None,

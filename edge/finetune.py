@@ -45,6 +45,9 @@ class FinetuneConfig:
     """Refuse when more than this fraction of the frames is rejected (unless forced)."""
     calibration_frames: int = 2000
     """Standardized local frames the int8 activation ranges are measured on."""
+    phi_share: float = 0.3
+    """Share of the recordings (the last ones) kept out of training and used to set phi; 0 sets phi on the
+    training recordings themselves, which the model has just fitted (phi comes out low)."""
 
 
 # 1. Guard rail ------------------------------------------------------------------------------------

@@ -78,11 +78,13 @@ def test_guard_rail_refuses_a_recording_of_the_fault_unless_forced(deployed, fan
     path, store = deployed
     shipped = path.read_bytes()
     fault = faulty_recording(fan["train"][5], data_root, tmp_path / "knocking.wav")
-    proc = cli("edge-finetune", fault, "--model", path, "--machine-id", "00", "--store", store, "--steps", "2", env=env)
+    recordings = [fault, fan["train"][6]]  # phi goes on the clean one, kept out of training
+    proc = cli("edge-finetune", *recordings, "--model", path, "--machine-id", "00", "--store", store, "--steps", "2",
+               env=env)
     assert_one_line_error(proc)
     assert "already score as anomalous" in proc.stderr and "--force" in proc.stderr
     assert path.read_bytes() == shipped
-    forced = cli("edge-finetune", fault, "--model", path, "--machine-id", "00", "--store", store, "--steps", "2",
+    forced = cli("edge-finetune", *recordings, "--model", path, "--machine-id", "00", "--store", store, "--steps", "2",
                  "--force", env=env)
     assert forced.returncode == 0, forced.stderr
     out = json.loads(forced.stdout)
@@ -140,19 +142,22 @@ def monitor_verdicts(path, recording, window: str, *gate) -> list[dict]:
 
 def test_recalibration_keeps_the_false_alarm_budget_and_the_1s_windows(model, fan, tmp_path, env):
     """phi set for 1 false alarm a day (Gumbel) on 1-s windows: after fine-tuning, phi is the same rule fitted to the
-    fine-tuned model's 1-s window maxima of the fine-tuning recordings, and a monitor on 1-s windows does not warn."""
+    fine-tuned model's 1-s window maxima of the last 30 % of the recordings (kept out of training), and a monitor
+    on 1-s windows does not warn."""
     path, store = calibrated_copy(model, fan["train"][:4], tmp_path, env, "--window", "1", "--false-alarms-per-day", "1",
                                   "--bootstrap", "20")
     old = phi_of(store)
-    proc = finetune(path, store, fan["train"][4:7], env)
+    proc = finetune(path, store, fan["train"][4:10], env)
     assert proc.returncode == 0, proc.stderr
     new, out = phi_of(store), json.loads(proc.stdout)
     assert new["rule"] == old["rule"] == out["rule"] == {"name": "false-alarm-budget", "false_alarms_per_day": 1.0,
                                                          "tail": "gumbel"}
     assert new["window"] == out["window"] == "1" and new["window_s"] == 1.0
+    assert (out["recordings_trained"], out["recordings_phi"]) == (4, 2)
+    assert new["recordings"] == [str(f) for f in fan["train"][8:10]]
     # the 10 complete 1-s windows of each 10-s recording, as the monitor gives them with the fine-tuned model
-    maxima = [v["max_score"] for rec in fan["train"][4:7] for v in monitor_verdicts(path, rec, "1") if v["window"] < 10]
-    assert new["fit"]["fit"]["n_maxima"] == len(maxima) == 30 and new["window_maxima"]["cut_short"] == 3
+    maxima = [v["max_score"] for rec in fan["train"][8:10] for v in monitor_verdicts(path, rec, "1") if v["window"] < 10]
+    assert new["fit"]["fit"]["n_maxima"] == len(maxima) == 20 and new["window_maxima"]["cut_short"] == 2
     assert new["fit"]["bootstrap"]["n"] == 20 and new["fit"]["p_window"] == pytest.approx(1 / 86400)
     assert new["phi"] == pytest.approx(stats.gumbel_r(*stats.gumbel_r.fit(maxima)).isf(1 / 86400), rel=1e-4)
     assert new["phi"] != old["phi"] and new["fine_tuned"]["steps"] == 3
@@ -165,18 +170,19 @@ def test_recalibration_keeps_the_false_alarm_budget_and_the_1s_windows(model, fa
 
 def test_recalibration_keeps_the_target_fpr_and_the_gate(model, fan, tmp_path, env):
     """phi at a target false-positive rate on energy-gate windows with non-default level and hold times: after
-    fine-tuning, the same quantile of the fine-tuned model's gate windows, and the gate settings stay in the record."""
+    fine-tuning, the same quantile of the fine-tuned model's gate windows of the recordings kept out of training,
+    and the gate settings stay in the record."""
     gate = ["--gate-db", "-50", "--gate-min-on-s", "0.25", "--gate-min-off-s", "2.5"]
     path, store = calibrated_copy(model, fan["train"][:4], tmp_path, env, "--window", "gate", *gate, "--target-fpr", "0.25")
     old = phi_of(store)
-    proc = finetune(path, store, fan["train"][4:7], env)
+    proc = finetune(path, store, fan["train"][4:10], env)
     assert proc.returncode == 0, proc.stderr
     new = phi_of(store)
     assert new["rule"] == old["rule"] == {"name": "clip-max-quantile", "quantile": 0.75, "margin": 1.0, "target_fpr": 0.25}
     assert {k: new[k] for k in ("window", "gate_db", "gate_min_on_s", "gate_min_off_s")} == {
         "window": "gate", "gate_db": -50.0, "gate_min_on_s": 0.25, "gate_min_off_s": 2.5}
-    maxima = [v["max_score"] for rec in fan["train"][4:7] for v in monitor_verdicts(path, rec, "gate", -50.0, 0.25, 2.5)]
-    assert new["window_maxima"]["n"] == len(maxima) >= 3
+    maxima = [v["max_score"] for rec in fan["train"][8:10] for v in monitor_verdicts(path, rec, "gate", -50.0, 0.25, 2.5)]
+    assert new["window_maxima"]["n"] == len(maxima) >= 2
     assert new["phi"] == pytest.approx(np.quantile(maxima, 0.75), rel=1e-9) and new["phi"] != old["phi"]
     mon = cli("edge-monitor", "--model", path, "--machine-id", "00", "--store", store, "--input", fan["test_normal"][0],
               "--window", "gate", *gate, env=env)
@@ -208,6 +214,16 @@ def test_check_reports_the_new_phis_false_alarms_on_held_out_recordings(model, f
     assert path.read_bytes() == shipped and store.read_bytes() == old_store
 
 
+def test_phi_share_0_sets_phi_on_the_training_recordings_with_a_warning(deployed, fan, env):
+    path, store = deployed
+    proc = finetune(path, store, fan["train"][4:7], env, "--phi-share", "0")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (out["recordings_trained"], out["recordings_phi"]) == (3, 3)
+    assert phi_of(store)["recordings"] == [str(f) for f in fan["train"][4:7]]
+    assert "WARNING: --phi-share 0: phi is set on the recordings the model is trained on" in proc.stderr
+
+
 def test_a_rule_that_cannot_be_reapplied_changes_nothing(model, fan, tmp_path, env):
     """A Gumbel budget set on 6 whole recordings cannot be refitted to the 3 fine-tuning recordings (a tail fit
     needs 5 window maxima), nor can a rule this kit does not know be applied: one-line error before any training,
@@ -217,7 +233,7 @@ def test_a_rule_that_cannot_be_reapplied_changes_nothing(model, fan, tmp_path, e
     proc = finetune(path, store, fan["train"][4:7], env)
     assert_one_line_error(proc)
     error = next(line for line in proc.stderr.splitlines() if line.startswith("Error:"))
-    for words in ("false-alarm-budget", "--window whole", "at least 5 window maxima, got 3", "unchanged"):
+    for words in ("false-alarm-budget", "--window whole", "at least 5 window maxima, got 1", "unchanged"):
         assert words in error, error
     assert "update 1/" not in proc.stderr  # refused before spending the training time
     assert path.read_bytes() == shipped and store.read_bytes() == old_store
@@ -259,15 +275,20 @@ def test_a_recalibration_failing_after_training_installs_nothing(deployed, fan, 
     assert sorted(os.listdir(path.parent)) == listing
 
 
-@pytest.mark.parametrize("case", ["no-phi", "no-recordings", "no-machine-id", "short-clip"])
+@pytest.mark.parametrize("case", ["no-phi", "no-recordings", "no-machine-id", "short-clip", "one-recording"])
 def test_user_mistakes_are_one_line_errors(case, model, fan, tmp_path, env):
     path = tmp_path / "fan.tflite"
     shutil.copy(model, path)
     args = {"no-phi": [fan["train"][0], "--machine-id", "00"], "no-recordings": ["--machine-id", "00"],
-            "no-machine-id": [fan["train"][0]], "short-clip": [tmp_path / "short.wav", "--machine-id", "00", "--force"]}[case]
+            "no-machine-id": [fan["train"][0]],
+            "short-clip": [fan["train"][0], tmp_path / "short.wav", "--machine-id", "00", "--force"],
+            "one-recording": [fan["train"][0], "--machine-id", "00", "--force"]}[case]
     sf.write(tmp_path / "short.wav", np.full(2000, 0.1, np.float32), 16000)
     proc = cli("edge-finetune", *args, "--model", path, "--store", tmp_path / "s.json", env=env)
     assert_one_line_error(proc)
+    words = {"short-clip": "short.wav: shorter than one context window",
+             "one-recording": "--phi-share 0.3 leaves no recording to train on (1 given)"}.get(case, "")
+    assert words in proc.stderr, proc.stderr
     assert path.read_bytes() == model.read_bytes()
 
 
@@ -283,7 +304,7 @@ def test_finetune_imports_no_training_stack(deployed, fan, tmp_path):
     path, store = deployed
     heavy = ("torch", "onnx", "librosa", "jax", "litert_torch", "tensorflow")
     code = ("import json, sys\nfrom edge_asd.edge.cli_finetune import main\n"
-            f"main({[str(fan['train'][6]), '--model', str(path), '--machine-id', '00', '--store', str(store), '--steps', '1']!r},"
+            f"main({[str(fan['train'][6]), str(fan['train'][7]), '--model', str(path), '--machine-id', '00', '--store', str(store), '--steps', '1']!r},"
             " standalone_mode=False)\n"
             f"print('MODULES=' + json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
