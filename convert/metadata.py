@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 from edge_asd.edge.cli_common import kit_version
 from edge_asd.edge.model_file import DIGEST_KEY, FORMAT, SCHEMA_VERSION, unsealed_digest
+from edge_asd.edge.provenance import prefixes
 
 
 def model_metadata(ckpt: dict, target: str, quantization: dict) -> dict:
@@ -31,8 +32,18 @@ def model_metadata(ckpt: dict, target: str, quantization: dict) -> dict:
         "normalization": ckpt["normalization"],
         "architecture": ckpt["arch"],
         "loss": ckpt["loss"],
-        "training_data": {k: v for k, v in ckpt.get("training_data", {}).items() if k != "files"},
+        "training_data": training_data(ckpt.get("training_data", {})),
         "trained_with_kit_version": ckpt.get("kit_version"),
         "quantization": quantization,
         DIGEST_KEY: unsealed_digest(),  # filled in by edge.model_file.seal once the file's bytes exist
     }
+
+
+def training_data(fingerprint: dict) -> dict:
+    """The checkpoint's training-data fingerprint for the model file: the total sha256 and file count, and
+    the files' short digests (``edge.provenance``) instead of their names and full digests."""
+    out = {k: v for k, v in fingerprint.items() if k != "files"}
+    short = prefixes((fingerprint.get("files") or {}).values())
+    if short is not None:
+        out["file_sha256_prefixes"] = short
+    return out

@@ -152,6 +152,22 @@ def calibrate_like(previous: dict | None, scorer, model_path, files: list[Path],
     return record
 
 
+def warn_if_heard(meta: dict, files: list[Path], held_files: list[Path]) -> int:
+    """Warn when the model was trained on some of the recordings (:mod:`.provenance`); return how many of
+    ``files`` it heard. phi set on them is low, and a check on them is optimistic."""
+    from .provenance import heard
+
+    fit, held = heard(meta, files), heard(meta, held_files)
+    if fit:
+        log.warning("%d of the %d recordings were used to train this model (e.g. %s): it scores them lower than new "
+                    "audio, so phi comes out low and false alarms above the target; calibrate on normal recordings "
+                    "the model has not heard", len(fit), len(files), fit[0].name)
+    if held:
+        log.warning("%d of the %d held-out recordings were used to train this model (e.g. %s): the check on them is "
+                    "optimistic", len(held), len(held_files), held[0].name)
+    return len(fit)
+
+
 def split_holdout(files: list, fraction: float, option: str = "--holdout", what: str = "calibrate on") -> tuple[list, list]:
     """(kept, held out): the last ``fraction`` of the recordings (the latest, when named in time order), at
     least one. Raises EdgeAsdError (naming ``option``) when ``fraction`` is not in (0, 1) or nothing is kept."""
@@ -272,6 +288,7 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
         files, held_files = split_holdout(files, holdout)
     windows = make_windows(window, scorer.features.sample_rate, scorer.features.hop_samples, gate_db, gate_min_on_s,
                            gate_min_off_s)
+    heard = warn_if_heard(scorer.meta, files, held_files)
     fit_windows, durations, maxima = recordings_window_maxima(scorer, files, **windows.settings())
     held_windows = recordings_window_maxima(scorer, held_files, **windows.settings())[0] if held_files else []
     held = phi_maxima(held_windows, "held-out recordings") if held_files else None
@@ -285,6 +302,7 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
     phi, window, window_s = record["phi"], record["window"], record["window_s"]
     if held_files:
         record["heldout_recordings"] = [str(f) for f in held_files]
+    record["recordings_heard_by_model"] = heard
     if "fit" in result:
         fit, boot = result["fit"], result["fit"].get("bootstrap")
         log.info("%s fit of %d window maxima %s (KS p %.2f); phi %.4g for p %.3g per window%s", fit["fit"]["family"],

@@ -110,7 +110,7 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     from edge_asd.firmware_io.audio_file import audio_files, read_audio
 
     from . import finetune as ft
-    from . import phi_store
+    from . import phi_store, provenance
     from .cli_calibrate import calibrate_like
     from .scorer import Scorer
 
@@ -168,6 +168,9 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     seconds = time.perf_counter() - t0
     summary = ft.summary_record(machine_id, cfg, history, seconds, len(files), audio_s, guarded, scorer.sha256)
     summary.update(recordings_trained=len(train_files), recordings_phi=len(phi_files))
+    short = provenance.prefixes(provenance.file_sha256(f) for f in train_files)
+    if short is not None:  # edge-calibrate warns when given these recordings later
+        summary["file_sha256_prefixes"] = short
     calibration = ft.calibration_sample(scorer.info, guarded.runs, cfg.calibration_frames, cfg.seed)
     new_model = ft.write_layers(data, layers, ft.new_metadata(scorer.meta, summary), calibration, str(model_path))
     phi_record = recalibrate(new_model, model_path, phi_files, phi_clips, previous, threads, held_files, held_clips)

@@ -9,6 +9,7 @@ import numpy as np
 
 from edge_asd.edge.features import LogMel, logmel
 from edge_asd.edge.presets import FeatureConfig
+from edge_asd.edge.provenance import file_sha256
 from edge_asd.firmware_io.audio_file import read_audio
 
 from .feature_cache import FeatureCache
@@ -34,12 +35,6 @@ def band_statistics(clips: list[np.ndarray], cfg: FeatureConfig,
 
 def fingerprint(paths: list[Path]) -> dict:
     """sha256 over the training files' names and contents, and the per-file digests."""
-    files = {}
-    for p in sorted(paths, key=lambda q: q.name):
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        files[p.name] = h.hexdigest()
+    files = {p.name: file_sha256(p) for p in sorted(paths, key=lambda q: q.name)}
     total = hashlib.sha256("".join(f"{n}:{d}\n" for n, d in files.items()).encode()).hexdigest()
     return {"sha256": total, "n_files": len(files), "files": files}

@@ -1,0 +1,62 @@
+"""A model file knows which recordings it was trained on (short sha256 digests in its metadata), so
+edge-calibrate warns when phi would be set, or checked, on audio the model has heard: it scores that audio
+low (README, calibration check). The session's model was trained on fan id_00's 10 train normals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from conftest import cli
+
+
+def test_the_model_file_lists_its_training_recordings(model, fan):
+    from edge_asd.edge import provenance
+    from edge_asd.edge.scorer import Scorer
+
+    meta = Scorer(model).meta
+    listed = meta["training_data"]["file_sha256_prefixes"]
+    assert len(listed) == meta["training_data"]["n_files"] == 10 and listed == sorted(listed)
+    assert all(len(p) == provenance.PREFIX_CHARS for p in listed)
+    assert provenance.heard(meta, fan["train"] + fan["test_normal"]) == fan["train"]
+
+
+def test_calibrating_on_training_recordings_warns(model, fan, tmp_path, env):
+    store = tmp_path / "phi.json"
+    heard = cli("edge-calibrate", *fan["train"][:3], fan["test_normal"][0], "--model", model, "--machine-id", "00",
+                "--store", store, "--check", fan["train"][5], env=env)
+    assert heard.returncode == 0, heard.stderr
+    assert "WARNING: 3 of the 4 recordings were used to train this model" in heard.stderr
+    assert "WARNING: 1 of the 1 held-out recordings were used to train this model" in heard.stderr
+    assert json.loads(store.read_text())["machines"]["id_00"]["recordings_heard_by_model"] == 3
+
+    unheard = cli("edge-calibrate", *fan["test_normal"][:3], "--model", model, "--machine-id", "00", "--store", store,
+                  "--check", fan["test_normal"][4], env=env)
+    assert unheard.returncode == 0, unheard.stderr
+    assert "used to train this model" not in unheard.stderr
+    assert json.loads(store.read_text())["machines"]["id_00"]["recordings_heard_by_model"] == 0
+
+
+def test_a_fine_tune_adds_the_recordings_it_trained_on(model, fan, tmp_path, env):
+    from edge_asd.edge import provenance
+    from edge_asd.edge.scorer import Scorer
+
+    path, store = tmp_path / "fan.tflite", tmp_path / "phi.json"
+    shutil.copy(model, path)
+    new = fan["test_normal"][:3]  # recordings the shipped model has not heard; the last one sets phi
+    assert provenance.heard(Scorer(path).meta, new) == []
+    assert cli("edge-calibrate", *new, "--model", path, "--machine-id", "00", "--store", store, env=env).returncode == 0
+    proc = cli("edge-finetune", *new, "--model", path, "--machine-id", "00", "--store", store, "--steps", "2", env=env)
+    assert proc.returncode == 0, proc.stderr
+    meta = Scorer(path).meta
+    assert len(meta["fine_tuning"][-1]["file_sha256_prefixes"]) == 2
+    assert provenance.heard(meta, new) == new[:2]  # the phi recording was kept out of training
+
+
+def test_long_lists_stay_out_of_the_file():
+    from edge_asd.edge import provenance
+
+    digests = [f"{i:064x}" for i in range(provenance.MAX_FILES + 1)]
+    assert provenance.prefixes(digests) is None and provenance.prefixes([]) is None
+    assert provenance.prefixes(digests[:3]) == [d[:12] for d in digests[:3]]
+    assert provenance.heard({}, []) == [] and provenance.heard_prefixes({"fine_tuning": [None, {}]}) == set()
