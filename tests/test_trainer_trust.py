@@ -277,7 +277,7 @@ def test_precision_choices_on_the_cpu(data):
 # --- feature cache -----------------------------------------------------------------------------------
 
 
-def test_feature_cache_returns_the_same_audio_and_frames_memory_mapped(fan, tmp_path):
+def test_feature_cache_returns_the_same_audio_and_frames_memory_mapped(fan, tmp_path, monkeypatch):
     paths = fan["train"][:2]
     cache = FeatureCache(tmp_path / "c")
     first = [cache.audio(p, 16000) for p in paths]
@@ -296,6 +296,12 @@ def test_feature_cache_returns_the_same_audio_and_frames_memory_mapped(fan, tmp_
     # another preset is another entry, never a stale hit
     other = get_preset("dcase2020")
     assert again.logmel(paths[0], second[0], other).shape[1] == other.n_mels and again.misses == 1
+    # so is the same preset from log-mel code that gives other bits (edge.features.LOGMEL_VERSION)
+    import edge_asd.train.feature_cache as feature_cache
+
+    monkeypatch.setattr(feature_cache, "LOGMEL_VERSION", feature_cache.LOGMEL_VERSION + 1)
+    again.logmel(paths[0], second[0], FEATURES)
+    assert again.misses == 2
     # a damaged entry is recomputed
     for entry in (tmp_path / "c" / "audio").glob("*.npy"):
         entry.write_bytes(b"not numpy")

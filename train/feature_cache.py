@@ -1,9 +1,10 @@
 """A disk cache of decoded audio and log-mel frames, so that a second run never decodes or resamples again.
 
 Entries are ``.npy`` files read memory-mapped, keyed by the sha256 of the audio file's bytes and by the
-sample rate (audio) or the full feature configuration (log-mel frames), so an edited file or another
-preset never hits a stale entry. Location: ``$EDGE_ASD_CACHE_DIR``, else the platformdirs user cache
-dir (``~/.cache/edge-asd`` on Linux); ``edge-train --cache-dir`` overrides both. A cache that cannot be
+sample rate (audio) or the full feature configuration and LOGMEL_VERSION (log-mel frames), so an edited
+file, another preset or log-mel code that gives other bits never hits a stale entry. Location:
+``$EDGE_ASD_CACHE_DIR``, else the platformdirs user cache dir (``~/.cache/edge-asd`` on Linux);
+``edge-train --cache-dir`` overrides both. A cache that cannot be
 written (read-only or full disk) is logged once and skipped; training goes on.
 
 The pseudo-anomaly mixtures of the mini-batches (sec. 4.2.1) differ for every update and are computed
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.edge.features import LogMel, logmel
+from edge_asd.edge.features import LOGMEL_VERSION, LogMel, logmel
 from edge_asd.edge.presets import FeatureConfig
 from edge_asd.firmware_io.audio_file import read_audio
 
@@ -70,7 +71,8 @@ class FeatureCache:
         """psi of the whole file, (T, n_mels) float32 (``edge.features.logmel`` of ``samples``)."""
         if self.root is None:
             return logmel(samples, cfg, fn)
-        key = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        spec = {**cfg.to_dict(), "logmel_version": LOGMEL_VERSION}
+        key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
         return self._get(f"logmel/{self.digest(Path(path))}-{key}.npy", lambda: logmel(samples, cfg, fn))
 
     def _get(self, name: str, compute) -> np.ndarray:
