@@ -60,3 +60,19 @@ def test_long_lists_stay_out_of_the_file():
     assert provenance.prefixes(digests) is None and provenance.prefixes([]) is None
     assert provenance.prefixes(digests[:3]) == [d[:12] for d in digests[:3]]
     assert provenance.heard({}, []) == [] and provenance.heard_prefixes({"fine_tuning": [None, {}]}) == set()
+
+
+def test_edge_train_fingerprints_only_the_clips_it_trained_on(data_root, fan, tmp_path, env):
+    """With --val-fraction 0.2 on 10 clips, 2 whole clips are held out for validation: the checkpoint's
+    training_data lists the 8 others and validation_data those 2, the ones the trainer validated on."""
+    from edge_asd.train.checkpoint import load_checkpoint
+
+    ckpt_path = tmp_path / "m.pt"
+    proc = cli("edge-train", data_root / "machines" / "fan", "--machine-type", "fan", "--machine-id", "00", "--loss", "re",
+               "--val-fraction", "0.2", "--epochs", "1", "--batches-per-epoch", "2", "--no-cache", "--device", "cpu",
+               "--out", ckpt_path, "-q", env=env)
+    assert proc.returncode == 0, proc.stderr
+    ckpt = load_checkpoint(ckpt_path)
+    trained, held = set(ckpt["training_data"]["files"]), set(ckpt["validation_data"]["files"])
+    assert len(trained) == 8 and len(held) == 2 and trained | held == {p.name for p in fan["train"]}
+    assert ckpt["validation"]["split"] == "clips" and ckpt["validation"]["n_normal"] == 2 * 604  # the trainer's 2 clips

@@ -2,7 +2,8 @@
 
 Keys: ``schema``, ``model_state``, ``arch``, ``features`` {preset, config}, ``normalization``
 {axis, mean, std}, ``loss`` {name, params}, ``machine_type``, ``machine_ids``, ``training_data``
-(fingerprint), ``train_config``, ``history``, ``created_at``, ``kit_version``.
+(fingerprint of the clips trained on), ``validation_data`` (of the whole clips held out for validation,
+or None), ``train_config``, ``history``, ``created_at``, ``kit_version``.
 """
 
 from __future__ import annotations

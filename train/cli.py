@@ -101,6 +101,7 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
     from .feature_cache import FeatureCache, default_cache_dir
     from .losses import resolve_lambda
     from .trainer import SCHEDULES, TrainConfig, train
+    from .validation import MIN_CLIPS_FOR_CLIP_SPLIT, split_normals
 
     budget = SCHEDULES[schedule]
     epochs = epochs or budget["epochs"]
@@ -153,7 +154,11 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
     except KeyboardInterrupt:
         saved = f"the state after the last whole epoch is in {state_path}; add --resume to continue" if state_path.is_file() else "nothing was saved"
         raise EdgeAsdError(f"interrupted: {saved}") from None
-    ckpt["training_data"] = fingerprint(paths)
+    trained, held = paths, []
+    if val_fraction > 0 and len(paths) >= MIN_CLIPS_FOR_CLIP_SPLIT:  # whole clips held out: the trainer's split,
+        trained, held, _ = split_normals(paths, val_fraction, seed)  # redone on the paths (same n, fraction, seed)
+    ckpt["training_data"] = fingerprint(trained)  # what the model heard; edge-calibrate warns on these recordings
+    ckpt["validation_data"] = fingerprint(held) if held else None  # not trained on: fit for calibrating phi
     ckpt["something_else"] = {"dir": str(something_else_dir) if something_else_dir else None,
                               "n_sounds": len(other) if other else 0}
     ckpt["kit_version"] = kit_version()
