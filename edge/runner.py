@@ -102,6 +102,7 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
                                    cfg.gate_min_off_s)
             if cfg.phi is None:
                 _check_window(cfg.label, record, windows)
+                _check_heard(cfg.label, record)
             evidence = None
             if cfg.evidence_dir is not None:
                 evidence = EvidenceRecorder(cfg.evidence_dir, f"{Path(cfg.label).stem}_{machine_id}", feats, cfg.evidence_before_s,
@@ -133,6 +134,16 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
         log.info("%s: %s (%s), machine ID %s, phi %.3f, window %s", cfg.label, Path(cfg.model).name,
                  scorer.backend.name, detector.machine_id, detector.phi, cfg.window)
     return monitors, list(file_sinks.values())
+
+
+def _check_heard(label: str, record: dict) -> None:
+    """Warn when the stored phi was set on recordings the model was trained on (edge-calibrate counts them,
+    :mod:`.provenance`): the model scores its training audio low, so that phi raises more false alarms."""
+    heard = record.get("recordings_heard_by_model")
+    if isinstance(heard, int) and heard > 0:
+        log.warning("%s: phi was set on %d recording%s the model was trained on: expect more false alarms than its "
+                    "rule targets; run edge-calibrate on normal recordings the model has not heard", label, heard,
+                    "" if heard == 1 else "s")
 
 
 def _check_window(label: str, record: dict, windows) -> None:

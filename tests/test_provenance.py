@@ -29,12 +29,19 @@ def test_calibrating_on_training_recordings_warns(model, fan, tmp_path, env):
     assert "WARNING: 3 of the 4 recordings were used to train this model" in heard.stderr
     assert "WARNING: 1 of the 1 held-out recordings were used to train this model" in heard.stderr
     assert json.loads(store.read_text())["machines"]["id_00"]["recordings_heard_by_model"] == 3
+    monitor = cli("edge-monitor", "--model", model, "--machine-id", "00", "--store", store, "--input",
+                  fan["test_normal"][1], env=env)
+    assert monitor.returncode == 0, monitor.stderr
+    assert "phi was set on 3 recordings the model was trained on" in monitor.stderr
 
     unheard = cli("edge-calibrate", *fan["test_normal"][:3], "--model", model, "--machine-id", "00", "--store", store,
                   "--check", fan["test_normal"][4], env=env)
     assert unheard.returncode == 0, unheard.stderr
     assert "used to train this model" not in unheard.stderr
     assert json.loads(store.read_text())["machines"]["id_00"]["recordings_heard_by_model"] == 0
+    monitor = cli("edge-monitor", "--model", model, "--machine-id", "00", "--store", store, "--input",
+                  fan["test_normal"][1], env=env)
+    assert monitor.returncode == 0 and "the model was trained on" not in monitor.stderr, monitor.stderr
 
 
 def test_a_fine_tune_adds_the_recordings_it_trained_on(model, fan, tmp_path, env):
