@@ -27,11 +27,21 @@ def _summary(meta: dict) -> list[str]:
         f"std {std.min():.4g}..{std.max():.4g}",
         "architecture: " + ", ".join(f"{k}={v}" for k, v in arch.items()),
         f"loss: {loss.get('name')} " + json.dumps(loss.get("params", {}), sort_keys=True),
-        f"training data: sha256 {td.get('sha256')} over {td.get('n_files')} files",
-        "quantization: " + ", ".join(f"{k}={v}" for k, v in meta.get("quantization", {}).items()),
-        f"content sha256 (sealed): {meta.get('content_sha256')}",
+        f"training data: sha256 {td.get('sha256')} over {td.get('n_files')} files" + _listed(td),
     ]
+    for ft in meta.get("fine_tuning") or []:
+        lines.append(f"fine-tuned {ft.get('finetuned_at')}: machine ID {ft.get('machine_id')}, {ft.get('steps')} updates on "
+                     f"{ft.get('recordings_trained', ft.get('recordings'))} recordings, {ft.get('rejected_frames')} frames "
+                     f"rejected, base sha256 {str(ft.get('base_sha256'))[:12]}" + _listed(ft))
+    lines += ["quantization: " + ", ".join(f"{k}={v}" for k, v in meta.get("quantization", {}).items()),
+              f"content sha256 (sealed): {meta.get('content_sha256')}"]
     return lines
+
+
+def _listed(entry: dict) -> str:
+    """How many recordings' short digests an entry lists (edge-calibrate warns when given one of them)."""
+    listed = entry.get("file_sha256_prefixes")
+    return f" (short sha256 of {len(listed)} listed)" if isinstance(listed, list) else ""
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

@@ -58,6 +58,11 @@ def test_a_fine_tune_adds_the_recordings_it_trained_on(model, fan, tmp_path, env
     meta = Scorer(path).meta
     assert len(meta["fine_tuning"][-1]["file_sha256_prefixes"]) == 2
     assert provenance.heard(meta, new) == new[:2]  # the phi recording was kept out of training
+    shown = cli("edge-inspect", path, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "training data: sha256 " in shown.stdout and "over 10 files (short sha256 of 10 listed)" in shown.stdout
+    line = next(x for x in shown.stdout.splitlines() if x.startswith("fine-tuned "))
+    assert "machine ID id_00, 2 updates on 2 recordings" in line and line.endswith("(short sha256 of 2 listed)"), line
 
 
 def test_long_lists_stay_out_of_the_file():
