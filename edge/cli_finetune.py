@@ -103,7 +103,8 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     ``held_files``: held-out normal recordings the new phi is checked on (the record's ``check``).
 
     Raises EdgeAsdError (nothing changed) for a model that is not .tflite, no phi without ``force``, a
-    recording shorter than one context vector, the guard rail's refusal, or a previous phi whose rule and
+    recording shorter than one context vector, a recording in both ``files`` and ``held_files``, too few
+    recordings to keep ``cfg.phi_share`` of them out, the guard rail's refusal, or a previous phi whose rule and
     windows cannot be applied to ``files`` (checked with the current model before training, and with the
     fine-tuned one before it is installed).
     """
