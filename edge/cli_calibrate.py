@@ -91,12 +91,14 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
     return out, durations, clip_max
 
 
-def phi_record(scorer, model_path, files: list[Path], result: dict, windows, clip_max: list[float]) -> dict:
+def phi_record(scorer, model_path, files: list[Path], result: dict, windows, clip_max: list[float],
+               held_files: list[Path] = ()) -> dict:
     """The phi store's record of a calibration: phi, the model (sha256, path, machine type), the rule (and
     its ``fit`` / ``check`` when made), the windows' ``settings()`` (``window``; for the gate ``gate_db``
     in dBFS, ``gate_min_on_s`` and ``gate_min_off_s`` in s) with ``window_s`` (s, None unless fixed), the
     window maxima, each recording's max frame score, the recordings, the time (UTC) and the kit version.
-    ``result``: :func:`.calibration.calibrate`'s; ``clip_max``: each recording's max frame score.
+    ``result``: :func:`.calibration.calibrate`'s; ``clip_max``: each recording's max frame score;
+    ``held_files``: the held-out recordings phi was checked on (``heldout_recordings``), if any.
     """
     record = {
         "phi": result["phi"],
@@ -113,7 +115,18 @@ def phi_record(scorer, model_path, files: list[Path], result: dict, windows, cli
         "kit_version": kit_version(),
     }
     record.update({key: result[key] for key in ("fit", "check") if key in result})
+    if held_files:
+        record["heldout_recordings"] = [str(f) for f in held_files]
     return record
+
+
+def held_out_maxima(scorer, held_files: list[Path], windows, audio: list[np.ndarray] | None = None) -> tuple[list, np.ndarray | None]:
+    """(the calibration.WindowMax of every window of the held-out recordings, their max scores for the check,
+    or None without held-out recordings): cut as :func:`recordings_window_maxima` cuts the fitted ones."""
+    if not held_files:
+        return [], None
+    held_windows = recordings_window_maxima(scorer, held_files, **windows.settings(), audio=audio)[0]
+    return held_windows, phi_maxima(held_windows, "held-out recordings")
 
 
 def calibrate_like(previous: dict | None, scorer, model_path, files: list[Path],
@@ -139,17 +152,11 @@ def calibrate_like(previous: dict | None, scorer, model_path, files: list[Path],
     windows = windows_for_record(previous, cfg.sample_rate, cfg.hop_samples)
     fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings(), audio=audio)
     n_boot = ((previous.get("fit") or {}).get("bootstrap") or {}).get("n", 0)
-    held = None
-    if held_files:
-        held_windows = recordings_window_maxima(scorer, held_files, **windows.settings(), audio=held_audio)[0]
-        held = phi_maxima(held_windows, "held-out recordings")
+    held = held_out_maxima(scorer, held_files, windows, held_audio)[1]
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)), n_boot=n_boot,
                        heldout_maxima=held, **arguments)
     result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
-    record = phi_record(scorer, model_path, files, result, windows, clip_max)
-    if held_files:
-        record["heldout_recordings"] = [str(f) for f in held_files]
-    return record
+    return phi_record(scorer, model_path, files, result, windows, clip_max, held_files)
 
 
 def warn_if_heard(meta: dict, files: list[Path], held_files: list[Path]) -> int:
@@ -290,18 +297,15 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
                            gate_min_off_s)
     heard = warn_if_heard(scorer.meta, files, held_files)
     fit_windows, durations, maxima = recordings_window_maxima(scorer, files, **windows.settings())
-    held_windows = recordings_window_maxima(scorer, held_files, **windows.settings())[0] if held_files else []
-    held = phi_maxima(held_windows, "held-out recordings") if held_files else None
+    held_windows, held = held_out_maxima(scorer, held_files, windows)
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)), quantile=quantile,
                        margin=margin, target_fpr=target_fpr, alarms_per_day=alarms_per_day, tail=tail, n_boot=n_boot,
                        heldout_maxima=held)
     result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
     if maxima_out is not None:
         write_maxima(maxima_out, fit_windows, held_windows)
-    record = phi_record(scorer, model_path, files, result, windows, maxima)
+    record = phi_record(scorer, model_path, files, result, windows, maxima, held_files)
     phi, window, window_s = record["phi"], record["window"], record["window_s"]
-    if held_files:
-        record["heldout_recordings"] = [str(f) for f in held_files]
     record["recordings_heard_by_model"] = heard
     if "fit" in result:
         fit, boot = result["fit"], result["fit"].get("bootstrap")
