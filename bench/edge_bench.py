@@ -58,9 +58,9 @@ def stream(clips: list[np.ndarray], seconds: float, block: int):
 
 def run_ours(model: Path, clips, seconds: float, block_hops: int) -> dict:
     """edge-monitor's loop (monitor.monitor) on the stream; latency = time between the source's yields."""
-    from edge_asd.edge.detector import RunningMaxDetector
-    from edge_asd.edge.monitor import monitor
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.runtime.decision import RunningMaxDetector
+    from edge_asd.edge.runtime.stream_loop import monitor
+    from edge_asd.edge.runtime.scorer import Scorer
 
     scorer = Scorer(model)
     block = block_hops * scorer.features.hop_samples
@@ -100,7 +100,7 @@ def time_halves(blocks, features, model) -> dict:
 def run_breakdown(model: Path, clips, seconds: float, block_hops: int) -> dict:
     """Where our per-hop time goes: streaming log-mel context vectors vs. the model call, timed apart
     on the same blocks (us per hop)."""
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.runtime.scorer import Scorer
 
     scorer = Scorer(model)
     block = block_hops * scorer.features.hop_samples
@@ -114,7 +114,7 @@ class Reference:
         import librosa
         import onnxruntime as ort
 
-        from edge_asd.edge.model_file import read_model_file
+        from edge_asd.core.model_file import read_model_file
 
         self.librosa = librosa
         _, _, info = read_model_file(onnx_path)
@@ -165,7 +165,7 @@ def run_reference(onnx_path: Path, clips, seconds: float) -> dict:
 
 def same_model(a: Path, b: Path) -> None:
     """Exit unless the two files agree on features, normalization and training data (a conversion pair)."""
-    from edge_asd.edge.model_file import read_model_file
+    from edge_asd.core.model_file import read_model_file
 
     (_, _, x), (_, _, y) = read_model_file(a), read_model_file(b)
     if (x.features != y.features or not np.array_equal(x.mean, y.mean) or not np.array_equal(x.std, y.std)
@@ -267,7 +267,7 @@ def main() -> None:
 
     seconds = args.hours * 3600
     if args.block_hops is None:
-        from edge_asd.edge.monitor import BLOCK_HOPS
+        from edge_asd.edge.runtime.stream_loop import BLOCK_HOPS
 
         args.block_hops = BLOCK_HOPS
     if args.onnx:
@@ -276,7 +276,7 @@ def main() -> None:
     best = lambda runs: min(runs, key=lambda r: r["rtf"])  # noqa: E731 - the run least disturbed by other load
     rows = {"ours": best([run_ours(args.tflite, clips, seconds, args.block_hops) for _ in range(args.repeat)]),
             "ours, 1 hop per call": best([run_ours(args.tflite, clips, min(seconds, 600), 1) for _ in range(args.repeat)])}
-    rows["ours"].update(process_footprint([sys.executable, "-m", "edge_asd.edge.cli_monitor", "--model", str(args.tflite),
+    rows["ours"].update(process_footprint([sys.executable, "-m", "edge_asd.edge.cli.monitor", "--model", str(args.tflite),
                                            "--phi", "0", "--input", "-", "--pcm-rate", str(SR), "-q"], clips, seconds))
     if args.onnx:
         rows["reference"] = best([run_reference(args.onnx, clips, seconds) for _ in range(args.repeat)])

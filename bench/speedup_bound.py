@@ -72,8 +72,8 @@ def main() -> None:
     args = p.parse_args()
 
     from edge_asd.datasets.locate import require_data_root
-    from edge_asd.edge.model_file import read_model_file
-    from edge_asd.edge.monitor import BLOCK_HOPS
+    from edge_asd.core.model_file import read_model_file
+    from edge_asd.edge.runtime.stream_loop import BLOCK_HOPS
 
     data = args.data or require_data_root()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from edge_asd.edge.cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
-from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.core.errors import EdgeAsdError
 
 log = logging.getLogger("edge_asd")
 
@@ -58,7 +58,7 @@ def main(checkpoint, target, quantize, int8, calibration_dir, calibration_frames
     if int8 and quantize not in (None, "int8-static"):
         raise EdgeAsdError("--int8 means --quantize int8-static; give one of them")
     quantize = "int8-static" if int8 else quantize
-    from .pipeline import TARGETS, Conversion, Options
+    from edge_asd.convert.pipeline import TARGETS, Conversion, Options
 
     if target == "all":
         jobs = [(name, fmt, q) for name, (fmt, q) in TARGETS.items()]
@@ -79,7 +79,7 @@ def main(checkpoint, target, quantize, int8, calibration_dir, calibration_frames
     conversion = Conversion(checkpoint, calibration_dir, options)
     if target in ("all", "c-array"):
         out_path.mkdir(parents=True, exist_ok=True)
-    from .run import convert_and_measure
+    from edge_asd.convert.run import convert_and_measure
 
     rows, extra = convert_and_measure(conversion, jobs, out_path, checkpoint.stem, target == "c-array",
                                       measure_latency=report_path is not None)
@@ -90,13 +90,13 @@ def main(checkpoint, target, quantize, int8, calibration_dir, calibration_frames
     for line in extra:
         click.echo(line)
     if report_path is not None:
-        from .report import render
+        from edge_asd.convert.report import render
 
         context = [f"Checkpoint `{checkpoint.name}`: {conversion.ckpt['arch']['name']}, preset "
                    f"{conversion.ckpt['features']['preset']} (D = {conversion.features.dim}), loss "
                    f"{conversion.ckpt['loss']['name']}; calibration: {calibration_dir or 'none'}; options: "
                    f"{options.describe()}."] + [f"- {line}" for line in extra]
-        from edge_asd.edge.atomic_io import atomic_write_bytes
+        from edge_asd.core.atomic_io import atomic_write_bytes
 
         atomic_write_bytes(report_path, render(rows, f"edge-convert parity report: {checkpoint.name}", context).encode())
         click.echo(f"wrote {report_path}")

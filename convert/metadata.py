@@ -1,12 +1,12 @@
-"""The ``edge_asd`` metadata a model file carries (schema: ``edge_asd.edge.model_file``)."""
+"""The ``edge_asd`` metadata a model file carries (schema: ``edge_asd.core.model_file``)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from edge_asd.edge.cli_common import kit_version
-from edge_asd.edge.model_file import DIGEST_KEY, FORMAT, SCHEMA_VERSION, unsealed_digest
-from edge_asd.edge.provenance import prefixes
+from edge_asd.core.commands import kit_version
+from edge_asd.core.model_file import DIGEST_KEY, FORMAT, SCHEMA_VERSION, unsealed_digest
+from edge_asd.core.provenance import prefixes
 
 
 def model_metadata(ckpt: dict, target: str, quantization: dict) -> dict:

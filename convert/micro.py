@@ -11,7 +11,7 @@ import tempfile
 
 import numpy as np
 
-from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.core.errors import EdgeAsdError
 
 
 def _runtime():

@@ -35,7 +35,7 @@ def parity(float_scores: list[np.ndarray], converted_scores: list[np.ndarray], i
     (None: a clip used for the score comparison only, e.g. a training normal) when both classes occur."""
     from scipy.stats import pearsonr, spearmanr
 
-    from edge_asd.train.evaluate import auc_pauc
+    from edge_asd.core.metrics import auc_pauc
 
     a, b = np.concatenate(float_scores), np.concatenate(converted_scores)
     result = Parity(len(float_scores), len(a), float(pearsonr(a, b)[0]), float(spearmanr(a, b)[0]),

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.edge.atomic_io import atomic_write_bytes
-from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.model_file import seal, write_tflite_metadata
-from edge_asd.edge.scorer import Scorer
+from edge_asd.core.atomic_io import atomic_write_bytes
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.model_file import seal, write_tflite_metadata
+from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.firmware_io.audio_file import audio_files, read_audio
 from edge_asd.train.checkpoint import load_checkpoint, restore
 from edge_asd.train.evaluate import torch_frame_scorer
 from edge_asd.train.model import ScoreModel
 
-from .metadata import model_metadata
-from .parity import Parity, parity
+from edge_asd.convert.metadata import model_metadata
+from edge_asd.convert.parity import Parity, parity
 
 log = logging.getLogger("edge_asd")
 
@@ -109,7 +109,7 @@ class Conversion:
         if self._representative is None:
             if not self.calib_paths:
                 raise EdgeAsdError("int8 needs --calibration DATA_DIR: int8 ranges are calibrated on normal recordings")
-            from .representative import representative_vectors
+            from edge_asd.convert.representative import representative_vectors
 
             opt = self.options
             sounds_dir, sounds = self._something_else()
@@ -157,13 +157,13 @@ class Conversion:
         elif quantization == "int8-dynamic":
             quant.update(weights="per-channel symmetric int8", activations="float32, quantized per inference inside FC")
         if fmt == "onnx":
-            from .onnx_export import export_onnx
+            from edge_asd.convert.onnx_export import export_onnx
 
             if calibration is not None:
                 quant["calibrate_method"] = opt.calibrate_method
             return seal(export_onnx(self.score_model, self.features.dim, model_metadata(self.ckpt, "onnx", quant),
                                     calibration, opt.calibrate_method))
-        from .tflite_export import export_tflite
+        from edge_asd.convert.tflite_export import export_tflite
 
         if quantization == "int8-static":
             quant["output_layer"] = "float32" if opt.float_output_layer else "int8"

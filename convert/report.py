@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.edge.scorer import Scorer
+from edge_asd.edge.runtime.scorer import Scorer
 
-from .parity import Parity
+from edge_asd.convert.parity import Parity
 
 SPEARMAN_MIN = 0.999
 AUC_DROP_MAX = 0.005
@@ -82,7 +82,7 @@ def _tflite_runtime_one(data: bytes):
 
 def _micro_one(data: bytes):
     try:
-        from .micro import micro_interpreter
+        from edge_asd.convert.micro import micro_interpreter
     except ImportError:  # pragma: no cover
         return None
     try:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.edge.cli_common import kit_version
-from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.features import extract, standardize
+from edge_asd.core.commands import kit_version
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.features import extract, standardize
 
-from .pipeline import Conversion, write_model
-from .report import Row, latencies
+from edge_asd.convert.pipeline import Conversion, write_model
+from edge_asd.convert.report import Row, latencies
 
 log = logging.getLogger("edge_asd")
 _EXT = {"tflite": ".tflite", "onnx": ".onnx"}
@@ -59,8 +59,8 @@ def convert_and_measure(conversion: Conversion, jobs: list[tuple[str, str, str]]
 
 
 def _microcontroller(data: bytes, scorer, x: np.ndarray, out_dir: Path) -> list[str]:
-    from .c_array import write_c_array
-    from .micro import arena_bytes, int8_tensors_lsb_diff, micro_scores
+    from edge_asd.convert.c_array import write_c_array
+    from edge_asd.convert.micro import arena_bytes, int8_tensors_lsb_diff, micro_scores
 
     dim = scorer.features.dim
     arena = arena_bytes(data, dim)

@@ -5,8 +5,8 @@ standard library; ``edge_asd.datasets.download`` needs pooch (``pip install edge
 not imported here.
 """
 
-from .layout import Clip, assign_mimii_split, machine_types, normalize_machine_id, scan, summary
-from .locate import local_data_root, require_data_root
+from edge_asd.datasets.layout import Clip, assign_mimii_split, machine_types, normalize_machine_id, scan, summary
+from edge_asd.datasets.locate import local_data_root, require_data_root
 
 __all__ = [
     "Clip",

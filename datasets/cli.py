@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from edge_asd.edge.cli_common import CONTEXT_SETTINGS, user_errors
+from edge_asd.core.commands import CONTEXT_SETTINGS, user_errors
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -29,7 +29,7 @@ def main():
 @user_errors
 def where():
     """Print the local data folder (EDGE_ASD_DATA, ../shared/data, ...); exit 1 when there is none."""
-    from .locate import require_data_root
+    from edge_asd.datasets.locate import require_data_root
 
     click.echo(str(require_data_root()))
 
@@ -44,8 +44,8 @@ def list_(root, machine_type, machine_id):
 
     ROOT defaults to the local data folder (see `edge-data where`).
     """
-    from .layout import format_summary, summary
-    from .locate import require_data_root
+    from edge_asd.datasets.layout import format_summary, summary
+    from edge_asd.datasets.locate import require_data_root
 
     root = root or require_data_root()
     click.echo(format_summary(summary(root, machine_type=machine_type, machine_id=machine_id)))
@@ -82,8 +82,8 @@ def fetch(dataset, machine_type, snr, dest, base_url, no_verify, delete_archive,
     An interrupted download resumes when you run the same command again. EDGE_ASD_REGISTRY=file.json
     adds or replaces datasets (same schema as edge_asd.datasets.registry).
     """
-    from .download import fetch as fetch_archive
-    from .layout import format_summary, summary
+    from edge_asd.datasets.download import fetch as fetch_archive
+    from edge_asd.datasets.layout import format_summary, summary
 
     folder = fetch_archive(
         dataset,

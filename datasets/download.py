@@ -19,9 +19,9 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.core.errors import EdgeAsdError
 
-from . import layout, registry
+from edge_asd.datasets import layout, registry
 
 MIRROR_ENV = "EDGE_ASD_DATA_MIRROR"
 CHUNK_SIZE = 1 << 16  # bytes per read; up to this much is fetched again after an interruption

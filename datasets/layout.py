@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.machine_id import normalize_machine_id
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.machine_id import normalize_machine_id
 from edge_asd.firmware_io.audio_file import audio_files
 
 AUDIO_EXTENSIONS = (".wav", ".flac")  # the public datasets' formats; other audio is not a dataset clip

@@ -31,7 +31,7 @@ import os
 import re
 from pathlib import Path
 
-from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.core.errors import EdgeAsdError
 
 ENV_VAR = "EDGE_ASD_REGISTRY"
 

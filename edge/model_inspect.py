@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 
-from .errors import EdgeAsdError
+from edge_asd.core.errors import EdgeAsdError
 
 
 def tflite_ops(data: bytes) -> list[dict]:

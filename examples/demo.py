@@ -59,7 +59,7 @@ def main() -> None:
 
     from edge_asd.datasets.layout import scan
     from edge_asd.datasets.locate import require_data_root
-    from edge_asd.edge.errors import EdgeAsdError
+    from edge_asd.core.errors import EdgeAsdError
 
     t_demo = time.perf_counter()
     try:
@@ -174,10 +174,11 @@ def long_stream(paths: list[Path], minutes: float) -> bytes:
 
 def evaluate(ckpt: Path, model: Path, test) -> dict[str, tuple[float, float]]:
     """Clip AUC/pAUC (max frame score) of the float checkpoint and of the int8 file on the test clips."""
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.runtime.scorer import Scorer
     from edge_asd.firmware_io.audio_file import read_audio
     from edge_asd.train.checkpoint import load_checkpoint, restore
-    from edge_asd.train.evaluate import auc_pauc, torch_frame_scorer
+    from edge_asd.core.metrics import auc_pauc
+    from edge_asd.train.evaluate import torch_frame_scorer
 
     ae, features, mean, std = restore(load_checkpoint(ckpt))
     float_score, int8 = torch_frame_scorer(ae, mean, std, features), Scorer(model)

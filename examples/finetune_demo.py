@@ -83,8 +83,8 @@ def write_base(ckpt: dict, work: Path, template: Path) -> Path:
     """The shipped int8 model of a base checkpoint, its weights and metadata written into the template's graph
     (per-channel int8 weights, activation ranges from the base clips in ``work/calib``)."""
     from edge_asd.convert.metadata import model_metadata
-    from edge_asd.edge.features import extract, standardize
-    from edge_asd.edge.finetune_tflite import write_layers
+    from edge_asd.core.features import extract, standardize
+    from edge_asd.edge.finetune.tflite_weights import write_layers
     from edge_asd.firmware_io.audio_file import read_audio
 
     out = work / "shipped.tflite"
@@ -93,7 +93,7 @@ def write_base(ckpt: dict, work: Path, template: Path) -> Path:
                    key=lambda n: (n.split(".")[0] != "encoder", int(n.split(".")[1])))
     layers = [(state[n + ".weight"].numpy(), state[n + ".bias"].numpy()) for n in names]
     norm = ckpt["normalization"]
-    from edge_asd.edge.presets import FeatureConfig
+    from edge_asd.core.presets import FeatureConfig
 
     features = FeatureConfig.from_dict(ckpt["features"]["config"])
     vectors = np.concatenate([extract(read_audio(p, features.sample_rate), features) for p in sorted((work / "calib").iterdir())])
@@ -125,9 +125,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from edge_asd.datasets.locate import local_data_root
-    from edge_asd.edge.features import extract
-    from edge_asd.edge.presets import get_preset
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.core.features import extract
+    from edge_asd.core.presets import get_preset
+    from edge_asd.edge.runtime.scorer import Scorer
     from edge_asd.firmware_io.audio_file import audio_files
     from edge_asd.train.bootstrap import auc_ci, paired_difference_ci
     from edge_asd.train.data import band_statistics, load_clips

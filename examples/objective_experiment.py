@@ -30,8 +30,8 @@ from pathlib import Path
 
 import click
 
-from edge_asd.edge.cli_common import setup_logging, user_errors
-from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.core.commands import setup_logging, user_errors
+from edge_asd.core.errors import EdgeAsdError
 
 log = logging.getLogger("edge_asd")
 RUNS = "runs.jsonl"
@@ -94,7 +94,7 @@ def main(data, machine_types, ids, losses, archs, seeds, updates, lr, lam, sigma
     if report_only:
         report(out, report_dir, n_boot)
         return
-    from edge_asd.edge.machine_id import normalize_machine_id
+    from edge_asd.core.machine_id import normalize_machine_id
     from edge_asd.train.experiment import ARCH_PRESET
     from edge_asd.train.losses import LOSSES, resolve_lambda
 

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.core.errors import EdgeAsdError
 from edge_asd.firmware_io.audio_file import read_audio
 from edge_asd.firmware_io.pcm_framing import FLAG_START, MAX_VALUES, encode_frame
 

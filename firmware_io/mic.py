@@ -23,10 +23,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.core.errors import EdgeAsdError
 
-from .ring import RingBuffer
-from .sources import Gap
+from edge_asd.firmware_io.ring import RingBuffer
+from edge_asd.firmware_io.sources import Gap
 
 log = logging.getLogger("edge_asd")
 

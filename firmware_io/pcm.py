@@ -29,10 +29,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.core.errors import EdgeAsdError
 
-from .pcm_framing import MAGIC, OVERHEAD, FrameDecoder
-from .sources import Gap
+from edge_asd.firmware_io.pcm_framing import MAGIC, OVERHEAD, FrameDecoder
+from edge_asd.firmware_io.sources import Gap
 
 log = logging.getLogger("edge_asd")
 _INT16_SCALE = 1.0 / 32768.0

@@ -36,9 +36,9 @@ import zlib
 
 import numpy as np
 
-from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.core.errors import EdgeAsdError
 
-from .sources import Gap
+from edge_asd.firmware_io.sources import Gap
 
 MAGIC = b"EASD"
 VERSION = 1

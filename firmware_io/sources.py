@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.core.errors import EdgeAsdError
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def open_sources(requests: list[SourceRequest], pyaudio_module=None) -> list:
                                                              (r.channel or 0) + 1)
         for r in requests:
             if is_mic(r.spec):
-                from .mic import MicDevice, find_device
+                from edge_asd.firmware_io.mic import MicDevice, find_device
 
                 key = _mic_device_spec(r.spec)
                 if key not in devices:
@@ -119,18 +119,18 @@ def open_sources(requests: list[SourceRequest], pyaudio_module=None) -> list:
                     raise EdgeAsdError(f"{r.spec}: two models with different sample rates cannot share one device")
                 opened.append(devices[key].channel(r.channel or 0, r.block_samples, r.stall_s))
             elif r.spec.startswith("serial:"):
-                from .pcm import open_serial
+                from edge_asd.firmware_io.pcm import open_serial
 
                 opened.append(open_serial(r.spec[len("serial:"):], r.sample_rate, r.block_samples, r.baud,
                                           r.pcm_channels, r.channel, r.stall_s, r.pcm_framing))
             elif r.spec == "-":
-                from .pcm import PcmSource
+                from edge_asd.firmware_io.pcm import PcmSource
 
                 opened.append(PcmSource(_stdin(), r.sample_rate, r.block_samples, "stdin",
                                         declared_rate=r.pcm_rate, channels=r.pcm_channels, channel=r.channel,
                                         framing=r.pcm_framing))
             else:
-                from .audio_file import FileSource
+                from edge_asd.firmware_io.audio_file import FileSource
 
                 opened.append(FileSource(r.spec, r.sample_rate, r.block_samples, channel=r.channel))
     except BaseException:

@@ -31,11 +31,11 @@ def cli(name: str, *args: str, input: bytes | None = None, env: dict | None = No
 _MODULES = {
     "edge-train": "edge_asd.train.cli",
     "edge-convert": "edge_asd.convert.cli",
-    "edge-calibrate": "edge_asd.edge.cli_calibrate",
-    "edge-monitor": "edge_asd.edge.cli_monitor",
+    "edge-calibrate": "edge_asd.edge.cli.calibrate",
+    "edge-monitor": "edge_asd.edge.cli.monitor",
     "edge-data": "edge_asd.datasets.cli",
-    "edge-inspect": "edge_asd.edge.cli_inspect",
-    "edge-report": "edge_asd.edge.cli_report",
+    "edge-inspect": "edge_asd.edge.cli.inspect",
+    "edge-report": "edge_asd.edge.cli.report",
 }
 
 
@@ -100,7 +100,7 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def checkpoint(data_root, fan, something_else, work) -> Path:
     """A small BU model of fan id_00 (120 updates, koizumi2019 preset, fcn-small)."""
-    from edge_asd.edge.presets import get_preset
+    from edge_asd.core.presets import get_preset
     from edge_asd.firmware_io.audio_file import audio_files
     from edge_asd.train.checkpoint import save_checkpoint
     from edge_asd.train.data import band_statistics, fingerprint, load_clips
@@ -175,7 +175,7 @@ def one_torch_thread():
 def fan_training_clips(fan, something_else):
     """(normals, something-else sounds, mean, std) for the trainer tests: the fan id_00 training clips and
     every 16th something-else sound, decoded at the koizumi2019 rate, and the normals' per-band statistics."""
-    from edge_asd.edge.presets import get_preset
+    from edge_asd.core.presets import get_preset
     from edge_asd.firmware_io.audio_file import audio_files
     from edge_asd.train.data import band_statistics, load_clips
 

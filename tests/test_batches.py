@@ -1,4 +1,4 @@
-"""edge_asd.train.batches: the mini-batches of Koizumi et al. 2019, sec. 4.2.1, on real recordings.
+"""edge_asd.core.batches: the mini-batches of Koizumi et al. 2019, sec. 4.2.1, on real recordings.
 
 Normal audio: MIMII fan id_00 train clips; something-else sound: a real ESC clip. The labelling of
 x^(a) / x^(u) is recomputed here from the returned span with an explicit loop (vector i spans samples
@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_asd.edge.features import extract
-from edge_asd.edge.presets import get_preset
+from edge_asd.core.features import extract
+from edge_asd.core.presets import get_preset
 from edge_asd.firmware_io.audio_file import audio_files, read_audio
-from edge_asd.train.batches import (
+from edge_asd.core.batches import (
     BatchBuilder,
     coloured_noise,
     overlapping_vectors,

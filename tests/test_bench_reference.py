@@ -17,8 +17,8 @@ pytest.importorskip("librosa")
 def test_reference_computes_what_the_device_path_computes(onnx_model, fan_audio):
     from edge_bench import Reference
 
-    from edge_asd.edge.features import extract
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.core.features import extract
+    from edge_asd.edge.runtime.scorer import Scorer
 
     onnx_path = Path(onnx_model[0])
     ref, ours = Reference(onnx_path), Scorer(onnx_path)

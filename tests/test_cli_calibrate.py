@@ -14,7 +14,7 @@ from conftest import assert_one_line_error, cli
 
 @pytest.fixture(scope="module")
 def frame_scores(model):
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.runtime.scorer import Scorer
     from edge_asd.firmware_io.audio_file import read_audio
 
     scorer = Scorer(model)

@@ -40,7 +40,7 @@ def test_convert_onnx_prints_parity(checkpoint, data_root, tmp_path, env):
     spearman = float(parity[0].split("Spearman ")[1].split(",")[0])
     assert spearman > 0.999
     assert any(line.startswith("clip AUC on") for line in lines)
-    from edge_asd.edge.model_file import read_model_file
+    from edge_asd.core.model_file import read_model_file
 
     assert read_model_file(out)[1] == "onnx"
 

@@ -32,8 +32,8 @@ def same_run(records: list[dict]) -> list[dict]:
 
 def reference_events(scores: np.ndarray, phi: float, window_s: float | None = None) -> list[tuple]:
     """(frame, window, running max before) of each event, by the rule of eqs. (4)/(11), brute force."""
-    from edge_asd.edge.features import vector_end_s
-    from edge_asd.edge.presets import get_preset
+    from edge_asd.core.features import vector_end_s
+    from edge_asd.core.presets import get_preset
 
     cfg = get_preset("koizumi2019")
     times = [float(vector_end_s(i, cfg)) for i in range(len(scores))]
@@ -49,7 +49,7 @@ def reference_events(scores: np.ndarray, phi: float, window_s: float | None = No
 
 @pytest.fixture(scope="module")
 def scorer(model):
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.runtime.scorer import Scorer
 
     return Scorer(model)
 
@@ -264,7 +264,7 @@ def test_monitor_ctrl_c_prints_the_summary_and_keeps_events(model, anomaly_clip,
     pcm = (read_audio(anomaly_clip, 16000) * 32767).astype("<i2").tobytes()
     events_file = tmp_path / "events.jsonl"
     exe = BIN / "edge-monitor"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edge_asd.edge.cli_monitor"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edge_asd.edge.cli.monitor"]
     proc = subprocess.Popen(cmd + ["--model", str(model), "--phi", str(low_phi), "--input", "-", "--events", str(events_file)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
     proc.stdin.write(pcm)  # the whole clip, but the stream stays open like a microphone's
@@ -288,7 +288,7 @@ def test_monitor_ctrl_c_prints_the_summary_and_keeps_events(model, anomaly_clip,
 
 def test_monitor_runs_onnx_models_with_the_same_events_as_the_float_scores(onnx_model, anomaly_clip, low_phi, env):
     """The .onnx file runs on onnxruntime; its events follow its own scores, computed in-process."""
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.runtime.scorer import Scorer
     from edge_asd.firmware_io.audio_file import read_audio
 
     path = Path(onnx_model[0])

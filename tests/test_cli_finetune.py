@@ -36,7 +36,7 @@ def phi_of(store: Path) -> dict:
 
 
 def test_finetune_then_monitor_then_rollback(deployed, fan, env):
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.runtime.scorer import Scorer
 
     path, store = deployed
     shipped, old_phi = path.read_bytes(), phi_of(store)
@@ -92,7 +92,7 @@ def test_guard_rail_refuses_a_recording_of_the_fault_unless_forced(deployed, fan
 
 
 def test_killed_midway_leaves_the_old_model_in_service(deployed, fan, env):
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.runtime.scorer import Scorer
 
     path, store = deployed
     shipped, old_store = path.read_bytes(), store.read_bytes()
@@ -128,10 +128,10 @@ def finetune(path, store, recordings, env, *options):
 
 def monitor_verdicts(path, recording, window: str, *gate) -> list[dict]:
     """edge-monitor's verdict lines (its own code path: the streaming Monitor, 16-hop blocks) for one recording."""
-    from edge_asd.edge.detector import RunningMaxDetector
-    from edge_asd.edge.monitor import Monitor
-    from edge_asd.edge.scorer import Scorer
-    from edge_asd.edge.windows import make_windows
+    from edge_asd.edge.runtime.decision import RunningMaxDetector
+    from edge_asd.edge.runtime.stream_loop import Monitor
+    from edge_asd.edge.runtime.scorer import Scorer
+    from edge_asd.edge.runtime.windows import make_windows
     from edge_asd.firmware_io.audio_file import read_audio
 
     scorer, audio, lines = Scorer(path), read_audio(recording, 16000), []
@@ -252,10 +252,10 @@ def test_a_rule_that_cannot_be_reapplied_changes_nothing(model, fan, tmp_path, e
 def test_a_recalibration_failing_after_training_installs_nothing(deployed, fan, monkeypatch):
     """Should the fine-tuned model's scores defeat the rule (say a tail fit with no finite phi), the command fails
     after training with one error, the model, phi and the folder as they were (no temporary model file left)."""
-    from edge_asd.edge import cli_calibrate
-    from edge_asd.edge.cli_finetune import finetune_model
-    from edge_asd.edge.errors import EdgeAsdError
-    from edge_asd.edge.finetune import FinetuneConfig
+    from edge_asd.edge.cli import calibrate as cli_calibrate
+    from edge_asd.edge.cli.finetune import finetune_model
+    from edge_asd.core.errors import EdgeAsdError
+    from edge_asd.edge.finetune.adapt import FinetuneConfig
 
     path, store = deployed
     shipped, old_store, listing = path.read_bytes(), store.read_bytes(), sorted(os.listdir(path.parent))
@@ -303,7 +303,7 @@ def test_finetune_imports_no_training_stack(deployed, fan, tmp_path):
     """The device has no torch: edge-finetune trains with numpy and rewrites the file with the LiteRT schema."""
     path, store = deployed
     heavy = ("torch", "onnx", "librosa", "jax", "litert_torch", "tensorflow")
-    code = ("import json, sys\nfrom edge_asd.edge.cli_finetune import main\n"
+    code = ("import json, sys\nfrom edge_asd.edge.cli.finetune import main\n"
             f"main({[str(fan['train'][6]), str(fan['train'][7]), '--model', str(path), '--machine-id', '00', '--store', str(store), '--steps', '1']!r},"
             " standalone_mode=False)\n"
             f"print('MODULES=' + json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))")

@@ -15,7 +15,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def clip_max(model):
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.runtime.scorer import Scorer
     from edge_asd.firmware_io.audio_file import read_audio
 
     scorer = Scorer(model)
@@ -50,7 +50,7 @@ def test_report_from_recordings_and_event_log(model, fan, clip_max, tmp_path, en
     assert all(f'src="{n}"' in page for n in names)
     assert res["events in log"] == n_events
     # the ROC numbers are those of the clip scores, computed here independently
-    from edge_asd.train.evaluate import auc_pauc
+    from edge_asd.core.metrics import auc_pauc
 
     clips = fan["test_normal"] + fan["test_anomaly"]
     auc, pauc = auc_pauc(np.array([p in fan["test_anomaly"] for p in clips]), np.array([clip_max(p) for p in clips]))
@@ -62,7 +62,7 @@ def test_report_from_recordings_and_event_log(model, fan, clip_max, tmp_path, en
 
 def test_report_histogram_has_the_calibration_windows(model, fan, tmp_path, env):
     """--window 1: the histogram holds the maxima edge-calibrate fits phi to, the monitor's complete 1-s windows."""
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.runtime.scorer import Scorer
     from edge_asd.firmware_io.audio_file import read_audio
 
     scorer, maxima = Scorer(model), []

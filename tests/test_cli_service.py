@@ -30,7 +30,7 @@ def run_ok(*args, env=None, input=None):
 def phi_low(model, fan):
     import numpy as np
 
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.runtime.scorer import Scorer
     from edge_asd.firmware_io.audio_file import read_audio
 
     return float(np.quantile(Scorer(model).score_audio(read_audio(fan["test_anomaly"][0], 16000)), 0.2))
@@ -90,7 +90,7 @@ def test_options_from_the_environment(model, fan, phi_low, tmp_path, env):
 
 def _start(args, env):
     exe = BIN / "edge-monitor"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edge_asd.edge.cli_monitor"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edge_asd.edge.cli.monitor"]
     return subprocess.Popen(cmd + [str(a) for a in args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env={**os.environ, **env})
 
@@ -139,7 +139,7 @@ def test_evidence_from_the_command_line(model, fan, phi_low, tmp_path, env):
 
 
 def test_list_devices(monkeypatch):
-    from edge_asd.edge import cli_monitor
+    from edge_asd.edge.cli import monitor as cli_monitor
     from edge_asd.firmware_io import mic
 
     monkeypatch.setattr(mic, "_pyaudio", lambda: StandInPyAudio())
@@ -154,7 +154,7 @@ def test_journald_priorities_when_stderr_is_the_journal(model, fan, phi_low, tmp
     """Under systemd ($JOURNAL_STREAM names our stderr) log lines carry syslog priorities, not level words."""
     err = tmp_path / "journal.txt"
     exe = BIN / "edge-monitor"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edge_asd.edge.cli_monitor"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edge_asd.edge.cli.monitor"]
     with open(err, "wb") as f:
         st = os.fstat(f.fileno())
         proc = subprocess.run(cmd + ["--model", str(model), "--phi", str(phi_low), "--input", str(fan["test_normal"][0])],

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_asd.edge.detector import EVENT_SCHEMA, OFF, Event, RunningMaxDetector, Verdict
+from edge_asd.edge.runtime.decision import EVENT_SCHEMA, OFF, Event, RunningMaxDetector, Verdict
 
 SHA = "ab" * 32
 

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-HEAVY = ("torch", "onnx", "librosa", "jax", "litert_torch", "tensorflow")
+HEAVY = ("torch", "onnx", "librosa", "jax", "litert_torch", "tensorflow", "edge_asd.train", "edge_asd.convert")
 OPTIONAL = ("matplotlib", "scipy", "sklearn")
 
 SNIPPET = """
@@ -32,7 +32,7 @@ def run_in_fresh_python(module: str, args: list[str], env_store, heavy=HEAVY) ->
 
 def test_monitor_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path):
     loaded, proc = run_in_fresh_python(
-        "cli_monitor", ["--model", int8_model[0], "--phi", "0", "--input", fan["test_anomaly"][0]], tmp_path / "s.json",
+        "cli.monitor", ["--model", int8_model[0], "--phi", "0", "--input", fan["test_anomaly"][0]], tmp_path / "s.json",
         heavy=HEAVY + OPTIONAL)
     assert loaded == []
     # it really scored the clip (events on stdout with phi 0), so the whole path was exercised
@@ -44,7 +44,7 @@ def test_monitor_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path):
 def test_calibrate_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path):
     store = tmp_path / "phi.json"
     loaded, proc = run_in_fresh_python(
-        "cli_calibrate", [*fan["train"][:2], "--model", int8_model[0], "--machine-id", "00", "--store", store],
+        "cli.calibrate", [*fan["train"][:2], "--model", int8_model[0], "--machine-id", "00", "--store", store],
         tmp_path / "unused.json")
     assert loaded == []
     assert json.loads(store.read_text())["machines"]["id_00"]["phi"] > 0
@@ -53,7 +53,7 @@ def test_calibrate_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path
 def test_calibrate_budget_rule_imports_no_training_stack(int8_model, fan, tmp_path):
     store = tmp_path / "phi.json"
     loaded, _ = run_in_fresh_python(
-        "cli_calibrate", [*fan["train"][:3], "--model", int8_model[0], "--machine-id", "00", "--store", store, "--window",
+        "cli.calibrate", [*fan["train"][:3], "--model", int8_model[0], "--machine-id", "00", "--store", store, "--window",
                           "1", "--false-alarms-per-day", "1", "--holdout", "0.34", "--bootstrap", "5"],
         tmp_path / "unused.json")
     assert loaded == []
@@ -63,7 +63,7 @@ def test_calibrate_budget_rule_imports_no_training_stack(int8_model, fan, tmp_pa
 def test_report_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path):
     out = tmp_path / "report"
     loaded, _ = run_in_fresh_python(
-        "cli_report", ["--model", int8_model[0], "--phi", "1", "--recording", fan["test_anomaly"][0], "--normals",
+        "cli.report", ["--model", int8_model[0], "--phi", "1", "--recording", fan["test_anomaly"][0], "--normals",
                        fan["train"][0], "--normals", fan["train"][1], "--test-dir", fan["test_normal"][0].parent,
                        "--out", out], tmp_path / "unused.json")
     assert loaded == []

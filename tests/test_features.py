@@ -1,4 +1,4 @@
-"""edge_asd.edge.features and .presets, and firmware_io.audio_file.read_audio.
+"""edge_asd.core.features and .presets, and firmware_io.audio_file.read_audio.
 
 The log-mel is checked against librosa on a real fan clip, the streaming front end against the
 whole-file one (chunk sizes and random chunkings), and the context layout against the definition of
@@ -15,14 +15,14 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_asd.edge.features import (
+from edge_asd.core.features import (
     StreamingFeatures,
     extract,
     logmel,
     mel_filterbank,
     vector_end_s,
 )
-from edge_asd.edge.presets import PRESETS, get_preset
+from edge_asd.core.presets import PRESETS, get_preset
 from edge_asd.firmware_io.audio_file import read_audio
 
 librosa = pytest.importorskip("librosa")
@@ -235,7 +235,7 @@ def test_vector_end_s():
 
 def test_presets_by_name():
     assert set(PRESETS) >= set(PRESET_NAMES)
-    from edge_asd.edge.errors import EdgeAsdError
+    from edge_asd.core.errors import EdgeAsdError
 
     with pytest.raises(EdgeAsdError):
         get_preset("no-such-preset")

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.features import extract
-from edge_asd.edge.finetune_ae import anomaly_score
-from edge_asd.edge.finetune_tflite import read_layers, write_layers
-from edge_asd.edge.model_file import read_model_file
-from edge_asd.edge.scorer import Scorer
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.features import extract
+from edge_asd.edge.finetune.autoencoder import anomaly_score
+from edge_asd.edge.finetune.tflite_weights import read_layers, write_layers
+from edge_asd.core.model_file import read_model_file
+from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.train.checkpoint import load_checkpoint, restore
 
 

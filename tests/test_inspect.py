@@ -13,7 +13,7 @@ import numpy as np
 
 from conftest import assert_one_line_error, cli
 from edge_asd.edge.model_inspect import tflite_ops
-from edge_asd.edge.scorer import Scorer
+from edge_asd.edge.runtime.scorer import Scorer
 
 
 def test_inspect_int8_tflite(int8_model, env):
@@ -70,7 +70,7 @@ def test_inspect_refuses_like_the_device(int8_model, tmp_path, env):
 
 
 def test_inspect_imports_no_training_stack(int8_model):
-    code = ("import sys, json\nfrom edge_asd.edge.cli_inspect import main\n"
+    code = ("import sys, json\nfrom edge_asd.edge.cli.inspect import main\n"
             f"main([{str(int8_model[0])!r}], standalone_mode=False)\n"
             "print('MODULES=' + json.dumps(sorted(m for m in ('torch', 'onnx', 'librosa', 'litert_torch') if m in sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=dict(os.environ))

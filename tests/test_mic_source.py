@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.core.errors import EdgeAsdError
 from edge_asd.firmware_io.mic import find_device, input_devices
 from edge_asd.firmware_io.ring import RingBuffer
 from edge_asd.firmware_io.sources import Gap, SourceRequest, open_source, open_sources

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import cli
-from edge_asd.edge.features import extract
-from edge_asd.edge.model_file import read_model_file
-from edge_asd.edge.scorer import Scorer
+from edge_asd.core.features import extract
+from edge_asd.core.model_file import read_model_file
+from edge_asd.edge.runtime.scorer import Scorer
 
 pytest.importorskip("tflite_micro", reason="pip install --pre tflite-micro")
 

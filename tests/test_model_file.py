@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_asd.edge.cli_common import kit_version
-from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.model_file import (
+from edge_asd.core.commands import kit_version
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.model_file import (
     DIGEST_KEY,
     FORMAT,
     METADATA_NAME,
@@ -22,8 +22,8 @@ from edge_asd.edge.model_file import (
     unsealed_digest,
     write_tflite_metadata,
 )
-from edge_asd.edge.presets import get_preset
-from edge_asd.edge.scorer import Scorer
+from edge_asd.core.presets import get_preset
+from edge_asd.edge.runtime.scorer import Scorer
 
 
 def strip_tflite_metadata(data: bytes) -> bytes:

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.edge.detector import RunningMaxDetector
-from edge_asd.edge.evidence import EvidenceRecorder
-from edge_asd.edge.monitor import Monitor
-from edge_asd.edge.windows import EnergyGate, FixedWindows
+from edge_asd.edge.runtime.decision import RunningMaxDetector
+from edge_asd.edge.runtime.evidence import EvidenceRecorder
+from edge_asd.edge.runtime.stream_loop import Monitor
+from edge_asd.edge.runtime.windows import EnergyGate, FixedWindows
 from edge_asd.firmware_io.sinks import RotatingJsonLinesFile
 from edge_asd.firmware_io.sources import Gap, open_source
 from standin_audio import StandInPyAudio
@@ -25,7 +25,7 @@ RATE = 16000
 
 @pytest.fixture(scope="module")
 def scorer(model):
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.runtime.scorer import Scorer
 
     return Scorer(model)
 

@@ -64,7 +64,7 @@ def test_installed_wheel_imports_each_package_from_a_fresh_venv(wheel, tmp_path)
         f"for name in {PACKAGES!r}:\n"
         "    m = importlib.import_module(name)\n"
         f"    assert pathlib.Path(m.__file__).is_relative_to({str(site)!r}), m.__file__\n"
-        "import edge_asd.edge.features, edge_asd.edge.scorer, edge_asd.firmware_io.pcm\n"
+        "import edge_asd.core.features, edge_asd.edge.runtime.scorer, edge_asd.firmware_io.pcm\n"
         "print('ok')\n"
     )
     proc = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)

@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, assert_one_line_error, cli
-from edge_asd.edge.config import load_config
-from edge_asd.edge.detector import RunningMaxDetector
-from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.monitor import Monitor
+from edge_asd.edge.runtime.config import load_config
+from edge_asd.edge.runtime.decision import RunningMaxDetector
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.runtime.stream_loop import Monitor
 from edge_asd.firmware_io.pcm import PcmSource
 from edge_asd.firmware_io.pcm_framing import FLAG_START, HEADER, FrameDecoder, encode_frame, encode_frames
 from edge_asd.firmware_io.sources import Gap, open_source
@@ -315,7 +315,7 @@ def test_config_key(tmp_path):
 
 @pytest.fixture(scope="module")
 def scorer(model):
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.edge.runtime.scorer import Scorer
 
     return Scorer(model)
 

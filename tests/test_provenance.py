@@ -11,8 +11,8 @@ from conftest import cli
 
 
 def test_the_model_file_lists_its_training_recordings(model, fan):
-    from edge_asd.edge import provenance
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.core import provenance
+    from edge_asd.edge.runtime.scorer import Scorer
 
     meta = Scorer(model).meta
     listed = meta["training_data"]["file_sha256_prefixes"]
@@ -45,8 +45,8 @@ def test_calibrating_on_training_recordings_warns(model, fan, tmp_path, env):
 
 
 def test_a_fine_tune_adds_the_recordings_it_trained_on(model, fan, tmp_path, env):
-    from edge_asd.edge import provenance
-    from edge_asd.edge.scorer import Scorer
+    from edge_asd.core import provenance
+    from edge_asd.edge.runtime.scorer import Scorer
 
     path, store = tmp_path / "fan.tflite", tmp_path / "phi.json"
     shutil.copy(model, path)
@@ -66,7 +66,7 @@ def test_a_fine_tune_adds_the_recordings_it_trained_on(model, fan, tmp_path, env
 
 
 def test_long_lists_stay_out_of_the_file():
-    from edge_asd.edge import provenance
+    from edge_asd.core import provenance
 
     digests = [f"{i:064x}" for i in range(provenance.MAX_FILES + 1)]
     assert provenance.prefixes(digests) is None and provenance.prefixes([]) is None

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_asd.edge.backends import Backend
-from edge_asd.edge.features import StreamingFeatures
-from edge_asd.edge.monitor import BLOCK_HOPS
-from edge_asd.edge.scorer import Scorer
+from edge_asd.edge.runtime.backends import Backend
+from edge_asd.core.features import StreamingFeatures
+from edge_asd.edge.runtime.stream_loop import BLOCK_HOPS
+from edge_asd.edge.runtime.scorer import Scorer
 
 
 @pytest.fixture(scope="module", params=["int8", "onnx"])
@@ -18,7 +18,7 @@ def scorer(request, int8_model, onnx_model):
 
 
 def test_batched_scores_equal_one_vector_per_call(scorer, fan):
-    from edge_asd.edge.features import extract
+    from edge_asd.core.features import extract
     from edge_asd.firmware_io.audio_file import read_audio
 
     x = scorer.info.standardize(extract(read_audio(fan["test_anomaly"][0], 16000), scorer.features))
@@ -41,8 +41,8 @@ def test_monitor_blocks_give_whole_file_scores(scorer, fan_audio):
 
 @pytest.mark.parametrize("chunk", [256, 1000, 8192])
 def test_standardized_streaming_equals_standardize_of_extract(chunk, fan_audio):
-    from edge_asd.edge.features import extract, standardize
-    from edge_asd.edge.presets import get_preset
+    from edge_asd.core.features import extract, standardize
+    from edge_asd.core.presets import get_preset
 
     cfg = get_preset("koizumi2019")
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_asd.edge.errors import EdgeAsdError
+from edge_asd.core.errors import EdgeAsdError
 from edge_asd.firmware_io.audio_file import FileSource, read_audio
 from edge_asd.firmware_io.pcm import PcmSource
 from edge_asd.firmware_io.sources import open_source

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from edge_asd.convert.pipeline import convert_checkpoint
-from edge_asd.edge.features import extract
-from edge_asd.edge.scorer import Scorer
+from edge_asd.core.features import extract
+from edge_asd.edge.runtime.scorer import Scorer
 
 SCRIPT = """
 import json, sys, numpy as np

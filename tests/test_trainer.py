@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.presets import get_preset
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.presets import get_preset
 from edge_asd.train.checkpoint import load_checkpoint, restore, save_checkpoint
 from edge_asd.train.data import load_clips
 from edge_asd.train.evaluate import torch_frame_scorer
@@ -177,7 +177,7 @@ def test_short_bu_run_lowers_scores_of_held_out_normal_clips(trained, fan):
 
 def test_torch_frame_scorer_standardizes_per_mel_band(trained, fan_audio):
     """The scorer standardizes each context vector with the band statistics tiled over the L frames."""
-    from edge_asd.edge.features import extract
+    from edge_asd.core.features import extract
 
     ae, _, mean, std = restore(trained)
     got = torch_frame_scorer(ae, mean, std, FEATURES)(fan_audio[: 2 * FEATURES.sample_rate])

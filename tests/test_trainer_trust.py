@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.features import extract, logmel
-from edge_asd.edge.presets import get_preset
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.features import extract, logmel
+from edge_asd.core.presets import get_preset
 from edge_asd.firmware_io.audio_file import read_audio
 from edge_asd.train import pipeline
-from edge_asd.train.batches import BatchBuilder
+from edge_asd.core.batches import BatchBuilder
 from edge_asd.train.checkpoint import restore
 from edge_asd.train.context_kde import context_kde_weights, diagonal_window_sum
 from edge_asd.train.feature_cache import FeatureCache
@@ -84,7 +84,7 @@ def test_frame_kde_matches_the_papers_per_dimension_weights_on_real_batches(data
 
 
 def test_standardized_draw_equals_standardizing_the_vectors(data):
-    from edge_asd.edge.features import standardize
+    from edge_asd.core.features import standardize
 
     normals, others, mean, std = data
     builder = BatchBuilder(normals, others, FEATURES)

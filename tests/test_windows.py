@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.windows import EnergyGate, FixedWindows, WholeStream, make_windows
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.runtime.windows import EnergyGate, FixedWindows, WholeStream, make_windows
 
 RATE, HOP = 16000, 256
 

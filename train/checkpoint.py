@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_asd.edge.atomic_io import atomic_write_bytes
-from edge_asd.edge.errors import EdgeAsdError
-from edge_asd.edge.presets import FeatureConfig
+from edge_asd.core.atomic_io import atomic_write_bytes
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.presets import FeatureConfig
 
-from .model import FCNAutoencoder, build_autoencoder
-from .trainer import CHECKPOINT_SCHEMA
+from edge_asd.train.model import FCNAutoencoder, build_autoencoder
+from edge_asd.train.trainer import CHECKPOINT_SCHEMA
 
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from edge_asd.edge.cli_common import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
-from edge_asd.edge.presets import PRESETS
+from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.core.presets import PRESETS
 
 log = logging.getLogger("edge_asd")
 
@@ -90,18 +90,18 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
     import torch
 
     from edge_asd.datasets.layout import assign_mimii_split, normalize_machine_id, scan
-    from edge_asd.edge.errors import EdgeAsdError
-    from edge_asd.edge.features import LogMel
-    from edge_asd.edge.presets import get_preset
+    from edge_asd.core.errors import EdgeAsdError
+    from edge_asd.core.features import LogMel
+    from edge_asd.core.presets import get_preset
     from edge_asd.firmware_io.audio_file import audio_files
 
-    from .batches import BatchConfig
-    from .checkpoint import save_checkpoint, write_history_csv
-    from .data import band_statistics, fingerprint, load_clips
-    from .feature_cache import FeatureCache, default_cache_dir
-    from .losses import resolve_lambda
-    from .trainer import SCHEDULES, TrainConfig, train
-    from .validation import MIN_CLIPS_FOR_CLIP_SPLIT, split_normals
+    from edge_asd.core.batches import BatchConfig
+    from edge_asd.train.checkpoint import save_checkpoint, write_history_csv
+    from edge_asd.train.data import band_statistics, fingerprint, load_clips
+    from edge_asd.train.feature_cache import FeatureCache, default_cache_dir
+    from edge_asd.train.losses import resolve_lambda
+    from edge_asd.train.trainer import SCHEDULES, TrainConfig, train
+    from edge_asd.train.validation import MIN_CLIPS_FOR_CLIP_SPLIT, split_normals
 
     budget = SCHEDULES[schedule]
     epochs = epochs or budget["epochs"]
@@ -167,7 +167,7 @@ def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else
     write_history_csv(ckpt["history"], log_path)
     write_history_csv(ckpt["epochs"], out_path.with_suffix(".epochs.csv"))
     try:
-        from .plots import write_curves
+        from edge_asd.train.plots import write_curves
 
         write_curves(ckpt, out_path.with_suffix(".curves.png"))
     except ImportError:

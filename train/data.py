@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.edge.features import LogMel, logmel
-from edge_asd.edge.presets import FeatureConfig
-from edge_asd.edge.provenance import file_sha256
+from edge_asd.core.features import LogMel, logmel
+from edge_asd.core.presets import FeatureConfig
+from edge_asd.core.provenance import file_sha256
 from edge_asd.firmware_io.audio_file import read_audio
 
-from .feature_cache import FeatureCache
+from edge_asd.train.feature_cache import FeatureCache
 
 
 def load_clips(paths: list[Path], cfg: FeatureConfig, cache: FeatureCache | None = None) -> list[np.ndarray]:

@@ -1,34 +1,20 @@
-"""Clip-level evaluation as DCASE computes it: AUC and pAUC (max FPR 0.1) of clip anomaly scores.
+"""The float (torch) model's frame scores, computed exactly as the device computes them.
 
-A clip's score is the max of its frame scores (Koizumi et al. 2019, eq. 11), or their mean.
+Clip scores, AUC and pAUC live in :mod:`edge_asd.core.metrics` (the device's edge-report uses them too).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
-
-
-def clip_scores(frame_scores: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
-    """{"max": (n_clips,), "mean": (n_clips,)} from each clip's frame scores."""
-    scores = list(frame_scores)
-    return {"max": np.array([s.max() for s in scores]), "mean": np.array([s.mean() for s in scores])}
-
-
-def auc_pauc(is_anomaly: np.ndarray, scores: np.ndarray, max_fpr: float = 0.1) -> tuple[float, float]:
-    """(AUC, pAUC) with scikit-learn's ``roc_auc_score`` (pAUC McClish-standardized, as DCASE 2020)."""
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(is_anomaly, dtype=int)
-    return float(roc_auc_score(y, scores)), float(roc_auc_score(y, scores, max_fpr=max_fpr))
 
 
 def torch_frame_scorer(ae, mean: np.ndarray, std: np.ndarray, features) -> Callable[[np.ndarray], np.ndarray]:
     """A function: mono audio (N,) -> float model frame scores (n_vectors,), standardizing like the device."""
     import torch
 
-    from edge_asd.edge.features import extract, standardize
+    from edge_asd.core.features import extract, standardize
 
     def score(samples: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(standardize(extract(samples, features), mean, std))

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.edge.features import LogMel, logmel, stack_context
-from edge_asd.edge.presets import FeatureConfig, get_preset
+from edge_asd.core.features import LogMel, logmel, stack_context
+from edge_asd.core.presets import FeatureConfig, get_preset
 
-from .batches import overlapping_vectors
-from .mixtures import PAPER_ANRS_DB, Mixture, mix_at_anr, plan_mixtures
+from edge_asd.core.batches import overlapping_vectors
+from edge_asd.train.mixtures import PAPER_ANRS_DB, Mixture, mix_at_anr, plan_mixtures
 
 log = logging.getLogger("edge_asd")
 
@@ -122,7 +122,7 @@ def prepare(machine_type: str, machine_id: str, train_audio: list[np.ndarray], t
 
 
 def _features(prep: Prepared, audio: list[np.ndarray], waves: list[np.ndarray], cfg: FeatureConfig) -> dict:
-    from .data import band_statistics
+    from edge_asd.train.data import band_statistics
 
     fn = LogMel(cfg)
     mean, std = band_statistics(prep.train_audio, cfg)
@@ -211,9 +211,9 @@ def run_one(spec: RunSpec, prep: Prepared, something_else: list[np.ndarray] | No
     ``settings``: {"updates", "lr", "lambda", "sigma", "epsilon", "anr_train_db"}. The result holds, per
     test set, the labels and the max / mean clip scores (6 significant digits).
     """
-    from .batches import BatchConfig
-    from .checkpoint import restore
-    from .trainer import TrainConfig, resolve_device, train
+    from edge_asd.core.batches import BatchConfig
+    from edge_asd.train.checkpoint import restore
+    from edge_asd.train.trainer import TrainConfig, resolve_device, train
 
     cfg = get_preset(spec.preset)
     feats = prep.features[spec.preset]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.edge.features import LOGMEL_VERSION, LogMel, logmel
-from edge_asd.edge.presets import FeatureConfig
+from edge_asd.core.features import LOGMEL_VERSION, LogMel, logmel
+from edge_asd.core.presets import FeatureConfig
 from edge_asd.firmware_io.audio_file import read_audio
 
 log = logging.getLogger("edge_asd")

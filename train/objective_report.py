@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bootstrap import auc_ci, paired_difference_ci, weighted_auc_pauc
+from edge_asd.train.bootstrap import auc_ci, paired_difference_ci, weighted_auc_pauc
 
 LOSS_ORDER = ("re", "snp", "bu")
 ARCH_ORDER = ("fcn-small", "fcn-large", "dcase2020")

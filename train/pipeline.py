@@ -18,7 +18,7 @@ import threading
 
 import numpy as np
 
-from .batches import BatchBuilder, MiniBatch
+from edge_asd.core.batches import BatchBuilder, MiniBatch
 
 
 def single_threaded_blas() -> contextlib.AbstractContextManager:

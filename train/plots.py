@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.edge.atomic_io import atomic_write_bytes
+from edge_asd.core.atomic_io import atomic_write_bytes
 
 
 def write_curves(ckpt: dict, path: str | Path) -> None:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_asd.edge.features import extract, standardize
+from edge_asd.core.features import extract, standardize
 
-from .batches import BatchBuilder, mix_in, overlapping_vectors
+from edge_asd.core.batches import BatchBuilder, mix_in, overlapping_vectors
 
 VAL_ANR_DB = (-15.0, -10.0, -5.0, 0.0)
 """ANRs of the validation mixtures, dB."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .losses import bu_loss, kde_weights, re_loss, snp_loss
+from edge_asd.train.losses import bu_loss, kde_weights, re_loss, snp_loss
 
 PAPER_TABLE1 = {"re": (1.395, 0.913), "snp": (0.222, 0.333), "bu": (0.403, 0.083)}
 """(D(p || q_theta), D(U || q_theta)) as printed in Table 1."""

@@ -1,0 +1,54 @@
+"""What every edge-asd command shares, desktop and device: ``-h``/``--help`` and ``EDGE_ASD_*`` environment
+variables (``CONTEXT_SETTINGS``), the kit's version, logging to stderr, and user errors as one line with exit 1.
+
+Command-line options that only the device commands take live in :mod:`edge_asd.edge.cli.options`."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import sys
+
+import click
+
+from edge_asd.core.errors import EdgeAsdError
+
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "EDGE_ASD"}
+
+
+def kit_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edge-asd")
+    except PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
+        return "0+unknown"
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Our messages (logger ``edge_asd``) at INFO, or WARNING with ``quiet``; other libraries' at WARNING."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(levelname)s: %(message)s")
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.getLogger("edge_asd").setLevel(level)
+
+
+def user_errors(fn):
+    """Turn EdgeAsdError and OS errors (full disk, permissions) into one line and exit 1; a closed
+    stdout (``| head``) ends the command quietly."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgeAsdError as e:
+            raise click.ClickException(str(e)) from None
+        except BrokenPipeError:
+            sys.stderr.close()  # the reader went away (e.g. `| head`): stop quietly
+            sys.exit(1)
+        except OSError as e:  # full disk, read-only or missing folder, permissions: the user's environment
+            where = e.filename or ("disk" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "I/O")
+            raise click.ClickException(f"{where}: {e.strerror or e}") from None
+
+    return wrapper

@@ -1,0 +1,110 @@
+"""Feature presets: the log-mel context-frame definitions a model is trained and served with.
+
+A preset is frozen into every checkpoint and model file by name *and* by value, so the device computes
+exactly the features the model was trained on (tflite-micro's ``micro_model_settings.h`` rule: if you
+change preprocessing, these values change with it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from edge_asd.core.errors import EdgeAsdError
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Log-mel context frames.
+
+    Frame ``f`` covers samples ``[f * hop_samples, f * hop_samples + n_fft)`` (no centring, so a
+    stream and a whole file give the same frames). Its log-mel vector psi_f has ``n_mels`` values; a
+    context vector stacks ``n_context_frames`` consecutive psi, oldest first, so its dimension is
+    ``D = n_context_frames * n_mels``.
+    """
+
+    sample_rate: int
+    """Hz."""
+    n_fft: int
+    """STFT frame length, samples (Hann window, periodic)."""
+    hop_samples: int
+    """STFT shift, samples."""
+    n_mels: int
+    """M, mel bands (Slaney mel scale and area normalisation, as librosa's default)."""
+    n_context_frames: int
+    """Frames stacked into one vector: 2C+1 in Koizumi et al. 2019, 5 in the DCASE 2020 baseline."""
+    magnitude_power: float
+    """1.0 for |STFT|, 2.0 for |STFT|^2, before the mel matrix."""
+    log: str
+    """"ln": psi = ln(mel + log_floor); "db": psi = 20/power * log10(mel + log_floor) dB (DCASE 2020 baseline)."""
+    log_floor: float
+    """Added before the logarithm, same unit as the mel spectrum."""
+    fmin_hz: float = 0.0
+    fmax_hz: float | None = None
+    """None means sample_rate / 2."""
+
+    def __post_init__(self) -> None:
+        if self.log not in ("ln", "db"):
+            raise EdgeAsdError(f"feature config: log must be 'ln' or 'db', not {self.log!r}")
+        for name in ("sample_rate", "n_fft", "hop_samples", "n_mels", "n_context_frames"):
+            if int(getattr(self, name)) <= 0:
+                raise EdgeAsdError(f"feature config: {name} must be positive")
+        if self.hop_samples > self.n_fft:
+            raise EdgeAsdError("feature config: hop_samples must not exceed n_fft")
+
+    @property
+    def dim(self) -> int:
+        """D, the length of one context vector."""
+        return self.n_context_frames * self.n_mels
+
+    @property
+    def n_freqs(self) -> int:
+        return self.n_fft // 2 + 1
+
+    @property
+    def hop_s(self) -> float:
+        return self.hop_samples / self.sample_rate
+
+    @property
+    def samples_per_vector(self) -> int:
+        """Samples spanned by one context vector."""
+        return (self.n_context_frames - 1) * self.hop_samples + self.n_fft
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FeatureConfig:
+        """Build from a stored dict; unknown or missing keys raise EdgeAsdError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise EdgeAsdError(f"feature config: unknown keys {sorted(unknown)}")
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise EdgeAsdError(f"feature config: {e}") from None
+
+
+PRESETS: dict[str, FeatureConfig] = {
+    # Koizumi et al. 2019, sec. 4.2.1-4.2.2 (FCN64): STFT 512/256 at 16 kHz, M = 64, C = 10,
+    # psi = ln(Mel(|STFT|)), D = (2C + 1) M = 1344.
+    "koizumi2019": FeatureConfig(
+        sample_rate=16000, n_fft=512, hop_samples=256, n_mels=64, n_context_frames=21,
+        magnitude_power=1.0, log="ln", log_floor=1e-8,
+    ),
+    # DCASE 2020 Task 2 baseline: n_fft 1024, hop 512, 128 mel bands of the power spectrum in dB
+    # (10 log10(mel + float eps)), 5 consecutive frames -> D = 640.
+    "dcase2020": FeatureConfig(
+        sample_rate=16000, n_fft=1024, hop_samples=512, n_mels=128, n_context_frames=5,
+        magnitude_power=2.0, log="db", log_floor=2.220446049250313e-16,
+    ),
+}
+
+
+def get_preset(name: str) -> FeatureConfig:
+    """The preset called ``name``; raises EdgeAsdError listing the known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise EdgeAsdError(f"unknown feature preset {name!r}; known presets: {', '.join(PRESETS)}") from None

@@ -1,0 +1,126 @@
+"""``edge-monitor``: score live or recorded streams frame by frame; print events, verdicts and a summary."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS
+
+from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.edge.cli.options import gate_options
+from edge_asd.core.errors import EdgeAsdError
+
+log = logging.getLogger("edge_asd")
+
+
+def _list_devices(ctx, param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from edge_asd.firmware_io.mic import input_devices
+
+    @user_errors
+    def show():
+        devices = input_devices()
+        if not devices:
+            click.echo("no input devices found", err=True)
+        for d in devices:
+            click.echo(f"{d['index']:>3}  {d['name']}  ({d['channels']} ch, default {d['rate']} Hz)")
+
+    show()
+    ctx.exit(0)
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--model", "model_path", envvar="EDGE_ASD_MODEL", type=click.Path(dir_okay=False),
+              help="Model file (.tflite or .onnx).")
+@click.option("--machine-id", default=None, help="Machine ID whose phi to use (default: the only one calibrated for this model).")
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="phi store written by edge-calibrate. Default: $EDGE_ASD_STORE or the user config dir.")
+@click.option("--phi", type=float, default=None, help="Use this threshold instead of the store's.")
+@click.option("--input", "input_spec", envvar="EDGE_ASD_INPUT", default="mic", show_default=True,
+              help="mic, mic:INDEX, mic:NAME (part of a device name), serial:PORT (raw PCM from a microcontroller), "
+                   "- (raw s16le PCM or WAV on stdin), or an audio file.")
+@click.option("--channel", type=click.IntRange(min=0), default=None,
+              help="Channel to score (0-based) of a multichannel input (default: mono, or the mean of a file's channels).")
+@click.option("--pcm-rate", type=int, default=None, help="Sample rate (Hz) of raw PCM; must equal the model's.")
+@click.option("--pcm-channels", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Interleaved channels in raw PCM (stdin, serial).")
+@click.option("--pcm-framing", type=click.Choice(PCM_FRAMINGS), default="raw", show_default=True,
+              help="Raw PCM (stdin, serial): bare s16le samples, or framed (sync word, sequence number, CRC-32: "
+                   "damaged bytes are skipped, lost frames restart the features; see README).")
+@click.option("--baud", type=int, default=DEFAULT_BAUD, show_default=True, help="Serial port speed (ignored by USB CDC).")
+@click.option("--window", default="whole", show_default=True,
+              help="Operation window resetting the running max: whole (the stream), SECONDS (fixed length), "
+                   "or gate (one window per machine-on segment, energy gate).")
+@gate_options
+@click.option("--events", "events_path", envvar="EDGE_ASD_EVENTS", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also append every line to this JSONL file (flushed and fsynced per line).")
+@click.option("--events-max-mb", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Rotate the events file beyond this size (MB; 0 = never): events.jsonl.1, .2, ...")
+@click.option("--evidence-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write the audio around each event here (FLAC); its path goes into the event line.")
+@click.option("--evidence-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds of evidence audio before and after each event.")
+@click.option("--evidence-png", is_flag=True, help="Also a log-mel PNG per evidence clip (needs matplotlib).")
+@click.option("--config", "config_path", envvar="EDGE_ASD_CONFIG", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML file listing several inputs, each with its model, machine ID and phi store (see README).")
+@click.option("--list-devices", is_flag=True, expose_value=False, is_eager=True, callback=_list_devices,
+              help="List the microphone input devices and exit.")
+@click.option("--threads", default=1, show_default=True, help="Inference threads per model.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.version_option(kit_version(), "--version")
+@user_errors
+def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_channels, pcm_framing, baud, window, gate_db,
+         gate_min_on_s, gate_min_off_s, events_path, events_max_mb, evidence_dir, evidence_seconds, evidence_png, config_path,
+         threads, quiet):
+    """Stream audio through the model; print one JSON line per frame that pushes the running max over phi,
+    one verdict line per closed operation window (eq. 11), and a summary line.
+
+    Lines (schema in docs/events.md) go to stdout, logs and the summary to stderr. SIGTERM or Ctrl-C end
+    it cleanly (verdict and summary written). Exit status: 0 after a clean end of input or a stop, 1 on
+    bad input. Every option can come from the environment: EDGE_ASD_MODEL, EDGE_ASD_CONFIG, ...
+    """
+    setup_logging(quiet=quiet)
+    from edge_asd.edge.runtime.config import InputConfig, load_config
+    from edge_asd.edge.runtime.service import Shutdown, build_monitors, run_monitors, use_journald_format_if_under_systemd
+
+    use_journald_format_if_under_systemd()
+    if config_path is not None:
+        configs = load_config(config_path)
+    else:
+        if model_path is None:
+            raise EdgeAsdError("missing --model (or --config FILE listing the inputs)")
+        configs = [InputConfig(source=str(input_spec), model=Path(model_path), name=str(input_spec),
+                               machine_id=machine_id, store=store, phi=phi, channel=channel, pcm_channels=pcm_channels,
+                               pcm_rate=pcm_rate, pcm_framing=pcm_framing, baud=baud, window=window, gate_db=gate_db,
+                               gate_min_on_s=gate_min_on_s, gate_min_off_s=gate_min_off_s, events=events_path,
+                               events_max_mb=events_max_mb, evidence_dir=evidence_dir, evidence_before_s=evidence_seconds,
+                               evidence_after_s=evidence_seconds, evidence_png=evidence_png, threads=threads)]
+    from edge_asd.firmware_io.sinks import JsonLinesSink
+
+    stdout = JsonLinesSink(sys.stdout)
+    monitors, file_sinks = build_monitors(configs, stdout)
+    try:
+        with Shutdown() as shutdown:
+            summaries, error = run_monitors(monitors, shutdown)
+    finally:
+        for s in file_sinks:
+            s.close()
+    for m, s in zip(monitors, summaries):
+        prefix = "" if len(monitors) == 1 else f"{m.name}: "
+        click.echo(f"edge-monitor: {prefix}{s.line(m.detector.phi)}", err=True)
+    if error is not None:
+        raise error
+    for m, s in zip(monitors, summaries):
+        if s.silent:
+            raise EdgeAsdError(f"{m.name}: the input was digital silence (all samples 0); check the microphone or file")
+        if s.frames == 0 and s.reason == "end of input":
+            raise EdgeAsdError(f"{m.name}: too short to score (needs {m.cfg.samples_per_vector} samples)")
+
+
+if __name__ == "__main__":
+    main()

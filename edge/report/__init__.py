@@ -1,0 +1,1 @@
+"""edge-report's pictures (``plots``, matplotlib; never imported by edge-monitor)."""

@@ -1,0 +1,141 @@
+"""Inference backends behind one adapter, imported lazily.
+
+``.tflite``: ai-edge-litert (LiteRT, the maintained successor of tflite-runtime), else tflite-runtime
+where that is what is installed. ``.onnx``: onnxruntime. Which one won is logged; threads are pinned
+(``num_threads=1`` by default, one core per model on a Raspberry Pi).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from edge_asd.core.errors import EdgeAsdError
+
+log = logging.getLogger("edge_asd")
+
+
+class Backend:
+    """Runs a model file whose graph maps (1, D) float32 -> (1,) float32 anomaly score."""
+
+    name = "?"
+
+    def score_one(self, x: np.ndarray) -> float:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Scores of standardized vectors ``x``, shape (n, D) float32 -> (n,) float32."""
+        return np.fromiter((self.score_one(v[None]) for v in x), dtype=np.float32, count=len(x))
+
+
+def _tflite_interpreter_cls():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, "tflite-runtime"
+    except ImportError:
+        raise EdgeAsdError("running .tflite models needs ai-edge-litert: pip install 'edge-asd[edge]'") from None
+
+
+class TFLiteBackend(Backend):
+    """LiteRT / tflite-runtime. The file's graph is batch 1; :meth:`score` resizes its input to (n, D)
+    for blocks of vectors (the monitor scores 32 hops per call, calibration and evaluation whole clips)."""
+
+    batch_size = 256
+    """Largest batch :meth:`score` resizes to; longer inputs go in chunks."""
+
+    def __init__(self, data: bytes, dim: int, num_threads: int = 1, where: str = "model"):
+        cls, self.name = _tflite_interpreter_cls()
+        try:
+            self._it = cls(model_content=data, num_threads=num_threads)
+            self._it.allocate_tensors()
+        except Exception as e:
+            raise EdgeAsdError(f"{where}: the TFLite interpreter cannot load it ({e})") from None
+        inputs, outputs = self._it.get_input_details(), self._it.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1 or tuple(inputs[0]["shape"]) != (1, dim):
+            shapes = [tuple(d["shape"]) for d in inputs]
+            raise EdgeAsdError(f"{where}: model input {shapes} disagrees with its metadata (1, {dim})")
+        if int(np.prod(outputs[0]["shape"])) != 1:
+            raise EdgeAsdError(f"{where}: model output {tuple(outputs[0]['shape'])} is not one anomaly score")
+        self.input_dtype = inputs[0]["dtype"]
+        self._in, self._out = inputs[0]["index"], outputs[0]["index"]
+        self._dim, self._batch, self._batchable = dim, 1, True
+        log.info("backend: %s (%d thread%s)", self.name, num_threads, "" if num_threads == 1 else "s")
+
+    def score_one(self, x: np.ndarray) -> float:
+        self._resize(1)
+        self._it.set_tensor(self._in, x)
+        self._it.invoke()
+        return float(self._it.get_tensor(self._out).reshape(-1)[0])
+
+    def _resize(self, n: int) -> None:
+        if n != self._batch:
+            self._it.resize_tensor_input(self._in, [n, self._dim])
+            self._it.allocate_tensors()
+            self._batch = n
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Scores of standardized vectors, (n, D) float32 -> (n,) float32: up to :attr:`batch_size` vectors
+        per invoke, the batch-1 graph resized to the batch (LiteRT ``resize_tensor_input``; kept until the
+        size changes); one invoke per vector for a graph that cannot be resized."""
+        if len(x) <= 1 or not self._batchable:
+            return super().score(x)
+        return np.concatenate([self._score_batch(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+
+    def _score_batch(self, x: np.ndarray) -> np.ndarray:
+        if not self._batchable:
+            return super().score(x)
+        try:
+            self._resize(len(x))
+            self._it.set_tensor(self._in, np.ascontiguousarray(x, dtype=np.float32))
+            self._it.invoke()
+            out = self._it.get_tensor(self._out).reshape(-1)
+            if out.size != len(x):
+                raise ValueError(f"batch {len(x)} gave {out.size} scores")
+        except (ValueError, RuntimeError) as e:
+            log.info("backend: no batched invoke for this graph (%s); one vector per invoke", e)
+            self._batchable = False
+            self._resize(1)
+            return super().score(x)
+        return out.astype(np.float32, copy=True)
+
+
+class OnnxBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, data: bytes, dim: int, num_threads: int = 1, where: str = "model"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = num_threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self._sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        (inp,), outs = self._sess.get_inputs(), self._sess.get_outputs()
+        if inp.shape[-1] != dim:
+            raise EdgeAsdError(f"{where}: model input {inp.shape} disagrees with its metadata (n, {dim})")
+        self._in, self._out = inp.name, outs[0].name
+        log.info("backend: onnxruntime (%d thread%s)", num_threads, "" if num_threads == 1 else "s")
+
+    def score_one(self, x: np.ndarray) -> float:
+        return float(self._sess.run([self._out], {self._in: x})[0].reshape(-1)[0])
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self._sess.run([self._out], {self._in: x})[0].reshape(-1).astype(np.float32)
+
+
+def make_backend(kind: str, data: bytes, dim: int, num_threads: int = 1, where: str = "model") -> Backend:
+    if kind == "tflite":
+        return TFLiteBackend(data, dim, num_threads, where)
+    if kind == "onnx":
+        return OnnxBackend(data, dim, num_threads, where)
+    raise EdgeAsdError(f"{where}: unknown model kind {kind!r}")

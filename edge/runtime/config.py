@@ -1,0 +1,151 @@
+"""What one monitored input needs, from command-line options or from a TOML file listing several.
+
+``monitor.toml`` (see ``examples/service/monitor.toml``)::
+
+    [monitor]                       # defaults for every input
+    store = "phi.json"
+    events = "events.jsonl"
+    window = "gate"
+
+    [[input]]
+    name = "fan-1"
+    source = "mic:USB Audio"        # mic, mic:INDEX, mic:NAME, serial:PORT, -, or an audio file
+    channel = 0
+    model = "fan.tflite"
+    machine_id = "id_00"
+
+Every key of :class:`InputConfig` may appear in ``[monitor]`` or in an ``[[input]]`` (which wins).
+Relative paths are relative to the TOML file's folder. Unknown keys and wrong types are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_asd.firmware_io.sources import DEFAULT_BAUD, DEFAULT_BUFFER_S, DEFAULT_STALL_S, PCM_FRAMINGS
+
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
+
+PATH_KEYS = ("model", "store", "events", "evidence_dir")
+
+
+@dataclass
+class InputConfig:
+    """One input and what runs on it. Units: seconds (``_s``), Hz (``pcm_rate``), dBFS (``gate_db``)."""
+
+    source: str = "mic"
+    model: Path | None = None
+    name: str | None = None
+    """Name in every JSON line (``input``); default: the source."""
+    machine_id: str | None = None
+    store: Path | None = None
+    phi: float | None = None
+    channel: int | None = None
+    pcm_channels: int = 1
+    pcm_rate: int | None = None
+    pcm_framing: str = "raw"
+    """Raw PCM on stdin or a serial port: "raw" (bare s16le) or "framed" (sync word, sequence, CRC-32)."""
+    baud: int = DEFAULT_BAUD
+    stall_s: float = DEFAULT_STALL_S
+    buffer_s: float = DEFAULT_BUFFER_S
+    window: str = "whole"
+    gate_db: float = DEFAULT_GATE_DB
+    gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S
+    """Energy gate: seconds at or above ``gate_db`` before it opens (edge-calibrate --gate-min-on-s)."""
+    gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S
+    """Energy gate: seconds below ``gate_db - 3`` before it closes (edge-calibrate --gate-min-off-s)."""
+    events: Path | None = None
+    events_max_mb: float = 0.0
+    """Rotate the events file beyond this size, MB; 0 = never."""
+    events_backups: int = 5
+    evidence_dir: Path | None = None
+    evidence_before_s: float = 5.0
+    evidence_after_s: float = 5.0
+    evidence_png: bool = False
+    threads: int = 1
+
+    @property
+    def label(self) -> str:
+        return self.name or self.source
+
+
+_TYPES = {f.name: f.type for f in dataclasses.fields(InputConfig) }
+
+
+def _coerce(key: str, value, where: str):
+    kind = _TYPES[key]
+    ok = {
+        "str": isinstance(value, str), "str | None": isinstance(value, str),
+        "Path | None": isinstance(value, str), "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "int | None": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "float | None": isinstance(value, (int, float)) and not isinstance(value, bool),
+    }[kind]
+    if key == "window" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not ok:
+        raise EdgeAsdError(f"{where}: {key} = {value!r} should be {kind.replace(' | None', '').replace('Path', 'a path')}")
+    if key == "pcm_framing" and value not in PCM_FRAMINGS:
+        raise EdgeAsdError(f"{where}: pcm_framing = {value!r} should be one of {', '.join(PCM_FRAMINGS)}")
+    return float(value) if kind.startswith("float") else value
+
+
+def _apply(cfg: InputConfig, table: dict, where: str, base: Path) -> None:
+    for key, value in table.items():
+        if key not in _TYPES:
+            raise EdgeAsdError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(_TYPES))})")
+        value = _coerce(key, value, where)
+        if key in PATH_KEYS:
+            value = base / Path(value).expanduser()
+        setattr(cfg, key, value)
+
+
+def load_config(path: str | Path) -> list[InputConfig]:
+    """The inputs of a TOML file, each with the ``[monitor]`` defaults applied.
+
+    Raises:
+        EdgeAsdError: unreadable or invalid TOML, unknown keys or tables, wrong types, no input, an input
+            without ``model``, or two inputs with the same name.
+    """
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        raise EdgeAsdError("--config needs Python 3.11 or newer (tomllib)")
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeAsdError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgeAsdError(f"{path}: cannot read ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise EdgeAsdError(f"{path}: not valid TOML ({e})") from None
+    unknown = set(data) - {"monitor", "input"}
+    if unknown:
+        raise EdgeAsdError(f"{path}: unknown table(s) {', '.join(sorted(unknown))} (use [monitor] and [[input]])")
+    defaults, inputs = data.get("monitor", {}), data.get("input", [])
+    if not isinstance(defaults, dict) or not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
+        raise EdgeAsdError(f"{path}: [monitor] must be a table and [[input]] an array of tables")
+    if not inputs:
+        raise EdgeAsdError(f"{path}: no [[input]] listed")
+    base = path.resolve().parent
+    out = []
+    for k, table in enumerate(inputs):
+        cfg = InputConfig()
+        _apply(cfg, defaults, f"{path} [monitor]", base)
+        _apply(cfg, table, f"{path} [[input]] #{k + 1}", base)
+        if cfg.model is None:
+            raise EdgeAsdError(f"{path} [[input]] #{k + 1} ({cfg.label}): no model")
+        out.append(cfg)
+    names = [c.label for c in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise EdgeAsdError(f"{path}: several inputs named {', '.join(dupes)}; give each a distinct name")
+    if sum(c.source == "-" for c in out) > 1:
+        raise EdgeAsdError(f"{path}: only one input can read stdin (-)")
+    return out

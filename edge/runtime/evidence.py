@@ -1,0 +1,130 @@
+"""Evidence for each anomaly event: the audio around it as FLAC, and optionally its log-mel as PNG.
+
+The clip of an event whose context vector covers samples ``[a, b)`` is ``[a - before_s, b + after_s)``.
+Its path is known when the event happens and goes into the event line at once; the file is written
+when the ``after_s`` seconds have arrived (or at the end of the stream, shorter). Events whose clips
+overlap share one clip, extended to cover the later event (at most ``max_clip_s`` seconds), so a
+long anomaly gives one file, not one per event. Samples lost in a Gap are simply absent from a clip.
+A clip that cannot be written (full disk) is logged as an error; monitoring goes on.
+
+PNG needs matplotlib (imported only when ``png=True``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.presets import FeatureConfig
+
+log = logging.getLogger("edge_asd")
+
+
+class EvidenceRecorder:
+    """Keeps the last ``before_s`` (+ one context vector) of audio and writes the clips of events.
+
+    Args:
+        folder: where clips go (created). prefix: start of each file name (input name, machine ID).
+        cfg: the model's feature config (sample rate, hop; the PNG's log-mel).
+        before_s, after_s: seconds of audio before the event's vector and after it.
+    Raises:
+        EdgeAsdError: ``png`` without matplotlib installed, or the folder cannot be created.
+    """
+
+    def __init__(self, folder: str | Path, prefix: str, cfg: FeatureConfig, before_s: float = 5.0,
+                 after_s: float = 5.0, png: bool = False, max_clip_s: float = 60.0):
+        self.folder, self.cfg, self.png = Path(folder), cfg, png
+        self.prefix = re.sub(r"[^A-Za-z0-9_-]+", "_", prefix).strip("_")[-60:] or "input"
+        self.rate = cfg.sample_rate
+        self.before, self.after = int(before_s * self.rate), int(after_s * self.rate)
+        self.max_clip = int(max_clip_s * self.rate)
+        if png:
+            import importlib.util
+
+            if importlib.util.find_spec("matplotlib") is None:
+                raise EdgeAsdError("--evidence-png needs matplotlib: pip install matplotlib")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EdgeAsdError(f"{self.folder}: cannot create the evidence folder ({e.strerror})") from None
+        self._blocks: deque[tuple[int, np.ndarray]] = deque()  # (absolute start sample, samples)
+        self._pending: list[dict] = []  # clips waiting for their after_s: start, end, paths, event frames
+        self.n_written = 0
+        self.n_failed = 0
+
+    def push(self, block: np.ndarray, start_sample: int) -> None:
+        """Samples ``[start_sample, start_sample + len(block))`` of the stream (absolute indices)."""
+        self._blocks.append((start_sample, np.array(block, dtype=np.float32)))
+        keep_from = start_sample + len(block) - self.before - self.cfg.samples_per_vector - self.max_clip
+        if self._pending:
+            keep_from = min(keep_from, min(c["start"] for c in self._pending))
+        while self._blocks and self._blocks[0][0] + len(self._blocks[0][1]) < keep_from:
+            self._blocks.popleft()
+
+    def request(self, event: dict, vector_start: int, vector_end: int) -> dict:
+        """Paths (``audio``, and ``image`` with png) of the clip that will hold ``event``'s audio."""
+        start, end = max(0, vector_start - self.before), vector_end + self.after
+        last = self._pending[-1] if self._pending else None
+        if last is not None and start <= last["end"] and end - last["start"] <= self.max_clip:
+            last["end"] = max(last["end"], end)
+            last["frames"].append((event["frame"], vector_start, vector_end))
+            return last["paths"]
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        stem = str(self.folder / f"{self.prefix}_{stamp}_w{event['window']}_f{event['frame']}")
+        paths = {"audio": stem + ".flac"}
+        if self.png:
+            paths["image"] = stem + ".png"
+        self._pending.append({"start": start, "end": end, "paths": paths,
+                              "frames": [(event["frame"], vector_start, vector_end)]})
+        return paths
+
+    def flush(self, position: int, final: bool = False) -> None:
+        """Write the clips whose end has arrived (``position``: samples seen so far), all of them if ``final``."""
+        while self._pending and (final or self._pending[0]["end"] <= position):
+            self._write(self._pending.pop(0))
+
+    def _clip(self, start: int, end: int) -> np.ndarray:
+        parts = [b[max(0, start - s):max(0, end - s)] for s, b in self._blocks if s < end and s + len(b) > start]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def _write(self, clip: dict) -> None:
+        import soundfile as sf
+
+        audio = self._clip(clip["start"], clip["end"])
+        if len(audio) == 0:
+            return
+        try:
+            sf.write(clip["paths"]["audio"], np.clip(audio, -1.0, 1.0), self.rate, format="FLAC", subtype="PCM_16")
+            if self.png:
+                self._write_png(clip, audio)
+            self.n_written += 1
+        except (OSError, RuntimeError) as e:  # full disk, folder gone: the events still stand
+            self.n_failed += 1
+            log.error("evidence %s not written: %s", clip["paths"]["audio"], e)
+
+    def _write_png(self, clip: dict, audio: np.ndarray) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from edge_asd.core.features import logmel
+
+        psi = logmel(audio, self.cfg)
+        hop_s = self.cfg.hop_samples / self.rate
+        fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
+        ax.imshow(psi.T, origin="lower", aspect="auto", cmap="magma", extent=(0, len(psi) * hop_s, 0, psi.shape[1]))
+        for _frame, a, b in clip["frames"]:
+            ax.axvspan((a - clip["start"]) / self.rate, (b - clip["start"]) / self.rate, color="cyan", alpha=0.25)
+        ax.set_xlabel("time in clip (s)")
+        ax.set_ylabel("mel band")
+        ax.set_title(Path(clip["paths"]["audio"]).stem, fontsize=8)
+        fig.tight_layout()
+        fig.savefig(clip["paths"]["image"])
+        plt.close(fig)
