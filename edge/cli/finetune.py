@@ -62,7 +62,7 @@ def main(recordings, model_path, machine_id, store, steps, minutes, lr, seed, so
     edge-calibrate --check).
     """
     setup_logging(quiet=quiet)
-    from edge_asd.edge.finetune.adapt import adapt as ft
+    from edge_asd.edge.finetune import adapt as ft
     from edge_asd.edge.runtime import phi_store
     from edge_asd.edge.cli.calibrate import check_line, expand_recordings
     from edge_asd.core.machine_id import normalize_machine_id
@@ -110,7 +110,7 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     """
     from edge_asd.firmware_io.audio_file import audio_files, read_audio
 
-    from edge_asd.edge.finetune.adapt import adapt as ft
+    from edge_asd.edge.finetune import adapt as ft
     from edge_asd.edge.runtime import phi_store
     from edge_asd.core import provenance
     from edge_asd.edge.cli.calibrate import calibrate_like
