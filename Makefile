@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edge-asd-installed
+DOCS_STAMP := $(VENV)/.edge-asd-docs-installed
 # A CPU build of torch is served here for this pin; elsewhere add e.g.
 #   TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 # An unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install clean
+.PHONY: demo test docs install clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,17 @@ demo: $(STAMP)
 ## The whole test suite (real-data tests read ../shared/data or $$EDGE_ASD_DATA).
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The docs read the source statically and import only the click commands: the base install and the docs
+# extra are enough (no torch).
+$(DOCS_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+## The documentation site (mkdocs-material) into site/; --strict: a broken link or a warning fails.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict $(DOCS_ARGS)
 
 clean:
 	rm -rf out build dist *.egg-info
