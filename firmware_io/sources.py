@@ -1,9 +1,8 @@
-"""Open audio sources from their ``--input`` spelling.
+"""Open audio sources from their ``--input`` spelling: which module reads which input, and microphone
+inputs on one device sharing its stream.
 
-A source is an iterable of mono float32 blocks in [-1, 1] at the model's sample rate; a live source may
-also yield a :class:`Gap` where samples were lost, so the consumer restarts its features there. Sources
-have ``close()``, and live ones a ``stop`` event (set it to end the iteration at the next block) and
-``stats()`` (overflows, dropped samples or bytes).
+What a source yields (float32 blocks and :class:`~edge_asd.firmware_io.blocks.Gap` markers) and the interface
+it offers (``close()``; live ones ``stop`` and ``stats()``) are in :mod:`edge_asd.firmware_io.blocks`.
 
 Spellings: ``mic`` (default input device), ``mic:3`` (device index), ``mic:USB`` (part of a device name),
 ``serial:/dev/ttyACM0`` (raw PCM from a microcontroller; any pyserial URL), ``-`` (raw PCM or WAV on
@@ -18,14 +17,6 @@ import sys
 from dataclasses import dataclass
 
 from edge_asd.core.errors import EdgeAsdError
-
-
-@dataclass(frozen=True)
-class Gap:
-    """``n_samples`` samples (per channel) were lost between two blocks: a full ring buffer dropped them, or
-    framed PCM frames went missing; 0 when the loss is unknown (a sender restarted). Features restart."""
-
-    n_samples: int
 
 
 DEFAULT_BAUD = 921600

@@ -15,9 +15,10 @@ import pytest
 import soundfile as sf
 
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.firmware_io.blocks import Gap
 from edge_asd.firmware_io.mic import find_device, input_devices
 from edge_asd.firmware_io.ring import RingBuffer
-from edge_asd.firmware_io.sources import Gap, SourceRequest, open_source, open_sources
+from edge_asd.firmware_io.sources import SourceRequest, open_source, open_sources
 from standin_audio import StandInPyAudio
 
 RATE = 16000

@@ -23,9 +23,10 @@ from edge_asd.edge.runtime.config import load_config
 from edge_asd.edge.runtime.decision import RunningMaxDetector
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.runtime.stream_loop import Monitor
+from edge_asd.firmware_io.blocks import Gap
 from edge_asd.firmware_io.pcm import PcmSource
 from edge_asd.firmware_io.pcm_framing import FLAG_START, HEADER, FrameDecoder, encode_frame, encode_frames
-from edge_asd.firmware_io.sources import Gap, open_source
+from edge_asd.firmware_io.sources import open_source
 
 RATE = 16000
 HOP = 256
