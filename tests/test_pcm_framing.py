@@ -306,7 +306,7 @@ def test_config_key(tmp_path):
     path.write_text('[monitor]\npcm_framing = "framed"\n[[input]]\nmodel = "a.tflite"\nsource = "-"\n'
                     '[[input]]\nname = "b"\nmodel = "b.tflite"\npcm_framing = "raw"\n')
     a, b = load_config(path)
-    assert a.pcm_framing == "framed" and b.pcm_framing == "raw"
+    assert a.source.pcm_framing == "framed" and b.source.pcm_framing == "raw"
     path.write_text('[[input]]\nmodel = "a.tflite"\npcm_framing = "slip"\n')
     with pytest.raises(EdgeAsdError, match="pcm_framing = 'slip' should be one of raw, framed"):
         load_config(path)
