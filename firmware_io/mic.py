@@ -6,7 +6,7 @@ reads the ring. So a slow inference never makes the driver overflow, and nothing
 
 - input overflows the driver reports (``paInputOverflow`` in the callback's status) are counted;
 - samples the ring had to overwrite because inference fell behind are counted as dropped, and the
-  source yields a :class:`~edge_asd.firmware_io.sources.Gap` so the features restart there;
+  source yields a :class:`~edge_asd.firmware_io.blocks.Gap` so the features restart there;
 - a device that stops calling back for ``stall_s`` seconds (stalled, unplugged) raises EdgeAsdError.
 
 PyAudio is imported lazily; tests pass a stand-in module with the same surface (``PyAudio()``,
@@ -25,8 +25,8 @@ import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
 
+from edge_asd.firmware_io.blocks import Gap
 from edge_asd.firmware_io.ring import RingBuffer
-from edge_asd.firmware_io.sources import Gap
 
 log = logging.getLogger("edge_asd")
 

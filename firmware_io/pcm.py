@@ -13,7 +13,7 @@ without a byte raise EdgeAsdError (the sender stopped or the cable is out).
 
 ``framing="framed"``: the bytes are frames of :mod:`~edge_asd.firmware_io.pcm_framing` (magic, version,
 sequence number, length, samples, CRC-32) instead of bare samples. Damaged bytes are skipped until the
-next intact frame, lost frames become a :class:`~edge_asd.firmware_io.sources.Gap` (the features restart
+next intact frame, lost frames become a :class:`~edge_asd.firmware_io.blocks.Gap` (the features restart
 there), and ``stall_s`` seconds of bytes without one intact frame (or as many bytes as ``stall_s`` of
 audio would take) raise EdgeAsdError: the sender does not frame its samples, or sends at another format.
 """
@@ -31,8 +31,8 @@ import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
 
+from edge_asd.firmware_io.blocks import Gap
 from edge_asd.firmware_io.pcm_framing import MAGIC, OVERHEAD, FrameDecoder
-from edge_asd.firmware_io.sources import Gap
 
 log = logging.getLogger("edge_asd")
 _INT16_SCALE = 1.0 / 32768.0

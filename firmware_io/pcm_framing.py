@@ -24,7 +24,7 @@ backwards by more, or the START flag, is a sender restart (continuity unknown). 
 or floating point: a microcontroller writes it in about 30 lines of C (examples/firmware/easd_framing.c).
 
 :class:`FrameDecoder` takes bytes in any pieces and returns the samples of every intact frame, and a
-:class:`~edge_asd.firmware_io.sources.Gap` where frames are missing so the features restart there.
+:class:`~edge_asd.firmware_io.blocks.Gap` where frames are missing so the features restart there.
 Nothing it is fed raises, except a frame that passes the CRC but is not version 1 or splits a
 multichannel sample (a misconfigured sender, EdgeAsdError).
 """
@@ -38,7 +38,7 @@ import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
 
-from edge_asd.firmware_io.sources import Gap
+from edge_asd.firmware_io.blocks import Gap
 
 MAGIC = b"EASD"
 VERSION = 1

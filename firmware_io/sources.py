@@ -1,9 +1,8 @@
-"""Open audio sources from their ``--input`` spelling.
+"""Open audio sources from their ``--input`` spelling: which module reads which input, and microphone
+inputs on one device sharing its stream.
 
-A source is an iterable of mono float32 blocks in [-1, 1] at the model's sample rate; a live source may
-also yield a :class:`Gap` where samples were lost, so the consumer restarts its features there. Sources
-have ``close()``, and live ones a ``stop`` event (set it to end the iteration at the next block) and
-``stats()`` (overflows, dropped samples or bytes).
+What a source yields (float32 blocks and :class:`~edge_asd.firmware_io.blocks.Gap` markers) and the interface
+it offers (``close()``; live ones ``stop`` and ``stats()``) are in :mod:`edge_asd.firmware_io.blocks`.
 
 Spellings: ``mic`` (default input device), ``mic:3`` (device index), ``mic:USB`` (part of a device name),
 ``serial:/dev/ttyACM0`` (raw PCM from a microcontroller; any pyserial URL), ``-`` (raw PCM or WAV on
@@ -20,14 +19,6 @@ from dataclasses import dataclass
 from edge_asd.core.errors import EdgeAsdError
 
 
-@dataclass(frozen=True)
-class Gap:
-    """``n_samples`` samples (per channel) were lost between two blocks: a full ring buffer dropped them, or
-    framed PCM frames went missing; 0 when the loss is unknown (a sender restarted). Features restart."""
-
-    n_samples: int
-
-
 DEFAULT_BAUD = 921600
 """Serial speed, bit/s, unless an input names another."""
 DEFAULT_STALL_S = 5.0
@@ -39,23 +30,39 @@ PCM_FRAMINGS = ("raw", "framed")
 
 
 @dataclass(frozen=True)
-class SourceRequest:
-    """One input to open. ``channel``: which channel to score (0-based; None = mean of all, files and PCM);
-    ``pcm_channels``: interleaved channels of raw PCM; ``pcm_rate``: declared rate of raw PCM, Hz;
-    ``baud``: serial speed; ``stall_s``: seconds without data before a live input is declared dead;
-    ``buffer_s``: seconds of microphone audio kept while inference catches up; ``pcm_framing``: "raw" or
-    "framed" (stdin and serial only; see firmware_io.pcm_framing)."""
+class SourceSpec:
+    """Where audio comes from and how to read it: an ``--input`` spelling and its options (the ``source``,
+    ``channel``, ``pcm_*``, ``baud``, ``stall_s`` and ``buffer_s`` keys of edge-monitor's TOML config)."""
 
-    spec: str
-    sample_rate: int
-    block_samples: int
+    spec: str = "mic"
+    """``mic``, ``mic:INDEX``, ``mic:NAME``, ``serial:PORT``, ``-`` (stdin) or an audio file's path."""
     channel: int | None = None
+    """Channel to score, 0-based; None = mono, or the mean of all channels (files and PCM)."""
     pcm_channels: int = 1
+    """Interleaved channels of raw PCM (stdin, serial)."""
     pcm_rate: int | None = None
-    baud: int = DEFAULT_BAUD
-    stall_s: float = DEFAULT_STALL_S
-    buffer_s: float = DEFAULT_BUFFER_S
+    """Declared sample rate of raw PCM, Hz; must be the model's."""
     pcm_framing: str = "raw"
+    """Raw PCM on stdin or a serial port: "raw" (bare s16le) or "framed" (sync word, sequence, CRC-32;
+    see :mod:`~edge_asd.firmware_io.pcm_framing`)."""
+    baud: int = DEFAULT_BAUD
+    """Serial speed, bit/s."""
+    stall_s: float = DEFAULT_STALL_S
+    """Seconds without data before a live input is declared dead."""
+    buffer_s: float = DEFAULT_BUFFER_S
+    """Seconds of microphone audio kept while inference catches up."""
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """One source to open: where from, and in what the model consumes (its sample rate, blocks of
+    ``block_samples`` samples)."""
+
+    source: SourceSpec
+    sample_rate: int
+    """Hz: the model's; every block is at this rate."""
+    block_samples: int
+    """Samples per block the source yields (at most; live sources yield what has arrived)."""
 
 
 class _FdReader:
@@ -103,36 +110,37 @@ def open_sources(requests: list[SourceRequest], pyaudio_module=None) -> list:
     try:
         mic_channels: dict[str, int] = {}
         for r in requests:
-            if is_mic(r.spec):
-                mic_channels[_mic_device_spec(r.spec)] = max(mic_channels.get(_mic_device_spec(r.spec), 1),
-                                                             (r.channel or 0) + 1)
+            if is_mic(r.source.spec):
+                key = _mic_device_spec(r.source.spec)
+                mic_channels[key] = max(mic_channels.get(key, 1), (r.source.channel or 0) + 1)
         for r in requests:
-            if is_mic(r.spec):
+            src = r.source
+            if is_mic(src.spec):
                 from edge_asd.firmware_io.mic import MicDevice, find_device
 
-                key = _mic_device_spec(r.spec)
+                key = _mic_device_spec(src.spec)
                 if key not in devices:
                     index = find_device(key or None, pyaudio_module)
-                    devices[key] = MicDevice(r.sample_rate, mic_channels[key], index, r.buffer_s,
-                                             pyaudio_module=pyaudio_module, name=r.spec)
+                    devices[key] = MicDevice(r.sample_rate, mic_channels[key], index, src.buffer_s,
+                                             pyaudio_module=pyaudio_module, name=src.spec)
                 elif devices[key].sample_rate != r.sample_rate:
-                    raise EdgeAsdError(f"{r.spec}: two models with different sample rates cannot share one device")
-                opened.append(devices[key].channel(r.channel or 0, r.block_samples, r.stall_s))
-            elif r.spec.startswith("serial:"):
+                    raise EdgeAsdError(f"{src.spec}: two models with different sample rates cannot share one device")
+                opened.append(devices[key].channel(src.channel or 0, r.block_samples, src.stall_s))
+            elif src.spec.startswith("serial:"):
                 from edge_asd.firmware_io.pcm import open_serial
 
-                opened.append(open_serial(r.spec[len("serial:"):], r.sample_rate, r.block_samples, r.baud,
-                                          r.pcm_channels, r.channel, r.stall_s, r.pcm_framing))
-            elif r.spec == "-":
+                opened.append(open_serial(src.spec[len("serial:"):], r.sample_rate, r.block_samples, src.baud,
+                                          src.pcm_channels, src.channel, src.stall_s, src.pcm_framing))
+            elif src.spec == "-":
                 from edge_asd.firmware_io.pcm import PcmSource
 
                 opened.append(PcmSource(_stdin(), r.sample_rate, r.block_samples, "stdin",
-                                        declared_rate=r.pcm_rate, channels=r.pcm_channels, channel=r.channel,
-                                        framing=r.pcm_framing))
+                                        declared_rate=src.pcm_rate, channels=src.pcm_channels, channel=src.channel,
+                                        framing=src.pcm_framing))
             else:
                 from edge_asd.firmware_io.audio_file import FileSource
 
-                opened.append(FileSource(r.spec, r.sample_rate, r.block_samples, channel=r.channel))
+                opened.append(FileSource(src.spec, r.sample_rate, r.block_samples, channel=src.channel))
     except BaseException:
         for s in opened:
             s.close()
@@ -143,7 +151,8 @@ def open_sources(requests: list[SourceRequest], pyaudio_module=None) -> list:
 
 
 def open_source(spec: str, sample_rate: int, block_samples: int, pcm_rate: int | None = None, **options):
-    """One source (see :class:`SourceRequest` for ``options``); raises EdgeAsdError on bad input."""
+    """One source (``options``: the other fields of :class:`SourceSpec`, and ``pyaudio_module``); raises
+    EdgeAsdError on bad input."""
     pyaudio_module = options.pop("pyaudio_module", None)
-    return open_sources([SourceRequest(spec, sample_rate, block_samples, pcm_rate=pcm_rate, **options)],
+    return open_sources([SourceRequest(SourceSpec(spec, pcm_rate=pcm_rate, **options), sample_rate, block_samples)],
                         pyaudio_module)[0]

@@ -46,7 +46,7 @@ evidence_png = true
 """)
     fan, pump = load_config(path)
     base = path.parent.resolve()
-    assert (fan.name, fan.source, fan.channel, fan.machine_id) == ("fan-1", "mic:USB", 0, "id_00")
+    assert (fan.name, fan.source.spec, fan.source.channel, fan.machine_id) == ("fan-1", "mic:USB", 0, "id_00")
     assert fan.model == base / "fan.tflite" and fan.store == base / "state" / "phi.json"  # relative to the file
     assert fan.events == Path("/var/lib/edge-asd/events.jsonl") and fan.evidence_dir == base / "evidence"
     assert fan.window == "gate" and fan.gate_db == -50.0 and isinstance(fan.gate_db, float) and fan.phi is None

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_asd.edge.runtime.decision import EVENT_SCHEMA, OFF, Event, RunningMaxDetector, Verdict
+from edge_asd.edge.runtime.decision import OFF, RunningMaxDetector
+from edge_asd.edge.runtime.events import EVENT_SCHEMA, Event, Verdict
 
 SHA = "ab" * 32
 

@@ -15,9 +15,10 @@ import pytest
 import soundfile as sf
 
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.firmware_io.blocks import Gap
 from edge_asd.firmware_io.mic import find_device, input_devices
 from edge_asd.firmware_io.ring import RingBuffer
-from edge_asd.firmware_io.sources import Gap, SourceRequest, open_source, open_sources
+from edge_asd.firmware_io.sources import SourceRequest, SourceSpec, open_source, open_sources
 from standin_audio import StandInPyAudio
 
 RATE = 16000
@@ -134,8 +135,8 @@ def test_two_channels_of_one_device_share_one_stream(fan_int16, fan_audio, fan):
     n = 8 * 1024
     pcm = np.stack([fan_int16[:n], other[:n]], axis=1)
     mod = StandInPyAudio(_pcm(pcm))
-    a, b = open_sources([SourceRequest("mic:USB", RATE, 1024, channel=0, stall_s=0.3),
-                         SourceRequest("mic:USB", RATE, 1024, channel=1, stall_s=0.3)], mod)
+    a, b = open_sources([SourceRequest(SourceSpec("mic:USB", channel=0, stall_s=0.3), RATE, 1024),
+                         SourceRequest(SourceSpec("mic:USB", channel=1, stall_s=0.3), RATE, 1024)], mod)
     (kwargs,) = mod.opened
     assert kwargs["channels"] == 2 and kwargs["input_device_index"] == 2
     results = {}

@@ -16,8 +16,9 @@ from edge_asd.edge.runtime.decision import RunningMaxDetector
 from edge_asd.edge.runtime.evidence import EvidenceRecorder
 from edge_asd.edge.runtime.stream_loop import Monitor
 from edge_asd.edge.runtime.windows import EnergyGate, FixedWindows
+from edge_asd.firmware_io.blocks import Gap
 from edge_asd.firmware_io.sinks import RotatingJsonLinesFile
-from edge_asd.firmware_io.sources import Gap, open_source
+from edge_asd.firmware_io.sources import open_source
 from standin_audio import StandInPyAudio
 
 RATE = 16000

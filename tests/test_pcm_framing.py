@@ -23,9 +23,10 @@ from edge_asd.edge.runtime.config import load_config
 from edge_asd.edge.runtime.decision import RunningMaxDetector
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.runtime.stream_loop import Monitor
+from edge_asd.firmware_io.blocks import Gap
 from edge_asd.firmware_io.pcm import PcmSource
 from edge_asd.firmware_io.pcm_framing import FLAG_START, HEADER, FrameDecoder, encode_frame, encode_frames
-from edge_asd.firmware_io.sources import Gap, open_source
+from edge_asd.firmware_io.sources import open_source
 
 RATE = 16000
 HOP = 256
@@ -305,7 +306,7 @@ def test_config_key(tmp_path):
     path.write_text('[monitor]\npcm_framing = "framed"\n[[input]]\nmodel = "a.tflite"\nsource = "-"\n'
                     '[[input]]\nname = "b"\nmodel = "b.tflite"\npcm_framing = "raw"\n')
     a, b = load_config(path)
-    assert a.pcm_framing == "framed" and b.pcm_framing == "raw"
+    assert a.source.pcm_framing == "framed" and b.source.pcm_framing == "raw"
     path.write_text('[[input]]\nmodel = "a.tflite"\npcm_framing = "slip"\n')
     with pytest.raises(EdgeAsdError, match="pcm_framing = 'slip' should be one of raw, framed"):
         load_config(path)

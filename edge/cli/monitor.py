@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS
+from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS, SourceSpec
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.edge.cli.options import gate_options
@@ -94,9 +94,10 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
     else:
         if model_path is None:
             raise EdgeAsdError("missing --model (or --config FILE listing the inputs)")
-        configs = [InputConfig(source=str(input_spec), model=Path(model_path), name=str(input_spec),
-                               machine_id=machine_id, store=store, phi=phi, channel=channel, pcm_channels=pcm_channels,
-                               pcm_rate=pcm_rate, pcm_framing=pcm_framing, baud=baud, window=window, gate_db=gate_db,
+        source = SourceSpec(str(input_spec), channel=channel, pcm_channels=pcm_channels, pcm_rate=pcm_rate,
+                            pcm_framing=pcm_framing, baud=baud)
+        configs = [InputConfig(source=source, model=Path(model_path), name=str(input_spec),
+                               machine_id=machine_id, store=store, phi=phi, window=window, gate_db=gate_db,
                                gate_min_on_s=gate_min_on_s, gate_min_off_s=gate_min_off_s, events=events_path,
                                events_max_mb=events_max_mb, evidence_dir=evidence_dir, evidence_before_s=evidence_seconds,
                                evidence_after_s=evidence_seconds, evidence_png=evidence_png, threads=threads)]

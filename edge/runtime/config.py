@@ -14,8 +14,11 @@
     model = "fan.tflite"
     machine_id = "id_00"
 
-Every key of :class:`InputConfig` may appear in ``[monitor]`` or in an ``[[input]]`` (which wins).
-Relative paths are relative to the TOML file's folder. Unknown keys and wrong types are refused.
+Every key may appear in ``[monitor]`` or in an ``[[input]]`` (which wins): the fields of
+:class:`InputConfig`, where ``source`` and the keys of where audio comes from (``channel``, ``pcm_channels``,
+``pcm_rate``, ``pcm_framing``, ``baud``, ``stall_s``, ``buffer_s``) fill its
+:class:`~edge_asd.firmware_io.sources.SourceSpec`. Relative paths are relative to the TOML file's folder.
+Unknown keys and wrong types are refused.
 """
 
 from __future__ import annotations
@@ -25,33 +28,25 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_asd.firmware_io.sources import DEFAULT_BAUD, DEFAULT_BUFFER_S, DEFAULT_STALL_S, PCM_FRAMINGS
-
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
+from edge_asd.firmware_io.sources import PCM_FRAMINGS, SourceSpec
 
 PATH_KEYS = ("model", "store", "events", "evidence_dir")
 
 
 @dataclass
 class InputConfig:
-    """One input and what runs on it. Units: seconds (``_s``), Hz (``pcm_rate``), dBFS (``gate_db``)."""
+    """One input and what runs on it. Units: seconds (``_s``), dBFS (``gate_db``), MB (``events_max_mb``)."""
 
-    source: str = "mic"
+    source: SourceSpec = dataclasses.field(default_factory=SourceSpec)
+    """Where the audio comes from and how to read it (config keys ``source``, ``channel``, ``pcm_*``, ...)."""
     model: Path | None = None
     name: str | None = None
     """Name in every JSON line (``input``); default: the source."""
     machine_id: str | None = None
     store: Path | None = None
     phi: float | None = None
-    channel: int | None = None
-    pcm_channels: int = 1
-    pcm_rate: int | None = None
-    pcm_framing: str = "raw"
-    """Raw PCM on stdin or a serial port: "raw" (bare s16le) or "framed" (sync word, sequence, CRC-32)."""
-    baud: int = DEFAULT_BAUD
-    stall_s: float = DEFAULT_STALL_S
-    buffer_s: float = DEFAULT_BUFFER_S
     window: str = "whole"
     gate_db: float = DEFAULT_GATE_DB
     gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S
@@ -70,10 +65,14 @@ class InputConfig:
 
     @property
     def label(self) -> str:
-        return self.name or self.source
+        """The input's name in logs and JSON lines: ``name``, else the source's spelling."""
+        return self.name or self.source.spec
 
 
-_TYPES = {f.name: f.type for f in dataclasses.fields(InputConfig) }
+SOURCE_KEYS = {("source" if f.name == "spec" else f.name): f for f in dataclasses.fields(SourceSpec)}
+"""Config key -> the :class:`SourceSpec` field it sets (the key ``source`` is its ``spec``)."""
+_TYPES = {**{key: f.type for key, f in SOURCE_KEYS.items()},
+          **{f.name: f.type for f in dataclasses.fields(InputConfig) if f.name != "source"}}
 
 
 def _coerce(key: str, value, where: str):
@@ -102,7 +101,10 @@ def _apply(cfg: InputConfig, table: dict, where: str, base: Path) -> None:
         value = _coerce(key, value, where)
         if key in PATH_KEYS:
             value = base / Path(value).expanduser()
-        setattr(cfg, key, value)
+        if key in SOURCE_KEYS:
+            cfg.source = dataclasses.replace(cfg.source, **{SOURCE_KEYS[key].name: value})
+        else:
+            setattr(cfg, key, value)
 
 
 def load_config(path: str | Path) -> list[InputConfig]:
@@ -146,6 +148,6 @@ def load_config(path: str | Path) -> list[InputConfig]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise EdgeAsdError(f"{path}: several inputs named {', '.join(dupes)}; give each a distinct name")
-    if sum(c.source == "-" for c in out) > 1:
+    if sum(c.source.spec == "-" for c in out) > 1:
         raise EdgeAsdError(f"{path}: only one input can read stdin (-)")
     return out

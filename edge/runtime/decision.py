@@ -1,13 +1,17 @@
-"""The frame-wise decision of Koizumi et al. 2019, eqs. (4) and (11), as a streaming detector.
+"""The decision: eq. (11) of Koizumi et al. 2019 (with eq. 4's frame-wise scores) as a streaming running-max
+detector over operation windows. It sees scores, never audio; the stream loop
+(:mod:`edge_asd.edge.runtime.stream_loop`) feeds it and writes what it returns as event lines.
 
 An operation window (see :mod:`edge_asd.edge.runtime.windows`) is anomalous when any frame's anomaly score
 reaches the threshold phi, i.e. when ``max_t A(x_t) >= phi`` (eq. 11). The detector keeps that running
 max over the current window and
 
-- emits an :class:`Event` for every frame whose score is ``>= phi`` *and* greater than the window's
-  running max so far, so a long anomaly gives a few events that each raise the max, not a flood;
-- emits one :class:`Verdict` when a window closes (a frame of another window arrives, or
-  :meth:`RunningMaxDetector.close` at the end of the stream): max score, its time, anomalous or not.
+- emits an :class:`~edge_asd.edge.runtime.events.Event` (an ``anomaly`` line) for every frame whose score
+  is ``>= phi`` *and* greater than the window's running max so far, so a long anomaly gives a few events
+  that each raise the max, not a flood;
+- emits one :class:`~edge_asd.edge.runtime.events.Verdict` (a ``verdict`` line) when a window closes (a
+  frame of another window arrives, or :meth:`RunningMaxDetector.close` at the end of the stream): max
+  score, its time, anomalous or not.
 
 Frames with a NaN or infinite score are counted and skipped, never made the running max.
 """
@@ -15,60 +19,11 @@ Frames with a NaN or infinite score are counted and skipped, never made the runn
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from edge_asd.edge.runtime.events import Event, Verdict
 from edge_asd.edge.runtime.windows import OFF  # window index of a frame outside every window (the machine is off)
-
-EVENT_SCHEMA = 2
-"""Version of the JSON lines edge-monitor writes (docs/events.md)."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """One ``"event": "anomaly"`` line: a frame that raised the window's running max to or over phi."""
-
-    time_s: float
-    """Seconds from stream start at which the frame's context vector became complete."""
-    frame: int
-    """Index of the context vector in the stream (0-based)."""
-    score: float
-    """Anomaly score A(x_t), eq. 5."""
-    running_max: float | None
-    """The window's max score before this frame (None at the window's first frame)."""
-    phi: float
-    machine_id: str
-    model_sha256: str
-    window: int
-    """Operation window index (0 for the whole stream)."""
-
-    def to_dict(self) -> dict:
-        return {"schema": EVENT_SCHEMA, "event": "anomaly", **asdict(self)}
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One ``"event": "verdict"`` line: the eq. (11) decision of a closed operation window."""
-
-    window: int
-    start_s: float
-    """Stream time of the window's first frame, s."""
-    end_s: float
-    """Stream time of the window's last frame, s."""
-    frames: int
-    max_score: float | None
-    """max_t A(x_t) over the window's frames with a finite score; None if there was none."""
-    max_time_s: float | None
-    anomalous: bool
-    """``max_score >= phi`` (eq. 11)."""
-    events: int
-    phi: float
-    machine_id: str
-    model_sha256: str
-
-    def to_dict(self) -> dict:
-        return {"schema": EVENT_SCHEMA, "event": "verdict", **asdict(self)}
 
 
 class RunningMaxDetector:

@@ -113,9 +113,7 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
                 if key not in file_sinks:
                     file_sinks[key] = RotatingJsonLinesFile(cfg.events, int(cfg.events_max_mb * 1e6), cfg.events_backups)
                 sinks.append(file_sinks[key])
-            request = SourceRequest(cfg.source, feats.sample_rate, _block_samples(cfg.source, feats.hop_samples),
-                                    channel=cfg.channel, pcm_channels=cfg.pcm_channels, pcm_rate=cfg.pcm_rate,
-                                    baud=cfg.baud, stall_s=cfg.stall_s, buffer_s=cfg.buffer_s, pcm_framing=cfg.pcm_framing)
+            request = SourceRequest(cfg.source, feats.sample_rate, _block_samples(cfg.source.spec, feats.hop_samples))
             prepared.append((cfg, scorer, RunningMaxDetector(phi, machine_id, scorer.sha256), windows, evidence,
                              sinks, request))
         sources = open_sources([p[-1] for p in prepared], pyaudio_module)

@@ -1,5 +1,7 @@
-"""The monitoring loop of one input: source blocks -> streaming features -> scores -> windows and
-running-max detector -> JSON lines (events, verdicts, summary) and evidence clips.
+"""One input's monitoring loop: source blocks -> streaming features -> scores -> operation windows and the
+running-max decision (:mod:`~edge_asd.edge.runtime.decision`) -> event lines (start, anomaly, verdict,
+summary; :mod:`~edge_asd.edge.runtime.events`) and evidence clips. Several inputs in one process:
+:mod:`~edge_asd.edge.runtime.service`.
 
 The loop works on blocks: each block of samples gives the context vectors it completes, all scored
 in one call (``Scorer.score_inputs``), and the detector takes the block's scores as one array.
@@ -12,14 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 
 import numpy as np
 
-from edge_asd.edge.runtime.decision import EVENT_SCHEMA, RunningMaxDetector
+from edge_asd.edge.runtime.decision import RunningMaxDetector
+from edge_asd.edge.runtime.events import ANOMALY, Start, Summary, event_line
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.edge.runtime.windows import WholeStream, frame_stamps
+from edge_asd.firmware_io.blocks import Source
 
 log = logging.getLogger("edge_asd")
 
@@ -30,78 +32,14 @@ LIVE_BLOCK_HOPS = 6
 """Hops per block from a microphone or serial port (about 0.1 s): latency matters more there."""
 
 
-def utc_now() -> str:
-    """Wall-clock time, ISO 8601 UTC with milliseconds (``2026-11-26T10:00:00.123Z``)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass
-class Summary:
-    frames: int
-    events: int
-    audio_s: float
-    compute_s: float
-    max_score: float | None
-    max_time_s: float | None
-    silent: bool
-    """True when every sample was exactly 0 (a dead input, not a quiet machine)."""
-    nonfinite: int = 0
-    """Frames whose score was NaN or infinite (skipped by the detector)."""
-    windows: int = 0
-    """Operation windows closed (each with a verdict line)."""
-    anomalous_windows: int = 0
-    off_frames: int = 0
-    """Frames outside every window (energy gate: machine off)."""
-    overflows: int = 0
-    """Input overflows the sound card's driver reported."""
-    dropped_samples: int = 0
-    """Samples lost: inference fell behind (ring buffer full), or framed PCM frames went missing."""
-    dropped_bytes: int = 0
-    """Bytes of raw PCM that did not make a whole sample frame."""
-    evidence_clips: int = 0
-    reason: str = "end of input"
-    """Why monitoring ended: "end of input", "stopped" (signal), or "error: ..."."""
-    frames_ok: int = 0
-    """Framed PCM (``--pcm-framing framed``): intact frames received."""
-    frames_corrupt: int = 0
-    """Framed PCM: frames whose CRC-32 failed (their samples are never scored)."""
-    frames_lost: int = 0
-    """Framed PCM: frames missing from the sequence numbers (corrupt ones included); the features restart."""
-    bytes_skipped: int = 0
-    """Framed PCM: bytes in no intact frame (garbage, damaged frames, a truncated last frame)."""
-    sender_restarts: int = 0
-    """Framed PCM: the sender restarted (START flag or a sequence number jumping back)."""
-
-    @property
-    def real_time_factor(self) -> float:
-        return self.compute_s / self.audio_s if self.audio_s > 0 else float("nan")
-
-    def line(self, phi: float) -> str:
-        peak = "none" if self.max_score is None else f"{self.max_score:.3f} at {self.max_time_s:.2f} s"
-        extra = [f"{self.windows} windows, {self.anomalous_windows} anomalous"] if self.windows > 1 else []
-        extra += [f"{self.off_frames} frames gated off"] if self.off_frames else []
-        extra += [f"{self.nonfinite} frames with a non-finite score skipped"] if self.nonfinite else []
-        extra += [f"{self.overflows} input overflows"] if self.overflows else []
-        extra += [f"{self.dropped_samples} samples dropped"] if self.dropped_samples else []
-        extra += [f"{self.dropped_bytes} bytes dropped"] if self.dropped_bytes else []
-        if self.frames_ok or self.bytes_skipped:
-            extra += [f"framed PCM: {self.frames_ok} frames ok, {self.frames_corrupt} corrupt, {self.frames_lost} lost, "
-                      f"{self.bytes_skipped} bytes skipped" + (f", {self.sender_restarts} sender restarts"
-                                                               if self.sender_restarts else "")]
-        return (f"{self.frames} frames, {self.events} events, {self.audio_s:.1f} s of audio; max score {peak}; "
-                f"phi {phi:.3f}; real-time factor {self.real_time_factor:.5f}"
-                + "".join(f"; {x}" for x in extra) + ("" if self.reason == "end of input" else f"; {self.reason}"))
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "real_time_factor": round(self.real_time_factor, 6) if self.audio_s > 0 else None}
-
-
 class Monitor:
     """Streams one source through one model.
 
     Args:
-        source: iterable of float32 blocks (and Gap markers), see firmware_io.sources.
-        emit: called with each JSON record (dict): ``start``, ``anomaly``, ``verdict``, ``summary``.
+        source: float32 blocks and Gap markers (:class:`~edge_asd.firmware_io.blocks.Source`); a live one's
+            ``stop`` and ``stats()`` are used when it has them.
+        emit: called with each event line (dict, :func:`~edge_asd.edge.runtime.events.event_line`):
+            ``start``, ``anomaly``, ``verdict``, ``summary``.
         name: the input's name, in every record (``input``).
         windows: WholeStream (default), FixedWindows or EnergyGate.
         evidence: an EvidenceRecorder, or None.
@@ -109,7 +47,7 @@ class Monitor:
     thread) closes the open window and writes the summary once, even if the source is stuck in a read.
     """
 
-    def __init__(self, source, scorer: Scorer, detector: RunningMaxDetector, emit, name: str = "input",
+    def __init__(self, source: Source, scorer: Scorer, detector: RunningMaxDetector, emit, name: str = "input",
                  windows=None, evidence=None):
         self.source, self.scorer, self.detector, self.emit, self.name = source, scorer, detector, emit, name
         self.windows = windows or WholeStream()
@@ -127,8 +65,8 @@ class Monitor:
         self._samples = 0
         self._dropped = 0
 
-    def _record(self, record: dict) -> dict:
-        return {"schema": EVENT_SCHEMA, **record, "input": self.name, "wall_time": utc_now()}
+    def _line(self, record: dict) -> dict:
+        return event_line(record, self.name)
 
     def stop(self) -> None:
         self._stop.set()
@@ -139,9 +77,9 @@ class Monitor:
     def run(self) -> Summary:
         reason = "end of input"
         try:
-            self.emit(self._record({"event": "start", "machine_id": self.detector.machine_id, "phi": self.detector.phi,
-                                    "model_sha256": self.detector.model_sha256, "window_mode": self.windows.name,
-                                    "sample_rate": self.cfg.sample_rate}))
+            det = self.detector
+            self.emit(self._line(Start(det.machine_id, det.phi, det.model_sha256, self.windows.name,
+                                       self.cfg.sample_rate).to_dict()))
             for item in self.source:
                 with self._lock:
                     if self.summary is not None:
@@ -185,8 +123,8 @@ class Monitor:
             ends = frame_stamps(first, len(scores), cfg, self._segment_start)  # a score's stamp: its vector's end
             wins = self.windows.windows_at(ends)
             for r in self.detector.update_block(self._frame, ends / cfg.sample_rate, scores, wins):
-                record = self._record(r.to_dict())
-                if record["event"] == "anomaly":
+                record = self._line(r.to_dict())
+                if record["event"] == ANOMALY:
                     end = int(ends[record["frame"] - self._frame])
                     record["evidence"] = (None if self.evidence is None else
                                           self.evidence.request(record, end - cfg.samples_per_vector, end))
@@ -204,7 +142,7 @@ class Monitor:
             det = self.detector
             verdict = det.close()
             if verdict is not None:
-                self._emit_last(self._record(verdict.to_dict()))
+                self._emit_last(self._line(verdict.to_dict()))
             if self.evidence is not None:
                 self.evidence.flush(self.position, final=True)
             stats = getattr(self.source, "stats", lambda: {})()
@@ -216,8 +154,7 @@ class Monitor:
                 self.evidence.n_written if self.evidence is not None else 0, reason,
                 **{k: stats.get(k, 0) for k in ("frames_ok", "frames_corrupt", "frames_lost", "bytes_skipped",
                                                 "sender_restarts")})
-            self._emit_last(self._record({"event": "summary", "machine_id": det.machine_id, "phi": det.phi,
-                                          "model_sha256": det.model_sha256, **self.summary.to_dict()}))
+            self._emit_last(self._line(self.summary.to_record(det.machine_id, det.phi, det.model_sha256)))
             return self.summary
 
     def _emit_last(self, record: dict) -> None:
@@ -228,7 +165,7 @@ class Monitor:
             log.error("%s: %s line not written: %s", self.name, record["event"], e)
 
 
-def monitor(source, scorer: Scorer, detector: RunningMaxDetector, on_event, windows=None) -> Summary:
+def monitor(source: Source, scorer: Scorer, detector: RunningMaxDetector, on_event, windows=None) -> Summary:
     """Run one source to its end (or Ctrl-C); ``on_event(dict)`` gets every record. Returns the Summary.
 
     ``compute_s`` counts feature, inference and detector time only, not time spent waiting for audio.

@@ -1,0 +1,35 @@
+"""The event-line schema has one home (edge/runtime/events.py): every line is built there the same way."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from edge_asd.edge.runtime.events import (EVENT_SCHEMA, LINE_TYPES, Event, Start, Summary, Verdict, event_line,
+                                          event_record)
+
+
+def test_a_line_is_schema_event_fields_input_wall_time_in_that_order():
+    line = event_line(Start("id_00", 1.5, "ab" * 32, "whole", 16000).to_dict(), "fan-1")
+    assert list(line) == ["schema", "event", "machine_id", "phi", "model_sha256", "window_mode", "sample_rate",
+                          "input", "wall_time"]
+    assert line["schema"] == EVENT_SCHEMA and line["event"] == "start" and line["input"] == "fan-1"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["wall_time"])
+    assert json.loads(json.dumps(line)) == line
+
+
+def test_every_line_type_names_itself():
+    event = Event(1.0, 3, 9.0, None, 2.0, "id_00", "ab" * 32, 0)
+    verdict = Verdict(0, 0.0, 1.0, 4, 9.0, 1.0, True, 1, 2.0, "id_00", "ab" * 32)
+    summary = Summary(4, 1, 1.0, 0.01, 9.0, 1.0, False).to_record("id_00", 2.0, "ab" * 32)
+    assert [event.to_dict()["event"], verdict.to_dict()["event"], summary["event"]] == ["anomaly", "verdict", "summary"]
+    assert list(summary)[:5] == ["schema", "event", "machine_id", "phi", "model_sha256"]
+    assert summary["real_time_factor"] == 0.01
+    assert set(LINE_TYPES) == {"start", "anomaly", "verdict", "summary"}
+
+
+def test_an_unknown_line_type_is_refused():
+    with pytest.raises(ValueError, match="unknown event line type 'helth'"):
+        event_record("helth", {})
