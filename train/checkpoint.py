@@ -19,7 +19,9 @@ from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.presets import FeatureConfig
 
 from edge_asd.train.model import FCNAutoencoder, build_autoencoder
-from edge_asd.train.trainer import CHECKPOINT_SCHEMA
+
+CHECKPOINT_SCHEMA = 1
+"""Version of the checkpoint dict's layout; :func:`load_checkpoint` refuses any other."""
 
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> None:

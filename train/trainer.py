@@ -25,6 +25,7 @@ from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.presets import FeatureConfig
 
 from edge_asd.core.batches import BatchBuilder, BatchConfig
+from edge_asd.train.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, save_checkpoint
 from edge_asd.train.context_kde import context_kde_weights
 from edge_asd.train.losses import bu_loss, kde_weights, re_loss, resolve_lambda, snp_loss
 from edge_asd.train.model import ARCHS, anomaly_score, build_autoencoder
@@ -32,7 +33,6 @@ from edge_asd.train.pipeline import Prefetcher
 from edge_asd.train.validation import build_validation, criterion, split_normals, validate
 
 log = logging.getLogger("edge_asd")
-CHECKPOINT_SCHEMA = 1
 
 
 @dataclass
@@ -286,8 +286,6 @@ def _comparable(cfg: TrainConfig) -> dict:
 
 
 def _save_state(path, run: dict, cfg: TrainConfig, mean, std, ae, opt, scaler) -> None:
-    from edge_asd.train.checkpoint import save_checkpoint
-
     save_checkpoint({"schema": CHECKPOINT_SCHEMA, "kind": "train_state", "train_config": _comparable(cfg),
                      "normalization": {"mean": mean.tolist(), "std": std.tolist()},
                      "model_state": {k: v.detach().cpu() for k, v in ae.state_dict().items()},
@@ -295,8 +293,6 @@ def _save_state(path, run: dict, cfg: TrainConfig, mean, std, ae, opt, scaler) -
 
 
 def _load_state(path, cfg: TrainConfig, mean, std, ae, opt, scaler) -> dict:
-    from edge_asd.train.checkpoint import load_checkpoint
-
     if path is None:
         raise EdgeAsdError("resume: no training-state file given")
     state = load_checkpoint(path)
