@@ -113,7 +113,7 @@ RESUME_IGNORED = ("device", "precision", "prefetch", "keep")
 
 def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarray],
           something_else: list[np.ndarray] | None, mean: np.ndarray, std: np.ndarray,
-          progress: bool = True, *, val_clips: list[np.ndarray] | None = None,
+          progress: bool = True, *, val_clips: list[np.ndarray] | None = None, val_split: str | None = None,
           state_path: str | Path | None = None, resume: bool = False, on_epoch=None) -> dict:
     """Train an autoencoder; return the checkpoint dict (weights, arch, features, normalization, loss).
 
@@ -122,6 +122,8 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
         mean / std: per-mel-band statistics (n_mels,) used to standardize every context vector.
         val_clips: held-out normal audio for validation; None with ``cfg.val_fraction > 0`` splits
             ``normal_clips`` (:func:`validation.split_normals`).
+        val_split: how ``val_clips`` were held out ("clips" or "time", as in
+            :class:`validation.RecordingSplit`), recorded as ``validation["split"]``; None = "given".
         state_path: where the full training state is written at the end of every epoch (atomic).
         resume: continue from ``state_path`` (same config and normalization, else EdgeAsdError).
         on_epoch: called as ``on_epoch(row, ae)`` after every epoch, with the epoch's row (loss and
@@ -135,7 +137,7 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
     dim = features.dim
     sigma = cfg.sigma if cfg.sigma is not None else 1.0 / (2 * dim)
     lam = resolve_lambda(cfg.lam, dim, features.n_mels)
-    split = "given" if val_clips else None
+    split = (val_split or "given") if val_clips else None
     if val_clips is None and cfg.val_fraction > 0:
         normal_clips, val_clips, split = split_normals(normal_clips, cfg.val_fraction, cfg.seed)
     builder = BatchBuilder(normal_clips, something_else, features, cfg.batch)
