@@ -115,7 +115,11 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
           something_else: list[np.ndarray] | None, mean: np.ndarray, std: np.ndarray,
           progress: bool = True, *, val_clips: list[np.ndarray] | None = None, val_split: str | None = None,
           state_path: str | Path | None = None, resume: bool = False, on_epoch=None) -> dict:
-    """Train an autoencoder; return the checkpoint dict (weights, arch, features, normalization, loss).
+    """Train an autoencoder; return the model's part of the checkpoint dict (weights, arch, features,
+    normalization, loss, history, validation: :mod:`checkpoint` lists the keys).
+
+    :func:`edge_asd.train.run.train_checkpoint` (edge-train) calls it with the validation split already
+    made and adds what the model was trained on; call it directly for audio you already hold.
 
     Args:
         normal_clips / something_else: mono float32 at ``features.sample_rate``.
