@@ -146,11 +146,13 @@ def train_checkpoint(options: TrainOptions) -> dict:
     normal_audio = load_clips(paths, features, cache)
     other = _something_else(o.something_else_dir, features, cache)
     fn = LogMel(features)
-    mean, std = band_statistics(normal_audio, features, [cache.logmel(p, a, features, fn) for p, a in zip(paths, normal_audio)])
+    frames = [cache.logmel(p, a, features, fn) for p, a in zip(paths, normal_audio)]
+    mean, std = band_statistics(normal_audio, features, frames)
     if cache.root is not None:
         log.info("feature cache %s: %d hits, %d new entries", cache.root, cache.hits, cache.misses)
     cfg = TrainConfig(machine_type=o.machine_type, machine_ids=ids, preset=o.preset, arch=o.arch, loss=o.loss,
-                      epochs=o.epochs or budget["epochs"], batches_per_epoch=o.batches_per_epoch or budget["batches_per_epoch"],
+                      epochs=o.epochs or budget["epochs"],
+                      batches_per_epoch=o.batches_per_epoch or budget["batches_per_epoch"],
                       lr=o.lr or budget["lr"], seed=o.seed, device=o.device, sigma=o.sigma, lam=lam, epsilon=o.epsilon,
                       batch=BatchConfig(anr_db=tuple(o.anr_db)), precision=o.precision, val_fraction=o.val_fraction,
                       patience=o.patience, keep=o.keep, val_metric=o.val_metric, kde=o.kde)
@@ -183,7 +185,8 @@ def normal_recordings(data_dir: Path, machine_type: str, machine_ids=()) -> tupl
     normals = [c for c in clips if c.split == "train" and c.label == "normal" and (not wanted or c.machine_id in wanted)]
     if not normals:
         found = sorted({c.machine_id for c in clips if c.split == "train" and c.label == "normal"})
-        raise EdgeAsdError(f"no normal training clips of {machine_type} {sorted(wanted) or ''} in {data_dir}; IDs with training clips: {found or 'none'}")
+        raise EdgeAsdError(f"no normal training clips of {machine_type} {sorted(wanted) or ''} in {data_dir}; "
+                           f"IDs with training clips: {found or 'none'}")
     return [c.path for c in normals], sorted({c.machine_id for c in normals})
 
 
@@ -212,4 +215,5 @@ def write_checkpoint_files(ckpt: dict, out_path: Path) -> None:
         write_curves(ckpt, out_path.with_suffix(".curves.png"))
     except ImportError:
         log.warning("matplotlib is not installed: no .curves.png (pip install matplotlib)")
-    log.info("training log: %s, %s, %s", log_path, out_path.with_suffix(".epochs.csv").name, out_path.with_suffix(".curves.png").name)
+    log.info("training log: %s, %s, %s", log_path, out_path.with_suffix(".epochs.csv").name,
+             out_path.with_suffix(".curves.png").name)

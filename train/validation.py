@@ -37,7 +37,8 @@ def split_normals(clips: list[np.ndarray], fraction: float, seed: int = 0) -> tu
     return _divide(clips, fraction, held_out_clips(len(clips), fraction, seed))
 
 
-def _divide(clips: list[np.ndarray], fraction: float, held: set[int] | None) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+def _divide(clips: list[np.ndarray], fraction: float,
+            held: set[int] | None) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     if held is not None:
         return [c for i, c in enumerate(clips) if i not in held], [c for i, c in enumerate(clips) if i in held], "clips"
     cuts = [len(c) - round(fraction * len(c)) for c in clips]
