@@ -1,5 +1,9 @@
 """``edge-convert``: checkpoint -> self-describing .tflite / .onnx files, or tflite-micro C sources, with a
-parity report against the float model that fails the command when a target is missed."""
+parity report against the float model that fails the command when a target is missed.
+
+The command parses its options into :class:`edge_asd.convert.run.ConvertOptions`, calls
+:func:`edge_asd.convert.run.write_model_files` and prints what it wrote and measured.
+"""
 
 from __future__ import annotations
 
@@ -44,8 +48,7 @@ log = logging.getLogger("edge_asd")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
-def main(checkpoint, target, quantize, int8, calibration_dir, calibration_frames, pseudo_fraction, something_else_dir,
-         calibrate_method, float_output_layer, out_path, report_path, allow_degraded, quiet):
+def main(int8: bool, allow_degraded: bool, quiet: bool, **options) -> None:
     """Convert an edge-train CHECKPOINT into model files that edge-monitor runs with no other file.
 
     The feature preset, normalization, architecture, loss and versions go into each file's metadata
@@ -55,52 +58,22 @@ def main(checkpoint, target, quantize, int8, calibration_dir, calibration_frames
     --allow-degraded.
     """
     setup_logging(quiet=quiet)
-    if int8 and quantize not in (None, "int8-static"):
+    if int8 and options["quantize"] not in (None, "int8-static"):
         raise EdgeAsdError("--int8 means --quantize int8-static; give one of them")
-    quantize = "int8-static" if int8 else quantize
-    from edge_asd.convert.pipeline import TARGETS, Conversion, Options
+    if int8:
+        options["quantize"] = "int8-static"
+    from edge_asd.convert.run import ConvertOptions, write_model_files
 
-    if target == "all":
-        jobs = [(name, fmt, q) for name, (fmt, q) in TARGETS.items()]
-        if quantize:
-            raise EdgeAsdError("--to all writes every quantization; leave out --quantize/--int8")
-    elif target == "c-array":
-        jobs = [("tflite-int8-static", "tflite", "int8-static")]
-        if quantize not in (None, "int8-static"):
-            raise EdgeAsdError("--to c-array is full-integer int8 (tflite-micro); leave out --quantize")
-    else:
-        jobs = [(f"{target}-{quantize or 'float32'}", target, quantize or "float32")]
-    if any(q == "int8-static" for _, _, q in jobs) and calibration_dir is None:
-        raise EdgeAsdError("int8-static (--int8, --to all, --to c-array) needs --calibration DATA_DIR: "
-                           "int8 ranges are calibrated on normal recordings")
-    options = Options(calibration_frames=calibration_frames, pseudo_fraction=pseudo_fraction,
-                      calibrate_method=calibrate_method, float_output_layer=float_output_layer,
-                      something_else_dir=something_else_dir)
-    conversion = Conversion(checkpoint, calibration_dir, options)
-    if target in ("all", "c-array"):
-        out_path.mkdir(parents=True, exist_ok=True)
-    from edge_asd.convert.run import convert_and_measure
-
-    rows, extra = convert_and_measure(conversion, jobs, out_path, checkpoint.stem, target == "c-array",
-                                      measure_latency=report_path is not None)
-    for row in rows:
+    result = write_model_files(ConvertOptions(**options))
+    for row in result.rows:
         click.echo(f"wrote {row.path} ({row.size_bytes / 1024:.0f} KiB, {row.target})")
         for line in row.parity.lines() if row.parity else []:
             click.echo(line)
-    for line in extra:
+    for line in result.extra:
         click.echo(line)
-    if report_path is not None:
-        from edge_asd.convert.report import render
-
-        context = [f"Checkpoint `{checkpoint.name}`: {conversion.ckpt['arch']['name']}, preset "
-                   f"{conversion.ckpt['features']['preset']} (D = {conversion.features.dim}), loss "
-                   f"{conversion.ckpt['loss']['name']}; calibration: {calibration_dir or 'none'}; options: "
-                   f"{options.describe()}."] + [f"- {line}" for line in extra]
-        from edge_asd.core.atomic_io import atomic_write_bytes
-
-        atomic_write_bytes(report_path, render(rows, f"edge-convert parity report: {checkpoint.name}", context).encode())
-        click.echo(f"wrote {report_path}")
-    missed = [m for row in rows for m in row.missed()]
+    if result.report_path is not None:
+        click.echo(f"wrote {result.report_path}")
+    missed = result.missed
     if missed:
         for m in missed:
             log.warning("target missed: %s", m)

@@ -1,22 +1,133 @@
-"""Write the requested model files of one conversion and measure each: parity, size, latency, and for
---to c-array the microcontroller figures (flash, tensor arena, tflite-micro vs LiteRT int8 tensors)."""
+"""``edge-convert`` as a Python function: write the requested model files of one checkpoint and measure
+each (parity, size, latency, and for --to c-array the microcontroller figures: flash, tensor arena,
+tflite-micro vs LiteRT int8 tensors), with the parity report.
+
+:func:`write_model_files` takes a :class:`ConvertOptions` and does the whole job; ``edge-convert`` only
+parses its options into one, calls it and prints the result. Example::
+
+    from pathlib import Path
+    from edge_asd.convert.run import ConvertOptions, write_model_files
+
+    result = write_model_files(ConvertOptions(Path("fan.pt"), "tflite", Path("fan.tflite"),
+                                              quantize="int8-static", calibration_dir=Path("data")))
+    for row in result.rows:
+        print(row.path, row.size_bytes, row.parity.spearman if row.parity else None)
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edge_asd.core.atomic_io import atomic_write_bytes
 from edge_asd.core.commands import kit_version
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.features import extract, standardize
 
-from edge_asd.convert.pipeline import Conversion, write_model
-from edge_asd.convert.report import Row, latencies
+from edge_asd.convert.pipeline import TARGETS, Conversion, Options, write_model
+from edge_asd.convert.report import Row, latencies, render
 
 log = logging.getLogger("edge_asd")
 _EXT = {"tflite": ".tflite", "onnx": ".onnx"}
+
+
+COMMAND_TARGETS = ("tflite", "onnx", "all", "c-array")
+"""What ``edge-convert --to`` accepts: one file of a format, every format x quantization, or tflite-micro sources."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything ``edge-convert`` takes (``edge-convert --help`` explains each option; defaults are its defaults)."""
+
+    checkpoint: Path
+    """An edge-train checkpoint (.pt)."""
+    target: str
+    """One of :data:`COMMAND_TARGETS`."""
+    out_path: Path
+    """The model file for tflite / onnx; a folder (created) for all / c-array."""
+    quantize: str | None = None
+    """float32, int8-dynamic or int8-static; None: float32 (all / c-array choose their own)."""
+    calibration_dir: Path | None = None
+    """Recordings to calibrate int8 on and measure parity on (a DCASE/MIMII folder or any folder of audio)."""
+    calibration_frames: int = 2000
+    pseudo_fraction: float = 0.25
+    something_else_dir: Path | None = None
+    calibrate_method: str = "minmax"
+    float_output_layer: bool = False
+    report_path: Path | None = None
+    """Where to write the Markdown parity report; None: none (and no latency measurements)."""
+
+    def quantization_options(self) -> Options:
+        return Options(calibration_frames=self.calibration_frames, pseudo_fraction=self.pseudo_fraction,
+                       calibrate_method=self.calibrate_method, float_output_layer=self.float_output_layer,
+                       something_else_dir=self.something_else_dir)
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What :func:`write_model_files` wrote and measured."""
+
+    rows: list[Row]
+    """One per model file: path, size, parity (None without calibration clips), latency."""
+    extra: list[str]
+    """Further lines to show (c-array: the C sources written and the microcontroller figures)."""
+    report_path: Path | None
+    """The parity report written, if one was asked for."""
+
+    @property
+    def missed(self) -> list[str]:
+        """The parity and size targets the files miss, as short sentences (empty: all met)."""
+        return [m for row in self.rows for m in row.missed()]
+
+
+def plan_jobs(target: str, quantize: str | None) -> list[tuple[str, str, str]]:
+    """The (name, format, quantization) of each file ``--to target`` writes.
+
+    Raises EdgeAsdError for an unknown target or a quantization the target does not take."""
+    if target == "all":
+        if quantize:
+            raise EdgeAsdError("--to all writes every quantization; leave out --quantize/--int8")
+        return [(name, fmt, q) for name, (fmt, q) in TARGETS.items()]
+    if target == "c-array":
+        if quantize not in (None, "int8-static"):
+            raise EdgeAsdError("--to c-array is full-integer int8 (tflite-micro); leave out --quantize")
+        return [("tflite-int8-static", "tflite", "int8-static")]
+    if target not in COMMAND_TARGETS:
+        raise EdgeAsdError(f"unknown target {target!r}: use one of {', '.join(COMMAND_TARGETS)}")
+    return [(f"{target}-{quantize or 'float32'}", target, quantize or "float32")]
+
+
+def write_model_files(options: ConvertOptions) -> ConvertResult:
+    """Convert ``options.checkpoint`` into the files of ``options.target``; measure them; write the report.
+
+    Missed parity or size targets do not raise: the files are written and :attr:`ConvertResult.missed`
+    lists them (edge-convert exits 1 on them unless --allow-degraded).
+    Raises:
+        EdgeAsdError: a bad target/quantization pair, int8-static without ``calibration_dir``, a bad
+            checkpoint, unreadable audio, tflite-micro and LiteRT disagreeing by more than 1 LSB (c-array).
+    """
+    o = options
+    jobs = plan_jobs(o.target, o.quantize)
+    if any(q == "int8-static" for _, _, q in jobs) and o.calibration_dir is None:
+        raise EdgeAsdError("int8-static (--int8, --to all, --to c-array) needs --calibration DATA_DIR: "
+                           "int8 ranges are calibrated on normal recordings")
+    quantization = o.quantization_options()
+    conversion = Conversion(o.checkpoint, o.calibration_dir, quantization)
+    if o.target in ("all", "c-array"):
+        o.out_path.mkdir(parents=True, exist_ok=True)
+    rows, extra = convert_and_measure(conversion, jobs, o.out_path, o.checkpoint.stem, o.target == "c-array",
+                                      measure_latency=o.report_path is not None)
+    if o.report_path is not None:
+        ckpt = conversion.ckpt
+        context = [f"Checkpoint `{o.checkpoint.name}`: {ckpt['arch']['name']}, preset "
+                   f"{ckpt['features']['preset']} (D = {conversion.features.dim}), loss "
+                   f"{ckpt['loss']['name']}; calibration: {o.calibration_dir or 'none'}; options: "
+                   f"{quantization.describe()}."] + [f"- {line}" for line in extra]
+        atomic_write_bytes(o.report_path, render(rows, f"edge-convert parity report: {o.checkpoint.name}", context).encode())
+    return ConvertResult(rows, extra, o.report_path)
 
 
 def _held_out_vectors(conversion: Conversion, n: int = 64) -> np.ndarray:

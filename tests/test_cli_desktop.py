@@ -29,6 +29,39 @@ def test_train_unknown_machine_type(data_root, tmp_path, env):
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_train_options_are_typed_and_checked(tmp_path):
+    """edge-train's Python API: a frozen options record whose named choices are checked at once."""
+    import dataclasses
+
+    import pytest
+
+    from edge_asd.core.errors import EdgeAsdError
+    from edge_asd.train.run import TrainOptions
+
+    opts = TrainOptions(tmp_path, "fan", tmp_path / "m.pt")
+    assert opts.val_fraction == 0.2 and opts.lam == "2M" and opts.state_path == tmp_path / "m.state.pt"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.seed = 1
+    with pytest.raises(EdgeAsdError, match="loss 'l2': use one of bu, snp, re"):
+        TrainOptions(tmp_path, "fan", tmp_path / "m.pt", loss="l2")
+
+
+def test_convert_plans_the_files_of_each_target():
+    import pytest
+
+    from edge_asd.convert.pipeline import TARGETS
+    from edge_asd.convert.run import plan_jobs
+    from edge_asd.core.errors import EdgeAsdError
+
+    assert plan_jobs("tflite", None) == [("tflite-float32", "tflite", "float32")]
+    assert plan_jobs("onnx", "int8-static") == [("onnx-int8-static", "onnx", "int8-static")]
+    assert [name for name, _, _ in plan_jobs("all", None)] == list(TARGETS)
+    assert plan_jobs("c-array", None) == [("tflite-int8-static", "tflite", "int8-static")]
+    for target, quantize in (("all", "float32"), ("c-array", "int8-dynamic"), ("keras", None)):
+        with pytest.raises(EdgeAsdError):
+            plan_jobs(target, quantize)
+
+
 def test_convert_onnx_prints_parity(checkpoint, data_root, tmp_path, env):
     out = tmp_path / "fan.onnx"
     proc = cli("edge-convert", checkpoint, "--to", "onnx", "--calibration", data_root, "--out", out, "-q", env=env)

@@ -162,6 +162,28 @@ def test_split_by_time_with_two_clips(data_root):
         split_normals(clips, 1.0)
 
 
+@pytest.mark.parametrize("n_clips", [2, 10])
+def test_split_recordings_divides_paths_and_audio_as_split_normals_does(n_clips):
+    from pathlib import Path
+
+    from edge_asd.train.validation import split_recordings
+
+    clips = [np.full(1000 + i, i, np.float32) for i in range(n_clips)]
+    paths = [Path(f"clip_{i}.wav") for i in range(n_clips)]
+    split = split_recordings(paths, clips, 0.2, seed=3)
+    train_clips, val_clips, how = split_normals(clips, 0.2, seed=3)
+    assert split.how == how
+    for got, want in ((split.train_clips, train_clips), (split.val_clips, val_clips)):
+        assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+    if how == "clips":  # each path follows its audio
+        assert [int(p.stem[5:]) for p in split.held_paths] == [int(c[0]) for c in val_clips]
+        assert [int(p.stem[5:]) for p in split.trained_paths] == [int(c[0]) for c in train_clips]
+    else:  # every recording is partly trained on; none is held out whole
+        assert split.trained_paths == paths and split.held_paths == []
+    with pytest.raises(ValueError):
+        split_recordings(paths[:-1], clips, 0.2)
+
+
 def test_validation_auc_separates_loud_pseudo_anomalies_and_ranks_a_trained_model(data, fan):
     """On an autoencoder trained briefly, held-out normal vectors score lower than the same audio with
     something-else sounds; and the set is fixed: the same seed gives the same vectors."""

@@ -1,9 +1,20 @@
 """Checkpoints: one plain dict (nanoGPT style), saved with torch.save and loaded with weights_only=True.
 
-Keys: ``schema``, ``model_state``, ``arch``, ``features`` {preset, config}, ``normalization``
-{axis, mean, std}, ``loss`` {name, params}, ``machine_type``, ``machine_ids``, ``training_data``
-(fingerprint of the clips trained on), ``validation_data`` (of the whole clips held out for validation,
-or None), ``train_config``, ``history``, ``created_at``, ``kit_version``.
+This module owns the file: :data:`CHECKPOINT_SCHEMA`, atomic saving, loading with checks, and
+restoring the autoencoder. :func:`edge_asd.train.trainer.train` fills the model's part and
+:func:`edge_asd.train.run.train_checkpoint` adds what the model was trained on. Keys:
+
+- from the trainer: ``schema``, ``model_state``, ``arch``, ``features`` {preset, config},
+  ``normalization`` {axis, mean, std}, ``loss`` {name, params}, ``machine_type``, ``machine_ids``,
+  ``train_config``, ``history`` (per update), ``epochs`` (per epoch), ``validation`` {split, metric,
+  n_normal, n_pseudo, best_epoch, stopped_early, kept_epoch} or None, ``train_seconds``,
+  ``train_frames``, ``device``, ``precision``, ``created_at``;
+- from ``train_checkpoint``: ``training_data`` (fingerprint of the recordings trained on),
+  ``validation_data`` (of the whole recordings held out for validation, or None), ``something_else``
+  {dir, n_sounds}, ``kit_version``.
+
+A training-state file (``.state.pt``, for ``edge-train --resume``) has the same schema and
+``kind = "train_state"``.
 """
 
 from __future__ import annotations
@@ -19,7 +30,9 @@ from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.presets import FeatureConfig
 
 from edge_asd.train.model import FCNAutoencoder, build_autoencoder
-from edge_asd.train.trainer import CHECKPOINT_SCHEMA
+
+CHECKPOINT_SCHEMA = 1
+"""Version of the checkpoint dict's layout; :func:`load_checkpoint` refuses any other."""
 
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> None:

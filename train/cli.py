@@ -1,17 +1,18 @@
-"""``edge-train``: train an autoencoder on the normal clips of one machine type."""
+"""``edge-train``: train an autoencoder on the normal clips of one machine type.
+
+The command parses its options into :class:`edge_asd.train.run.TrainOptions`, calls
+:func:`edge_asd.train.run.train_checkpoint` (which writes the checkpoint) and prints the checkpoint's path.
+"""
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 
 import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.presets import PRESETS
-
-log = logging.getLogger("edge_asd")
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -78,102 +79,23 @@ log = logging.getLogger("edge_asd")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; only warnings and errors.")
 @click.version_option(kit_version(), "--version")
 @user_errors
-def main(data_dir, machine_type, machine_ids, preset, arch, loss, something_else_dir, schedule, epochs, batches_per_epoch, lr,
-         sigma, lam, epsilon, kde, anr_min, anr_max, val_fraction, val_metric, patience, keep, resume, seed, device, precision,
-         threads, cache_dir, no_cache, out_path, quiet):
+def main(quiet: bool, anr_min: float, anr_max: float, no_cache: bool, **options) -> None:
     """Train on the normal training clips of DATA_DIR (DCASE or MIMII layout) and write a checkpoint.
 
     Mini-batches follow Koizumi et al. 2019 sec. 4.2.1: ten 3-s normal segments, one something-else
     sound mixed in at a random ANR; frames that contain it are the pseudo-anomalies x^(a).
     """
     setup_logging(quiet=quiet)
-    import torch
+    from edge_asd.train.run import TrainOptions, train_checkpoint
 
-    from edge_asd.datasets.layout import assign_mimii_split, normalize_machine_id, scan
-    from edge_asd.core.errors import EdgeAsdError
-    from edge_asd.core.features import LogMel
-    from edge_asd.core.presets import get_preset
-    from edge_asd.firmware_io.audio_file import audio_files
-
-    from edge_asd.core.batches import BatchConfig
-    from edge_asd.train.checkpoint import save_checkpoint, write_history_csv
-    from edge_asd.train.data import band_statistics, fingerprint, load_clips
-    from edge_asd.train.feature_cache import FeatureCache, default_cache_dir
-    from edge_asd.train.losses import resolve_lambda
-    from edge_asd.train.trainer import SCHEDULES, TrainConfig, train
-    from edge_asd.train.validation import MIN_CLIPS_FOR_CLIP_SPLIT, split_normals
-
-    budget = SCHEDULES[schedule]
-    epochs = epochs or budget["epochs"]
-    batches_per_epoch = batches_per_epoch or budget["batches_per_epoch"]
-    lr = lr or budget["lr"]
-    if anr_min > anr_max:
-        raise EdgeAsdError("--anr-min must not exceed --anr-max")
-    features = get_preset(preset)
+    opts = TrainOptions(**options, anr_db=(anr_min, anr_max), use_cache=not no_cache, progress=not quiet)
     try:
-        lam = resolve_lambda(lam, features.dim, features.n_mels)
-    except ValueError as e:
-        raise EdgeAsdError(f"--lambda: {e}; use 2M, 2D or a positive number") from None
-    clips = assign_mimii_split(scan(data_dir, machine_type=machine_type))
-    wanted = {normalize_machine_id(m) for m in machine_ids}
-    normals = [c for c in clips if c.split == "train" and c.label == "normal" and (not wanted or c.machine_id in wanted)]
-    if not normals:
-        found = sorted({c.machine_id for c in clips if c.split == "train" and c.label == "normal"})
-        raise EdgeAsdError(f"no normal training clips of {machine_type} {sorted(wanted) or ''} in {data_dir}; IDs with training clips: {found or 'none'}")
-    ids = sorted({c.machine_id for c in normals})
-    paths = [c.path for c in normals]
-    log.info("training on %d normal clips of %s %s", len(paths), machine_type, ", ".join(ids))
-    # one core is left to the thread that prepares the mini-batches
-    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) - 1))
-    cache = FeatureCache(None if no_cache else (cache_dir or default_cache_dir()))
-    normal_audio = load_clips(paths, features, cache)
-    if something_else_dir is None:
-        log.warning("no --something-else directory: coloured noise stands in for something-else sounds (eq. 8)")
-        other = None
-    else:
-        other_paths = audio_files(something_else_dir)
-        if not other_paths:
-            raise EdgeAsdError(f"{something_else_dir}: no .wav/.flac files for --something-else")
-        other = load_clips(other_paths, features, cache)
-        log.info("%d something-else sounds from %s", len(other), something_else_dir)
-    fn = LogMel(features)
-    mean, std = band_statistics(normal_audio, features, [cache.logmel(p, a, features, fn) for p, a in zip(paths, normal_audio)])
-    if cache.root is not None:
-        log.info("feature cache %s: %d hits, %d new entries", cache.root, cache.hits, cache.misses)
-    cfg = TrainConfig(machine_type=machine_type, machine_ids=ids, preset=preset, arch=arch, loss=loss, epochs=epochs,
-                      batches_per_epoch=batches_per_epoch, lr=lr, seed=seed, device=device, sigma=sigma, lam=lam,
-                      epsilon=epsilon, batch=BatchConfig(anr_db=(anr_min, anr_max)), precision=precision,
-                      val_fraction=val_fraction, patience=patience, keep=keep, val_metric=val_metric, kde=kde)
-    state_path = out_path.with_suffix(".state.pt")
-    if resume and not state_path.is_file():
-        raise EdgeAsdError(f"--resume: no training state {state_path} (it is written after every epoch)")
-    try:
-        ckpt = train(cfg, features, normal_audio, other, mean, std, progress=not quiet, state_path=state_path, resume=resume)
-    except ValueError as e:  # too little audio for a segment or a validation split
-        raise EdgeAsdError(f"{e}; use longer clips or --val-fraction 0") from None
+        train_checkpoint(opts)
     except KeyboardInterrupt:
-        saved = f"the state after the last whole epoch is in {state_path}; add --resume to continue" if state_path.is_file() else "nothing was saved"
+        saved = (f"the state after the last whole epoch is in {opts.state_path}; add --resume to continue"
+                 if opts.state_path.is_file() else "nothing was saved")
         raise EdgeAsdError(f"interrupted: {saved}") from None
-    trained, held = paths, []
-    if val_fraction > 0 and len(paths) >= MIN_CLIPS_FOR_CLIP_SPLIT:  # whole clips held out: the trainer's split,
-        trained, held, _ = split_normals(paths, val_fraction, seed)  # redone on the paths (same n, fraction, seed)
-    ckpt["training_data"] = fingerprint(trained)  # what the model heard; edge-calibrate warns on these recordings
-    ckpt["validation_data"] = fingerprint(held) if held else None  # not trained on: fit for calibrating phi
-    ckpt["something_else"] = {"dir": str(something_else_dir) if something_else_dir else None,
-                              "n_sounds": len(other) if other else 0}
-    ckpt["kit_version"] = kit_version()
-    save_checkpoint(ckpt, out_path)
-    log_path = out_path.with_suffix(".log.csv")
-    write_history_csv(ckpt["history"], log_path)
-    write_history_csv(ckpt["epochs"], out_path.with_suffix(".epochs.csv"))
-    try:
-        from edge_asd.train.plots import write_curves
-
-        write_curves(ckpt, out_path.with_suffix(".curves.png"))
-    except ImportError:
-        log.warning("matplotlib is not installed: no .curves.png (pip install matplotlib)")
-    log.info("training log: %s, %s, %s", log_path, out_path.with_suffix(".epochs.csv").name, out_path.with_suffix(".curves.png").name)
-    click.echo(str(out_path))
+    click.echo(str(opts.out_path))
 
 
 if __name__ == "__main__":

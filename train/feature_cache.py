@@ -24,6 +24,7 @@ import numpy as np
 
 from edge_asd.core.features import LOGMEL_VERSION, LogMel, logmel
 from edge_asd.core.presets import FeatureConfig
+from edge_asd.core.provenance import file_sha256
 from edge_asd.firmware_io.audio_file import read_audio
 
 log = logging.getLogger("edge_asd")
@@ -39,15 +40,6 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("edge-asd")) / "features"
 
 
-def file_digest(path: Path) -> str:
-    """sha256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class FeatureCache:
     """Cached :func:`read_audio` and log-mel frames; ``root=None`` disables caching (plain computation)."""
 
@@ -58,7 +50,7 @@ class FeatureCache:
 
     def digest(self, path: Path) -> str:
         if path not in self._digests:
-            self._digests[path] = file_digest(path)
+            self._digests[path] = file_sha256(path)
         return self._digests[path]
 
     def audio(self, path: Path, sample_rate: int) -> np.ndarray:

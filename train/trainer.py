@@ -25,6 +25,7 @@ from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.presets import FeatureConfig
 
 from edge_asd.core.batches import BatchBuilder, BatchConfig
+from edge_asd.train.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, save_checkpoint
 from edge_asd.train.context_kde import context_kde_weights
 from edge_asd.train.losses import bu_loss, kde_weights, re_loss, resolve_lambda, snp_loss
 from edge_asd.train.model import ARCHS, anomaly_score, build_autoencoder
@@ -32,7 +33,6 @@ from edge_asd.train.pipeline import Prefetcher
 from edge_asd.train.validation import build_validation, criterion, split_normals, validate
 
 log = logging.getLogger("edge_asd")
-CHECKPOINT_SCHEMA = 1
 
 
 @dataclass
@@ -113,15 +113,21 @@ RESUME_IGNORED = ("device", "precision", "prefetch", "keep")
 
 def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarray],
           something_else: list[np.ndarray] | None, mean: np.ndarray, std: np.ndarray,
-          progress: bool = True, *, val_clips: list[np.ndarray] | None = None,
+          progress: bool = True, *, val_clips: list[np.ndarray] | None = None, val_split: str | None = None,
           state_path: str | Path | None = None, resume: bool = False, on_epoch=None) -> dict:
-    """Train an autoencoder; return the checkpoint dict (weights, arch, features, normalization, loss).
+    """Train an autoencoder; return the model's part of the checkpoint dict (weights, arch, features,
+    normalization, loss, history, validation: :mod:`checkpoint` lists the keys).
+
+    :func:`edge_asd.train.run.train_checkpoint` (edge-train) calls it with the validation split already
+    made and adds what the model was trained on; call it directly for audio you already hold.
 
     Args:
         normal_clips / something_else: mono float32 at ``features.sample_rate``.
         mean / std: per-mel-band statistics (n_mels,) used to standardize every context vector.
         val_clips: held-out normal audio for validation; None with ``cfg.val_fraction > 0`` splits
             ``normal_clips`` (:func:`validation.split_normals`).
+        val_split: how ``val_clips`` were held out ("clips" or "time", as in
+            :class:`validation.RecordingSplit`), recorded as ``validation["split"]``; None = "given".
         state_path: where the full training state is written at the end of every epoch (atomic).
         resume: continue from ``state_path`` (same config and normalization, else EdgeAsdError).
         on_epoch: called as ``on_epoch(row, ae)`` after every epoch, with the epoch's row (loss and
@@ -135,7 +141,7 @@ def train(cfg: TrainConfig, features: FeatureConfig, normal_clips: list[np.ndarr
     dim = features.dim
     sigma = cfg.sigma if cfg.sigma is not None else 1.0 / (2 * dim)
     lam = resolve_lambda(cfg.lam, dim, features.n_mels)
-    split = "given" if val_clips else None
+    split = (val_split or "given") if val_clips else None
     if val_clips is None and cfg.val_fraction > 0:
         normal_clips, val_clips, split = split_normals(normal_clips, cfg.val_fraction, cfg.seed)
     builder = BatchBuilder(normal_clips, something_else, features, cfg.batch)
@@ -286,8 +292,6 @@ def _comparable(cfg: TrainConfig) -> dict:
 
 
 def _save_state(path, run: dict, cfg: TrainConfig, mean, std, ae, opt, scaler) -> None:
-    from edge_asd.train.checkpoint import save_checkpoint
-
     save_checkpoint({"schema": CHECKPOINT_SCHEMA, "kind": "train_state", "train_config": _comparable(cfg),
                      "normalization": {"mean": mean.tolist(), "std": std.tolist()},
                      "model_state": {k: v.detach().cpu() for k, v in ae.state_dict().items()},
@@ -295,8 +299,6 @@ def _save_state(path, run: dict, cfg: TrainConfig, mean, std, ae, opt, scaler) -
 
 
 def _load_state(path, cfg: TrainConfig, mean, std, ae, opt, scaler) -> dict:
-    from edge_asd.train.checkpoint import load_checkpoint
-
     if path is None:
         raise EdgeAsdError("resume: no training-state file given")
     state = load_checkpoint(path)

@@ -12,6 +12,7 @@ is one forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -33,14 +34,57 @@ def split_normals(clips: list[np.ndarray], fraction: float, seed: int = 0) -> tu
     chosen with ``seed``; with fewer (e.g. the 2 clips of a DCASE section), the last ``fraction`` of
     every clip's samples. ``fraction`` in (0, 1); raises ValueError otherwise.
     """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"validation fraction must be in (0, 1), not {fraction}")
-    if len(clips) >= MIN_CLIPS_FOR_CLIP_SPLIT:
-        n_val = max(1, round(fraction * len(clips)))
-        held = set(np.random.default_rng(seed).permutation(len(clips))[:n_val].tolist())
+    return _divide(clips, fraction, held_out_clips(len(clips), fraction, seed))
+
+
+def _divide(clips: list[np.ndarray], fraction: float,
+            held: set[int] | None) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    if held is not None:
         return [c for i, c in enumerate(clips) if i not in held], [c for i, c in enumerate(clips) if i in held], "clips"
     cuts = [len(c) - round(fraction * len(c)) for c in clips]
     return [c[:k] for c, k in zip(clips, cuts)], [c[k:] for c, k in zip(clips, cuts)], "time"
+
+
+def held_out_clips(n_clips: int, fraction: float, seed: int = 0) -> set[int] | None:
+    """Indices of the whole clips :func:`split_normals` holds out of ``n_clips``, or None when it splits
+    every clip in time instead (fewer than :data:`MIN_CLIPS_FOR_CLIP_SPLIT` clips).
+
+    ``fraction`` in (0, 1); raises ValueError otherwise."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), not {fraction}")
+    if n_clips < MIN_CLIPS_FOR_CLIP_SPLIT:
+        return None
+    n_val = max(1, round(fraction * n_clips))
+    return set(np.random.default_rng(seed).permutation(n_clips)[:n_val].tolist())
+
+
+@dataclass(frozen=True)
+class RecordingSplit:
+    """The normal training recordings, divided once into what is trained on and what validates."""
+
+    how: str
+    """"clips" (whole recordings held out) or "time" (the last part of every recording)."""
+    train_clips: list[np.ndarray]
+    """Audio the mini-batches are drawn from, mono float32."""
+    val_clips: list[np.ndarray]
+    """Held-out normal audio for validation, mono float32."""
+    trained_paths: list[Path]
+    """Recordings the model hears, whole or in part."""
+    held_paths: list[Path]
+    """Whole recordings the model never hears (empty for a "time" split)."""
+
+
+def split_recordings(paths: list[Path], clips: list[np.ndarray], fraction: float, seed: int = 0) -> RecordingSplit:
+    """:func:`split_normals` of ``clips`` (the audio of ``paths``, in the same order), applied to the paths too.
+
+    Raises ValueError for ``fraction`` outside (0, 1) or paths and clips of different lengths."""
+    if len(paths) != len(clips):
+        raise ValueError(f"{len(paths)} paths but {len(clips)} clips")
+    held = held_out_clips(len(clips), fraction, seed)
+    train_clips, val_clips, how = _divide(clips, fraction, held)
+    held = held or set()
+    return RecordingSplit(how, train_clips, val_clips, [p for i, p in enumerate(paths) if i not in held],
+                          [p for i, p in enumerate(paths) if i in held])
 
 
 @dataclass
