@@ -135,7 +135,7 @@ def test_one_line_errors(model, fan, tmp_path, env):
         ((bad_audio, "--model", model), "not a readable audio file"),
         ((clip, "--model", not_a_model), "model.tflite"),
         ((clip, "--model", tmp_path / "none.tflite"), "none.tflite"),
-        ((clip, "--model", model, "--machine-id", "05"), "no clips of id_05 among 1 recordings; machine IDs found: id_00"),
+        ((clip, "--model", model, "--machine-id", "05"), "no clips of id_05 among the 1 recording(s); machine IDs found: id_00"),
         ((clip, "--model", model, "--machine-id", "abc"), "bad machine ID"),
     ]:
         proc = cli("edge-score", *args, env=env)

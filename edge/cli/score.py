@@ -4,12 +4,12 @@ beside the loudness reference. How a user evaluates the kit on their own recordi
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
-from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.metrics import DEFAULT_MAX_FPR
 
 
@@ -58,14 +58,12 @@ def main(paths, model_path, machine_id, out_path, as_json, max_fpr, threads, qui
         atomic_write_text(out_path, sf.to_csv(results))
     if as_json:
         doc = {"model": str(model_path), "model_sha256": scorer.sha256, "machine_id": resolved, **evaluation,
-               "clips": [{**r.__dict__, "file": str(r.file)} for r in results]}
+               "clips": [{**asdict(r), "file": str(r.file)} for r in results]}
         click.echo(json.dumps(doc, indent=1))
     elif out_path is None:
         click.echo(sf.to_csv(results), nl=False)
     for line in sf.summary_lines(evaluation):
         click.echo(f"edge-score: {line}", err=True)
-    if not results:  # pragma: no cover - find_recordings and keep_machine_id refuse an empty list
-        raise EdgeAsdError("no clips scored")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def keep_machine_id(files: Sequence[Path], machine_id: str) -> list[Path]:
     kept = [f for f, i in zip(files, ids) if i == machine_id]
     if not kept:
         found = ", ".join(sorted({i or "none in the name" for i in ids}))
-        raise EdgeAsdError(f"no clips of {machine_id} among {len(files)} recordings; machine IDs found: {found}")
+        raise EdgeAsdError(f"no clips of {machine_id} among the {len(files)} recording(s); machine IDs found: {found}")
     return kept
 
 
