@@ -27,10 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"core": "core", "firmware_io": "firmware_io", "datasets": "datasets", "edge": "edge",
            "train": "train", "convert": "convert"}
 LAYERS = ["core", "firmware_io", "datasets", "edge.runtime", "edge.calibrate", "edge.finetune", "edge.report",
-          "edge.model_inspect", "edge.cli", "train", "convert"]
+          "edge.evaluate", "edge.model_inspect", "edge.cli", "train", "convert"]
 # library packages of one layer that do not import each other (their rank is the same)
 RANK = {name: rank for rank, name in enumerate(LAYERS)}
 RANK["edge.report"] = RANK["edge.finetune"]
+RANK["edge.evaluate"] = RANK["edge.finetune"]
 RANK["edge.model_inspect"] = RANK["edge.finetune"]
 COMMAND_MODULES = ("edge_asd.edge.cli.", "edge_asd.train.cli", "edge_asd.convert.cli", "edge_asd.datasets.cli")
 
