@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_asd.edge.finetune.adapt import autoencoder as nf
+from edge_asd.edge.finetune import autoencoder as nf
 from edge_asd.train import losses
 from edge_asd.train.model import FCNAutoencoder, anomaly_score
 
