@@ -10,7 +10,7 @@ import click
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.core.machine_id import normalize_machine_id
 from edge_asd.edge.calibrate.rules import DEFAULT_QUANTILE
-from edge_asd.edge.cli.options import gate_options
+from edge_asd.edge.cli.options import gate_options, model_option, store_option
 
 
 def _history_lines(store: Path, machine_id: str | None) -> list[str]:
@@ -36,10 +36,9 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
 
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("recordings", nargs=-1)
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Model file (.tflite or .onnx).")
+@model_option()
 @click.option("--machine-id", help="Machine ID the recordings come from: 00, id_00 or section_00.")
-@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="phi store (JSON). Default: $EDGE_ASD_STORE or the user config dir.")
+@store_option("phi store (JSON)")
 @click.option("--window", default="whole", show_default=True,
               help="Decision window, as edge-monitor's --window: whole (one recording = one window), SECONDS, or "
                    "gate. Each recording is cut into the windows the monitor would give it verdicts for.")
@@ -93,7 +92,7 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
         if not value:
             raise click.UsageError(f"{name} is required (or use --show)")
     options = CalibrateOptions(
-        recordings=tuple(map(Path, recordings)), model_path=Path(model_path), machine_id=machine_id, store=store,
+        recordings=tuple(map(Path, recordings)), model_path=model_path, machine_id=machine_id, store=store,
         window=WindowOptions(window, gate_db, gate_min_on_s, gate_min_off_s),
         rule=RuleOptions(quantile=quantile, margin=margin, target_fpr=target_fpr, alarms_per_day=alarms_per_day,
                          tail=tail, n_boot=n_boot),

@@ -9,15 +9,15 @@ import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.cli.options import model_option, store_option
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("recordings", nargs=-1)
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@model_option(required=True,
               help="The .tflite model file in service; replaced in place (the old one is kept for --rollback).")
 @click.option("--machine-id", default=None, help="Machine ID the recordings come from (00, id_00, section_00).")
-@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="phi store. Default: $EDGE_ASD_STORE or the user config dir.")
+@store_option()
 @click.option("--steps", type=click.IntRange(min=1), default=150, show_default=True, help="Training updates.")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=1.25, show_default=True,
               help="Stop training after this many minutes (wall clock) even before --steps: the device's time budget.")

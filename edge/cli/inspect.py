@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.edge.cli.options import model_argument
 
 
 def _summary(meta: dict) -> list[str]:
@@ -45,7 +46,7 @@ def _listed(entry: dict) -> str:
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@model_argument
 @click.option("--json", "as_json", is_flag=True, help="Everything as one JSON object: metadata, operators, tensors.")
 @click.option("--all-scales", is_flag=True, help="Print every quantization scale, not a summary per tensor.")
 @click.version_option(kit_version(), "--version")

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.edge.cli.options import model_option, store_option
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB
 
 
@@ -21,10 +22,9 @@ from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB
               "their window maxima with phi and the fitted tail (needs --model).")
 @click.option("--test-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Labelled test clips (normal_*/anomaly_* names): ROC (needs --model).")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None, help="Model file (.tflite or .onnx).")
+@model_option()
 @click.option("--machine-id", default=None, help="Machine ID whose phi (and calibration settings) to use.")
-@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="phi store. Default: $EDGE_ASD_STORE or the user config dir.")
+@store_option()
 @click.option("--phi", type=float, default=None, help="Threshold to draw (default: the event log's, else the store's for --model).")
 @click.option("--window", default=None,
               help="Decision window as edge-monitor's --window: whole, SECONDS or gate (default: the calibration's).")
@@ -55,7 +55,7 @@ def main(events_path, recording, normals, test_dir, model_path, machine_id, stor
 
     report = build_report(ReportOptions(
         out=out, events=events_path, recording=recording, normals=tuple(map(Path, normals)), test_dir=test_dir,
-        model_path=Path(model_path) if model_path else None, machine_id=machine_id, store=store, phi=phi, window=window,
+        model_path=model_path, machine_id=machine_id, store=store, phi=phi, window=window,
         gate_db=gate_db, tail=tail, threads=threads))
     click.echo(json.dumps({"figures": [str(f) for f in report.figures], "html": str(report.html), **report.facts}))
 
