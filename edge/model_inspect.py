@@ -1,14 +1,52 @@
-"""What is inside a model file besides its metadata: operators (with versions) and tensors (shapes,
-dtypes, quantization). Device-side: LiteRT's flatbuffer schema and interpreter, or onnxruntime; no
-torch, no onnx package."""
+"""What a model file says about itself (its metadata, as summary lines) and what it holds: operators (with
+versions) and tensors (shapes, dtypes, quantization); edge-inspect prints it. Device-side: LiteRT's flatbuffer
+schema and interpreter, or onnxruntime; no torch, no onnx package."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.runtime.scorer import Scorer
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What edge-inspect reports about a model file."""
+
+    kind: str
+    """``tflite`` or ``onnx``."""
+    size_bytes: int
+    sha256: str
+    """sha256 of the file."""
+    backend: str
+    """The inference backend that runs it here."""
+    meta: dict
+    """Its ``edge_asd`` metadata."""
+    operators: list[dict] | None
+    """:func:`tflite_ops` (None for ONNX: listing them needs the onnx package)."""
+    tensors: list[dict]
+    """:func:`tflite_tensors`, or for ONNX :func:`onnx_io`."""
+
+
+def inspect_model(model_path: str | Path) -> ModelDescription:
+    """Load ``model_path`` as edge-monitor does (metadata, schema, seal, tensors vs metadata) and list what it
+    holds.
+
+    Raises:
+        EdgeAsdError: a file the device would refuse, or a damaged TFLite flatbuffer.
+    """
+    scorer = Scorer(model_path)
+    if scorer.kind == "tflite":
+        ops, tensors = tflite_ops(Path(model_path).read_bytes()), tflite_tensors(scorer.backend._it)
+    else:
+        ops, tensors = None, onnx_io(scorer.backend._sess)
+    return ModelDescription(scorer.kind, scorer.size_bytes, scorer.sha256, scorer.backend.name, scorer.meta, ops, tensors)
 
 
 def tflite_ops(data: bytes) -> list[dict]:
@@ -66,3 +104,37 @@ def describe_quantization(q: dict | None, limit: int = 4) -> str:
     if len(s) == 1:
         return f"scale {s[0]:.6g} zero point {z[0] if z else 0}"
     return f"per-channel axis {q['axis']}: {len(s)} scales {min(s):.3g}..{max(s):.3g}, zero points {sorted(set(z))[:limit]}"
+
+
+def summary_lines(meta: dict) -> list[str]:
+    """A model file's ``edge_asd`` metadata as edge-inspect prints it, one line per topic: format and versions,
+    machine, feature preset, normalization, architecture, loss, training data, each fine-tune, quantization
+    and the sealed content digest."""
+    f, arch, loss = meta["features"], meta.get("architecture", {}), meta.get("loss", {})
+    norm = meta["normalization"]
+    mean, std = np.asarray(norm["mean"]), np.asarray(norm["std"])
+    td = meta.get("training_data") or {}
+    lines = [
+        f"format: {meta['format']} schema {meta['schema_version']}, target {meta.get('target')}, "
+        f"kit {meta.get('kit_version')} (trained with {meta.get('trained_with_kit_version')}), created {meta.get('created_at')}",
+        f"machine: {meta.get('machine_type')} {', '.join(meta.get('machine_ids') or [])}",
+        f"features: preset {f.get('preset')}: " + ", ".join(f"{k}={v}" for k, v in f["config"].items()),
+        f"normalization: per mel band, {len(mean)} bands; mean {mean.min():.4g}..{mean.max():.4g}, "
+        f"std {std.min():.4g}..{std.max():.4g}",
+        "architecture: " + ", ".join(f"{k}={v}" for k, v in arch.items()),
+        f"loss: {loss.get('name')} " + json.dumps(loss.get("params", {}), sort_keys=True),
+        f"training data: sha256 {td.get('sha256')} over {td.get('n_files')} files" + _listed(td),
+    ]
+    for ft in meta.get("fine_tuning") or []:
+        lines.append(f"fine-tuned {ft.get('finetuned_at')}: machine ID {ft.get('machine_id')}, {ft.get('steps')} updates on "
+                     f"{ft.get('recordings_trained', ft.get('recordings'))} recordings, {ft.get('rejected_frames')} frames "
+                     f"rejected, base sha256 {str(ft.get('base_sha256'))[:12]}" + _listed(ft))
+    lines += ["quantization: " + ", ".join(f"{k}={v}" for k, v in meta.get("quantization", {}).items()),
+              f"content sha256 (sealed): {meta.get('content_sha256')}"]
+    return lines
+
+
+def _listed(entry: dict) -> str:
+    """How many recordings' short digests an entry lists (edge-calibrate warns when given one of them)."""
+    listed = entry.get("file_sha256_prefixes")
+    return f" (short sha256 of {len(listed)} listed)" if isinstance(listed, list) else ""

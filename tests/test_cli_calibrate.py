@@ -124,3 +124,24 @@ def test_calibrate_needs_recordings_unless_show(model, tmp_path, env):
     proc = cli("edge-calibrate", "--show", "--store", tmp_path / "none.json", "--machine-id", "03", env=env)
     assert_one_line_error(proc)
     assert "never calibrated" in proc.stderr
+
+
+def test_the_python_api_calibrates_as_the_command_does(model, fan, tmp_path, env):
+    """calibrate_machine (no click) saves the record the command would and returns it typed; a record of
+    edge-calibrate loads back from the store as the same PhiRecord."""
+    from pathlib import Path
+
+    from edge_asd.edge.calibrate.fit import CalibrateOptions, RuleOptions, WindowOptions, calibrate_machine
+    from edge_asd.edge.runtime import phi_store
+
+    store = tmp_path / "phi.json"
+    done = calibrate_machine(CalibrateOptions(recordings=tuple(map(Path, fan["train"][:3])), model_path=Path(model),
+                                              machine_id="00", store=store, window=WindowOptions("1"),
+                                              rule=RuleOptions(quantile=0.9, margin=1.0)))
+    assert done.machine_id == "id_00" and len(done.recordings) == 3 and len(done.fit_windows) > 3
+    assert done.record.rule == {"name": "clip-max-quantile", "quantile": 0.9, "margin": 1.0}
+    assert phi_store.history(store) == {"id_00": [done.record]}
+    _, out = calibrate(*fan["train"][:3], "--model", model, "--machine-id", "00", "--store", store, "--window", "1",
+                       "--quantile", "0.9", "--margin", "1.0", env=env)
+    assert out["phi"] == done.record.phi and out["window_maxima"] == done.record.window_maxima
+    assert phi_store.history(store)["id_00"][1].to_dict() == json.loads(store.read_text())["machines"]["id_00"]

@@ -252,14 +252,14 @@ def test_a_rule_that_cannot_be_reapplied_changes_nothing(model, fan, tmp_path, e
 def test_a_recalibration_failing_after_training_installs_nothing(deployed, fan, monkeypatch):
     """Should the fine-tuned model's scores defeat the rule (say a tail fit with no finite phi), the command fails
     after training with one error, the model, phi and the folder as they were (no temporary model file left)."""
-    from edge_asd.edge.cli import calibrate as cli_calibrate
-    from edge_asd.edge.cli.finetune import finetune_model
     from edge_asd.core.errors import EdgeAsdError
+    from edge_asd.edge.finetune import workflow
     from edge_asd.edge.finetune.adapt import FinetuneConfig
+    from edge_asd.edge.finetune.workflow import finetune_model
 
     path, store = deployed
     shipped, old_store, listing = path.read_bytes(), store.read_bytes(), sorted(os.listdir(path.parent))
-    real, calls = cli_calibrate.calibrate_like, []
+    real, calls = workflow.calibrate_like, []
 
     def second_call_fails(previous, scorer, *args):
         calls.append(scorer.sha256)
@@ -267,7 +267,7 @@ def test_a_recalibration_failing_after_training_installs_nothing(deployed, fan, 
             raise EdgeAsdError("the gumbel fit gives no finite phi for p = 1.16e-05")
         return real(previous, scorer, *args)
 
-    monkeypatch.setattr(cli_calibrate, "calibrate_like", second_call_fails)
+    monkeypatch.setattr(workflow, "calibrate_like", second_call_fails)
     with pytest.raises(EdgeAsdError, match=r"clip-max-quantile.*no finite phi.*not installed, the model and phi in service"):
         finetune_model(path, "id_00", store, fan["train"][4:6], FinetuneConfig(steps=2))
     assert len(calls) == 2 and calls[0] != calls[1]

@@ -14,6 +14,7 @@ import pytest
 
 from edge_asd.core import atomic_io
 from edge_asd.edge.runtime import phi_store
+from edge_asd.edge.runtime.phi_store import PhiRecord
 from edge_asd.core.atomic_io import atomic_write_bytes, atomic_write_text
 from edge_asd.edge.calibrate.rules import DEFAULT_MARGIN, DEFAULT_QUANTILE, phi_from_clip_maxima
 from edge_asd.core.errors import EdgeAsdError
@@ -22,8 +23,8 @@ SHA_A = "a" * 64
 SHA_B = "b" * 64
 
 
-def record(phi: float, sha: str = SHA_A) -> dict:
-    return {"phi": phi, "model_sha256": sha, "rule": {"name": "clip-max-quantile", "quantile": 1.0, "margin": 1.1}}
+def record(phi: float, sha: str = SHA_A) -> PhiRecord:
+    return PhiRecord(phi=phi, model_sha256=sha, rule={"name": "clip-max-quantile", "quantile": 1.0, "margin": 1.1})
 
 
 def test_default_store_path_honours_env(monkeypatch, tmp_path):
@@ -39,8 +40,8 @@ def test_save_lookup_roundtrip_two_machine_ids(tmp_path):
     assert phi_store.lookup_phi(store, "id_02", SHA_A) == ("id_02", record(900.25))
     # saving again replaces one record and keeps the other
     phi_store.save_phi(store, "id_00", record(700.0))
-    assert phi_store.lookup_phi(store, "id_00", SHA_A)[1]["phi"] == 700.0
-    assert phi_store.lookup_phi(store, "id_02", SHA_A)[1]["phi"] == 900.25
+    assert phi_store.lookup_phi(store, "id_00", SHA_A)[1].phi == 700.0
+    assert phi_store.lookup_phi(store, "id_02", SHA_A)[1].phi == 900.25
     data = json.loads(store.read_text())
     assert data["schema"] == phi_store.STORE_SCHEMA == 1
     assert sorted(data["machines"]) == ["id_00", "id_02"]
@@ -91,9 +92,9 @@ def test_history_keeps_every_calibration(tmp_path):
     phi_store.save_phi(store, "id_02", record(5.0))
     phi_store.save_phi(store, "id_00", record(700.0, SHA_B))
     hist = phi_store.history(store)
-    assert [r["phi"] for r in hist["id_00"]] == [812.5, 700.0]
-    assert [r["model_sha256"] for r in hist["id_00"]] == [SHA_A, SHA_B]
-    assert [r["phi"] for r in hist["id_02"]] == [5.0]
+    assert [r.phi for r in hist["id_00"]] == [812.5, 700.0]
+    assert [r.model_sha256 for r in hist["id_00"]] == [SHA_A, SHA_B]
+    assert [r.phi for r in hist["id_02"]] == [5.0]
     assert phi_store.history(store, "id_02") == {"id_02": [record(5.0)]}
     assert phi_store.lookup_phi(store, "id_00", SHA_B) == ("id_00", record(700.0, SHA_B))  # the latest is in use
     with pytest.raises(EdgeAsdError, match="never calibrated"):
@@ -103,10 +104,90 @@ def test_history_keeps_every_calibration(tmp_path):
 def test_history_of_a_store_written_before_it(tmp_path):
     """A store with no history key (written by 0.1) gains one that starts with the record it replaces."""
     store = tmp_path / "phi.json"
-    store.write_text(json.dumps({"schema": 1, "machines": {"id_00": record(812.5)}}))
+    store.write_text(json.dumps({"schema": 1, "machines": {"id_00": record(812.5).to_dict()}}))
     assert phi_store.history(store) == {"id_00": [record(812.5)]}
     phi_store.save_phi(store, "id_00", record(900.0))
-    assert [r["phi"] for r in phi_store.history(store, "id_00")["id_00"]] == [812.5, 900.0]
+    assert [r.phi for r in phi_store.history(store, "id_00")["id_00"]] == [812.5, 900.0]
+
+
+# the typed record -------------------------------------------------------------------------------
+
+CALIBRATED = {  # a record as edge-calibrate writes it (gate windows, budget rule, held-out check)
+    "phi": 912.25, "model_sha256": SHA_A, "model_path": "/srv/fan.tflite", "machine_type": "fan",
+    "rule": {"name": "false-alarm-budget", "false_alarms_per_day": 1.0, "tail": "gumbel"},
+    "window": "gate", "gate_db": -50.0, "gate_min_on_s": 0.5, "gate_min_off_s": 2.5, "window_s": None,
+    "window_maxima": {"n": 40, "min": 1.0, "median": 2.0, "max": 3.0, "cut_short": 0},
+    "clip_max_scores": {"min": 1.0, "median": 2.0, "max": 3.0}, "recordings": ["a.wav", "b.wav"],
+    "heldout_recordings": ["c.wav"], "calibrated_at": "2026-11-26T10:00:00+00:00", "kit_version": "0.4.0",
+    "fit": {"p_window": 1e-5, "bootstrap": {"n": 50}}, "check": {"windows": 5, "false_alarms": 0},
+    "recordings_heard_by_model": 0,
+}
+
+
+def test_a_record_round_trips(tmp_path):
+    """A record of the current layout reads into PhiRecord and writes back as the same JSON; through the store too."""
+    rec = PhiRecord.from_dict(CALIBRATED)
+    assert rec.phi == 912.25 and rec.rule["tail"] == "gumbel" and rec.recordings == ("a.wav", "b.wav")
+    assert rec.to_dict() == CALIBRATED and PhiRecord.from_dict(rec.to_dict()) == rec
+    assert rec.window_settings() == {"window": "gate", "gate_db": -50.0, "gate_min_on_s": 0.5, "gate_min_off_s": 2.5}
+    assert PhiRecord.SCHEMA == phi_store.STORE_SCHEMA
+    store = tmp_path / "phi.json"
+    phi_store.save_phi(store, "id_00", rec)
+    assert json.loads(store.read_text())["machines"]["id_00"] == CALIBRATED
+    assert phi_store.lookup_phi(store, "id_00", SHA_A) == ("id_00", rec)
+    newer = {**CALIBRATED, "drift": {"days": 3}}  # a key of a newer kit is kept
+    assert PhiRecord.from_dict(newer).to_dict() == newer
+
+
+def test_an_old_store_loads(tmp_path):
+    """A store of an older kit: records with only window_s (no window), none of the gate's or provenance keys,
+    no history; they load, their windows read as they were calibrated, and saving keeps them as they were."""
+    old = {"phi": 812.5, "model_sha256": SHA_A, "rule": {"name": "clip-max-quantile", "quantile": 1.0, "margin": 1.1},
+           "window_s": 10.0, "calibrated_at": "2026-01-01T00:00:00+00:00", "recordings": ["x.wav"]}
+    whole = {"phi": 5.0, "model_sha256": SHA_B}
+    store = tmp_path / "phi.json"
+    store.write_text(json.dumps({"schema": 1, "machines": {"id_00": old, "id_02": whole}}))
+    _, rec = phi_store.lookup_phi(store, "id_00", SHA_A)
+    assert rec.phi == 812.5 and rec.window is None and rec.window_settings() == {"window": "10"}
+    assert phi_store.lookup_phi(store, "id_02", SHA_B)[1].window_settings() == {"window": "whole"}
+    assert phi_store.history(store)["id_00"] == [rec]
+    phi_store.save_phi(store, "id_04", record(1.0))
+    data = json.loads(store.read_text())
+    assert data["machines"]["id_00"] == old and data["machines"]["id_02"] == whole
+
+
+@pytest.mark.parametrize("damage, words", [
+    ({"phi": "812"}, "phi is '812', not a finite number"),
+    ({"phi": None}, "phi is None, not a finite number"),
+    ({"phi": float("nan")}, "not a finite number"),
+    ({"rule": "clip-max-quantile"}, "rule is 'clip-max-quantile', not an object"),
+    ({"recordings": "a.wav"}, "recordings is 'a.wav', not a list of paths"),
+    ({"window_s": "ten"}, "window_s is 'ten', not a number"),
+    ({"recordings_heard_by_model": True}, "not an integer"),
+])
+def test_a_damaged_record_is_refused_in_one_line(tmp_path, damage, words):
+    store = tmp_path / "phi.json"
+    store.write_text(json.dumps({"schema": 1, "machines": {"id_00": {**CALIBRATED, **damage}}}))
+    for read in (lambda: phi_store.lookup_phi(store, "id_00", SHA_A), lambda: phi_store.history(store)):
+        with pytest.raises(EdgeAsdError) as e:
+            read()
+        msg = str(e.value)
+        assert words in msg and str(store) in msg and "'id_00'" in msg and "edge-calibrate" in msg and "\n" not in msg
+
+
+def test_a_record_that_is_not_an_object_or_has_no_phi_is_refused(tmp_path):
+    store = tmp_path / "phi.json"
+    for entry, words in (([812.5], "not a JSON object"), ({"model_sha256": SHA_A}, "no phi")):
+        store.write_text(json.dumps({"schema": 1, "machines": {"id_00": entry}}))
+        with pytest.raises(EdgeAsdError, match=words):
+            phi_store.lookup_phi(store, "id_00", SHA_A)
+
+
+def test_a_damaged_gate_is_refused_by_the_window_settings_only():
+    """The monitor warns about a damaged gate and runs on phi: the record loads, its window settings refuse."""
+    rec = PhiRecord.from_dict({**CALIBRATED, "gate_db": "loud"})
+    with pytest.raises(EdgeAsdError, match="gate_db is 'loud', not a number"):
+        rec.window_settings()
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00garbage", b"", b"[1, 2]",

@@ -79,7 +79,7 @@ def test_calibration_windows_are_the_monitor_verdicts(model, recordings, tmp_pat
 def test_block_size_does_not_move_the_windows(model, recordings, block_hops):
     """The monitor in-process on blocks of 6 hops (live input), 16 hops (files), 1000 samples (no whole hop) and
     10 s: its verdicts equal the windows edge-calibrate computes (recordings_window_maxima) for every --window."""
-    from edge_asd.edge.cli.calibrate import recordings_window_maxima
+    from edge_asd.edge.calibrate.recordings import recordings_window_maxima
     from edge_asd.edge.runtime.decision import RunningMaxDetector
     from edge_asd.edge.runtime.stream_loop import Monitor
     from edge_asd.edge.runtime.scorer import Scorer

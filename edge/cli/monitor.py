@@ -11,7 +11,7 @@ import click
 from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS, SourceSpec
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
-from edge_asd.edge.cli.options import gate_options
+from edge_asd.edge.cli.options import gate_options, model_option, store_option
 from edge_asd.core.errors import EdgeAsdError
 
 log = logging.getLogger("edge_asd")
@@ -35,11 +35,9 @@ def _list_devices(ctx, param, value):
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.option("--model", "model_path", envvar="EDGE_ASD_MODEL", type=click.Path(dir_okay=False),
-              help="Model file (.tflite or .onnx).")
+@model_option(envvar="EDGE_ASD_MODEL")
 @click.option("--machine-id", default=None, help="Machine ID whose phi to use (default: the only one calibrated for this model).")
-@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="phi store written by edge-calibrate. Default: $EDGE_ASD_STORE or the user config dir.")
+@store_option("phi store written by edge-calibrate")
 @click.option("--phi", type=float, default=None, help="Use this threshold instead of the store's.")
 @click.option("--input", "input_spec", envvar="EDGE_ASD_INPUT", default="mic", show_default=True,
               help="mic, mic:INDEX, mic:NAME (part of a device name), serial:PORT (raw PCM from a microcontroller), "

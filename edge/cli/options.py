@@ -1,10 +1,41 @@
-"""Click options that several device commands share, declared once so that they read the same everywhere."""
+"""Click options that several device commands share, declared once so that they read the same everywhere:
+the model file (``--model``, or edge-inspect's MODEL argument), the phi store (``--store``) and the energy
+gate of ``--window gate``."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
+
+MODEL_FILE = click.Path(dir_okay=False, path_type=Path)
+"""A model file (.tflite or .onnx), given to the command as a :class:`~pathlib.Path`."""
+MODEL_HELP = "Model file (.tflite or .onnx)."
+
+
+def model_option(*, required: bool = False, envvar: str | None = None, help: str = MODEL_HELP):
+    """``--model`` (parameter ``model_path``, a Path or None): the model file the command runs.
+
+    ``required``: click refuses the command without it; ``envvar``: the environment variable that gives it
+    (edge-monitor's ``EDGE_ASD_MODEL``); ``help``: what the command does with it."""
+    return click.option("--model", "model_path", required=required, envvar=envvar, type=MODEL_FILE, default=None,
+                        help=help)
+
+
+def model_argument(fn):
+    """The MODEL argument (parameter ``model_path``) of a command whose only input is a model file; kept as
+    the string given, so the command can echo it as typed."""
+    return click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))(fn)
+
+
+def store_option(what: str = "phi store"):
+    """``--store`` (parameter ``store``, a Path or None): the phi store, default $EDGE_ASD_STORE or the user
+    config dir (:func:`edge_asd.edge.runtime.phi_store.default_store_path`, which the command applies).
+    ``what``: the help's first words, e.g. ``"phi store written by edge-calibrate"``."""
+    return click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help=f"{what}. Default: $EDGE_ASD_STORE or the user config dir.")
 
 
 def gate_options(fn):

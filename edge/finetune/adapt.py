@@ -3,11 +3,12 @@
 Steps (``edge-finetune``): (1) the guard rail scores the local audio with the model in service and its
 phi and drops the frames above ``reject_factor * phi`` (refusing when too many are rejected: the audio
 may hold the fault the model should detect); (2) the weights are read out of the model file
-(:mod:`.finetune_tflite`) and trained further with the paper's loss in numpy (:mod:`.finetune_ae`) on
+(:mod:`.tflite_weights`) and trained further with the paper's loss in numpy (:mod:`.autoencoder`) on
 mini-batches drawn from the accepted audio exactly as the desktop trainer draws them (sec. 4.2.1,
-``train.batches``, numpy only); (3) the new weights are written into a copy of the model file
+``core.batches``, numpy only); (3) the new weights are written into a copy of the model file
 (re-quantized on the local frames); (4) phi is recalibrated for the machine ID; (5) the files are
-swapped atomically, keeping the previous model and phi for :func:`rollback`.
+swapped atomically, keeping the previous model and phi for :func:`rollback`. The whole workflow,
+as edge-finetune runs it, is :func:`edge_asd.edge.finetune.workflow.finetune_model`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import numpy as np
 
 from edge_asd.core.atomic_io import atomic_write_bytes, atomic_write_text
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.model_file import sha256_bytes
 from edge_asd.edge.finetune.autoencoder import AMSGrad, flat_params, loss_and_grads
 from edge_asd.edge.finetune.tflite_weights import read_layers, write_layers
+from edge_asd.edge.runtime import phi_store
+from edge_asd.edge.runtime.phi_store import PhiRecord
 
 log = logging.getLogger("edge_asd")
 STATE_SCHEMA = 1
@@ -151,34 +155,42 @@ def new_metadata(meta: dict, record: dict) -> dict:
     return out
 
 
-def install(model_path: Path, new_model: bytes, store: Path, machine_id: str, phi_record: dict,
-            previous_phi: dict | None, summary: dict) -> None:
+def install(model_path: Path, new_model: bytes, store: Path, machine_id: str, phi_record: PhiRecord,
+            previous_phi: PhiRecord | None, summary: dict) -> None:
     """Put the fine-tuned model and phi in service, keeping what was there for :func:`rollback`.
 
     Order: previous model copy, then the state record, then the model (atomic rename), then phi. A
     crash before the model's rename leaves the old model and old phi in service; between the two
     renames, the monitor refuses the old phi for the new model (checksum) until ``--rollback`` or a rerun.
     """
-    from edge_asd.edge.runtime import phi_store
-
     old = model_path.read_bytes()
     atomic_write_bytes(previous_path(model_path), old)
     state = {**summary, "schema": STATE_SCHEMA, "model": str(model_path), "store": str(store), "machine_id": machine_id,
-             "previous_phi": previous_phi}  # the whole previous phi record, restored by rollback
+             "previous_phi": None if previous_phi is None else previous_phi.to_dict()}  # restored by rollback
     atomic_write_text(state_path(model_path), json.dumps(state, indent=2, sort_keys=True) + "\n")
     atomic_write_bytes(model_path, new_model)
     phi_store.save_phi(store, machine_id, phi_record)
 
 
-def rollback(model_path: Path, store: Path | None = None) -> dict:
-    """Put the model and phi that were in service before the last fine-tune back; returns the state.
+@dataclass(frozen=True)
+class RolledBack:
+    """What :func:`rollback` put back in service."""
+
+    machine_id: str
+    model_sha256: str
+    """sha256 of the model file back in service."""
+    phi: PhiRecord | None
+    """The phi record back in service (None: the fine-tune had no phi to replace)."""
+
+
+def rollback(model_path: Path, store: Path | None = None) -> RolledBack:
+    """Put the model and phi that were in service before the last fine-tune back (into ``store``, default:
+    the store the fine-tune wrote).
 
     Raises:
-        EdgeAsdError: no fine-tune to undo, or the model file changed since (converted or copied over).
+        EdgeAsdError: no fine-tune to undo, a damaged fine-tune record, or the model file changed since
+            (converted or copied over).
     """
-    from edge_asd.edge.runtime import phi_store
-    from edge_asd.core.model_file import sha256_bytes
-
     model_path = Path(model_path)
     try:
         state = json.loads(state_path(model_path).read_text())
@@ -192,13 +204,16 @@ def rollback(model_path: Path, store: Path | None = None) -> dict:
         raise EdgeAsdError(f"{model_path}: the model file changed since the last fine-tune; nothing rolled back")
     if sha256_bytes(old) != state["previous_sha256"]:
         raise EdgeAsdError(f"{previous_path(model_path)}: damaged copy of the previous model; nothing rolled back")
+    previous_phi = state.get("previous_phi")
+    if previous_phi is not None:
+        previous_phi = PhiRecord.from_dict(previous_phi, f"{state_path(model_path)}, previous_phi")
     atomic_write_bytes(model_path, old)
     store = Path(store or state["store"])
-    if state.get("previous_phi") is not None:
-        phi_store.save_phi(store, state["machine_id"], state["previous_phi"])
+    if previous_phi is not None:
+        phi_store.save_phi(store, state["machine_id"], previous_phi)
     previous_path(model_path).unlink()
     state_path(model_path).unlink()
-    return state
+    return RolledBack(state["machine_id"], state["previous_sha256"], previous_phi)
 
 
 def summary_record(machine_id: str, cfg: FinetuneConfig, history: list[dict], seconds: float, n_clips: int,
@@ -213,5 +228,5 @@ def summary_record(machine_id: str, cfg: FinetuneConfig, history: list[dict], se
             "finetuned_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kit_version": kit_version()}
 
 
-__all__ = ["FinetuneConfig", "guard", "train_layers", "write_layers", "read_layers", "install", "rollback",
+__all__ = ["FinetuneConfig", "guard", "train_layers", "write_layers", "read_layers", "install", "rollback", "RolledBack",
            "previous_path", "state_path", "calibration_sample", "new_metadata", "summary_record"]

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from edge_asd.edge.runtime.config import InputConfig
+from edge_asd.edge.runtime.phi_store import PhiRecord
 from edge_asd.core.errors import EdgeAsdError
 
 log = logging.getLogger("edge_asd")
@@ -95,7 +96,7 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
             if phi is None:
                 machine_id, record = phi_store.lookup_phi(cfg.store or phi_store.default_store_path(), machine_id,
                                                           scorer.sha256)
-                phi = float(record["phi"])
+                phi = float(record.phi)
             machine_id = machine_id or "unknown"
             feats = scorer.features
             windows = make_windows(cfg.window, feats.sample_rate, feats.hop_samples, cfg.gate_db, cfg.gate_min_on_s,
@@ -134,26 +135,26 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
     return monitors, list(file_sinks.values())
 
 
-def _check_heard(label: str, record: dict) -> None:
+def _check_heard(label: str, record: PhiRecord) -> None:
     """Warn when the stored phi was set on recordings the model was trained on (edge-calibrate counts them,
     :mod:`.provenance`): the model scores its training audio low, so that phi raises more false alarms."""
-    heard = record.get("recordings_heard_by_model")
-    if isinstance(heard, int) and heard > 0:
+    heard = record.recordings_heard_by_model
+    if heard is not None and heard > 0:
         log.warning("%s: phi was set on %d recording%s the model was trained on: expect more false alarms than its "
                     "rule targets; run edge-calibrate on normal recordings the model has not heard", label, heard,
                     "" if heard == 1 else "s")
 
 
-def _check_window(label: str, record: dict, windows) -> None:
+def _check_window(label: str, record: PhiRecord, windows) -> None:
     """Warn when the stored phi was calibrated on other windows than the monitor's: another ``--window``, or
     for the energy gate another on level or hold time (window maxima grow with the window: a phi from 1-s
     windows raises false alarms on whole streams; a gate that opens later or closes sooner changes the
     segments)."""
-    from edge_asd.edge.runtime.windows import describe, record_settings
+    from edge_asd.edge.runtime.windows import describe
 
     monitoring = describe(windows.settings())
     try:
-        calibrated = describe(record_settings(record))
+        calibrated = describe(record.window_settings())
     except EdgeAsdError as e:  # the monitor still runs on the phi itself
         log.warning("%s: %s", label, e)
         return

@@ -1,0 +1,257 @@
+"""Setting phi for one machine ID, as edge-calibrate does it: score normal recordings with the model, fit
+phi to their window maxima by a rule, check it on held-out recordings, and build the phi record the
+store keeps (:class:`~edge_asd.edge.runtime.phi_store.PhiRecord`).
+
+Python use::
+
+    from edge_asd.edge.calibrate.fit import CalibrateOptions, RuleOptions, WindowOptions, calibrate_machine
+
+    done = calibrate_machine(CalibrateOptions(recordings=(Path("normal/"),), model_path=Path("fan.tflite"),
+                                              machine_id="id_00", store=Path("phi.json"),
+                                              window=WindowOptions("1"), rule=RuleOptions(alarms_per_day=1.0)))
+    done.record.phi
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edge_asd.core.commands import kit_version
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.machine_id import normalize_machine_id
+from edge_asd.core.provenance import heard
+from edge_asd.edge.calibrate.recordings import (
+    expand_recordings,
+    held_out_maxima,
+    recordings_window_maxima,
+    split_holdout,
+    write_maxima,
+)
+from edge_asd.edge.calibrate.rules import (
+    DEFAULT_MARGIN,
+    DEFAULT_QUANTILE,
+    WindowMax,
+    calibrate,
+    phi_maxima,
+    rule_arguments,
+    seconds_per_window,
+)
+from edge_asd.edge.runtime import phi_store
+from edge_asd.edge.runtime.phi_store import PhiRecord
+from edge_asd.edge.runtime.scorer import Scorer
+from edge_asd.edge.runtime.windows import (
+    DEFAULT_GATE_DB,
+    DEFAULT_GATE_MIN_OFF_S,
+    DEFAULT_GATE_MIN_ON_S,
+    make_windows,
+)
+
+log = logging.getLogger("edge_asd")
+
+
+@dataclass(frozen=True)
+class WindowOptions:
+    """The decision windows, as edge-monitor's ``--window`` and gate options give them."""
+
+    window: str = "whole"
+    """``whole`` (one recording = one window), a number of seconds, or ``gate``."""
+    gate_db: float = DEFAULT_GATE_DB
+    """``gate``: machine on at or above this level, dBFS (off 3 dB lower)."""
+    gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S
+    """``gate``: seconds at or above ``gate_db`` before the gate opens."""
+    gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S
+    """``gate``: seconds below the off level before the gate closes."""
+
+    def make(self, sample_rate: int, hop_samples: int):
+        """Fresh windows (:func:`~edge_asd.edge.runtime.windows.make_windows`; ``sample_rate`` Hz, ``hop_samples``
+        the model's hop). Raises EdgeAsdError for a bad window or hold time."""
+        return make_windows(self.window, sample_rate, hop_samples, self.gate_db, self.gate_min_on_s, self.gate_min_off_s)
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """The rule phi is set by (:func:`~edge_asd.edge.calibrate.rules.calibrate`): the quantile rule
+    (``quantile``, ``margin``, or ``target_fpr``) or the false-alarm budget (``alarms_per_day``, ``tail``,
+    ``n_boot``)."""
+
+    quantile: float = DEFAULT_QUANTILE
+    """Quantile rule: q of the window max scores that phi is placed above."""
+    margin: float | None = None
+    """Quantile rule: phi = margin x quantile (None: 1.1, or 1.0 with ``target_fpr``)."""
+    target_fpr: float | None = None
+    """Quantile rule at a false-positive rate per window: q = 1 - target_fpr."""
+    alarms_per_day: float | None = None
+    """Budget rule: phi for this many false alarms a day, from an extreme-value fit to the window maxima."""
+    tail: str = "gumbel"
+    """Budget rule: ``gumbel`` or ``gev``."""
+    n_boot: int = 200
+    """Budget rule: parametric-bootstrap refits for phi's uncertainty (0: none)."""
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """Everything edge-calibrate needs to set phi for one machine ID."""
+
+    recordings: tuple[Path, ...]
+    """Normal recordings: files, or directories of audio files."""
+    model_path: Path
+    """The model file (.tflite or .onnx)."""
+    machine_id: str
+    """00, id_00 or section_00."""
+    store: Path
+    """The phi store (JSON) the record is saved to."""
+    window: WindowOptions = WindowOptions()
+    rule: RuleOptions = RuleOptions()
+    holdout: float | None = None
+    """Keep this fraction of the recordings (the last ones) out of the fit and check phi on them."""
+    check: tuple[Path, ...] = ()
+    """Held-out normal recordings (files or directories) to check phi on (not with ``holdout``)."""
+    maxima_out: Path | None = None
+    """Write every window (fitted and held out) to this JSONL file."""
+    threads: int = 1
+    """Inference threads."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What one calibration did."""
+
+    machine_id: str
+    """The normalized machine ID (``id_00``)."""
+    record: PhiRecord
+    """The record saved to the store."""
+    fit_windows: list[WindowMax]
+    """The windows of the recordings phi was set on."""
+    held_windows: list[WindowMax]
+    """The windows of the held-out recordings phi was checked on."""
+    recordings: list[Path]
+    """The recordings phi was set on."""
+
+
+def calibrate_machine(options: CalibrateOptions) -> Calibration:
+    """edge-calibrate without its option parsing: score the recordings with the model, set phi by the rule on
+    the windows edge-monitor would decide on, check it on the held-out recordings (``holdout`` or ``check``),
+    write the window maxima (``maxima_out``) and save the record to the store for the machine ID.
+
+    Raises:
+        EdgeAsdError: both ``holdout`` and ``check``, a bad model, recording, window or rule, too little
+            data for the rule, or a store that cannot be read or written (nothing is saved then).
+    """
+    if options.holdout is not None and options.check:
+        raise EdgeAsdError("give either --holdout or --check, not both")
+    machine_id = normalize_machine_id(options.machine_id)
+    scorer = Scorer(options.model_path, num_threads=options.threads)
+    files = expand_recordings(options.recordings)
+    held_files = expand_recordings(options.check) if options.check else []
+    if options.holdout is not None:
+        files, held_files = split_holdout(files, options.holdout)
+    windows = options.window.make(scorer.features.sample_rate, scorer.features.hop_samples)
+    n_heard = warn_if_heard(scorer.meta, files, held_files)
+    fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings())
+    held_windows, held = held_out_maxima(scorer, held_files, windows)
+    rule = options.rule
+    result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)),
+                       quantile=rule.quantile, margin=rule.margin, target_fpr=rule.target_fpr,
+                       alarms_per_day=rule.alarms_per_day, tail=rule.tail, n_boot=rule.n_boot, heldout_maxima=held)
+    result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
+    if options.maxima_out is not None:
+        write_maxima(options.maxima_out, fit_windows, held_windows)
+    record = dataclasses.replace(phi_record(scorer, options.model_path, files, result, windows, clip_max, held_files),
+                                 recordings_heard_by_model=n_heard)
+    if record.fit is not None:
+        fit, boot = record.fit, record.fit.get("bootstrap")
+        log.info("%s fit of %d window maxima %s (KS p %.2f); phi %.4g for p %.3g per window%s", fit["fit"]["family"],
+                 fit["fit"]["n_maxima"], fit["fit"]["params"], fit["fit"]["ks_pvalue"], record.phi, fit["p_window"],
+                 f", bootstrap 90% interval [{boot['phi_p5']:.4g}, {boot['phi_p95']:.4g}]" if boot else "")
+    phi_store.save_phi(options.store, machine_id, record)
+    return Calibration(machine_id, record, fit_windows, held_windows, files)
+
+
+def phi_record(scorer, model_path: str | Path, files: Sequence[Path], result: dict, windows, clip_max: list[float],
+               held_files: Sequence[Path] = ()) -> PhiRecord:
+    """The phi store's record of a calibration: phi, the model (sha256, path, machine type), the rule (and
+    its ``fit`` / ``check`` when made), the windows' ``settings()`` (``window``; for the gate ``gate_db``
+    in dBFS, ``gate_min_on_s`` and ``gate_min_off_s`` in s) with ``window_s`` (s, None unless fixed), the
+    window maxima, each recording's max frame score, the recordings, the time (UTC) and the kit version.
+    ``result``: :func:`~edge_asd.edge.calibrate.rules.calibrate`'s; ``clip_max``: each recording's max frame
+    score; ``held_files``: the held-out recordings phi was checked on (``heldout_recordings``), if any.
+    """
+    return PhiRecord(
+        phi=result["phi"],
+        model_sha256=scorer.sha256,
+        model_path=str(Path(model_path).resolve()),
+        machine_type=scorer.meta.get("machine_type"),
+        rule=result["rule"],
+        **windows.settings(),
+        window_s=float(windows.spec) if windows.name == "fixed" else None,
+        window_maxima=result["window_maxima"],
+        clip_max_scores={"min": min(clip_max), "median": float(np.median(clip_max)), "max": max(clip_max)},
+        recordings=tuple(str(f) for f in files),
+        calibrated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        kit_version=kit_version(),
+        fit=result.get("fit"),
+        check=result.get("check"),
+        heldout_recordings=tuple(str(f) for f in held_files) if held_files else None,
+    )
+
+
+def calibrate_like(previous: PhiRecord | None, scorer, model_path: str | Path, files: Sequence[Path],
+                   audio: list[np.ndarray] | None = None, held_files: Sequence[Path] = (),
+                   held_audio: list[np.ndarray] | None = None) -> PhiRecord:
+    """Calibrate again as an earlier phi record was: the same rule with the same parameters
+    (:func:`~edge_asd.edge.calibrate.rules.rule_arguments`; the budget rule with as many bootstrap refits)
+    on the same windows (:meth:`PhiRecord.window_settings`), applied to ``files`` (or their decoded ``audio``,
+    see :func:`recordings_window_maxima`) scored by ``scorer``.
+    ``previous`` None: edge-calibrate's defaults (1.1 x the worst recording, whole windows).
+    ``held_files`` (decoded: ``held_audio``): held-out normal recordings; the new phi is checked on their
+    windows as edge-calibrate ``--check`` does (the record's ``check`` and ``heldout_recordings``).
+
+    Returns the new phi record (:func:`phi_record`). Raises EdgeAsdError when the rule or window cannot be
+    applied: an unknown or damaged rule or window, no complete window, too few windows for a tail fit, ...
+    """
+    default_rule = {"name": "clip-max-quantile", "quantile": DEFAULT_QUANTILE, "margin": DEFAULT_MARGIN}
+    arguments = rule_arguments((previous.rule if previous is not None else None) or default_rule)
+    settings = previous.window_settings() if previous is not None else {"window": "whole"}
+    cfg = scorer.features
+    windows = make_windows(settings.pop("window"), cfg.sample_rate, cfg.hop_samples, **settings)
+    fit_windows, durations, clip_max = recordings_window_maxima(scorer, list(files), **windows.settings(), audio=audio)
+    n_boot = (((previous.fit if previous is not None else None) or {}).get("bootstrap") or {}).get("n", 0)
+    held = held_out_maxima(scorer, held_files, windows, held_audio)[1]
+    result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)), n_boot=n_boot,
+                       heldout_maxima=held, **arguments)
+    result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
+    return phi_record(scorer, model_path, files, result, windows, clip_max, held_files)
+
+
+def warn_if_heard(meta: dict, files: Sequence[Path], held_files: Sequence[Path]) -> int:
+    """Warn when the model was trained on some of the recordings (:mod:`edge_asd.core.provenance`); return how
+    many of ``files`` it heard. phi set on them is low, and a check on them is optimistic."""
+    fit, held = heard(meta, files), heard(meta, held_files)
+    if fit:
+        log.warning("%d of the %d recordings were used to train this model (e.g. %s): it scores them lower than new "
+                    "audio, so phi comes out low and false alarms above the target; calibrate on normal recordings "
+                    "the model has not heard", len(fit), len(files), fit[0].name)
+    if held:
+        log.warning("%d of the %d held-out recordings were used to train this model (e.g. %s): the check on them is "
+                    "optimistic", len(held), len(held_files), held[0].name)
+    return len(fit)
+
+
+def check_line(check: dict) -> str:
+    """The held-out check (a record's ``check``) as one sentence."""
+    line = (f"check on {check['windows']} held-out normal windows: {check['false_alarms']} false alarms, "
+            f"realized {check['per_day']:.3g}/day (95% upper bound {check['per_day_upper95']:.3g}/day)")
+    if "target_per_day" in check:
+        verdict = "met" if check["meets_target"] else "NOT met"
+        if check["meets_target"] and check["per_day_upper95"] > check["target_per_day"]:
+            verdict += " but not confirmed at 95%" + (
+                f" ({check['windows_needed']} alarm-free windows would confirm it)" if check["false_alarms"] == 0 else "")
+        line += f"; target {check['target_per_day']:.3g}/day: {verdict}"
+    return line

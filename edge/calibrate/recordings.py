@@ -1,0 +1,117 @@
+"""Normal recordings -> the window maxima phi is set on: which files, scored by the model, cut into
+edge-monitor's windows, split into fitted and held-out ones, and written out for a look."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edge_asd.core.atomic_io import atomic_write_text
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.calibrate.rules import WindowMax, phi_maxima, window_maxima
+from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S, make_windows
+from edge_asd.firmware_io.audio_file import audio_files, read_audio
+
+log = logging.getLogger("edge_asd")
+
+
+def expand_recordings(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given, directories expanded to the audio files inside them (sorted).
+
+    Raises:
+        EdgeAsdError: a directory without audio files.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = audio_files(p)
+            if not found:
+                raise EdgeAsdError(f"{p}: no audio files in this directory")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def split_holdout(files: list, fraction: float, option: str = "--holdout", what: str = "calibrate on") -> tuple[list, list]:
+    """(kept, held out): the last ``fraction`` of the recordings (the latest, when named in time order), at
+    least one. Raises EdgeAsdError (naming ``option``) when ``fraction`` is not in (0, 1) or nothing is kept."""
+    if not 0.0 < fraction < 1.0:
+        raise EdgeAsdError(f"{option} must be in (0, 1), not {fraction}")
+    n_held = max(1, round(fraction * len(files)))
+    if n_held >= len(files):
+        raise EdgeAsdError(f"{option} {fraction} leaves no recording to {what} ({len(files)} given)")
+    return files[:-n_held], files[-n_held:]
+
+
+def score_recordings(scorer, files: list[Path]) -> tuple[list[np.ndarray], list[float]]:
+    """(frame scores, shape (n_frames,), and duration in s) of each recording, read at the model's rate.
+
+    Raises:
+        EdgeAsdError: a recording shorter than one context window, or unreadable audio.
+    """
+    scores, durations = [], []
+    for f in files:
+        samples = read_audio(f, scorer.features.sample_rate)
+        s = scorer.score_audio(samples)
+        if len(s) == 0:
+            raise EdgeAsdError(f"{f}: shorter than one context window ({scorer.features.samples_per_vector} samples)")
+        scores.append(s)
+        durations.append(len(samples) / scorer.features.sample_rate)
+        log.info("%s: max score %.3f over %d frames", f.name, float(s.max()), len(s))
+    return scores, durations
+
+
+def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: float = DEFAULT_GATE_DB,
+                             gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S, gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S,
+                             audio: list[np.ndarray] | None = None) -> tuple[list[WindowMax], list[float], list[float]]:
+    """(the :class:`~edge_asd.edge.calibrate.rules.WindowMax` of every window of every recording, each
+    recording's duration in s and its max frame score).
+
+    Each recording is read at the model's rate (or taken from ``audio``: the files already decoded, mono
+    float32 at the model's rate, in the same order), scored, and its windows cut as edge-monitor ``--window
+    WINDOW --gate-db GATE_DB --gate-min-on-s ... --gate-min-off-s ...`` cuts them on that file
+    (:func:`~edge_asd.edge.calibrate.rules.window_maxima`; gate level in dBFS, hold times in s).
+
+    Raises:
+        EdgeAsdError: a recording shorter than one context vector, unreadable audio or a bad window.
+    """
+    cfg = scorer.features
+    out, durations, clip_max = [], [], []
+    for i, f in enumerate(files):
+        samples = read_audio(f, cfg.sample_rate) if audio is None else audio[i]
+        scores = scorer.score_audio(samples)
+        if len(scores) == 0:
+            raise EdgeAsdError(f"{f}: shorter than one context window ({cfg.samples_per_vector} samples)")
+        windows = make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db, gate_min_on_s, gate_min_off_s)
+        windows = window_maxima(scores, samples, windows, cfg, str(f))
+        log.info("%s: max score %.3f over %d frames, %d windows", f.name, float(scores.max()), len(scores), len(windows))
+        out += windows
+        durations.append(len(samples) / cfg.sample_rate)
+        clip_max.append(float(scores.max()))
+    return out, durations, clip_max
+
+
+def held_out_maxima(scorer, held_files: Sequence[Path], windows,
+                    audio: list[np.ndarray] | None = None) -> tuple[list[WindowMax], np.ndarray | None]:
+    """(the WindowMax of every window of the held-out recordings, their max scores for the check, shape
+    (n,), or None without held-out recordings): cut as :func:`recordings_window_maxima` cuts the fitted
+    ones, on ``windows`` (fresh windows whose ``settings()`` are used)."""
+    if not held_files:
+        return [], None
+    held_windows = recordings_window_maxima(scorer, list(held_files), **windows.settings(), audio=audio)[0]
+    return held_windows, phi_maxima(held_windows, "held-out recordings")
+
+
+def write_maxima(path: Path, fit: list[WindowMax], held: list[WindowMax]) -> None:
+    """Every window as a JSON line (WindowMax fields and ``held_out``), written atomically.
+
+    Raises:
+        EdgeAsdError: the file cannot be written.
+    """
+    lines = [json.dumps({**w.to_dict(), "held_out": h}) for ws, h in ((fit, False), (held, True)) for w in ws]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
