@@ -102,3 +102,13 @@ def test_relative_links(markdown, expected):
 def test_slug_matches_mkdocs_anchors():
     assert slug("`make demo`") == "make-demo"
     assert slug("The method, on the paper's toy problem") == "the-method-on-the-papers-toy-problem"
+
+
+def test_every_command_is_in_the_generated_reference():
+    """docs/cli.md renders each command of pyproject.toml's [project.scripts] (a new command must be added)."""
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    reference = (ROOT / "docs" / "cli.md").read_text()
+    rendered = dict(re.findall(r":module: (\S+)\n\s+:command: main\n\s+:prog_name: (\S+)", reference))
+    assert {prog: f"{module}:main" for module, prog in rendered.items()} == scripts
