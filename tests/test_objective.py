@@ -88,7 +88,7 @@ def _run(*args):
     return proc
 
 
-def test_reduced_experiment_end_to_end_resumes_and_reports(tmp_path, data_root):
+def test_reduced_experiment_end_to_end_resumes_and_reports(tmp_path, data_root, fan):
     out, report = tmp_path / "runs", tmp_path / "report"
     common = ["--data", data_root, "--machine-types", "fan", "--ids", "id_00", "--archs", "fcn-small",
               "--losses", "re,bu", "--seeds", "0", "--updates", "24", "--max-anomaly-sounds", "14",
@@ -121,6 +121,27 @@ def test_reduced_experiment_end_to_end_resumes_and_reports(tmp_path, data_root):
     assert real_bu["auc_mean"] > 0.6  # the fan's anomalies are audible even to a briefly trained AE
     md = (report / "objective.md").read_text()
     assert "fcn-small BU" in md and "BU − RE" in md and (report / "objective.png").stat().st_size > 10_000
+
+    # the loudness reference: every run carries its items' levels; the report's row is loudness_reference of them
+    from edge_asd.core.loudness import clip_level_dbfs, loudness_reference
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    real_levels = [clip_level_dbfs(read_audio(p, 16000)) for p in fan["test_normal"] + fan["test_anomaly"]]
+    for r in runs:
+        assert r["sets"]["real"]["level_dbfs"] == pytest.approx(real_levels, abs=1e-3)
+        assert all(len(s["level_dbfs"]) == len(s["labels"]) for s in r["sets"].values())
+    loud = {row["set"]: row for row in rows["loudness_reference"]}
+    assert set(loud) == set(runs[0]["sets"])
+    expected = loudness_reference(runs[0]["sets"]["real"]["labels"], real_levels)
+    assert (loud["real"]["auc"], loud["real"]["pauc"]) == pytest.approx(expected, abs=1e-6)
+    for name, row in loud.items():
+        s = runs[0]["sets"][name]
+        assert (row["auc"], row["pauc"]) == pytest.approx(loudness_reference(s["labels"], s["level_dbfs"]))
+    # at ANR -20 dB the sound adds ~1 % of the power over its span: the mixture keeps its segment's level
+    seg = dict(zip(items["segment_-20dB"], runs[0]["sets"]["segment_-20dB"]["level_dbfs"]))
+    mixtures = [n for n in seg if "+" in n]
+    assert len(mixtures) == 14 and all(abs(seg[n] - seg[n.split("+")[0]]) < 0.2 for n in mixtures)
+    assert md.count("| fan id_00 | loudness reference (clip RMS level as the score) | – | ") == 7  # one per table
 
     with open(out / "runs.jsonl", "a") as f:
         f.write('{"key": "fan/id_00/fcn-small/snp/0", "sets": {"re')  # a line cut short by an interruption
