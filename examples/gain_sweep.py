@@ -169,9 +169,12 @@ def resolve_phi(phi: float | None, store: Path | None, machine_id: str, scorer: 
 
 def _gains(ctx, param, value):
     try:
-        return tuple(float(v) for v in value.split(",") if v.strip())
+        gains = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r}: a comma-separated list of gains in dB") from None
+        gains = ()
+    if not gains or not all(np.isfinite(gains)):
+        raise click.BadParameter(f"{value!r}: a comma-separated list of gains in dB, e.g. -1,0,1")
+    return gains
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)

@@ -374,6 +374,10 @@ def report(out: Path, report_dir: Path, n_boot: int) -> None:
     pairs = paired(runs, n_boot=n_boot)
     loudness = loudness_rows(runs, n_boot)
     machines = sorted({f"{r['machine_type']} {r['machine_id']}" for r in runs})
+    without = sorted(set(machines) - {f"{r['machine_type']} {r['machine_id']}" for r in loudness})
+    if without:
+        log.warning("%s: runs recorded without clip levels, so no loudness-reference row; a new --out records them",
+                    ", ".join(without))
     devices = sorted({r["device"] for r in runs})
     train_s = sum(r["train_seconds"] for r in runs)
     header = (f"# Objective experiment (Koizumi et al. 2019, sec. 4.2 / Fig. 4) on real recordings\n\n"

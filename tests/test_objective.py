@@ -175,3 +175,26 @@ def test_compare_two_folders_pairs_runs_by_model_and_seed():
     assert len(rows) == 1 and rows[0]["n_seeds"] == 2 and rows[0]["d_auc_ci"][0] > 0.3
     assert "**>**" in compare_markdown(rows, "A", "B")
     assert compare(strong, strong, n_boot=50)[0]["d_auc"] == 0.0
+
+
+def test_loudness_rows_come_from_runs_that_carry_levels():
+    """Runs recorded before the levels were stored give no loudness-reference row; the others one per set."""
+    from edge_asd.train.objective_report import LOUDNESS_MODEL, loudness_rows, markdown, summarize
+
+    y = [0, 0, 1, 1]
+
+    def run(mid, levels):
+        sets = {"real": {"labels": y, "max": [1.0, 2.0, 3.0, 4.0], "mean": [1.0, 2.0, 3.0, 4.0]}}
+        if levels is not None:
+            sets["real"]["level_dbfs"] = levels
+        return {"key": f"fan/{mid}/fcn-small/bu/0", "machine_type": "fan", "machine_id": mid, "arch": "fcn-small",
+                "loss": "bu", "seed": 0, "sets": sets}
+
+    runs = [run("id_00", [-44.0, -43.9, -40.0, -43.95]), run("id_02", None)]
+    rows = loudness_rows(runs, n_boot=100)
+    assert [(r["machine_id"], r["set"]) for r in rows] == [("id_00", "real")]
+    assert rows[0]["auc"] == 0.75 and rows[0]["n_normal"] == 2 and rows[0]["n_anomalous"] == 2
+    md = markdown(summarize(runs, n_boot=100), [], "# t", rows)
+    assert md.count(f"| fan id_00 | {LOUDNESS_MODEL} | – | ") == 3  # the AUC max, pAUC max and AUC mean tables
+    assert md.count(f"| fan id_00 | {LOUDNESS_MODEL} | – | 0.750 [") == 2  # the AUC ones
+    assert f"| fan id_02 | {LOUDNESS_MODEL}" not in md
