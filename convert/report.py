@@ -1,5 +1,6 @@
-"""The parity report: every converted file against the float torch model on held-out real clips, its
-size and per-frame latency on each runtime that can run it, checked against the issue's targets."""
+"""The parity report: every converted file against the float torch model on held-out real clips (with the
+clip AUC beside the loudness reference), its size and per-frame latency on each runtime that can run it,
+checked against the issue's targets."""
 
 from __future__ import annotations
 
@@ -138,6 +139,11 @@ def render(rows: list[Row], title: str, context: list[str]) -> str:
         lines.append(f"Parity on {p.n_clips} held-out clips ({p.n_frames} frames); AUC/pAUC(0.1) over {p.n_auc_clips} "
                      "labelled test clips, clip score = max frame score (eq. 11). Latency: median of single-frame "
                      "invokes, one thread; '-': runtime not installed.")
+        if p.auc_level is not None:
+            lines.append("")
+            lines.append(f"Loudness reference on the same {p.n_auc_clips} test clips (clip RMS level in dBFS as the score, "
+                         f"what a level meter alone gets): AUC {p.auc_level:.3f}, pAUC(0.1) {p.pauc_level:.3f}. "
+                         "A model AUC at or below it may measure loudness, not the machine's condition.")
     notes = [n for r in rows for n in r.notes]
     lines += [""] + [f"- {n}" for n in notes] if notes else []
     missed = [m for r in rows for m in r.missed()]

@@ -1,6 +1,6 @@
 """``edge-convert`` as a Python function: write the requested model files of one checkpoint and measure
-each (parity, size, latency, and for --to c-array the microcontroller figures: flash, tensor arena,
-tflite-micro vs LiteRT int8 tensors), with the parity report.
+each (parity with the clip AUC beside the loudness reference, size, latency, and for --to c-array the
+microcontroller figures: flash, tensor arena, tflite-micro vs LiteRT int8 tensors), with the parity report.
 
 :func:`write_model_files` takes a :class:`ConvertOptions` and does the whole job; ``edge-convert`` only
 parses its options into one, calls it and prints the result. Example::
@@ -27,6 +27,7 @@ from edge_asd.core.commands import kit_version
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.features import extract, standardize
 
+from edge_asd.convert.parity import with_loudness_reference
 from edge_asd.convert.pipeline import TARGETS, Conversion, Options, write_model
 from edge_asd.convert.report import Row, latencies, render
 
@@ -159,8 +160,9 @@ def convert_and_measure(conversion: Conversion, jobs: list[tuple[str, str, str]]
             float_sizes[fmt] = len(data)
         elif fmt not in float_sizes and conversion.parity_paths:  # the reference the size target is against
             float_sizes[fmt] = len(conversion.model_bytes(fmt, "float32"))
-        row = Row(name, Path(path), len(data), float_sizes.get(fmt) if quant != "float32" else None,
-                  conversion.parity(scorer))
+        parity = with_loudness_reference(conversion.parity(scorer), [conversion.audio[p] for p in conversion.parity_paths],
+                                         conversion.labels)
+        row = Row(name, Path(path), len(data), float_sizes.get(fmt) if quant != "float32" else None, parity)
         if measure_latency:
             row.latency_us = latencies(scorer, data, x, quant)
         if c_array:

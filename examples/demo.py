@@ -10,7 +10,8 @@ Every step runs the kit's own command-line tools, as a user would:
 5. edge-monitor   a 10-minute stream of real test normals as raw PCM on stdin: real-time factor
 
 and prints clip AUC / pAUC (max FPR 0.1; clip score = max frame score, eq. 11) of the float and the
-int8 model on the test split. Data: $EDGE_ASD_DATA or ../shared/data (see `edge-data`).
+int8 model on the test split, beside the loudness reference (the same metric with the clip's RMS level
+as the score: what a level meter alone gets on the same clips). Data: $EDGE_ASD_DATA or ../shared/data (see `edge-data`).
 """
 
 from __future__ import annotations
@@ -124,8 +125,7 @@ def main() -> None:
         "machine": f"{args.machine_type} {args.machine_id}",
         "model": f"BU, fcn-small, koizumi2019, lambda {args.lam}, {args.epochs * args.batches_per_epoch} updates",
         "test clips": f"{len(n_norm)} normal, {len(n_anom)} anomalous",
-        "AUC float / int8": f"{aucs['float'][0]:.3f} / {aucs['int8'][0]:.3f}",
-        "pAUC(0.1) float / int8": f"{aucs['float'][1]:.3f} / {aucs['int8'][1]:.3f}",
+        **auc_rows(aucs),
         "anomalous clips with an event": f"{sum(events[c.path] > 0 for c in n_anom)} / {len(n_anom)}",
         "normal clips with an event": f"{sum(events[c.path] > 0 for c in n_norm)} / {len(n_norm)}",
         "phi": f"{cal['phi']:.1f}",
@@ -172,12 +172,18 @@ def long_stream(paths: list[Path], minutes: float) -> bytes:
     return (np.clip(audio, -1, 1 - 2**-15) * 32768).astype("<i2").tobytes()
 
 
+LOUDNESS_ROW = "loudness reference (clip RMS level as the score)"
+"""The summary row with the AUC / pAUC a plain level meter gets on the same test clips."""
+
+
 def evaluate(ckpt: Path, model: Path, test) -> dict[str, tuple[float, float]]:
-    """Clip AUC/pAUC (max frame score) of the float checkpoint and of the int8 file on the test clips."""
+    """Clip AUC/pAUC (max frame score) of the float checkpoint and of the int8 file on the test clips, and
+    the loudness reference (``"level"``: the clip's RMS level in dBFS as the score, edge_asd.core.loudness)."""
+    from edge_asd.core.loudness import clip_level_dbfs, loudness_reference
+    from edge_asd.core.metrics import auc_pauc
     from edge_asd.edge.runtime.scorer import Scorer
     from edge_asd.firmware_io.audio_file import read_audio
     from edge_asd.train.checkpoint import load_checkpoint, restore
-    from edge_asd.core.metrics import auc_pauc
     from edge_asd.train.evaluate import torch_frame_scorer
 
     ae, features, mean, std = restore(load_checkpoint(ckpt))
@@ -185,7 +191,15 @@ def evaluate(ckpt: Path, model: Path, test) -> dict[str, tuple[float, float]]:
     audio = [read_audio(c.path, features.sample_rate) for c in test]
     y = [c.label == "anomaly" for c in test]
     return {"float": auc_pauc(y, [float_score(a).max() for a in audio]),
-            "int8": auc_pauc(y, [int8.score_audio(a).max() for a in audio])}
+            "int8": auc_pauc(y, [int8.score_audio(a).max() for a in audio]),
+            "level": loudness_reference(y, [clip_level_dbfs(a) for a in audio])}
+
+
+def auc_rows(aucs: dict[str, tuple[float, float]]) -> dict[str, str]:
+    """The summary's AUC / pAUC rows: float and int8 model, then the loudness reference beside them."""
+    return {"AUC float / int8": f"{aucs['float'][0]:.3f} / {aucs['int8'][0]:.3f}",
+            "pAUC(0.1) float / int8": f"{aucs['float'][1]:.3f} / {aucs['int8'][1]:.3f}",
+            LOUDNESS_ROW: f"AUC {aucs['level'][0]:.3f}, pAUC(0.1) {aucs['level'][1]:.3f}"}
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ machine type and ID of the data that has normal training clips, for each seed, a
 
 * the real test clips (AUC / pAUC at max FPR 0.1, clip score = max frame score, eq. 11, and the mean);
 * paper-style mixtures: the paper's anomalous sounds (DCASE 2016 office events) mixed into the held-out
-  normal clips at ANR -10, -15 and -20 dB, on whole clips and on 2-s segments.
+  normal clips at ANR -10, -15 and -20 dB, on whole clips and on 2-s segments;
+* on every test set, the loudness reference: the same AUC / pAUC with each item's RMS level (dBFS) as
+  the score, one row per machine ID in every table (at ANR -15 / -20 dB a mixture barely changes the
+  level, so there the AUC measures the detector, not a level meter).
 
 Audio is decoded and test features computed once per machine ID; every model meets the same mixtures.
 Each finished run is one JSON line in OUT/runs.jsonl (with its per-clip scores): a rerun with the same
@@ -219,17 +222,49 @@ def prepare_all(data, machines, wanted, presets, something_else_dir, anomaly_dir
             log.info("%d anomalous sounds for the paper-style mixtures from %s", len(sounds), an_dir)
         except FileNotFoundError as e:
             log.warning("%s: paper-style mixtures skipped", e)
-    _STATE["prepared"] = {}
+    _STATE["prepared"], _STATE["levels"] = {}, {}
     for key in sorted(wanted):
         t0 = time.perf_counter()
         paths = machines[key]
-        prep = prepare(*key, list(load_audio(paths["train"]).values()), load_audio(paths["test_normal"]),
-                       load_audio(paths["test_anomaly"]), sounds, sorted(presets), segment_s=segment_s)
+        normal, anomaly = load_audio(paths["test_normal"]), load_audio(paths["test_anomaly"])
+        prep = prepare(*key, list(load_audio(paths["train"]).values()), normal, anomaly, sounds, sorted(presets),
+                       segment_s=segment_s)
         _STATE["prepared"][key] = prep
+        _STATE["levels"][key] = item_levels(prep, normal, anomaly, sounds, segment_s)
         (out / f"items_{key[0]}_{key[1]}.json").write_text(json.dumps(item_names(prep)) + "\n")
         log.info("%s (prepared in %.1f s)", describe(prep), time.perf_counter() - t0)
         if "real" not in prep.sets:
             log.info("%s %s: no anomalous test clip with a normal one: only paper-style mixtures", *key)
+
+
+def item_levels(prep, test_normal: dict, test_anomaly: dict, sounds: dict | None,
+                segment_s: float) -> dict[str, list[float]]:
+    """Per test set of ``prep``, the RMS level (dBFS, 0.001 dB) of each item in order: the scores of the
+    loudness reference.
+
+    The clean items are rebuilt in :func:`edge_asd.train.experiment.prepare`'s order (normal clips,
+    anomalous clips, segments of the normal clips), the mixtures with the same
+    :func:`edge_asd.train.mixtures.mix_at_anr` call as their features.
+
+    Args:
+        test_normal, test_anomaly: name -> clip, as given to ``prepare``; sounds: its anomalous sounds.
+    Raises:
+        RuntimeError: the rebuilt items are not ``prep``'s (``prepare`` changed its order).
+    """
+    from edge_asd.core.loudness import clip_level_dbfs
+    from edge_asd.train.experiment import segments_of
+    from edge_asd.train.mixtures import mix_at_anr
+
+    seg_samples = round(segment_s * 16000)
+    segments = [(f"{n}#{k}", s) for n, a in test_normal.items() for k, s in enumerate(segments_of(a, seg_samples))]
+    clean = [*test_normal.items(), *test_anomaly.items(), *segments]
+    if [name for name, _ in clean] != prep.items[:prep.n_clean]:
+        raise RuntimeError("item_levels: the test items are not in prepare()'s order")
+    audio = [a for _, a in clean]
+    waves = list((sounds or {}).values())
+    levels = [clip_level_dbfs(a) for a in audio]
+    levels += [clip_level_dbfs(mix_at_anr(audio[c], waves[m.sound_index], m.anr_db, m.start)) for c, m, _ in prep.patches]
+    return {name: [round(levels[i], 3) for i in ts.items] for name, ts in prep.sets.items()}
 
 
 def _worker_init(threads: int) -> None:
@@ -246,8 +281,11 @@ def _worker_init(threads: int) -> None:
 def _run(spec, settings, device) -> dict:
     from edge_asd.train.experiment import run_one
 
-    return run_one(spec, _STATE["prepared"][(spec.machine_type, spec.machine_id)], _STATE["something_else"],
-                   settings, device)
+    key = (spec.machine_type, spec.machine_id)
+    result = run_one(spec, _STATE["prepared"][key], _STATE["something_else"], settings, device)
+    for name, levels in _STATE["levels"][key].items():  # the loudness reference's scores travel with the run
+        result["sets"][name]["level_dbfs"] = levels
+    return result
 
 
 def _headline(result: dict) -> str:
@@ -325,7 +363,7 @@ def execute(todo, settings, device, jobs, threads, runs_path: Path) -> int:
 
 
 def report(out: Path, report_dir: Path, n_boot: int) -> None:
-    from edge_asd.train.objective_report import markdown, paired, plot, summarize
+    from edge_asd.train.objective_report import loudness_rows, markdown, paired, plot, summarize
 
     runs = read_jsonl(out / RUNS)
     if not runs:
@@ -334,7 +372,12 @@ def report(out: Path, report_dir: Path, n_boot: int) -> None:
     t0 = time.perf_counter()
     rows = summarize(runs, n_boot)
     pairs = paired(runs, n_boot=n_boot)
+    loudness = loudness_rows(runs, n_boot)
     machines = sorted({f"{r['machine_type']} {r['machine_id']}" for r in runs})
+    without = sorted(set(machines) - {f"{r['machine_type']} {r['machine_id']}" for r in loudness})
+    if without:
+        log.warning("%s: runs recorded without clip levels, so no loudness-reference row; a new --out records them",
+                    ", ".join(without))
     devices = sorted({r["device"] for r in runs})
     train_s = sum(r["train_seconds"] for r in runs)
     header = (f"# Objective experiment (Koizumi et al. 2019, sec. 4.2 / Fig. 4) on real recordings\n\n"
@@ -344,8 +387,9 @@ def report(out: Path, report_dir: Path, n_boot: int) -> None:
               f"{settings.get('anr_train_db', '?')} dB, segments {settings.get('segment_s', '?')} s; device {', '.join(devices)}; "
               f"total training time {train_s / 60:.1f} min. Generated by `examples/objective_experiment.py`.")
     report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "objective.md").write_text(markdown(rows, pairs, header))
-    (report_dir / "objective_rows.json").write_text(json.dumps({"rows": rows, "paired": pairs}, indent=0) + "\n")
+    (report_dir / "objective.md").write_text(markdown(rows, pairs, header, loudness))
+    (report_dir / "objective_rows.json").write_text(
+        json.dumps({"rows": rows, "paired": pairs, "loudness_reference": loudness}, indent=0) + "\n")
     plot(rows, report_dir / "objective.png")
     log.info("report: %s, %s (%.0f s)", report_dir / "objective.md", report_dir / "objective.png", time.perf_counter() - t0)
     click.echo(str(report_dir / "objective.md"))

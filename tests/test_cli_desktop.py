@@ -78,6 +78,26 @@ def test_convert_onnx_prints_parity(checkpoint, data_root, tmp_path, env):
     assert read_model_file(out)[1] == "onnx"
 
 
+def test_convert_prints_the_loudness_reference_beside_the_clip_auc(checkpoint, data_root, fan, tmp_path, env):
+    """The level's AUC on the same 15 fan id_00 test clips, as edge_asd.core.loudness computes it."""
+    import pytest
+
+    from edge_asd.core.loudness import clip_level_dbfs, loudness_reference
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    proc = cli("edge-convert", checkpoint, "--to", "onnx", "--calibration", data_root, "--out", tmp_path / "fan.onnx",
+               "-q", env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("clip AUC on 15 test clips"))
+    reference = lines[at + 1]
+    assert reference.startswith("loudness reference on the same 15 clips (clip RMS level as the score): AUC ")
+    clips = fan["test_normal"] + fan["test_anomaly"]
+    auc, pauc = loudness_reference([False] * 5 + [True] * 10, [clip_level_dbfs(read_audio(p, 16000)) for p in clips])
+    assert reference.endswith(f"AUC {auc:.3f}, pAUC(0.1) {pauc:.3f}")
+    assert float(reference.split("AUC ")[1].split(",")[0]) == pytest.approx(auc, abs=5e-4)
+
+
 def test_convert_int8_needs_calibration(checkpoint, tmp_path, env):
     proc = cli("edge-convert", checkpoint, "--to", "tflite", "--int8", "--out", tmp_path / "m.tflite", env=env)
     assert_one_line_error(proc)

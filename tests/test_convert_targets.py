@@ -79,6 +79,7 @@ def test_report_for_every_target(checkpoint, data_root, tmp_path, env):
     assert float(static["Spearman"]) >= 0.999 and float(static["x float"]) <= 0.3
     assert float(static["tflite-micro µs/frame"]) > 0 and float(static["litert µs/frame"]) > 0
     assert "All targets met." in text
+    assert "Loudness reference on the same 15 test clips (clip RMS level in dBFS as the score" in text
 
 
 def test_missed_target_fails_unless_allowed(checkpoint, data_root, tmp_path, env):

@@ -88,7 +88,7 @@ def _run(*args):
     return proc
 
 
-def test_reduced_experiment_end_to_end_resumes_and_reports(tmp_path, data_root):
+def test_reduced_experiment_end_to_end_resumes_and_reports(tmp_path, data_root, fan):
     out, report = tmp_path / "runs", tmp_path / "report"
     common = ["--data", data_root, "--machine-types", "fan", "--ids", "id_00", "--archs", "fcn-small",
               "--losses", "re,bu", "--seeds", "0", "--updates", "24", "--max-anomaly-sounds", "14",
@@ -122,6 +122,27 @@ def test_reduced_experiment_end_to_end_resumes_and_reports(tmp_path, data_root):
     md = (report / "objective.md").read_text()
     assert "fcn-small BU" in md and "BU − RE" in md and (report / "objective.png").stat().st_size > 10_000
 
+    # the loudness reference: every run carries its items' levels; the report's row is loudness_reference of them
+    from edge_asd.core.loudness import clip_level_dbfs, loudness_reference
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    real_levels = [clip_level_dbfs(read_audio(p, 16000)) for p in fan["test_normal"] + fan["test_anomaly"]]
+    for r in runs:
+        assert r["sets"]["real"]["level_dbfs"] == pytest.approx(real_levels, abs=1e-3)
+        assert all(len(s["level_dbfs"]) == len(s["labels"]) for s in r["sets"].values())
+    loud = {row["set"]: row for row in rows["loudness_reference"]}
+    assert set(loud) == set(runs[0]["sets"])
+    expected = loudness_reference(runs[0]["sets"]["real"]["labels"], real_levels)
+    assert (loud["real"]["auc"], loud["real"]["pauc"]) == pytest.approx(expected, abs=1e-6)
+    for name, row in loud.items():
+        s = runs[0]["sets"][name]
+        assert (row["auc"], row["pauc"]) == pytest.approx(loudness_reference(s["labels"], s["level_dbfs"]))
+    # at ANR -20 dB the sound adds ~1 % of the power over its span: the mixture keeps its segment's level
+    seg = dict(zip(items["segment_-20dB"], runs[0]["sets"]["segment_-20dB"]["level_dbfs"]))
+    mixtures = [n for n in seg if "+" in n]
+    assert len(mixtures) == 14 and all(abs(seg[n] - seg[n.split("+")[0]]) < 0.2 for n in mixtures)
+    assert md.count("| fan id_00 | loudness reference (clip RMS level as the score) | – | ") == 7  # one per table
+
     with open(out / "runs.jsonl", "a") as f:
         f.write('{"key": "fan/id_00/fcn-small/snp/0", "sets": {"re')  # a line cut short by an interruption
     again = _run(*common)  # resume: nothing left to train, the damaged line ignored
@@ -154,3 +175,26 @@ def test_compare_two_folders_pairs_runs_by_model_and_seed():
     assert len(rows) == 1 and rows[0]["n_seeds"] == 2 and rows[0]["d_auc_ci"][0] > 0.3
     assert "**>**" in compare_markdown(rows, "A", "B")
     assert compare(strong, strong, n_boot=50)[0]["d_auc"] == 0.0
+
+
+def test_loudness_rows_come_from_runs_that_carry_levels():
+    """Runs recorded before the levels were stored give no loudness-reference row; the others one per set."""
+    from edge_asd.train.objective_report import LOUDNESS_MODEL, loudness_rows, markdown, summarize
+
+    y = [0, 0, 1, 1]
+
+    def run(mid, levels):
+        sets = {"real": {"labels": y, "max": [1.0, 2.0, 3.0, 4.0], "mean": [1.0, 2.0, 3.0, 4.0]}}
+        if levels is not None:
+            sets["real"]["level_dbfs"] = levels
+        return {"key": f"fan/{mid}/fcn-small/bu/0", "machine_type": "fan", "machine_id": mid, "arch": "fcn-small",
+                "loss": "bu", "seed": 0, "sets": sets}
+
+    runs = [run("id_00", [-44.0, -43.9, -40.0, -43.95]), run("id_02", None)]
+    rows = loudness_rows(runs, n_boot=100)
+    assert [(r["machine_id"], r["set"]) for r in rows] == [("id_00", "real")]
+    assert rows[0]["auc"] == 0.75 and rows[0]["n_normal"] == 2 and rows[0]["n_anomalous"] == 2
+    md = markdown(summarize(runs, n_boot=100), [], "# t", rows)
+    assert md.count(f"| fan id_00 | {LOUDNESS_MODEL} | – | ") == 3  # the AUC max, pAUC max and AUC mean tables
+    assert md.count(f"| fan id_00 | {LOUDNESS_MODEL} | – | 0.750 [") == 2  # the AUC ones
+    assert f"| fan id_02 | {LOUDNESS_MODEL}" not in md

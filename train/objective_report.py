@@ -4,6 +4,8 @@ Per model (machine type, machine ID, architecture, loss) and test set: AUC and p
 each seed, their mean and standard deviation over seeds, and a 95 % bootstrap interval over clips of the
 seed-mean AUC (``train.bootstrap``: one resample of the clips applied to every seed). Paired comparisons
 (BU - SNP, SNP - RE, BU - RE on the same clips and seeds) use :func:`train.bootstrap.paired_difference_ci`.
+Beside the models, one row per machine ID gives the loudness reference: the same metric with each test
+item's RMS level (dBFS) as the score (:mod:`edge_asd.core.loudness`), from the levels a run carries.
 """
 
 from __future__ import annotations
@@ -112,6 +114,41 @@ def paired(runs: list[dict], pooling: str = "max", n_boot: int = 1000) -> list[d
     return rows
 
 
+LOUDNESS_MODEL = "loudness reference (clip RMS level as the score)"
+"""The model column of the loudness reference's rows."""
+
+
+def loudness_rows(runs: list[dict], n_boot: int = 1000) -> list[dict]:
+    """One row per machine ID and test set: AUC and pAUC (max FPR 0.1) of the items' RMS levels (dBFS) as
+    anomaly scores, with the 95 % bootstrap interval over clips, from the first run that carries the
+    levels (``sets[name]["level_dbfs"]``; the levels do not depend on the model). Runs recorded before
+    the levels were stored give no row."""
+    from edge_asd.core.loudness import loudness_reference
+
+    rows, seen = [], set()
+    for r in runs:
+        for set_name, s in sorted(r["sets"].items(), key=lambda kv: _set_order(kv[0])):
+            key = (r["machine_type"], r["machine_id"], set_name)
+            if key in seen or "level_dbfs" not in s:
+                continue
+            seen.add(key)
+            y = np.asarray(s["labels"], bool)
+            levels = np.asarray(s["level_dbfs"], np.float64)
+            auc, pauc = loudness_reference(y, levels)
+            ci_auc, ci_pauc = auc_ci(y, levels[None], n_boot=n_boot)
+            rows.append({"machine_type": key[0], "machine_id": key[1], "set": set_name, "n_normal": int((~y).sum()),
+                         "n_anomalous": int(y.sum()), "auc": auc, "pauc": pauc, "auc_ci": [ci_auc.low, ci_auc.high],
+                         "pauc_ci": [ci_pauc.low, ci_pauc.high]})
+    return sorted(rows, key=lambda x: (x["machine_type"], x["machine_id"], _set_order(x["set"])))
+
+
+def _level_cell(row: dict | None, metric: str) -> str:
+    if row is None:
+        return "–"
+    low, high = row[metric + "_ci"]
+    return f"{row[metric]:.3f} [{low:.2f}, {high:.2f}]" + (" †" if min(row["n_normal"], row["n_anomalous"]) < FEW else "")
+
+
 def _cell(row: dict, metric: str = "auc", ci: bool = True) -> str:
     text = f"{row[metric + '_mean']:.3f} ± {row[metric + '_std']:.3f}"
     if ci:
@@ -126,9 +163,11 @@ def _verdict(low: float, high: float) -> str:
     return "**>**" if low > 0 else ("**<**" if high < 0 else "≈")
 
 
-def markdown(rows: list[dict], pairs: list[dict], header: str) -> str:
-    """The report: real test clips, paper-style (Fig. 4) mixtures, paired differences, all rows."""
+def markdown(rows: list[dict], pairs: list[dict], header: str, loudness: list[dict] | None = None) -> str:
+    """The report: real test clips, paper-style (Fig. 4) mixtures, paired differences, all rows; with
+    ``loudness`` (:func:`loudness_rows`), each machine ID's loudness reference under its clip counts."""
     out = [header, ""]
+    level = {(r["machine_type"], r["machine_id"], r["set"]): r for r in loudness or []}
     sets = sorted({r["set"] for r in rows}, key=_set_order)
     models = list(dict.fromkeys((r["machine_type"], r["machine_id"], r["arch"], r["loss"]) for r in rows))
     index = {(r["machine_type"], r["machine_id"], r["arch"], r["loss"], r["set"], r["pooling"]): r for r in rows}
@@ -150,6 +189,9 @@ def markdown(rows: list[dict], pairs: list[dict], header: str) -> str:
                 counts = [index[(*m, s, pooling)] if (*m, s, pooling) in index else None for s in present]
                 out.append(f"| **{m[0]} {m[1]}** | clips (normal / anomalous) | | " + " | ".join(
                     "" if c is None else f"{c['n_normal']} / {c['n_anomalous']}" for c in counts) + " |")
+                if any((*last, s) in level for s in present):
+                    out.append(f"| {m[0]} {m[1]} | {LOUDNESS_MODEL} | – | " + " | ".join(
+                        _level_cell(level.get((*last, s)), metric) for s in present) + " |")
             n = next(index[(*m, s, pooling)]["n_seeds"] for s in present if (*m, s, pooling) in index)
             out.append(f"| {m[0]} {m[1]} | {model_name(m[2], m[3])} | {n} | " + " | ".join(cells) + " |")
         out.append("")
@@ -160,6 +202,9 @@ def markdown(rows: list[dict], pairs: list[dict], header: str) -> str:
     ci_note = ("mean ± std over seeds [95 % bootstrap CI over clips of the seed-mean]; the bold rows give "
                f"the clips of each test set (normal / anomalous). †: fewer than {FEW} clips in a class, so the interval understates "
                "the uncertainty (with 1 normal clip it ignores which normal clip was recorded).")
+    if loudness:
+        ci_note += (f" The {LOUDNESS_MODEL} row scores each clip, segment or mixture by its RMS level (dBFS) alone "
+                    "[95 % bootstrap CI]: a model at or below it may be a level meter.")
     table("Real anomalous test clips: AUC, clip score = max frame score (eq. 11)", real, "auc", "max", ci_note)
     table("Real anomalous test clips: pAUC (max FPR 0.1), clip score = max", real, "pauc", "max", ci_note)
     table("Real anomalous test clips: AUC, clip score = mean frame score", real, "auc", "mean", ci_note)
