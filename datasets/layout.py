@@ -14,7 +14,9 @@ Understood layouts (extensions .wav/.flac, any case; anything else is ignored, n
   :func:`assign_mimii_split` for the split the MIMII/DCASE 2020 baselines used. Scan one SNR folder
   (e.g. ``6_dB_fan``) at a time: the three SNR versions of a clip share one path below it.
 
-Unlabelled clips (DCASE evaluation sets) are ignored.
+Unlabelled clips (DCASE evaluation sets) are ignored by :func:`scan`. :func:`parse_clip_name` reads what
+one file's name and folders say (machine type, ID, label, split, domain), for the commands that check
+their inputs by name (edge-calibrate, edge-report, edge-finetune, edge-score).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ _ID_NAME = re.compile(r"(normal|anomaly)_id_(\d{1,2})_\d+")
 _SECTION_NAME = re.compile(r"(normal|anomaly)_section_(\d{1,2})_(source|target)_\d+")
 _DCASE2021_NAME = re.compile(r"section_(\d{1,2})_(source|target)_(train|test)_(normal|anomaly)_\d+(?:_.*)?")
 _MIMII_NAME = re.compile(r"\d+")
+_UNLABELLED_NAME = re.compile(r"(id|section)_(\d{1,2})_(?:(source|target)_(train|test)_)?\d+")  # evaluation sets
 
 
 @dataclass(frozen=True)
@@ -75,25 +78,66 @@ class SummaryRow(NamedTuple):
     count: int
 
 
-def _parse(path: Path) -> Clip | None:
-    """The clip for one audio file path, or None when its name fits no known layout."""
-    full = Path(os.path.abspath(path))  # folder names, even for a root like "." or ".."
+@dataclass(frozen=True)
+class ClipName:
+    """What a DCASE / MIMII file name and its folders say about a recording; None where they say nothing.
+
+    Attributes:
+        machine_type: the machine type folder, only where the layout places it (``<type>/{train,test,
+            source_test,target_test}/<name>`` or MIMII ``<type>/id_NN/{normal,abnormal}/<NNNNNNNN>``).
+        machine_id: ``"id_NN"`` or ``"section_NN"``.
+        label: ``"normal"`` or ``"anomaly"`` (MIMII ``abnormal/`` reads as ``"anomaly"``); None for the
+            unlabelled names of DCASE evaluation sets (``id_01_00000000``, ``section_03_0000``).
+        split: ``"train"`` or ``"test"`` (from the name in DCASE 2021+, else from a ``train``/``test`` folder).
+        domain: ``"source"`` or ``"target"`` (DCASE 2021+ names).
+    """
+
+    machine_type: str | None
+    machine_id: str | None
+    label: str | None
+    split: str | None = None
+    domain: str | None = None
+
+
+def parse_clip_name(path: str | os.PathLike) -> ClipName | None:
+    """Machine type, machine ID, label, split and domain from a DCASE 2020 / DCASE 2021+ / MIMII file name
+    and its folders, or None when the name follows none of these layouts (a name that says nothing).
+
+    Names read (extension ignored): ``{normal,anomaly}_id_NN_N``, ``{normal,anomaly}_section_NN_{source,
+    target}_N`` (this kit's data folder), ``section_NN_{source,target}_{train,test}_{normal,anomaly}_N[_attrs]``
+    (DCASE 2021+), ``<type>/id_NN/{normal,abnormal}/NNNNNNNN`` (MIMII), and the unlabelled evaluation names
+    ``id_NN_N``, ``section_NN_N``, ``section_NN_{source,target}_test_N``. The path is not opened.
+    """
+    full = Path(os.path.abspath(path))  # folder names, even for a path like "./x.wav"
     stem, parent, grand = full.stem, full.parent, full.parent.parent
     split_folder = parent.name in _SPLIT_FOLDERS
-    machine_type = grand.name if split_folder else parent.name
+    folder_type = grand.name if split_folder and grand.name else None
     folder_split = parent.name if parent.name in SPLITS else None
     if m := _ID_NAME.fullmatch(stem):
-        return Clip(path, machine_type, f"id_{int(m[2]):02d}", folder_split, m[1], None)
+        return ClipName(folder_type, f"id_{int(m[2]):02d}", m[1], folder_split)
     if m := _SECTION_NAME.fullmatch(stem):
-        return Clip(path, machine_type, f"section_{int(m[2]):02d}", folder_split, m[1], m[3])
+        return ClipName(folder_type, f"section_{int(m[2]):02d}", m[1], folder_split, m[3])
     if m := _DCASE2021_NAME.fullmatch(stem):
-        return Clip(path, machine_type, f"section_{int(m[1]):02d}", m[3], m[4], m[2])
+        return ClipName(folder_type, f"section_{int(m[1]):02d}", m[4], m[3], m[2])
     if _MIMII_NAME.fullmatch(stem) and parent.name in ("normal", "abnormal"):
         id_match = re.fullmatch(r"id_(\d{1,2})", grand.name)
         if id_match:
             label = "normal" if parent.name == "normal" else "anomaly"
-            return Clip(path, grand.parent.name, f"id_{int(id_match[1]):02d}", None, label, None)
+            return ClipName(grand.parent.name or None, f"id_{int(id_match[1]):02d}", label)
+    if m := _UNLABELLED_NAME.fullmatch(stem):
+        return ClipName(folder_type, f"{m[1]}_{int(m[2]):02d}", None, m[4] or folder_split, m[3])
     return None
+
+
+def _parse(path: Path) -> Clip | None:
+    """The labelled clip for one audio file path (:func:`parse_clip_name`), or None when its name fits no
+    known layout or carries no label. Where the folders do not place the machine type, the parent folder's
+    name stands for it (a folder of one machine type's clips)."""
+    name = parse_clip_name(path)
+    if name is None or name.label is None:
+        return None
+    machine_type = name.machine_type or Path(os.path.abspath(path)).parent.name
+    return Clip(path, machine_type, name.machine_id, name.split, name.label, name.domain)
 
 
 def _resolve_root(root: str | os.PathLike) -> Path:

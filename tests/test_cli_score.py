@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, cli
+from edge_asd.core.machine_id import resolve_machine_id
 from edge_asd.core.metrics import auc_pauc
-from edge_asd.edge.evaluate.score_folder import CSV_COLUMNS, resolve_machine_id
+from edge_asd.edge.evaluate.score_folder import CSV_COLUMNS
 
 
 def rows_of(text: str) -> list[dict]:

@@ -25,11 +25,12 @@ import numpy as np
 
 from edge_asd.core.commands import kit_version
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.core.machine_id import normalize_machine_id
 from edge_asd.core.provenance import heard
+from edge_asd.edge.calibrate import diagnose, names
 from edge_asd.edge.calibrate.recordings import (
     expand_recordings,
     held_out_maxima,
+    recording_levels,
     recordings_window_maxima,
     split_holdout,
     write_maxima,
@@ -117,6 +118,8 @@ class CalibrateOptions:
     """Write every window (fitted and held out) to this JSONL file."""
     threads: int = 1
     """Inference threads."""
+    accept_other_machines: bool = False
+    """Take recordings whose names say another machine ID or type (:mod:`edge_asd.edge.calibrate.names`)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class Calibration:
     """What one calibration did."""
 
     machine_id: str
-    """The normalized machine ID (``id_00``)."""
+    """The machine ID, in the model's ID form (``id_00`` or ``section_00``, :mod:`.names`)."""
     record: PhiRecord
     """The record saved to the store."""
     fit_windows: list[WindowMax]
@@ -140,26 +143,39 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
     the windows edge-monitor would decide on, check it on the held-out recordings (``holdout`` or ``check``),
     write the window maxima (``maxima_out``) and save the record to the store for the machine ID.
 
+    The recordings' names are checked first (:mod:`.names`): ``anomaly_*`` clips are refused, and so are
+    clips of another machine ID or type unless ``accept_other_machines``; ``machine_id`` 00 takes the model's
+    ID form (one INFO line). WARNINGs (:mod:`.diagnose`) name a recording that decides phi alone, and say
+    when the energy gate leaves recordings without a window or sits within 3 dB of their level.
+
     Raises:
-        EdgeAsdError: both ``holdout`` and ``check``, a bad model, recording, window or rule, too little
-            data for the rule, or a store that cannot be read or written (nothing is saved then).
+        EdgeAsdError: both ``holdout`` and ``check``, recordings refused by their names, a bad model,
+            recording, window or rule, too little data for the rule, or a store that cannot be read or
+            written (nothing is saved then).
     """
     if options.holdout is not None and options.check:
         raise EdgeAsdError("give either --holdout or --check, not both")
-    machine_id = normalize_machine_id(options.machine_id)
     scorer = Scorer(options.model_path, num_threads=options.threads)
     files = expand_recordings(options.recordings)
     held_files = expand_recordings(options.check) if options.check else []
+    machine_id = names.resolve_for_model(options.machine_id, scorer.meta, [*files, *held_files])
+    machine = names.model_machine(scorer.meta, machine_id)
+    names.check_normal_recordings(files, machine, "recordings", options.accept_other_machines)
+    names.check_normal_recordings(held_files, machine, "--check recordings", options.accept_other_machines)
     if options.holdout is not None:
         files, held_files = split_holdout(files, options.holdout)
     windows = options.window.make(scorer.features.sample_rate, scorer.features.hop_samples)
     n_heard = warn_if_heard(scorer.meta, files, held_files)
     fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings())
+    if windows.name == "gate":  # before phi_maxima refuses a sample the gate left empty
+        levels = recording_levels(files, scorer.features.sample_rate)
+        diagnose.warn_gate(diagnose.gate_check([str(f) for f in files], levels, fit_windows, options.window.gate_db))
     held_windows, held = held_out_maxima(scorer, held_files, windows)
     rule = options.rule
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)),
                        quantile=rule.quantile, margin=rule.margin, target_fpr=rule.target_fpr,
                        alarms_per_day=rule.alarms_per_day, tail=rule.tail, n_boot=rule.n_boot, heldout_maxima=held)
+    diagnose.warn_dominant(fit_windows, result["phi"])
     result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
     if options.maxima_out is not None:
         write_maxima(options.maxima_out, fit_windows, held_windows)

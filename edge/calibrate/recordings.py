@@ -12,6 +12,7 @@ import numpy as np
 
 from edge_asd.core.atomic_io import atomic_write_text
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.loudness import clip_level_dbfs
 from edge_asd.edge.calibrate.rules import WindowMax, phi_maxima, window_maxima
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S, make_windows
 from edge_asd.firmware_io.audio_file import audio_files, read_audio
@@ -94,6 +95,12 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
         durations.append(len(samples) / cfg.sample_rate)
         clip_max.append(float(scores.max()))
     return out, durations, clip_max
+
+
+def recording_levels(files: Sequence[Path], sample_rate: int) -> list[float]:
+    """Each recording's RMS level, dBFS (:func:`edge_asd.core.loudness.clip_level_dbfs`), read mono at
+    ``sample_rate`` Hz as the scorer reads it. Raises EdgeAsdError for unreadable or empty audio."""
+    return [clip_level_dbfs(read_audio(f, sample_rate)) for f in files]
 
 
 def held_out_maxima(scorer, held_files: Sequence[Path], windows,

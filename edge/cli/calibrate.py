@@ -10,7 +10,7 @@ import click
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.core.machine_id import normalize_machine_id
 from edge_asd.edge.calibrate.rules import DEFAULT_QUANTILE
-from edge_asd.edge.cli.options import gate_options, model_option, store_option
+from edge_asd.edge.cli.options import accept_other_machines_option, gate_options, model_option, store_option
 
 
 def _history_lines(store: Path, machine_id: str | None) -> list[str]:
@@ -37,7 +37,8 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("recordings", nargs=-1)
 @model_option()
-@click.option("--machine-id", help="Machine ID the recordings come from: 00, id_00 or section_00.")
+@click.option("--machine-id", help="Machine ID the recordings come from: 00 (the model's ID form: id_00 or section_00), "
+              "id_00 or section_00. Recordings whose names say another ID are refused.")
 @store_option("phi store (JSON)")
 @click.option("--window", default="whole", show_default=True,
               help="Decision window, as edge-monitor's --window: whole (one recording = one window), SECONDS, or "
@@ -62,13 +63,15 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
 @click.option("--maxima-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write every window (recording, window, start_s, end_s, frames, max_score, max_time_s, complete, "
                    "held_out) to this JSONL file.")
+@accept_other_machines_option
 @click.option("--show", "show_history", is_flag=True, help="Print the phi history of the store (or of --machine-id) and exit.")
 @click.option("--threads", default=1, show_default=True, help="Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on_s, gate_min_off_s, quantile, margin,
-         target_fpr, alarms_per_day, tail, n_boot, holdout, check_paths, maxima_out, show_history, threads, quiet):
+         target_fpr, alarms_per_day, tail, n_boot, holdout, check_paths, maxima_out, accept_other_machines, show_history,
+         threads, quiet):
     """Score normal RECORDINGS (files or directories) and store phi for one machine ID.
 
     A window's score is its max frame score (Koizumi et al. 2019, eq. 11); the windows are edge-monitor's
@@ -78,6 +81,9 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
     --false-alarms-per-day R: an extreme-value fit for R false alarms a day, with its bootstrap
     uncertainty. --holdout / --check report the false-alarm rate realized on normal recordings kept
     out of the fit. Prints the result as JSON on stdout; --show prints the store's history.
+
+    File names decide what goes where: anomaly_* clips are refused as normal recordings, and clips whose
+    DCASE / MIMII name says another machine ID or type are refused unless --accept-other-machines.
     """
     setup_logging(quiet=quiet)
     from edge_asd.edge.calibrate.fit import CalibrateOptions, RuleOptions, WindowOptions, calibrate_machine, check_line
@@ -96,7 +102,8 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
         window=WindowOptions(window, gate_db, gate_min_on_s, gate_min_off_s),
         rule=RuleOptions(quantile=quantile, margin=margin, target_fpr=target_fpr, alarms_per_day=alarms_per_day,
                          tail=tail, n_boot=n_boot),
-        holdout=holdout, check=tuple(map(Path, check_paths)), maxima_out=maxima_out, threads=threads)
+        holdout=holdout, check=tuple(map(Path, check_paths)), maxima_out=maxima_out, threads=threads,
+        accept_other_machines=accept_other_machines)
     done = calibrate_machine(options)
     record = done.record
     if record.check is not None:

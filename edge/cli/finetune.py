@@ -9,14 +9,16 @@ import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.edge.cli.options import model_option, store_option
+from edge_asd.edge.cli.options import accept_other_machines_option, model_option, store_option
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("recordings", nargs=-1)
 @model_option(required=True,
               help="The .tflite model file in service; replaced in place (the old one is kept for --rollback).")
-@click.option("--machine-id", default=None, help="Machine ID the recordings come from (00, id_00, section_00).")
+@click.option("--machine-id", default=None, help="Machine ID the recordings come from (00, id_00, section_00); 00 takes "
+              "the model's ID form. Recordings whose names say another ID are refused.")
+@accept_other_machines_option
 @store_option()
 @click.option("--steps", type=click.IntRange(min=1), default=150, show_default=True, help="Training updates.")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=1.25, show_default=True,
@@ -41,8 +43,8 @@ from edge_asd.edge.cli.options import model_option, store_option
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
-def main(recordings, model_path, machine_id, store, steps, minutes, lr, seed, something_else_dir, reject_factor,
-         max_rejected, phi_share, check_paths, force, rollback, threads, quiet):
+def main(recordings, model_path, machine_id, accept_other_machines, store, steps, minutes, lr, seed, something_else_dir,
+         reject_factor, max_rejected, phi_share, check_paths, force, rollback, threads, quiet):
     """Continue BU training of the model in service on normal RECORDINGS (files or directories) of one
     machine, recalibrate its phi, and replace the model file atomically. Prints a JSON summary on stdout.
 
@@ -53,7 +55,8 @@ def main(recordings, model_path, machine_id, store, steps, minutes, lr, seed, so
     set it: quantile, --target-fpr or --false-alarms-per-day; --window and the gate's options); when that
     rule cannot be applied to them, the command refuses and nothing changes. With --check, the new phi is
     also checked on held-out normal recordings of the machine (the realized false-alarm rate, as
-    edge-calibrate --check).
+    edge-calibrate --check). File names decide what goes where: anomaly_* clips are refused, and clips
+    whose DCASE / MIMII name says another machine ID or type are refused unless --accept-other-machines.
     """
     setup_logging(quiet=quiet)
     from edge_asd.edge.calibrate.fit import check_line
@@ -76,7 +79,7 @@ def main(recordings, model_path, machine_id, store, steps, minutes, lr, seed, so
                                                       reject_factor=reject_factor, max_rejected=max_rejected,
                                                       phi_share=phi_share),
                               something_else_dir=something_else_dir, force=force, check=tuple(check_paths),
-                              threads=threads)
+                              threads=threads, accept_other_machines=accept_other_machines)
     done = finetune_machine(options)
     summary, record = done.summary, done.record
     if record.check is not None:

@@ -1,6 +1,6 @@
 """Click options that several device commands share, declared once so that they read the same everywhere:
-the model file (``--model``, or edge-inspect's MODEL argument), the phi store (``--store``) and the energy
-gate of ``--window gate``."""
+the model file (``--model``, or edge-inspect's MODEL argument), the phi store (``--store``), the energy
+gate of ``--window gate`` and ``--accept-other-machines``."""
 
 from __future__ import annotations
 
@@ -53,3 +53,12 @@ def gate_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def accept_other_machines_option(fn):
+    """``--accept-other-machines`` (parameter ``accept_other_machines``, a bool): take recordings whose DCASE /
+    MIMII names say another machine ID or machine type (:mod:`edge_asd.edge.calibrate.names`), which the
+    command otherwise refuses. ``anomaly_*`` clips stay refused where normal recordings are expected."""
+    return click.option("--accept-other-machines", "accept_other_machines", is_flag=True,
+                        help="Take recordings whose file names say another machine ID or machine type than the "
+                             "model's and --machine-id (refused otherwise); anomaly_* clips stay refused as normals.")(fn)

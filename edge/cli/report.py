@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
-from edge_asd.edge.cli.options import model_option, store_option
+from edge_asd.edge.cli.options import accept_other_machines_option, model_option, store_option
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB
 
 
@@ -23,7 +23,9 @@ from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB
 @click.option("--test-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Labelled test clips (normal_*/anomaly_* names): ROC (needs --model).")
 @model_option()
-@click.option("--machine-id", default=None, help="Machine ID whose phi (and calibration settings) to use.")
+@click.option("--machine-id", default=None, help="Machine ID whose phi (and calibration settings) to use; 00 takes the "
+              "model's ID form (id_00 or section_00). --test-dir keeps its clips of this ID.")
+@accept_other_machines_option
 @store_option()
 @click.option("--phi", type=float, default=None, help="Threshold to draw (default: the event log's, else the store's for --model).")
 @click.option("--window", default=None,
@@ -39,12 +41,14 @@ from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
-def main(events_path, recording, normals, test_dir, model_path, machine_id, store, phi, window, gate_db, tail, out, threads,
-         quiet):
+def main(events_path, recording, normals, test_dir, model_path, machine_id, accept_other_machines, store, phi, window,
+         gate_db, tail, out, threads, quiet):
     """Draw the score timeline, the normal window maxima with phi and its tail fit, and the ROC.
 
     Give an event log and/or recordings with a model. Writes PNG files and index.html to OUT and
-    prints their paths as JSON on stdout.
+    prints their paths as JSON on stdout. File names decide what goes where: anomaly_* clips are refused
+    among --normals, and clips whose DCASE / MIMII name says another machine ID or type are refused
+    unless --accept-other-machines.
     """
     setup_logging(quiet=quiet)
     if not (events_path or recording or normals or test_dir):
@@ -56,7 +60,7 @@ def main(events_path, recording, normals, test_dir, model_path, machine_id, stor
     report = build_report(ReportOptions(
         out=out, events=events_path, recording=recording, normals=tuple(map(Path, normals)), test_dir=test_dir,
         model_path=model_path, machine_id=machine_id, store=store, phi=phi, window=window,
-        gate_db=gate_db, tail=tail, threads=threads))
+        gate_db=gate_db, tail=tail, threads=threads, accept_other_machines=accept_other_machines))
     click.echo(json.dumps({"figures": [str(f) for f in report.figures], "html": str(report.html), **report.facts}))
 
 

@@ -41,6 +41,7 @@ def main(paths, model_path, machine_id, out_path, as_json, max_fpr, threads, qui
     """
     setup_logging(quiet=quiet)
     from edge_asd.core.atomic_io import atomic_write_text
+    from edge_asd.core.machine_id import resolve_machine_id
     from edge_asd.edge.evaluate import score_folder as sf
     from edge_asd.edge.runtime.scorer import Scorer
 
@@ -48,8 +49,8 @@ def main(paths, model_path, machine_id, out_path, as_json, max_fpr, threads, qui
     files = sf.find_recordings(paths)
     resolved = None
     if machine_id is not None:
-        resolved, how = sf.resolve_machine_id(machine_id, scorer.meta.get("machine_ids"),
-                                              (sf.name_fields(f)[1] for f in files))
+        resolved, how = resolve_machine_id(machine_id, scorer.meta.get("machine_ids"),
+                                           (sf.name_fields(f)[1] for f in files))
         click.echo(f"edge-score: {how}", err=True)
         files = sf.keep_machine_id(files, resolved)
     results = sf.score_clips(scorer, files)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -23,9 +22,8 @@ import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.loudness import clip_level_dbfs, loudness_reference
-from edge_asd.core.machine_id import normalize_machine_id
 from edge_asd.core.metrics import DEFAULT_MAX_FPR, auc_pauc
-from edge_asd.datasets.layout import _parse as parse_clip_name  # the one parser of DCASE / MIMII names
+from edge_asd.datasets.layout import parse_clip_name  # the one parser of DCASE / MIMII names
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.firmware_io.audio_file import audio_files, read_audio
 
@@ -89,33 +87,6 @@ def name_fields(path: Path) -> tuple[str | None, str | None, str | None]:
     """(machine type, machine ID, label) from a DCASE / MIMII file name, or (None, None, None)."""
     clip = parse_clip_name(Path(path))
     return (None, None, None) if clip is None else (clip.machine_type, clip.machine_id, clip.label)
-
-
-def resolve_machine_id(requested: str | int, model_ids: Sequence[str] | None,
-                       clip_ids: Iterable[str | None] = ()) -> tuple[str, str]:
-    """(machine ID, how it was read) for ``--machine-id``.
-
-    A bare number (``00``, ``7``) takes the ID form of the model's machine IDs (its metadata's
-    ``machine_ids``: ``id_NN`` or ``section_NN``), else that of the clips' names, else ``id_NN``; an
-    explicit ``id_NN`` / ``section_NN`` is kept. The second value says which, for the user.
-
-    Raises:
-        EdgeAsdError: not a machine ID (see :func:`edge_asd.core.machine_id.normalize_machine_id`).
-    """
-    canonical = normalize_machine_id(requested)
-    number = canonical.rpartition("_")[2]
-    model_forms = {m.rpartition("_")[0] for m in model_ids or () if "_" in m}
-    if not re.fullmatch(r"\s*\d{1,2}\s*", str(requested)):
-        note = f"--machine-id {requested} is {canonical}"
-        if model_ids and canonical not in model_ids:
-            note += f" (the model was trained on {', '.join(model_ids)})"
-        return canonical, note
-    clip_forms = {c.rpartition("_")[0] for c in clip_ids if c}
-    for forms, whose in ((model_forms, "the model's"), (clip_forms, "the file names'")):
-        if len(forms) == 1:
-            resolved = f"{forms.pop()}_{number}"
-            return resolved, f"--machine-id {requested} is {resolved} ({whose} ID form)"
-    return canonical, f"--machine-id {requested} is {canonical}"
 
 
 def keep_machine_id(files: Sequence[Path], machine_id: str) -> list[Path]:

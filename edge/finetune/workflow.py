@@ -25,7 +25,7 @@ from typing import Sequence
 
 from edge_asd.core import provenance
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.core.machine_id import normalize_machine_id
+from edge_asd.edge.calibrate import names
 from edge_asd.edge.calibrate.fit import calibrate_like
 from edge_asd.edge.calibrate.recordings import expand_recordings, split_holdout
 from edge_asd.edge.finetune import adapt as ft
@@ -61,6 +61,8 @@ class FinetuneOptions:
     """Held-out normal recordings (files or directories), not trained on: the new phi is checked on them."""
     threads: int = 1
     """Inference threads."""
+    accept_other_machines: bool = False
+    """Take recordings whose names say another machine ID or type (:mod:`edge_asd.edge.calibrate.names`)."""
 
 
 @dataclass(frozen=True)
@@ -76,26 +78,32 @@ class Finetuned:
 
 def finetune_machine(options: FinetuneOptions) -> Finetuned:
     """edge-finetune without its option parsing: the recordings and held-out recordings expanded
-    (directories to their audio files), the machine ID normalized, then :func:`finetune_model`.
+    (directories to their audio files), then :func:`finetune_model`.
 
     Raises:
         EdgeAsdError: as :func:`finetune_model`, or a directory without audio files.
     """
-    return finetune_model(options.model_path, normalize_machine_id(options.machine_id), options.store,
+    return finetune_model(options.model_path, options.machine_id, options.store,
                           expand_recordings(options.recordings), options.training,
                           something_else_dir=options.something_else_dir, force=options.force, threads=options.threads,
-                          held_files=expand_recordings(options.check) if options.check else [])
+                          held_files=expand_recordings(options.check) if options.check else [],
+                          accept_other_machines=options.accept_other_machines)
 
 
 def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[Path], cfg: FinetuneConfig,
                    something_else_dir: Path | None = None, force: bool = False, threads: int = 1,
-                   held_files: Sequence[Path] = ()) -> Finetuned:
-    """Fine-tune the model in service on ``files`` (normal recordings of ``machine_id``, normalized), set its
-    new phi and install both, keeping the previous ones for rollback.
+                   held_files: Sequence[Path] = (), accept_other_machines: bool = False) -> Finetuned:
+    """Fine-tune the model in service on ``files`` (normal recordings of ``machine_id``: 00, id_00 or
+    section_00; a bare number takes the model's ID form, said in one INFO line), set its new phi and install
+    both, keeping the previous ones for rollback.
 
     ``held_files``: held-out normal recordings the new phi is checked on (the record's ``check``).
+    File names decide what goes where (:mod:`edge_asd.edge.calibrate.names`): ``anomaly_*`` clips among
+    ``files`` or ``held_files`` are refused, and so are clips whose names say another machine ID or type
+    (the model's) unless ``accept_other_machines``.
 
-    Raises EdgeAsdError (nothing changed) for a model that is not .tflite, no phi without ``force``, a
+    Raises EdgeAsdError (nothing changed) for recordings refused by their names, a model that is not .tflite,
+    no phi without ``force``, a
     recording shorter than one context vector, a recording in both ``files`` and ``held_files``, too few
     recordings to keep ``cfg.phi_share`` of them out, the guard rail's refusal, or a previous phi whose rule and
     windows cannot be applied to ``files`` (checked with the current model before training, and with the
@@ -104,6 +112,10 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     scorer = Scorer(model_path, num_threads=threads)
     if scorer.kind != "tflite":
         raise EdgeAsdError(f"{model_path}: edge-finetune rewrites .tflite model files; convert with --to tflite")
+    machine_id = names.resolve_for_model(machine_id, scorer.meta, [*files, *held_files])
+    machine = names.model_machine(scorer.meta, machine_id)
+    names.check_normal_recordings(files, machine, "recordings", accept_other_machines)
+    names.check_normal_recordings(list(held_files), machine, "--check recordings", accept_other_machines)
     try:
         _, previous = phi_store.lookup_phi(store, machine_id, scorer.sha256)
     except EdgeAsdError as e:

@@ -23,6 +23,7 @@ import numpy as np
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.machine_id import normalize_machine_id
 from edge_asd.datasets.layout import scan
+from edge_asd.edge.calibrate import names
 from edge_asd.edge.calibrate.recordings import expand_recordings, recordings_window_maxima, score_recordings
 from edge_asd.edge.calibrate.rules import phi_maxima, seconds_per_window, windows_per_day
 from edge_asd.edge.calibrate.tail import MIN_MAXIMA, TailFit
@@ -73,6 +74,9 @@ class ReportOptions:
     """Extreme-value fit drawn on the maxima, gumbel or gev (None: the calibration's, else gumbel)."""
     threads: int = 1
     """Inference threads."""
+    accept_other_machines: bool = False
+    """Take ``normals`` / ``test_dir`` clips whose names say another machine ID or type
+    (:mod:`edge_asd.edge.calibrate.names`)."""
 
 
 @dataclass(frozen=True)
@@ -160,11 +164,17 @@ def build_report(options: ReportOptions) -> Report:
     fit (``normals``) and the ROC (``test_dir``) into ``options.out``, with index.html.
 
     The windows, gate level and tail are the calibration's (the store's record for the model and machine ID)
-    unless given.
+    unless given. ``machine_id`` 00 takes the model's ID form (one INFO line). File names decide what goes
+    where (:mod:`edge_asd.edge.calibrate.names`): ``anomaly_*`` clips are refused among the normals; normal
+    recordings of another machine ID (than ``machine_id``, else the model's only ID) or machine type (the model's)
+    are refused unless ``accept_other_machines``; ``test_dir``, a labelled dataset folder, keeps the clips of
+    that machine ID (:func:`test_clips`; all of them with ``accept_other_machines`` and no ``machine_id``),
+    and its clips of another machine type are refused unless ``accept_other_machines``.
 
     Raises:
         EdgeAsdError: nothing to draw, a recording, normals or test folder without a model, no phi to draw, a
-            damaged event log, store or model, a test folder without both labels, or matplotlib missing.
+            damaged event log, store or model, a test folder without both labels, clips refused by their
+            names, or matplotlib missing.
     """
     o = options
     if not (o.events or o.recording or o.normals or o.test_dir):
@@ -173,10 +183,17 @@ def build_report(options: ReportOptions) -> Report:
         raise EdgeAsdError("--recording, --normals and --test-dir need --model")
     events = read_events(o.events) if o.events else []
     scorer = Scorer(o.model_path, num_threads=o.threads) if o.model_path else None
-    phi = resolve_phi(o.phi, o.store, o.machine_id, scorer, events)
+    normal_files = expand_recordings(o.normals) if o.normals else []
+    machine_id = o.machine_id
+    if machine_id is not None and scorer is not None:
+        machine_id = names.resolve_for_model(machine_id, scorer.meta, normal_files)
+    machine = names.model_machine(scorer.meta, machine_id) if scorer is not None else None
+    if normal_files:
+        names.check_normal_recordings(normal_files, machine, "--normals recordings", o.accept_other_machines)
+    phi = resolve_phi(o.phi, o.store, machine_id, scorer, events)
     if phi is None:
         raise EdgeAsdError("no phi to draw: the event log is empty; pass --phi or --model with a calibrated --store")
-    record = calibration_record(o.store, o.machine_id, scorer) or PhiRecord(phi=phi)
+    record = calibration_record(o.store, machine_id, scorer) or PhiRecord(phi=phi)
     window = o.window
     if window is None:  # the calibration's windows (records before "window" only had "window_s")
         window = record.window or ("whole" if record.window_s is None else str(record.window_s))
@@ -208,7 +225,7 @@ def build_report(options: ReportOptions) -> Report:
 
     if o.normals:
         # the windows edge-calibrate fits phi to: the monitor's, complete ones only
-        all_windows, durations, _ = recordings_window_maxima(scorer, expand_recordings(o.normals), window, gate_db, *hold_s)
+        all_windows, durations, _ = recordings_window_maxima(scorer, normal_files, window, gate_db, *hold_s)
         maxima = phi_maxima(all_windows)
         cfg = scorer.features
         length_s = seconds_per_window(make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db, *hold_s), durations,
@@ -223,7 +240,8 @@ def build_report(options: ReportOptions) -> Report:
             facts[f"{tail} fit P(window max > phi)"] = f"{fit.exceedance(phi):.3g}"
 
     if o.test_dir:
-        clips = scan(o.test_dir, machine_id=o.machine_id) if o.machine_id else scan(o.test_dir)
+        clips = test_clips(o.test_dir, machine, o.machine_id is not None or not o.accept_other_machines)
+        names.check_machines([c.path for c in clips], machine, "--test-dir clips", o.accept_other_machines)
         labels = np.array([c.label == "anomaly" for c in clips])
         if labels.all() or not labels.any():
             raise EdgeAsdError(f"{o.test_dir}: a ROC needs both normal and anomalous clips")
@@ -235,6 +253,24 @@ def build_report(options: ReportOptions) -> Report:
 
     index = page(out, figures, facts)
     return Report([out / f for f, _ in figures], index, facts)
+
+
+def test_clips(test_dir: Path, machine: names.Machine, keep_one_id: bool) -> list:
+    """The labelled clips of a test folder (:func:`edge_asd.datasets.layout.scan`); with ``keep_one_id`` and a
+    known ``machine.machine_id`` (``--machine-id``, else the model's only ID), only that ID's clips, with an
+    INFO line saying how many of other IDs were left out.
+
+    Raises:
+        EdgeAsdError: no labelled clips, or none of that machine ID (the message lists the IDs found).
+    """
+    if not keep_one_id or machine.machine_id is None:
+        return scan(test_dir)
+    kept = scan(test_dir, machine_id=machine.machine_id)
+    left_out = len(scan(test_dir)) - len(kept)
+    if left_out:
+        log.info("--test-dir: %d clips of %s kept, %d of other machine IDs left out", len(kept), machine.machine_id,
+                 left_out)
+    return kept
 
 
 def _or(value, default):
