@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,28 @@ def audio_files(directory: str | Path) -> list[Path]:
         found += [Path(folder, name) for name in filenames if name.lower().endswith(AUDIO_SUFFIXES)]
     return sorted(found)
 
+
+
+def find_recordings(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders expanded to the audio files below them (recursively, sorted by path).
+
+    Raises:
+        EdgeAsdError: a path does not exist, a folder holds no audio file, or no path was given.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = audio_files(p)
+            if not found:
+                raise EdgeAsdError(f"{p}: no audio files in this folder (.wav, .flac, .ogg, .aiff)")
+            out += found
+        elif not p.exists():
+            raise EdgeAsdError(f"{p}: no such file or folder")
+        else:
+            out.append(p)
+    if not out:
+        raise EdgeAsdError("no recordings given: name audio files or folders")
+    return out
 
 def _open(path: Path) -> sf.SoundFile:
     if not path.exists():

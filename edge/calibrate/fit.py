@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -28,7 +28,6 @@ from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.provenance import heard
 from edge_asd.edge.calibrate import diagnose, names
 from edge_asd.edge.calibrate.recordings import (
-    expand_recordings,
     held_out_maxima,
     recording_levels,
     recordings_window_maxima,
@@ -53,6 +52,7 @@ from edge_asd.edge.runtime.windows import (
     DEFAULT_GATE_MIN_ON_S,
     make_windows,
 )
+from edge_asd.firmware_io.audio_file import find_recordings
 
 log = logging.getLogger("edge_asd")
 
@@ -156,8 +156,8 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
     if options.holdout is not None and options.check:
         raise EdgeAsdError("give either --holdout or --check, not both")
     scorer = Scorer(options.model_path, num_threads=options.threads)
-    files = expand_recordings(options.recordings)
-    held_files = expand_recordings(options.check) if options.check else []
+    files = find_recordings(options.recordings)
+    held_files = find_recordings(options.check) if options.check else []
     machine_id = names.resolve_for_model(options.machine_id, scorer.meta, [*files, *held_files])
     machine = names.model_machine(scorer.meta, machine_id)
     names.check_normal_recordings(files, machine, "recordings", options.accept_other_machines)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -15,27 +15,9 @@ from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.loudness import clip_level_dbfs
 from edge_asd.edge.calibrate.rules import WindowMax, phi_maxima, window_maxima
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S, make_windows
-from edge_asd.firmware_io.audio_file import audio_files, read_audio
+from edge_asd.firmware_io.audio_file import read_audio
 
 log = logging.getLogger("edge_asd")
-
-
-def expand_recordings(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given, directories expanded to the audio files inside them (sorted).
-
-    Raises:
-        EdgeAsdError: a directory without audio files.
-    """
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = audio_files(p)
-            if not found:
-                raise EdgeAsdError(f"{p}: no audio files in this directory")
-            out += found
-        else:
-            out.append(p)
-    return out
 
 
 def split_holdout(files: list, fraction: float, option: str = "--holdout", what: str = "calibrate on") -> tuple[list, list]:

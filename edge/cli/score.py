@@ -44,9 +44,10 @@ def main(paths, model_path, machine_id, out_path, as_json, max_fpr, threads, qui
     from edge_asd.core.machine_id import resolve_machine_id
     from edge_asd.edge.evaluate import score_folder as sf
     from edge_asd.edge.runtime.scorer import Scorer
+    from edge_asd.firmware_io.audio_file import find_recordings
 
     scorer = Scorer(model_path, num_threads=threads)
-    files = sf.find_recordings(paths)
+    files = find_recordings(paths)
     resolved = None
     if machine_id is not None:
         resolved, how = resolve_machine_id(machine_id, scorer.meta.get("machine_ids"),

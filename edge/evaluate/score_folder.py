@@ -25,7 +25,7 @@ from edge_asd.core.loudness import clip_level_dbfs, loudness_reference
 from edge_asd.core.metrics import DEFAULT_MAX_FPR, auc_pauc
 from edge_asd.datasets.layout import parse_clip_name  # the one parser of DCASE / MIMII names
 from edge_asd.edge.runtime.scorer import Scorer
-from edge_asd.firmware_io.audio_file import audio_files, read_audio
+from edge_asd.firmware_io.audio_file import read_audio
 
 log = logging.getLogger("edge_asd")
 
@@ -59,28 +59,6 @@ class ClipResult:
     max_score: float
     mean_score: float
     level_dbfs: float
-
-
-def find_recordings(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders expanded to the audio files below them (recursively, sorted by path).
-
-    Raises:
-        EdgeAsdError: a path does not exist, a folder holds no audio file, or no path was given.
-    """
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = audio_files(p)
-            if not found:
-                raise EdgeAsdError(f"{p}: no audio files in this folder (.wav, .flac, .ogg, .aiff)")
-            out += found
-        elif not p.exists():
-            raise EdgeAsdError(f"{p}: no such file or folder")
-        else:
-            out.append(p)
-    if not out:
-        raise EdgeAsdError("no recordings given: name audio files or folders")
-    return out
 
 
 def name_fields(path: Path) -> tuple[str | None, str | None, str | None]:

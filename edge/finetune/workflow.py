@@ -19,22 +19,22 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from edge_asd.core import provenance
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.calibrate import names
 from edge_asd.edge.calibrate.fit import calibrate_like
-from edge_asd.edge.calibrate.recordings import expand_recordings, split_holdout
+from edge_asd.edge.calibrate.recordings import split_holdout
 from edge_asd.edge.finetune import adapt as ft
 from edge_asd.edge.finetune.adapt import FinetuneConfig
 from edge_asd.edge.runtime import phi_store
 from edge_asd.edge.runtime.phi_store import PhiRecord
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.edge.runtime.windows import describe
-from edge_asd.firmware_io.audio_file import audio_files, read_audio
+from edge_asd.firmware_io.audio_file import audio_files, find_recordings, read_audio
 
 log = logging.getLogger("edge_asd")
 
@@ -84,9 +84,9 @@ def finetune_machine(options: FinetuneOptions) -> Finetuned:
         EdgeAsdError: as :func:`finetune_model`, or a directory without audio files.
     """
     return finetune_model(options.model_path, options.machine_id, options.store,
-                          expand_recordings(options.recordings), options.training,
+                          find_recordings(options.recordings), options.training,
                           something_else_dir=options.something_else_dir, force=options.force, threads=options.threads,
-                          held_files=expand_recordings(options.check) if options.check else [],
+                          held_files=find_recordings(options.check) if options.check else [],
                           accept_other_machines=options.accept_other_machines)
 
 

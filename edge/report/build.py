@@ -24,7 +24,7 @@ from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.machine_id import normalize_machine_id
 from edge_asd.datasets.layout import scan
 from edge_asd.edge.calibrate import names
-from edge_asd.edge.calibrate.recordings import expand_recordings, recordings_window_maxima, score_recordings
+from edge_asd.edge.calibrate.recordings import recordings_window_maxima, score_recordings
 from edge_asd.edge.calibrate.rules import phi_maxima, seconds_per_window, windows_per_day
 from edge_asd.edge.calibrate.tail import MIN_MAXIMA, TailFit
 from edge_asd.edge.report import plots
@@ -39,7 +39,7 @@ from edge_asd.edge.runtime.windows import (
     make_windows,
     recording_windows,
 )
-from edge_asd.firmware_io.audio_file import read_audio
+from edge_asd.firmware_io.audio_file import find_recordings, read_audio
 
 log = logging.getLogger("edge_asd")
 
@@ -183,7 +183,7 @@ def build_report(options: ReportOptions) -> Report:
         raise EdgeAsdError("--recording, --normals and --test-dir need --model")
     events = read_events(o.events) if o.events else []
     scorer = Scorer(o.model_path, num_threads=o.threads) if o.model_path else None
-    normal_files = expand_recordings(o.normals) if o.normals else []
+    normal_files = find_recordings(o.normals) if o.normals else []
     machine_id = o.machine_id
     if machine_id is not None and scorer is not None:
         machine_id = names.resolve_for_model(machine_id, scorer.meta, normal_files)
