@@ -56,6 +56,15 @@ def test_report_from_recordings_and_event_log(model, fan, clip_max, tmp_path, en
     auc, pauc = auc_pauc(np.array([p in fan["test_anomaly"] for p in clips]), np.array([clip_max(p) for p in clips]))
     assert float(res["test AUC"]) == pytest.approx(auc, abs=1e-4)
     assert float(res["test pAUC (FPR <= 0.1)"]) == pytest.approx(pauc, abs=1e-4)
+    # beside it, the loudness reference: on fan id_00 the clip level alone separates the test clips
+    from edge_asd.core.loudness import clip_level_dbfs, loudness_reference
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    levels = [clip_level_dbfs(read_audio(p, 16000)) for p in clips]
+    level_auc, level_pauc = loudness_reference(np.array([p in fan["test_anomaly"] for p in clips]), np.array(levels))
+    reported = res["loudness reference AUC / pAUC (clip level as the score)"].split(" / ")
+    assert [float(v) for v in reported] == pytest.approx([level_auc, level_pauc], abs=1e-4)
+    assert level_auc == 1.0
     over = sum(clip_max(p) >= phi for p in fan["train"])
     assert res["normal windows over phi"] == f"{over} of 10"
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.loudness import clip_level_dbfs
 from edge_asd.core.machine_id import normalize_machine_id
 from edge_asd.datasets.layout import scan
 from edge_asd.edge.calibrate import names
@@ -246,9 +247,13 @@ def build_report(options: ReportOptions) -> Report:
         if labels.all() or not labels.any():
             raise EdgeAsdError(f"{o.test_dir}: a ROC needs both normal and anomalous clips")
         clip_scores = np.array([s.max() for s in score_recordings(scorer, [c.path for c in clips])[0]])
-        path, info = plots.roc(out / "roc.png", labels, clip_scores, phi)
-        figures.append((path.name, f"ROC of {o.test_dir} ({len(clips)} clips), clip score = max frame score"))
+        levels = np.array([clip_level_dbfs(read_audio(c.path, scorer.features.sample_rate)) for c in clips])
+        path, info = plots.roc(out / "roc.png", labels, clip_scores, phi, levels_dbfs=levels)
+        figures.append((path.name, f"ROC of {o.test_dir} ({len(clips)} clips), clip score = max frame score, "
+                                   "beside the loudness reference (clip RMS level as the score)"))
         facts.update({"test AUC": f"{info['auc']:.4f}", "test pAUC (FPR <= 0.1)": f"{info['pauc']:.4f}",
+                      "loudness reference AUC / pAUC (clip level as the score)":
+                          f"{info['level_auc']:.4f} / {info['level_pauc']:.4f}",
                       "test FPR / TPR at phi": f"{info['fpr_at_phi']:.3f} / {info['tpr_at_phi']:.3f}"})
 
     index = page(out, figures, facts)

@@ -96,20 +96,29 @@ def maxima_histogram(path: Path, maxima: np.ndarray, phi: float, fit=None, p_win
     return _save(fig, path)
 
 
-def roc(path: Path, is_anomaly: np.ndarray, scores: np.ndarray, phi: float | None = None, title: str = "") -> tuple[Path, dict]:
+def roc(path: Path, is_anomaly: np.ndarray, scores: np.ndarray, phi: float | None = None, title: str = "",
+        levels_dbfs: np.ndarray | None = None) -> tuple[Path, dict]:
     """ROC of clip scores (n,) against labels (n,) bool, with AUC / pAUC (max FPR 0.1, DCASE) and the
-    operating point of ``phi``. Returns (path, {"auc", "pauc", "fpr_at_phi", "tpr_at_phi"})."""
-    plt = _pyplot()
-    from sklearn.metrics import roc_curve
+    operating point of ``phi``; with ``levels_dbfs`` (n,), the clips' levels in dBFS, the loudness reference
+    beside it: the ROC a plain level meter gets on the same clips (:func:`edge_asd.core.loudness.loudness_reference`).
 
-    from edge_asd.core.metrics import auc_pauc
+    Returns (path, {"auc", "pauc", "fpr_at_phi", "tpr_at_phi", "level_auc", "level_pauc"}), the last four
+    only when ``phi`` / ``levels_dbfs`` are given."""
+    plt = _pyplot()
+    from edge_asd.core.loudness import loudness_reference
+    from edge_asd.core.metrics import auc_pauc, roc_curve_points
 
     y = np.asarray(is_anomaly, dtype=bool)
-    fpr, tpr, _ = roc_curve(y, scores)
+    fpr, tpr = roc_curve_points(y, scores)
     auc, pauc = auc_pauc(y, scores)
     info = {"auc": auc, "pauc": pauc}
     fig, ax = plt.subplots(figsize=(4.8, 4.6))
-    ax.plot(fpr, tpr, color="tab:blue", lw=1.5, label=f"AUC {auc:.3f}, pAUC {pauc:.3f}")
+    ax.plot(fpr, tpr, color="tab:blue", lw=1.5, label=f"model: AUC {auc:.3f}, pAUC {pauc:.3f}")
+    if levels_dbfs is not None:
+        info["level_auc"], info["level_pauc"] = loudness_reference(y, levels_dbfs)
+        level_fpr, level_tpr = roc_curve_points(y, levels_dbfs)
+        ax.plot(level_fpr, level_tpr, color="0.45", lw=1.2, ls="--",
+                label=f"loudness reference (clip level): AUC {info['level_auc']:.3f}, pAUC {info['level_pauc']:.3f}")
     ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
     ax.axvspan(0, 0.1, color="0.9", zorder=0, label="pAUC range (FPR <= 0.1)")
     if phi is not None:
@@ -119,7 +128,7 @@ def roc(path: Path, is_anomaly: np.ndarray, scores: np.ndarray, phi: float | Non
     ax.set_xlabel("false-positive rate (normal clips)")
     ax.set_ylabel("true-positive rate (anomalous clips)")
     ax.set_title(title or f"ROC, {int(y.sum())} anomalous / {int((~y).sum())} normal clips", fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, path), info
 
