@@ -237,6 +237,8 @@ def test_resolve_lambda_names_and_numbers():
     from edge_asd.train.losses import resolve_lambda
 
     assert resolve_lambda(None, 1344, 64) == resolve_lambda("2M", 1344, 64) == 128.0
+    assert resolve_lambda("D", 1344, 64) == resolve_lambda("d", 1344, 64) == 1344.0
+    assert resolve_lambda("2D", 1344, 64) == 2688.0
     assert resolve_lambda("2d", 1344, 64) == 2688.0
     assert resolve_lambda("300", 1344, 64) == 300.0
     for bad in ("-1", "0", "nan", "two"):

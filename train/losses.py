@@ -59,17 +59,20 @@ def default_params(dim: int, n_mels: int) -> dict:
 
 
 def resolve_lambda(value: str | float | None, dim: int, n_mels: int) -> float:
-    """lambda of eq. (10) from ``"2M"`` (sec. 4.2.2, the default), ``"2D"`` (sec. 4.1.1) or a number.
+    """lambda of eq. (10) from ``"2M"`` (sec. 4.2.2, the paper's printed value; ``None``), ``"2D"``
+    (sec. 4.1.1), ``"D"`` or a number; ``dim`` = D, the context vector's dimension, ``n_mels`` = M.
 
     With the sum of squared errors over D standardized dimensions (eq. 5), normal frames score in
     the hundreds to thousands, so 2M = 128 (koizumi2019) saturates tanh and L_a stops pushing the
-    pseudo-anomalies' scores up; 2D follows the paper's stated policy (lambda near the largest
-    anomaly score of normal training samples) instead. Raises ValueError for anything else.
+    pseudo-anomalies' scores up; 2D and D follow the paper's stated policy (lambda near the largest
+    anomaly score of normal training samples) instead. edge-train's default is D, measured best on the
+    local IDs (docs/defaults.md). Raises ValueError for anything else.
     """
-    if value is None or str(value).upper() == "2M":
-        return 2.0 * n_mels
-    if str(value).upper() == "2D":
-        return 2.0 * dim
+    named = {"2M": 2.0 * n_mels, "2D": 2.0 * dim, "D": float(dim)}
+    if value is None:
+        return named["2M"]
+    if str(value).upper() in named:
+        return named[str(value).upper()]
     lam = float(value)
     if not lam > 0:
         raise ValueError(f"lambda must be positive, not {value}")

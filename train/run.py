@@ -71,8 +71,9 @@ class TrainOptions:
     """Initial AMSGrad step size."""
     sigma: float | None = None
     """KDE bandwidth of eq. (15); None = 1/(2D)."""
-    lam: float | str = "2M"
-    """lambda of eq. (10) in units of the anomaly score: "2M", "2D" or a positive number."""
+    lam: float | str = "D"
+    """lambda of eq. (10) in units of the anomaly score: "D" (default, measured best: docs/defaults.md), "2D",
+    "2M" (the paper's printed value) or a positive number."""
     epsilon: float = 1e-6
     """epsilon of eq. (16), dimensionless."""
     kde: str = "frames"
@@ -137,7 +138,7 @@ def train_checkpoint(options: TrainOptions) -> dict:
     try:
         lam = resolve_lambda(o.lam, features.dim, features.n_mels)
     except ValueError as e:
-        raise EdgeAsdError(f"--lambda: {e}; use 2M, 2D or a positive number") from None
+        raise EdgeAsdError(f"--lambda: {e}; use D, 2D, 2M or a positive number") from None
     paths, ids = normal_recordings(o.data_dir, o.machine_type, o.machine_ids)
     log.info("training on %d normal clips of %s %s", len(paths), o.machine_type, ", ".join(ids))
     # one core is left to the thread that prepares the mini-batches

@@ -51,7 +51,8 @@ class TrainConfig:
     sigma: float | None = None
     """KDE bandwidth of eq. (15); None = 1/(2D)."""
     lam: float | str | None = None
-    """lambda of eq. (10): a number, "2M" or "2D"; None = 2M."""
+    """lambda of eq. (10): a number, "D", "2D" or "2M"; None = 2M, the paper's printed value (edge-train passes
+    its own default, D: docs/defaults.md)."""
     epsilon: float = 1e-6
     """epsilon of eq. (16)."""
     batch: BatchConfig = field(default_factory=BatchConfig)
