@@ -27,6 +27,7 @@ from edge_asd.core.commands import kit_version
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.machine_id import normalize_machine_id
 from edge_asd.core.provenance import heard
+from edge_asd.firmware_io.audio_file import read_audio
 from edge_asd.edge.calibrate.recordings import (
     expand_recordings,
     held_out_maxima,
@@ -44,6 +45,7 @@ from edge_asd.edge.calibrate.rules import (
     seconds_per_window,
 )
 from edge_asd.edge.runtime import phi_store
+from edge_asd.edge.runtime.health import level_statistics
 from edge_asd.edge.runtime.phi_store import PhiRecord
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.edge.runtime.windows import (
@@ -164,7 +166,7 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
     if options.maxima_out is not None:
         write_maxima(options.maxima_out, fit_windows, held_windows)
     record = dataclasses.replace(phi_record(scorer, options.model_path, files, result, windows, clip_max, held_files),
-                                 recordings_heard_by_model=n_heard)
+                                 recordings_heard_by_model=n_heard, input_level=input_level(scorer, files))
     if record.fit is not None:
         fit, boot = record.fit, record.fit.get("bootstrap")
         log.info("%s fit of %d window maxima %s (KS p %.2f); phi %.4g for p %.3g per window%s", fit["fit"]["family"],
@@ -227,7 +229,18 @@ def calibrate_like(previous: PhiRecord | None, scorer, model_path: str | Path, f
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)), n_boot=n_boot,
                        heldout_maxima=held, **arguments)
     result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
-    return phi_record(scorer, model_path, files, result, windows, clip_max, held_files)
+    return dataclasses.replace(phi_record(scorer, model_path, files, result, windows, clip_max, held_files),
+                               input_level=input_level(scorer, files, audio))
+
+
+def input_level(scorer, files: Sequence[Path], audio: list[np.ndarray] | None = None) -> dict | None:
+    """The recordings' level statistics for the phi record (``input_level``,
+    :func:`~edge_asd.edge.runtime.health.level_statistics`): per-second RMS level (dBFS) and high-band share,
+    at the model's sample rate; ``audio``: the recordings already decoded (else read from ``files``)."""
+    cfg = scorer.features
+    if audio is None:
+        audio = [read_audio(f, cfg.sample_rate) for f in files]
+    return level_statistics(audio, cfg.sample_rate, cfg.hop_samples)
 
 
 def warn_if_heard(meta: dict, files: Sequence[Path], held_files: Sequence[Path]) -> int:
