@@ -202,3 +202,16 @@ def test_a_digitally_silent_file_gives_a_health_line_and_one_error_never_an_anom
     events = [json.loads(line)["event"] for line in out.stdout.splitlines()]
     assert "anomaly" not in events and events.count("health") == 2
     assert "silence" in out.stderr and "silent" in out.stderr
+
+
+def test_the_silence_hold_time_is_an_option(model, normal, tmp_path, env):
+    import soundfile as sf
+
+    path = tmp_path / "dropout.wav"
+    sf.write(path, np.r_[normal[:3 * RATE], np.zeros(RATE, np.float32), normal[3 * RATE:]], RATE, subtype="FLOAT")
+    runs = {s: cli("edge-monitor", "--model", model, "--phi", "1e9", "--input", path, "--silent-s", s, env=env)
+            for s in ("2", "0.5")}
+    lines = {s: [json.loads(x) for x in p.stdout.splitlines() if '"health"' in x] for s, p in runs.items()}
+    assert lines["2"] == [] and "frames not scored (silent" in runs["2"].stderr  # a 1-s dropout: not scored, no line
+    assert [(h["state"], h["status"]) for h in lines["0.5"]] == [("silent", "start"), ("silent", "end")]
+    assert "input health: silent from 3.0" in runs["0.5"].stderr

@@ -35,6 +35,7 @@ which its images keep above the floor (not flagged).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -95,6 +96,11 @@ class HealthLimits:
     gap_release_s: float = GAP_RELEASE_S
 
 
+@functools.lru_cache(maxsize=4)
+def _hann(n: int) -> np.ndarray:
+    return np.hanning(n)
+
+
 def hop_measures(hops: np.ndarray, clip_level: float = CLIP_LEVEL) -> dict[str, np.ndarray]:
     """Per hop: ``power`` (mean x^2), ``sum`` (sum of x), ``clipped`` (samples with |x| >= clip_level),
     ``high`` and ``total`` (Hann-windowed spectral energy above rate/4 and in all bins).
@@ -105,7 +111,7 @@ def hop_measures(hops: np.ndarray, clip_level: float = CLIP_LEVEL) -> dict[str, 
         dict of (n_hops,) float64 arrays.
     """
     h = np.asarray(hops, dtype=np.float64)
-    spec = np.abs(np.fft.rfft(h * np.hanning(h.shape[1]), axis=1)) ** 2  # (n_hops, hop/2 + 1)
+    spec = np.abs(np.fft.rfft(h * _hann(h.shape[1]), axis=1)) ** 2  # (n_hops, hop/2 + 1)
     quarter = spec.shape[1] // 2  # bin of rate/4
     return {"power": np.mean(h * h, axis=1), "sum": h.sum(axis=1),
             "clipped": np.count_nonzero(np.abs(h) >= clip_level, axis=1).astype(np.float64),
@@ -147,16 +153,16 @@ class HealthChecker:
 
     Args:
         sample_rate: Hz. hop_samples: hop, samples (the model's; frames end on its grid).
+        limits: thresholds (default :class:`HealthLimits`).
         reference: the phi record's ``input_level`` (:func:`level_statistics`), or None (no level drift check;
             the band check uses :data:`BAND_SHARE_FLOOR` alone).
-        limits: thresholds (default :class:`HealthLimits`).
     Use: :meth:`push` each block (returns the Health lines it causes), :meth:`gap` for lost samples,
     :meth:`overflows` with the source's overflow count, :meth:`skip_reasons` for the frames a block
     completed, :meth:`finish` at the end.
     """
 
-    def __init__(self, sample_rate: int, hop_samples: int, reference: dict | None = None,
-                 limits: HealthLimits | None = None):
+    def __init__(self, sample_rate: int, hop_samples: int, limits: HealthLimits | None = None,
+                 reference: dict | None = None):
         self.rate, self.hop = sample_rate, hop_samples
         self.limits = lim = limits or HealthLimits()
         self.reference = reference
@@ -197,7 +203,7 @@ class HealthChecker:
         roll = {}
         for k, v in m.items():
             hist = np.concatenate([self._hist[k], v])
-            c = np.cumsum(np.r_[0.0, hist])
+            c = np.concatenate([[0.0], np.cumsum(hist)])
             w = self._win
             idx = np.arange(len(hist) - n, len(hist)) + 1
             roll[k] = c[idx] - c[np.maximum(idx - w, 0)]
@@ -228,7 +234,7 @@ class HealthChecker:
         ends = start + (np.arange(n) + 1) * self.hop
         flags = np.stack([cond[r] for r in SKIP_REASONS], axis=1)
         keep = 4 * self._win + 64
-        self._ends = np.r_[self._ends, ends][-keep:]
+        self._ends = np.concatenate([self._ends, ends])[-keep:]
         self._flags = np.concatenate([self._flags, flags])[-keep:]
         for state, c in cond.items():
             out += self._track(state, c, figures[state], ends)
@@ -385,7 +391,7 @@ def recording_health(samples: np.ndarray, sample_rate: int, hop_samples: int, sa
     Returns:
         :class:`RecordingHealth` for the ``1 + (N - samples_per_vector) // hop_samples`` frames (0 if shorter).
     """
-    h = HealthChecker(sample_rate, hop_samples, reference)
+    h = HealthChecker(sample_rate, hop_samples, reference=reference)
     n_frames = 1 + (len(samples) - samples_per_vector) // hop_samples if len(samples) >= samples_per_vector else 0
     ends = samples_per_vector + hop_samples * np.arange(n_frames, dtype=np.int64)
     lines, reasons = [], []

@@ -116,7 +116,7 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
                     file_sinks[key] = RotatingJsonLinesFile(cfg.events, int(cfg.events_max_mb * 1e6), cfg.events_backups)
                 sinks.append(file_sinks[key])
             request = SourceRequest(cfg.source, feats.sample_rate, _block_samples(cfg.source.spec, feats.hop_samples))
-            health = HealthChecker(feats.sample_rate, feats.hop_samples,
+            health = HealthChecker(feats.sample_rate, feats.hop_samples, cfg.health_limits(),
                                    reference=record.input_level if record is not None else None)
             prepared.append((cfg, scorer, RunningMaxDetector(phi, machine_id, scorer.sha256), windows, evidence,
                              sinks, health, request))

@@ -152,6 +152,8 @@ class Monitor:
                 return self.summary
             det = self.detector
             for h in self.health.finish():
+                if h.status == "start":  # a condition that held from start to end, shorter than its hold time
+                    log.warning("%s: input health: %s from %.2f s: %s", self.name, h.state, h.time_s, h.reason)
                 self._emit_last(self._line(h.to_dict()))
             verdict = det.close()
             if verdict is not None:
@@ -172,7 +174,12 @@ class Monitor:
             return self.summary
 
     def _emit_health(self, lines: list) -> None:
+        """Write Health lines; a state's start is also a WARNING in the log (the journal), its end INFO."""
         for h in lines:
+            if h.status == "start":
+                log.warning("%s: input health: %s from %.2f s: %s", self.name, h.state, h.time_s, h.reason)
+            else:
+                log.info("%s: input health: %s ended at %.2f s: %s", self.name, h.state, h.time_s, h.reason)
             self.emit(self._line(h.to_dict()))
 
     def _emit_last(self, record: dict) -> None:
