@@ -19,7 +19,8 @@ hop when:
   recordings' per-second levels.
 
 A state starts when its condition has held for its hold time (:data:`HOLD_S`) and ends when it has been
-false for :data:`RELEASE_S` (hysteresis: no flapping). ``gap`` (samples lost, a ``Gap`` of the source) and
+false for :data:`RELEASE_S`; once a condition holds, it goes on until its figure is :data:`KEEP_DB` back
+on the healthy side of the limit (hysteresis in time and in value: no flapping). ``gap`` (samples lost, a ``Gap`` of the source) and
 ``overflow`` (the sound card's driver reported an overflow) start at once and end after
 :data:`GAP_RELEASE_S` without another.
 
@@ -67,6 +68,9 @@ HOLD_S = {"silent": 2.0, "clipping": 0.5, "dc_offset": 1.0, "band_limited": 1.0,
 """Seconds a condition must hold before its state starts (a health line ``status: start``)."""
 RELEASE_S = {"silent": 1.0, "clipping": 1.0, "dc_offset": 1.0, "band_limited": 1.0, "level_drift": 3.0}
 """Seconds a condition must be false before its state ends (a health line ``status: end``)."""
+KEEP_DB = 1.0
+"""Hysteresis on the figures, dB: a condition that holds goes on until its figure is this far back on the
+healthy side of its limit (a 1 % DC offset sits on its limit: without it, its state would never start)."""
 GAP_RELEASE_S = 5.0
 """``gap`` and ``overflow`` end after this many seconds without another, s."""
 
@@ -227,22 +231,31 @@ class HealthChecker:
             "dc_offset": (figures["dc_offset"] > lim.dc_offset) & (counts >= self._dc_min),
             "band_limited": (share < self._band_min) & (roll["power"] / counts >= 10 ** (lim.silent_dbfs / 10)),
         }
+        keep = {  # hysteresis on the figure: once a condition holds, it goes on while the figure stays past these
+            "silent": power_db < lim.silent_dbfs + KEEP_DB,
+            "clipping": figures["clipping"] > lim.clip_share * 10 ** (-KEEP_DB / 10),
+            "dc_offset": (figures["dc_offset"] > lim.dc_offset * 10 ** (-KEEP_DB / 20)) & (counts >= self._dc_min),
+            "band_limited": (share < self._band_min * 10 ** (KEEP_DB / 10)) & (roll["power"] / counts >= 10 ** (lim.silent_dbfs / 10)),
+        }
         if self._level_range is not None:
             lo, hi = self._level_range
             lev = figures["level_drift"]
             cond["level_drift"] = ((lev < lo) | (lev > hi)) & ~cond["silent"]
+            keep["level_drift"] = ((lev < lo + KEEP_DB) | (lev > hi - KEEP_DB)) & ~cond["silent"]
         ends = start + (np.arange(n) + 1) * self.hop
         flags = np.stack([cond[r] for r in SKIP_REASONS], axis=1)
-        keep = 4 * self._win + 64
-        self._ends = np.concatenate([self._ends, ends])[-keep:]
-        self._flags = np.concatenate([self._flags, flags])[-keep:]
+        kept = 4 * self._win + 64
+        self._ends = np.concatenate([self._ends, ends])[-kept:]
+        self._flags = np.concatenate([self._flags, flags])[-kept:]
         for state, c in cond.items():
-            out += self._track(state, c, figures[state], ends)
+            out += self._track(state, c, keep[state], figures[state], ends)
         self.position += len(block)
         return sorted(out, key=lambda h: h.time_s)
 
-    def _track(self, state: str, cond: np.ndarray, figure: np.ndarray, ends: np.ndarray) -> list[Health]:
-        """Advance ``state``'s hysteresis over hops ending at ``ends`` (absolute samples)."""
+    def _track(self, state: str, cond: np.ndarray, keep: np.ndarray, figure: np.ndarray,
+               ends: np.ndarray) -> list[Health]:
+        """Advance ``state``'s hysteresis over hops ending at ``ends`` (absolute samples): a run of the
+        condition begins where ``cond`` holds and goes on while ``keep`` (the relaxed condition) holds."""
         out = []
         run = self._run[state]
         if run[0] is None and state not in self.active and not cond.any():
@@ -251,7 +264,7 @@ class HealthChecker:
         release = self.limits.release_s[state] * self.rate
         for k in range(len(cond)):
             begin = int(ends[k] - self.hop)
-            if cond[k]:
+            if cond[k] or (keep[k] and (run[0] is not None or state in self.active)):
                 if run[0] is None:
                     run[0] = begin
                 run[1] = None
