@@ -218,3 +218,15 @@ def test_the_silence_hold_time_is_an_option(model, normal, tmp_path, env):
     assert lines["2"] == [] and "frames not scored (silent" in runs["2"].stderr  # a 1-s dropout: not scored, no line
     assert [(h["state"], h["status"]) for h in lines["0.5"]] == [("silent", "start"), ("silent", "end")]
     assert "input health: silent from 3.0" in runs["0.5"].stderr
+
+
+def test_calibrating_on_an_upsampled_recording_warns(model, normal, tmp_path, env):
+    import soundfile as sf
+
+    path = tmp_path / "normal_8k.wav"
+    sf.write(path, resample_poly(normal, 1, 2), 8000, subtype="FLOAT")
+    out = cli("edge-calibrate", path, "--model", model, "--machine-id", "00", "--store", tmp_path / "phi.json", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "almost no energy above 4000 Hz" in out.stderr and "band_limited" in out.stderr
+    level = json.loads((tmp_path / "phi.json").read_text())["machines"]["id_00"]["input_level"]
+    assert level["high_band_share"] < 1e-5

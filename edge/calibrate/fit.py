@@ -45,7 +45,7 @@ from edge_asd.edge.calibrate.rules import (
     seconds_per_window,
 )
 from edge_asd.edge.runtime import phi_store
-from edge_asd.edge.runtime.health import level_statistics
+from edge_asd.edge.runtime.health import BAND_SHARE_FLOOR, level_statistics
 from edge_asd.edge.runtime.phi_store import PhiRecord
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.edge.runtime.windows import (
@@ -240,7 +240,12 @@ def input_level(scorer, files: Sequence[Path], audio: list[np.ndarray] | None = 
     cfg = scorer.features
     if audio is None:
         audio = [read_audio(f, cfg.sample_rate) for f in files]
-    return level_statistics(audio, cfg.sample_rate, cfg.hop_samples)
+    stats = level_statistics(audio, cfg.sample_rate, cfg.hop_samples)
+    if stats is not None and stats["high_band_share"] is not None and stats["high_band_share"] < BAND_SHARE_FLOOR:
+        log.warning("the recordings have almost no energy above %d Hz (%.2g of the total): recorded at a lower rate "
+                    "and upsampled? phi set on them does not fit the machine as the model hears it; the monitor "
+                    "does not score such input (band_limited)", cfg.sample_rate // 4, stats["high_band_share"])
+    return stats
 
 
 def warn_if_heard(meta: dict, files: Sequence[Path], held_files: Sequence[Path]) -> int:
