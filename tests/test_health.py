@@ -170,6 +170,17 @@ def test_zeros_mid_stream_give_no_anomaly_event(scorer, phi, normal):
     assert "health: " in summary.line(phi) and "silent" in summary.line(phi)
 
 
+def test_health_lines_fall_among_the_frames_whatever_the_block_size(scorer, normal):
+    x = np.r_[normal[:3 * RATE], np.zeros(3 * RATE, np.float32), normal[3 * RATE:]]
+    low_phi = float(np.quantile(scorer.score_audio(normal), 0.5))  # many events around the health lines
+    timing = ("wall_time", "compute_s", "real_time_factor")
+    runs = [[{k: v for k, v in r.items() if k not in timing} for r in monitor(scorer, low_phi, x, FixedWindows(2.0, RATE),
+                                                                            block=b)[0]] for b in (1536, 4096, 2560)]
+    assert runs[0] == runs[1] == runs[2]
+    kinds = [r["event"] for r in runs[0]]
+    assert "health" in kinds and "anomaly" in kinds[kinds.index("health"):]
+
+
 def test_lost_samples_are_a_gap_line(scorer, phi, normal):
     source, lines = [normal[:RATE], Gap(1000), normal[RATE:]], []
     Monitor(iter(source), scorer, RunningMaxDetector(phi, "id_00", scorer.sha256), lines.append, "t").run()

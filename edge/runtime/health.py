@@ -194,7 +194,13 @@ class HealthChecker:
     # -- audio -----------------------------------------------------------------------------------
     def push(self, block: np.ndarray) -> list[Health]:
         """Check one block of samples (float, full scale 1); returns the Health lines of states that started
-        or ended in it, in time order."""
+        or ended in it, in the order they were decided."""
+        return [line for _, line in self.push_decided(block)]
+
+    def push_decided(self, block: np.ndarray) -> list[tuple[int, Health]]:
+        """As :meth:`push`, each line with the absolute sample at which it was decided (the end of the hop
+        that completed a hold or release time): the stream loop places it among the frames by that sample,
+        so the order of the lines does not depend on the block size."""
         buf = np.concatenate([self._partial, np.asarray(block, dtype=np.float64)])
         n = len(buf) // self.hop
         self._partial = buf[n * self.hop:]
@@ -250,7 +256,7 @@ class HealthChecker:
         for state, c in cond.items():
             out += self._track(state, c, keep[state], figures[state], ends)
         self.position += len(block)
-        return sorted(out, key=lambda h: h.time_s)
+        return sorted(out, key=lambda d: d[0])
 
     def _track(self, state: str, cond: np.ndarray, keep: np.ndarray, figure: np.ndarray,
                ends: np.ndarray) -> list[Health]:
@@ -272,7 +278,7 @@ class HealthChecker:
                 if state not in self.active and ends[k] - run[0] >= hold:
                     self.active[state] = {"since": run[0], "value": float(figure[k])}
                     self.starts[state] += 1
-                    out.append(self._line(state, "start", run[0], float(figure[k])))
+                    out.append((int(ends[k]), self._line(state, "start", run[0], float(figure[k]))))
             else:
                 run[0] = None
                 if state in self.active:
@@ -280,7 +286,7 @@ class HealthChecker:
                         run[1] = begin
                     if ends[k] - run[1] >= release:
                         del self.active[state]
-                        out.append(self._line(state, "end", run[1], float(figure[k])))
+                        out.append((int(ends[k]), self._line(state, "end", run[1], float(figure[k]))))
                         run[1] = None
         return out
 
@@ -311,14 +317,17 @@ class HealthChecker:
         self.starts[state] += 1
         return [Health(state, "start", reason, float(value), round(self.position / self.rate, 4))]
 
-    def _expire_gaps(self, position: int) -> list[Health]:
+    def _expire_gaps(self, position: int) -> list[tuple[int, Health]]:
+        """``gap`` and ``overflow`` states with none for the release time by sample ``position``, decided
+        at the sample where that time ran out."""
         out = []
+        release = round(self.limits.gap_release_s * self.rate)
         for state, at in list(self._last_gap.items()):
-            if state in self.active and position - at >= self.limits.gap_release_s * self.rate:
+            if state in self.active and position - at >= release:
                 total = self.active.pop(state)["value"]
                 del self._last_gap[state]
-                out.append(Health(state, "end", f"none for {self.limits.gap_release_s:g} s ({total:g} in all)", total,
-                                  round((at + self.limits.gap_release_s * self.rate) / self.rate, 4)))
+                out.append((at + release, Health(state, "end", f"none for {self.limits.gap_release_s:g} s ({total:g} in all)",
+                                                 total, round((at + release) / self.rate, 4))))
         return out
 
     # -- frames ----------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ class Monitor:
         t0 = time.perf_counter()
         block = item
         self._silent = self._silent and not np.any(block)
-        self._emit_health(self.health.push(block))
+        health = self.health.push_decided(block)  # (decided at sample, line): placed among the frames below
         stats = getattr(self.source, "stats", None)
         if stats is not None:
             self._emit_health(self.health.overflows(stats().get("overflows", 0)))
@@ -139,8 +139,13 @@ class Monitor:
                     end = int(ends[record["frame"] - self._frame])
                     record["evidence"] = (None if self.evidence is None else
                                           self.evidence.request(record, end - cfg.samples_per_vector, end))
+                else:  # a verdict: placed at its window's last frame
+                    end = round(record["end_s"] * cfg.sample_rate)
+                while health and health[0][0] <= end:  # health decided up to this frame comes first
+                    self._emit_health([health.pop(0)[1]])
                 self.emit(record)
             self._frame += len(scores)
+        self._emit_health([line for _, line in health])
         if self.evidence is not None:
             self.evidence.flush(self.position)
         self._compute_s += time.perf_counter() - t0
