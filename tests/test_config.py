@@ -84,3 +84,17 @@ def test_the_shipped_example_config_loads():
     inputs = load_config(REPO / "examples" / "service" / "monitor.toml")
     assert len(inputs) >= 2 and len({i.label for i in inputs}) == len(inputs)
     assert all(i.model is not None and i.machine_id for i in inputs)
+
+
+def test_input_health_thresholds_come_from_the_config(tmp_path):
+    from edge_asd.edge.runtime.health import HOLD_S, SILENT_DBFS
+
+    path = write(tmp_path, '[[input]]\nmodel = "m.tflite"\nsource = "mic"\nsilent_s = 5\nlevel_drift_db = 6\n'
+                           '[[input]]\nmodel = "m.tflite"\nsource = "mic:1"\n')
+    quiet, default = load_config(path)
+    limits = quiet.health_limits()
+    assert limits.hold_s["silent"] == 5.0 and limits.level_drift_db == 6.0 and limits.silent_dbfs == SILENT_DBFS
+    assert default.health_limits().hold_s == HOLD_S
+    bad = write(tmp_path, '[[input]]\nmodel = "m.tflite"\nsource = "mic"\nsilent_s = -1\n')
+    with pytest.raises(EdgeAsdError, match="silent_s -1.0: must be a finite number >= 0"):
+        load_config(bad)[0].health_limits()

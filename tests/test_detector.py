@@ -226,3 +226,19 @@ def test_matches_brute_force(steps, phi, window_s, small_ints):
                 got.append((e.frame, e.score, e.running_max, e.window))
     assert got == reference(times, scores, phi, window_s)
     assert det.n_events == len(got) and det.n_frames == len(scores)
+
+
+def test_frames_not_scored_never_raise_an_event_or_the_running_max():
+    """Frames that failed an input-health check (``scored`` False) stay in their window, out of its max."""
+    scores = np.array([1.0, 50.0, 60.0, 2.0, 3.0, 9.0])
+    times = 0.352 + 0.016 * np.arange(6)
+    scored = np.array([True, False, False, True, True, True])
+    det = RunningMaxDetector(5.0, "id_00", SHA)
+    out = det.update_block(0, times, scores, np.zeros(6, dtype=np.int64), scored)
+    assert [(e.frame, e.score, e.running_max) for e in out] == [(5, 9.0, 3.0)]
+    verdict = det.close()
+    assert verdict.frames == 6 and verdict.max_score == 9.0 and det.max_score == 9.0 and det.n_frames == 6
+    det = RunningMaxDetector(5.0, "id_00", SHA)  # a window whose frames are all unscored has no max
+    assert det.update_block(0, times, scores, np.zeros(6, dtype=np.int64), np.zeros(6, dtype=bool)) == []
+    verdict = det.close()
+    assert verdict.max_score is None and not verdict.anomalous and verdict.frames == 6

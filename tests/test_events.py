@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from edge_asd.edge.runtime.events import (EVENT_SCHEMA, LINE_TYPES, Event, Start, Summary, Verdict, event_line,
-                                          event_record)
+from edge_asd.edge.runtime.events import (EVENT_SCHEMA, LINE_TYPES, Event, Health, Start, Summary, Verdict,
+                                          event_line, event_record)
 
 
 def test_a_line_is_schema_event_fields_input_wall_time_in_that_order():
@@ -27,9 +27,25 @@ def test_every_line_type_names_itself():
     assert [event.to_dict()["event"], verdict.to_dict()["event"], summary["event"]] == ["anomaly", "verdict", "summary"]
     assert list(summary)[:5] == ["schema", "event", "machine_id", "phi", "model_sha256"]
     assert summary["real_time_factor"] == 0.01
-    assert set(LINE_TYPES) == {"start", "anomaly", "verdict", "summary"}
+    assert set(LINE_TYPES) == {"start", "anomaly", "verdict", "health", "summary"}
 
 
 def test_an_unknown_line_type_is_refused():
     with pytest.raises(ValueError, match="unknown event line type 'helth'"):
         event_record("helth", {})
+
+
+def test_a_health_line_is_state_status_reason_value_time_then_input():
+    line = event_line(Health("silent", "start", "level -200.0 dBFS (floor -90 dBFS)", -200.0, 5.008).to_dict(), "fan-1")
+    assert list(line) == ["schema", "event", "state", "status", "reason", "value", "time_s", "input", "wall_time"]
+    assert line["event"] == "health" and line["schema"] == EVENT_SCHEMA and json.loads(json.dumps(line)) == line
+
+
+def test_the_summary_shows_health_beside_the_events():
+    summary = Summary(604, 0, 10.0, 0.01, 3.0, 1.0, False, health_skipped={"silent": 312},
+                      health_states={"silent": 1, "gap": 2})
+    text = summary.line(2.0)
+    assert "health: 312 frames not scored (silent 312), silent x1, gap x2" in text
+    record = summary.to_record("id_00", 2.0, "ab" * 32)
+    assert record["health_skipped"] == {"silent": 312} and record["health_states"] == {"silent": 1, "gap": 2}
+    assert "health" not in Summary(4, 1, 1.0, 0.01, 9.0, 1.0, False).line(2.0)

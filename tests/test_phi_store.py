@@ -139,6 +139,14 @@ def test_a_record_round_trips(tmp_path):
     assert PhiRecord.from_dict(newer).to_dict() == newer
 
 
+def test_the_input_level_round_trips_and_old_records_have_none(tmp_path):
+    level = {"seconds": 100, "median_dbfs": -44.05, "p5_dbfs": -45.52, "p95_dbfs": -42.83, "spread_db": 2.69,
+             "high_band_share": 0.0194}
+    rec = PhiRecord.from_dict({**CALIBRATED, "input_level": level})
+    assert rec.input_level == level and rec.to_dict() == {**CALIBRATED, "input_level": level}
+    assert PhiRecord.from_dict(CALIBRATED).input_level is None and "input_level" not in PhiRecord.from_dict(CALIBRATED).to_dict()
+
+
 def test_an_old_store_loads(tmp_path):
     """A store of an older kit: records with only window_s (no window), none of the gate's or provenance keys,
     no history; they load, their windows read as they were calibrated, and saving keeps them as they were."""
@@ -164,6 +172,7 @@ def test_an_old_store_loads(tmp_path):
     ({"recordings": "a.wav"}, "recordings is 'a.wav', not a list of paths"),
     ({"window_s": "ten"}, "window_s is 'ten', not a number"),
     ({"recordings_heard_by_model": True}, "not an integer"),
+    ({"input_level": {"median_dbfs": -44.0}}, "not an object with p5_dbfs and p95_dbfs"),
 ])
 def test_a_damaged_record_is_refused_in_one_line(tmp_path, damage, words):
     store = tmp_path / "phi.json"

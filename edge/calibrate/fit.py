@@ -44,6 +44,7 @@ from edge_asd.edge.calibrate.rules import (
     seconds_per_window,
 )
 from edge_asd.edge.runtime import phi_store
+from edge_asd.edge.runtime.health import BAND_SHARE_FLOOR, level_statistics
 from edge_asd.edge.runtime.phi_store import PhiRecord
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.edge.runtime.windows import (
@@ -52,7 +53,7 @@ from edge_asd.edge.runtime.windows import (
     DEFAULT_GATE_MIN_ON_S,
     make_windows,
 )
-from edge_asd.firmware_io.audio_file import find_recordings
+from edge_asd.firmware_io.audio_file import find_recordings, read_audio
 
 log = logging.getLogger("edge_asd")
 
@@ -180,7 +181,7 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
     if options.maxima_out is not None:
         write_maxima(options.maxima_out, fit_windows, held_windows)
     record = dataclasses.replace(phi_record(scorer, options.model_path, files, result, windows, clip_max, held_files),
-                                 recordings_heard_by_model=n_heard)
+                                 recordings_heard_by_model=n_heard, input_level=input_level(scorer, files))
     if record.fit is not None:
         fit, boot = record.fit, record.fit.get("bootstrap")
         log.info("%s fit of %d window maxima %s (KS p %.2f); phi %.4g for p %.3g per window%s", fit["fit"]["family"],
@@ -243,7 +244,23 @@ def calibrate_like(previous: PhiRecord | None, scorer, model_path: str | Path, f
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)), n_boot=n_boot,
                        heldout_maxima=held, **arguments)
     result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
-    return phi_record(scorer, model_path, files, result, windows, clip_max, held_files)
+    return dataclasses.replace(phi_record(scorer, model_path, files, result, windows, clip_max, held_files),
+                               input_level=input_level(scorer, files, audio))
+
+
+def input_level(scorer, files: Sequence[Path], audio: list[np.ndarray] | None = None) -> dict | None:
+    """The recordings' level statistics for the phi record (``input_level``,
+    :func:`~edge_asd.edge.runtime.health.level_statistics`): per-second RMS level (dBFS) and high-band share,
+    at the model's sample rate; ``audio``: the recordings already decoded (else read from ``files``)."""
+    cfg = scorer.features
+    if audio is None:
+        audio = [read_audio(f, cfg.sample_rate) for f in files]
+    stats = level_statistics(audio, cfg.sample_rate, cfg.hop_samples)
+    if stats is not None and stats["high_band_share"] is not None and stats["high_band_share"] < BAND_SHARE_FLOOR:
+        log.warning("the recordings have almost no energy above %d Hz (%.2g of the total): recorded at a lower rate "
+                    "and upsampled? phi set on them does not fit the machine as the model hears it; the monitor "
+                    "does not score such input (band_limited)", cfg.sample_rate // 4, stats["high_band_share"])
+    return stats
 
 
 def warn_if_heard(meta: dict, files: Sequence[Path], held_files: Sequence[Path]) -> int:

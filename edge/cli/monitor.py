@@ -13,6 +13,7 @@ from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS, SourceSpec
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.edge.cli.options import gate_options, model_option, store_option
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.runtime.health import HOLD_S, LEVEL_DRIFT_DB, SILENT_DBFS
 
 log = logging.getLogger("edge_asd")
 
@@ -68,15 +69,23 @@ def _list_devices(ctx, param, value):
               help="TOML file listing several inputs, each with its model, machine ID and phi store (see README).")
 @click.option("--list-devices", is_flag=True, expose_value=False, is_eager=True, callback=_list_devices,
               help="List the microphone input devices and exit.")
+@click.option("--silent-dbfs", type=float, default=SILENT_DBFS, show_default=True,
+              help="Input health: audio below this level is a dead input (not scored; a 'silent' health line), dBFS.")
+@click.option("--silent-s", type=click.FloatRange(min=0), default=HOLD_S["silent"], show_default=True,
+              help="Input health: seconds of silence before the 'silent' health line.")
+@click.option("--level-drift-db", type=click.FloatRange(min=0), default=LEVEL_DRIFT_DB, show_default=True,
+              help="Input health: a 'level_drift' health line when the level leaves the calibrated range by this much, dB.")
 @click.option("--threads", default=1, show_default=True, help="Inference threads per model.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_channels, pcm_framing, baud, window, gate_db,
          gate_min_on_s, gate_min_off_s, events_path, events_max_mb, evidence_dir, evidence_seconds, evidence_png, config_path,
-         threads, quiet):
+         silent_dbfs, silent_s, level_drift_db, threads, quiet):
     """Stream audio through the model; print one JSON line per frame that pushes the running max over phi,
-    one verdict line per closed operation window (eq. 11), and a summary line.
+    one verdict line per closed operation window (eq. 11), and a summary line. Input health (a dead
+    microphone, clipping, DC offset, an upsampled recording, level drift, lost samples) gets its own
+    health lines; audio that fails it is not scored (docs/device.md, Input health).
 
     Lines (schema in docs/events.md) go to stdout, logs and the summary to stderr. SIGTERM or Ctrl-C end
     it cleanly (verdict and summary written). Exit status: 0 after a clean end of input or a stop, 1 on
@@ -98,7 +107,8 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
                                machine_id=machine_id, store=store, phi=phi, window=window, gate_db=gate_db,
                                gate_min_on_s=gate_min_on_s, gate_min_off_s=gate_min_off_s, events=events_path,
                                events_max_mb=events_max_mb, evidence_dir=evidence_dir, evidence_before_s=evidence_seconds,
-                               evidence_after_s=evidence_seconds, evidence_png=evidence_png, threads=threads)]
+                               evidence_after_s=evidence_seconds, evidence_png=evidence_png, threads=threads,
+                               silent_dbfs=silent_dbfs, silent_s=silent_s, level_drift_db=level_drift_db)]
     from edge_asd.firmware_io.sinks import JsonLinesSink
 
     stdout = JsonLinesSink(sys.stdout)

@@ -24,11 +24,13 @@ Unknown keys and wrong types are refused.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.runtime.health import HOLD_S, LEVEL_DRIFT_DB, SILENT_DBFS, HealthLimits
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
 from edge_asd.firmware_io.sources import PCM_FRAMINGS, SourceSpec
 
@@ -62,6 +64,26 @@ class InputConfig:
     evidence_after_s: float = 5.0
     evidence_png: bool = False
     threads: int = 1
+    silent_dbfs: float = SILENT_DBFS
+    """Input health: a hop below this level is silent (a dead microphone), dBFS."""
+    silent_s: float = HOLD_S["silent"]
+    """Input health: seconds of silence before the ``silent`` health line."""
+    level_drift_db: float = LEVEL_DRIFT_DB
+    """Input health: tolerance of the level around the calibrated one, dB (``level_drift``)."""
+
+    def health_limits(self) -> HealthLimits:
+        """The input-health thresholds of this input (:mod:`edge_asd.edge.runtime.health`).
+
+        Raises:
+            EdgeAsdError: ``silent_s`` or ``level_drift_db`` negative or not finite.
+        """
+        for key in ("silent_s", "level_drift_db"):
+            value = getattr(self, key)
+            if not 0 <= value < math.inf:
+                raise EdgeAsdError(f"{self.label}: {key} {value}: must be a finite number >= 0")
+        limits = HealthLimits(silent_dbfs=self.silent_dbfs, level_drift_db=self.level_drift_db)
+        limits.hold_s["silent"] = self.silent_s
+        return limits
 
     @property
     def label(self) -> str:

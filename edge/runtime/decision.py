@@ -13,7 +13,9 @@ max over the current window and
   frame of another window arrives, or :meth:`RunningMaxDetector.close` at the end of the stream): max
   score, its time, anomalous or not.
 
-Frames with a NaN or infinite score are counted and skipped, never made the running max.
+Frames with a NaN or infinite score are counted and skipped, never made the running max. Frames whose
+audio failed a health check (:mod:`~edge_asd.edge.runtime.health`: a dead microphone, clipping, ...) come
+with ``scored=False``: they belong to their window but never raise an event or enter its running max.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ class RunningMaxDetector:
         return self.update_block(frame, np.array([time_s]), np.array([score], dtype=np.float64),
                                  np.array([OFF if window is None else window]))
 
-    def update_block(self, first_frame: int, times_s: np.ndarray, scores: np.ndarray, windows: np.ndarray) -> list:
-        """Frames ``first_frame, first_frame + 1, ...`` with their times (s), scores and windows (OFF = none).
+    def update_block(self, first_frame: int, times_s: np.ndarray, scores: np.ndarray, windows: np.ndarray,
+                     scored: np.ndarray | None = None) -> list:
+        """Frames ``first_frame, first_frame + 1, ...`` with their times (s), scores and windows (OFF = none);
+        ``scored`` (bool, same shape; None: all True) False for frames not to score (failed input health).
 
         Returns the Events and Verdicts they cause, in stream order. Same result as one
         :meth:`update` per frame; vectorized within each run of one window.
@@ -83,13 +87,20 @@ class RunningMaxDetector:
             if self.window is None:
                 self.window, self.running_max = w, None
                 self._win = {"start_s": float(times_s[a]), "frames": 0, "events": 0, "max_time_s": None}
-            out += self._run(first_frame + a, times_s[a:b], scores[a:b])
+            if scored is None or scored[a:b].all():
+                out += self._run(first_frame + a, times_s[a:b], scores[a:b])
+            else:
+                self._win["frames"] += b - a
+                self._win["end_s"] = float(times_s[b - 1])
+                for c, d in _true_runs(np.asarray(scored[a:b], dtype=bool)):
+                    out += self._run(first_frame + a + c, times_s[a + c:a + d], scores[a + c:a + d], counted=True)
         return out
 
-    def _run(self, first_frame: int, times_s: np.ndarray, s: np.ndarray) -> list[Event]:
+    def _run(self, first_frame: int, times_s: np.ndarray, s: np.ndarray, counted: bool = False) -> list[Event]:
         win = self._win
-        win["frames"] += len(s)
-        win["end_s"] = float(times_s[-1])
+        if not counted:
+            win["frames"] += len(s)
+            win["end_s"] = float(times_s[-1])
         hi, lo = float(s.max()), float(s.min())
         if not (math.isfinite(hi) and math.isfinite(lo)):  # NaN or inf somewhere: skip those frames
             finite = np.isfinite(s)
@@ -130,3 +141,9 @@ class RunningMaxDetector:
         self.n_anomalous_windows += anomalous
         self.window, self.running_max = None, None
         return verdict
+
+
+def _true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` of the runs of True in a bool array."""
+    edges = np.diff(np.r_[0, mask.astype(np.int8), 0])
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))

@@ -7,7 +7,8 @@ A line is ``{"schema": EVENT_SCHEMA, "event": TYPE, <the type's fields>, "input"
 edge-report hand around), :func:`event_line` adds the input's name and the wall time when it is written.
 
 Line types: ``start`` (:class:`Start`), ``anomaly`` (:class:`Event`), ``verdict`` (:class:`Verdict`),
-``summary`` (:class:`Summary`, with the input's machine ID, phi and model). To add one (say ``health``):
+``health`` (:class:`Health`: an input-health state starts or ends, :mod:`~edge_asd.edge.runtime.health`),
+``summary`` (:class:`Summary`, with the input's machine ID, phi and model). To add one:
 name it in :data:`LINE_TYPES`, give it a frozen dataclass of its fields deriving from :class:`LineType`,
 emit ``event_line(Health(...).to_dict(), name)`` where it happens, and document it in docs/events.md
 (a new field or line type is a minor change; raise :data:`EVENT_SCHEMA` only when a reader must change).
@@ -15,7 +16,7 @@ emit ``event_line(Health(...).to_dict(), name)`` where it happens, and document 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import ClassVar
 
@@ -26,7 +27,8 @@ START = "start"
 ANOMALY = "anomaly"
 VERDICT = "verdict"
 SUMMARY = "summary"
-LINE_TYPES = (START, ANOMALY, VERDICT, SUMMARY)
+HEALTH = "health"
+LINE_TYPES = (START, ANOMALY, VERDICT, HEALTH, SUMMARY)
 """Every ``event`` value a line may have."""
 
 
@@ -118,6 +120,25 @@ class Verdict(LineType):
     model_sha256: str
 
 
+@dataclass(frozen=True)
+class Health(LineType):
+    """One ``"event": "health"`` line: an input-health state started or ended (not a machine anomaly)."""
+
+    EVENT: ClassVar[str] = HEALTH
+    state: str
+    """``silent``, ``clipping``, ``dc_offset``, ``band_limited``, ``level_drift``, ``gap`` or ``overflow``."""
+    status: str
+    """``start`` or ``end``."""
+    reason: str
+    """What was measured, in words with the figure and its limit (e.g. ``level -200.0 dBFS (floor -90 dBFS)``)."""
+    value: float
+    """The measured figure: level (dBFS) for ``silent`` and ``level_drift``, share of clipped samples,
+    |mean| (fraction of full scale), high-band energy share, samples lost (``gap``), overflows."""
+    time_s: float
+    """Stream time at which the condition began (``start``) or stopped (``end``), s; the line is written
+    once the state's hold (or release) time has passed."""
+
+
 @dataclass
 class Summary:
     """What one input's monitoring came to: the ``"event": "summary"`` line (:meth:`to_record`) and the
@@ -157,6 +178,11 @@ class Summary:
     """Framed PCM: bytes in no intact frame (garbage, damaged frames, a truncated last frame)."""
     sender_restarts: int = 0
     """Framed PCM: the sender restarted (START flag or a sequence number jumping back)."""
+    health_skipped: dict = field(default_factory=dict)
+    """Frames not scored because their audio failed a health check, per reason (``silent``, ``clipping``,
+    ``dc_offset``, ``band_limited``); only reasons that occurred."""
+    health_states: dict = field(default_factory=dict)
+    """How many times each health state started (``health`` lines with ``status: start``)."""
 
     @property
     def real_time_factor(self) -> float:
@@ -169,6 +195,11 @@ class Summary:
         extra = [f"{self.windows} windows, {self.anomalous_windows} anomalous"] if self.windows > 1 else []
         extra += [f"{self.off_frames} frames gated off"] if self.off_frames else []
         extra += [f"{self.nonfinite} frames with a non-finite score skipped"] if self.nonfinite else []
+        if self.health_skipped or self.health_states:
+            skipped = sum(self.health_skipped.values())
+            extra += ["health: " + ", ".join(
+                [f"{skipped} frames not scored (" + ", ".join(f"{k} {v}" for k, v in self.health_skipped.items()) + ")"]
+                * bool(skipped) + [f"{k} x{v}" for k, v in self.health_states.items()])]
         extra += [f"{self.overflows} input overflows"] if self.overflows else []
         extra += [f"{self.dropped_samples} samples dropped"] if self.dropped_samples else []
         extra += [f"{self.dropped_bytes} bytes dropped"] if self.dropped_bytes else []

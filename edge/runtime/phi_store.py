@@ -82,6 +82,11 @@ class PhiRecord:
     """How many of ``recordings`` the model was trained on (edge-calibrate)."""
     fine_tuned: Mapping[str, Any] | None = None
     """edge-finetune's record: ``steps``, ``rejected_frames``, ``base_sha256``, ``finetuned_at``."""
+    input_level: Mapping[str, Any] | None = None
+    """Level statistics of the recordings phi was set on (:func:`edge_asd.edge.runtime.health.level_statistics`):
+    ``seconds``, the per-second RMS level's ``median_dbfs``, ``p5_dbfs``, ``p95_dbfs``, ``spread_db`` (dBFS, dB),
+    and ``high_band_share`` (energy above rate/4 over the total); the monitor's level-drift and band checks
+    compare the input with them. None in records older than it."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this kit does not know (written by a newer one), kept as they were."""
 
@@ -168,6 +173,8 @@ _CHECKS = {
     "check": _check(lambda v: isinstance(v, dict), "an object"),
     "recordings_heard_by_model": _check(lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "fine_tuned": _check(lambda v: isinstance(v, dict), "an object"),
+    "input_level": _check(lambda v: isinstance(v, dict) and all(_number(v.get(k)) for k in ("p5_dbfs", "p95_dbfs")),
+                          "an object with p5_dbfs and p95_dbfs"),
 }
 
 

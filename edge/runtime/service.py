@@ -82,6 +82,7 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
     from edge_asd.edge.runtime import phi_store
     from edge_asd.edge.runtime.decision import RunningMaxDetector
     from edge_asd.edge.runtime.evidence import EvidenceRecorder
+    from edge_asd.edge.runtime.health import HealthChecker
     from edge_asd.core.machine_id import normalize_machine_id
     from edge_asd.edge.runtime.stream_loop import Monitor
     from edge_asd.edge.runtime.scorer import Scorer
@@ -92,7 +93,7 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
         for cfg in configs:
             scorer = Scorer(cfg.model, num_threads=cfg.threads)
             machine_id = normalize_machine_id(cfg.machine_id) if cfg.machine_id else None
-            phi = cfg.phi
+            phi, record = cfg.phi, None
             if phi is None:
                 machine_id, record = phi_store.lookup_phi(cfg.store or phi_store.default_store_path(), machine_id,
                                                           scorer.sha256)
@@ -115,21 +116,23 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
                     file_sinks[key] = RotatingJsonLinesFile(cfg.events, int(cfg.events_max_mb * 1e6), cfg.events_backups)
                 sinks.append(file_sinks[key])
             request = SourceRequest(cfg.source, feats.sample_rate, _block_samples(cfg.source.spec, feats.hop_samples))
+            health = HealthChecker(feats.sample_rate, feats.hop_samples, cfg.health_limits(),
+                                   reference=record.input_level if record is not None else None)
             prepared.append((cfg, scorer, RunningMaxDetector(phi, machine_id, scorer.sha256), windows, evidence,
-                             sinks, request))
+                             sinks, health, request))
         sources = open_sources([p[-1] for p in prepared], pyaudio_module)
     except BaseException:
         for s in file_sinks.values():
             s.close()
         raise
     monitors, order = [], threading.Lock()  # one line at a time across sinks: stdout and files agree on order
-    for (cfg, scorer, detector, windows, evidence, sinks, _), source in zip(prepared, sources):
+    for (cfg, scorer, detector, windows, evidence, sinks, health, _), source in zip(prepared, sources):
         def emit(record, sinks=sinks):
             with order:
                 for s in sinks:
                     s.write(record)
 
-        monitors.append(Monitor(source, scorer, detector, emit, cfg.label, windows, evidence))
+        monitors.append(Monitor(source, scorer, detector, emit, cfg.label, windows, evidence, health))
         log.info("%s: %s (%s), machine ID %s, phi %.3f, window %s", cfg.label, Path(cfg.model).name,
                  scorer.backend.name, detector.machine_id, detector.phi, cfg.window)
     return monitors, list(file_sinks.values())

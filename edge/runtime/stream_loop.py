@@ -1,6 +1,8 @@
 """One input's monitoring loop: source blocks -> streaming features -> scores -> operation windows and the
 running-max decision (:mod:`~edge_asd.edge.runtime.decision`) -> event lines (start, anomaly, verdict,
-summary; :mod:`~edge_asd.edge.runtime.events`) and evidence clips. Several inputs in one process:
+health, summary; :mod:`~edge_asd.edge.runtime.events`) and evidence clips. Every block also goes through
+the input-health checker (:mod:`~edge_asd.edge.runtime.health`): its state changes become ``health``
+lines, and the frames whose audio fails it are not scored as machine sound. Several inputs in one process:
 :mod:`~edge_asd.edge.runtime.service`.
 
 The loop works on blocks: each block of samples gives the context vectors it completes, all scored
@@ -19,6 +21,7 @@ import numpy as np
 
 from edge_asd.edge.runtime.decision import RunningMaxDetector
 from edge_asd.edge.runtime.events import ANOMALY, Start, Summary, event_line
+from edge_asd.edge.runtime.health import HealthChecker
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.edge.runtime.windows import WholeStream, frame_stamps
 from edge_asd.firmware_io.blocks import Source
@@ -43,16 +46,18 @@ class Monitor:
         name: the input's name, in every record (``input``).
         windows: WholeStream (default), FixedWindows or EnergyGate.
         evidence: an EvidenceRecorder, or None.
+        health: a HealthChecker (default: one with the module's thresholds and no calibration reference).
     ``run()`` returns the Summary; ``stop()`` (any thread) ends it at the next block; ``finish()`` (any
     thread) closes the open window and writes the summary once, even if the source is stuck in a read.
     """
 
     def __init__(self, source: Source, scorer: Scorer, detector: RunningMaxDetector, emit, name: str = "input",
-                 windows=None, evidence=None):
+                 windows=None, evidence=None, health: HealthChecker | None = None):
         self.source, self.scorer, self.detector, self.emit, self.name = source, scorer, detector, emit, name
         self.windows = windows or WholeStream()
         self.evidence = evidence
         self.cfg = scorer.features
+        self.health = health or HealthChecker(self.cfg.sample_rate, self.cfg.hop_samples)
         self._feats = scorer.stream()  # standardized context vectors: the model's input
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -102,6 +107,7 @@ class Monitor:
         cfg = self.cfg
         n_gap = getattr(item, "n_samples", None)
         if n_gap is not None:  # a Gap: samples were lost; restart the features after it
+            self._emit_health(self.health.gap(n_gap))
             self.position += n_gap
             self._dropped += n_gap
             self._feats.reset()
@@ -111,6 +117,10 @@ class Monitor:
         t0 = time.perf_counter()
         block = item
         self._silent = self._silent and not np.any(block)
+        health = self.health.push_decided(block)  # (decided at sample, line): placed among the frames below
+        stats = getattr(self.source, "stats", None)
+        if stats is not None:
+            self._emit_health(self.health.overflows(stats().get("overflows", 0)))
         self.windows.push(block)
         if self.evidence is not None:
             self.evidence.push(block, self.position)
@@ -122,14 +132,20 @@ class Monitor:
         if len(scores):
             ends = frame_stamps(first, len(scores), cfg, self._segment_start)  # a score's stamp: its vector's end
             wins = self.windows.windows_at(ends)
-            for r in self.detector.update_block(self._frame, ends / cfg.sample_rate, scores, wins):
+            scored = np.array([r is None for r in self.health.skip_reasons(ends, cfg.samples_per_vector)])
+            for r in self.detector.update_block(self._frame, ends / cfg.sample_rate, scores, wins, scored):
                 record = self._line(r.to_dict())
                 if record["event"] == ANOMALY:
                     end = int(ends[record["frame"] - self._frame])
                     record["evidence"] = (None if self.evidence is None else
                                           self.evidence.request(record, end - cfg.samples_per_vector, end))
+                else:  # a verdict: placed at its window's last frame
+                    end = round(record["end_s"] * cfg.sample_rate)
+                while health and health[0][0] <= end:  # health decided up to this frame comes first
+                    self._emit_health([health.pop(0)[1]])
                 self.emit(record)
             self._frame += len(scores)
+        self._emit_health([line for _, line in health])
         if self.evidence is not None:
             self.evidence.flush(self.position)
         self._compute_s += time.perf_counter() - t0
@@ -140,6 +156,10 @@ class Monitor:
             if self.summary is not None:
                 return self.summary
             det = self.detector
+            for h in self.health.finish():
+                if h.status == "start":  # a condition that held from start to end, shorter than its hold time
+                    log.warning("%s: input health: %s from %.2f s: %s", self.name, h.state, h.time_s, h.reason)
+                self._emit_last(self._line(h.to_dict()))
             verdict = det.close()
             if verdict is not None:
                 self._emit_last(self._line(verdict.to_dict()))
@@ -153,9 +173,19 @@ class Monitor:
                 max(self._dropped, stats.get("dropped_samples", 0)), stats.get("dropped_bytes", 0),
                 self.evidence.n_written if self.evidence is not None else 0, reason,
                 **{k: stats.get(k, 0) for k in ("frames_ok", "frames_corrupt", "frames_lost", "bytes_skipped",
-                                                "sender_restarts")})
+                                                "sender_restarts")},
+                health_skipped=self.health.summary()["skipped"], health_states=self.health.summary()["starts"])
             self._emit_last(self._line(self.summary.to_record(det.machine_id, det.phi, det.model_sha256)))
             return self.summary
+
+    def _emit_health(self, lines: list) -> None:
+        """Write Health lines; a state's start is also a WARNING in the log (the journal), its end INFO."""
+        for h in lines:
+            if h.status == "start":
+                log.warning("%s: input health: %s from %.2f s: %s", self.name, h.state, h.time_s, h.reason)
+            else:
+                log.info("%s: input health: %s ended at %.2f s: %s", self.name, h.state, h.time_s, h.reason)
+            self.emit(self._line(h.to_dict()))
 
     def _emit_last(self, record: dict) -> None:
         """Emit while shutting down: a sink that fails now (full disk) is logged, the shutdown goes on."""
