@@ -59,8 +59,8 @@ def stream(clips: list[np.ndarray], seconds: float, block: int):
 def run_ours(model: Path, clips, seconds: float, block_hops: int) -> dict:
     """edge-monitor's loop (monitor.monitor) on the stream; latency = time between the source's yields."""
     from edge_asd.edge.runtime.decision import RunningMaxDetector
-    from edge_asd.edge.runtime.stream_loop import monitor
     from edge_asd.edge.runtime.scorer import Scorer
+    from edge_asd.edge.runtime.stream_loop import monitor
 
     scorer = Scorer(model)
     block = block_hops * scorer.features.hop_samples

@@ -71,8 +71,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("out/speedup_bound"), help="where the throwaway models go")
     args = p.parse_args()
 
-    from edge_asd.datasets.locate import require_data_root
     from edge_asd.core.model_file import read_model_file
+    from edge_asd.datasets.locate import require_data_root
     from edge_asd.edge.runtime.stream_loop import BLOCK_HOPS
 
     data = args.data or require_data_root()

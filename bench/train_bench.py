@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_asd.core.batches import BatchBuilder
+from edge_asd.core.presets import get_preset
 from edge_asd.datasets.layout import scan
 from edge_asd.datasets.locate import require_data_root
-from edge_asd.core.presets import get_preset
 from edge_asd.firmware_io.audio_file import audio_files
-from edge_asd.core.batches import BatchBuilder
 from edge_asd.train.context_kde import context_kde_weights
 from edge_asd.train.data import band_statistics, load_clips
 from edge_asd.train.losses import kde_weights

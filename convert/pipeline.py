@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_asd.convert.metadata import model_metadata
+from edge_asd.convert.parity import Parity, parity
 from edge_asd.core.atomic_io import atomic_write_bytes
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.model_file import seal, write_tflite_metadata
@@ -16,9 +18,6 @@ from edge_asd.firmware_io.audio_file import audio_files, read_audio
 from edge_asd.train.checkpoint import load_checkpoint, restore
 from edge_asd.train.evaluate import torch_frame_scorer
 from edge_asd.train.model import ScoreModel
-
-from edge_asd.convert.metadata import model_metadata
-from edge_asd.convert.parity import Parity, parity
 
 log = logging.getLogger("edge_asd")
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.edge.runtime.scorer import Scorer
-
 from edge_asd.convert.parity import Parity
+from edge_asd.edge.runtime.scorer import Scorer
 
 SPEARMAN_MIN = 0.999
 AUC_DROP_MAX = 0.005

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_asd.core.batches import BatchBuilder
 from edge_asd.core.features import extract, standardize
 from edge_asd.core.presets import FeatureConfig
-from edge_asd.core.batches import BatchBuilder
 
 
 def representative_vectors(normal_audio: list[np.ndarray], something_else: list[np.ndarray] | None,

@@ -22,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_asd.convert.parity import with_loudness_reference
+from edge_asd.convert.pipeline import TARGETS, Conversion, Options, write_model
+from edge_asd.convert.report import Row, latencies, render
 from edge_asd.core.atomic_io import atomic_write_bytes
 from edge_asd.core.commands import kit_version
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.features import extract, standardize
-
-from edge_asd.convert.parity import with_loudness_reference
-from edge_asd.convert.pipeline import TARGETS, Conversion, Options, write_model
-from edge_asd.convert.report import Row, latencies, render
 
 log = logging.getLogger("edge_asd")
 _EXT = {"tflite": ".tflite", "onnx": ".onnx"}

@@ -14,7 +14,6 @@ import click
 
 from edge_asd.core.errors import EdgeAsdError
 
-
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "EDGE_ASD"}
 
 

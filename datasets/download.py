@@ -20,7 +20,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edge_asd.core.errors import EdgeAsdError
-
 from edge_asd.datasets import layout, registry
 
 MIRROR_ENV = "EDGE_ASD_DATA_MIRROR"

@@ -58,9 +58,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     args = parser.parse_args()
 
+    from edge_asd.core.errors import EdgeAsdError
     from edge_asd.datasets.layout import scan
     from edge_asd.datasets.locate import require_data_root
-    from edge_asd.core.errors import EdgeAsdError
 
     t_demo = time.perf_counter()
     try:

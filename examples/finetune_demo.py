@@ -124,9 +124,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("out/finetune_demo"))
     args = ap.parse_args()
 
-    from edge_asd.datasets.locate import local_data_root
     from edge_asd.core.features import extract
     from edge_asd.core.presets import get_preset
+    from edge_asd.datasets.locate import local_data_root
     from edge_asd.edge.runtime.scorer import Scorer
     from edge_asd.firmware_io.audio_file import audio_files
     from edge_asd.train.bootstrap import auc_ci, paired_difference_ci

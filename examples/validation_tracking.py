@@ -60,14 +60,14 @@ def main(data, machine_type, machine_id, arch, loss, epochs, batches_per_epoch, 
     setup_logging()
     import torch
 
-    from edge_asd.datasets.layout import assign_mimii_split, scan
-    from edge_asd.datasets.locate import require_data_root
     from edge_asd.core.errors import EdgeAsdError
     from edge_asd.core.machine_id import normalize_machine_id
+    from edge_asd.core.metrics import auc_pauc
     from edge_asd.core.presets import get_preset
+    from edge_asd.datasets.layout import assign_mimii_split, scan
+    from edge_asd.datasets.locate import require_data_root
     from edge_asd.firmware_io.audio_file import audio_files, read_audio
     from edge_asd.train.data import band_statistics
-    from edge_asd.core.metrics import auc_pauc
     from edge_asd.train.evaluate import torch_frame_scorer
     from edge_asd.train.experiment import ARCH_PRESET
     from edge_asd.train.trainer import TrainConfig, train

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
-
 from edge_asd.firmware_io.blocks import Gap
 from edge_asd.firmware_io.ring import RingBuffer
 

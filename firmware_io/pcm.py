@@ -30,7 +30,6 @@ from typing import BinaryIO
 import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
-
 from edge_asd.firmware_io.blocks import Gap
 from edge_asd.firmware_io.pcm_framing import MAGIC, OVERHEAD, FrameDecoder
 

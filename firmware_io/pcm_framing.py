@@ -37,7 +37,6 @@ import zlib
 import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
-
 from edge_asd.firmware_io.blocks import Gap
 
 MAGIC = b"EASD"

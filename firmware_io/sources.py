@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from edge_asd.core.errors import EdgeAsdError
 
-
 DEFAULT_BAUD = 921600
 """Serial speed, bit/s, unless an input names another."""
 DEFAULT_STALL_S = 5.0

@@ -10,9 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_asd.core.features import extract
-from edge_asd.core.presets import get_preset
-from edge_asd.firmware_io.audio_file import audio_files, read_audio
 from edge_asd.core.batches import (
     BatchBuilder,
     coloured_noise,
@@ -20,6 +17,9 @@ from edge_asd.core.batches import (
     segment,
     trim_silence,
 )
+from edge_asd.core.features import extract
+from edge_asd.core.presets import get_preset
+from edge_asd.firmware_io.audio_file import audio_files, read_audio
 
 CFG = get_preset("koizumi2019")
 SR = CFG.sample_rate

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.presets import get_preset
 from edge_asd.edge.calibrate.rules import (
     calibrate,
     phi_for_budget,
@@ -18,9 +20,7 @@ from edge_asd.edge.calibrate.rules import (
     window_maxima,
     windows_needed,
 )
-from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.calibrate.tail import TailFit, gumbel_fit
-from edge_asd.core.presets import get_preset
 from edge_asd.edge.runtime.windows import EnergyGate, FixedWindows, WholeStream
 
 CFG = get_preset("koizumi2019")  # 16 kHz, hop 256 samples, a context vector ends 5632 samples after it starts

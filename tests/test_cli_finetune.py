@@ -129,8 +129,8 @@ def finetune(path, store, recordings, env, *options):
 def monitor_verdicts(path, recording, window: str, *gate) -> list[dict]:
     """edge-monitor's verdict lines (its own code path: the streaming Monitor, 16-hop blocks) for one recording."""
     from edge_asd.edge.runtime.decision import RunningMaxDetector
-    from edge_asd.edge.runtime.stream_loop import Monitor
     from edge_asd.edge.runtime.scorer import Scorer
+    from edge_asd.edge.runtime.stream_loop import Monitor
     from edge_asd.edge.runtime.windows import make_windows
     from edge_asd.firmware_io.audio_file import read_audio
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_asd.edge.runtime.config import load_config
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.runtime.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from edge_asd.core.errors import EdgeAsdError
 from edge_asd.datasets import download, registry
 from edge_asd.datasets.layout import scan
-from edge_asd.core.errors import EdgeAsdError
 
 CLIPS = [
     "fan/train/normal_id_00_00000000.wav",

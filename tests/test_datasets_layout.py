@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from edge_asd.core.errors import EdgeAsdError
 from edge_asd.datasets import layout, locate
 from edge_asd.datasets.layout import Clip, assign_mimii_split, normalize_machine_id, scan
-from edge_asd.core.errors import EdgeAsdError
 
 
 def write_wav(path: Path, seconds: float = 0.1, seed: int = 0) -> Path:

@@ -7,8 +7,17 @@ import re
 
 import pytest
 
-from edge_asd.edge.runtime.events import (EVENT_SCHEMA, LINE_TYPES, Event, Health, Start, Summary, Verdict,
-                                          event_line, event_record)
+from edge_asd.edge.runtime.events import (
+    EVENT_SCHEMA,
+    LINE_TYPES,
+    Event,
+    Health,
+    Start,
+    Summary,
+    Verdict,
+    event_line,
+    event_record,
+)
 
 
 def test_a_line_is_schema_event_fields_input_wall_time_in_that_order():

@@ -9,9 +9,9 @@ import torch
 
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.features import extract
+from edge_asd.core.model_file import read_model_file
 from edge_asd.edge.finetune.autoencoder import anomaly_score
 from edge_asd.edge.finetune.tflite_weights import read_layers, write_layers
-from edge_asd.core.model_file import read_model_file
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.train.checkpoint import load_checkpoint, restore
 

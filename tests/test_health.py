@@ -207,6 +207,7 @@ def test_calibration_stores_the_level_and_the_monitor_warns_of_drift(calibrated,
 
 def test_a_digitally_silent_file_gives_a_health_line_and_one_error_never_an_anomaly(model, tmp_path, env):
     import soundfile as sf
+
     from conftest import assert_one_line_error
 
     path = tmp_path / "zeros.wav"

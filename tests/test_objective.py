@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from edge_asd.core.features import extract
+from edge_asd.core.metrics import auc_pauc
 from edge_asd.core.presets import get_preset
 from edge_asd.train.bootstrap import _multiplicities, auc_ci, paired_difference_ci, weighted_auc_pauc
-from edge_asd.core.metrics import auc_pauc
 from edge_asd.train.experiment import frame_scorer, prepare, score_items
 from edge_asd.train.mixtures import mix_at_anr
 from edge_asd.train.model import ARCHS, build_autoencoder

@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, assert_one_line_error, cli
+from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.runtime.config import load_config
 from edge_asd.edge.runtime.decision import RunningMaxDetector
-from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.runtime.stream_loop import Monitor
 from edge_asd.firmware_io.blocks import Gap
 from edge_asd.firmware_io.pcm import PcmSource

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from edge_asd.core import atomic_io
+from edge_asd.core.atomic_io import atomic_write_bytes, atomic_write_text
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.calibrate.rules import DEFAULT_MARGIN, DEFAULT_QUANTILE, phi_from_clip_maxima
 from edge_asd.edge.runtime import phi_store
 from edge_asd.edge.runtime.phi_store import PhiRecord
-from edge_asd.core.atomic_io import atomic_write_bytes, atomic_write_text
-from edge_asd.edge.calibrate.rules import DEFAULT_MARGIN, DEFAULT_QUANTILE, phi_from_clip_maxima
-from edge_asd.core.errors import EdgeAsdError
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_asd.edge.runtime.backends import Backend
 from edge_asd.core.features import StreamingFeatures
-from edge_asd.edge.runtime.stream_loop import BLOCK_HOPS
+from edge_asd.edge.runtime.backends import Backend
 from edge_asd.edge.runtime.scorer import Scorer
+from edge_asd.edge.runtime.stream_loop import BLOCK_HOPS
 
 
 @pytest.fixture(scope="module", params=["int8", "onnx"])

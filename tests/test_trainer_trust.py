@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from edge_asd.core.batches import BatchBuilder
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.features import extract, logmel
 from edge_asd.core.presets import get_preset
 from edge_asd.firmware_io.audio_file import read_audio
 from edge_asd.train import pipeline
-from edge_asd.core.batches import BatchBuilder
 from edge_asd.train.checkpoint import restore
 from edge_asd.train.context_kde import context_kde_weights, diagonal_window_sum
 from edge_asd.train.feature_cache import FeatureCache

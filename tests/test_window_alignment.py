@@ -81,8 +81,8 @@ def test_block_size_does_not_move_the_windows(model, recordings, block_hops):
     10 s: its verdicts equal the windows edge-calibrate computes (recordings_window_maxima) for every --window."""
     from edge_asd.edge.calibrate.recordings import recordings_window_maxima
     from edge_asd.edge.runtime.decision import RunningMaxDetector
-    from edge_asd.edge.runtime.stream_loop import Monitor
     from edge_asd.edge.runtime.scorer import Scorer
+    from edge_asd.edge.runtime.stream_loop import Monitor
     from edge_asd.edge.runtime.windows import make_windows
     from edge_asd.firmware_io.audio_file import read_audio
 

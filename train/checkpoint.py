@@ -28,7 +28,6 @@ import torch
 from edge_asd.core.atomic_io import atomic_write_bytes
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.presets import FeatureConfig
-
 from edge_asd.train.model import FCNAutoencoder, build_autoencoder
 
 CHECKPOINT_SCHEMA = 1

@@ -11,7 +11,6 @@ from edge_asd.core.features import LogMel, logmel
 from edge_asd.core.presets import FeatureConfig
 from edge_asd.core.provenance import file_sha256
 from edge_asd.firmware_io.audio_file import read_audio
-
 from edge_asd.train.feature_cache import FeatureCache
 
 

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_asd.core.batches import overlapping_vectors
 from edge_asd.core.features import LogMel, logmel, stack_context
 from edge_asd.core.presets import FeatureConfig, get_preset
-
-from edge_asd.core.batches import overlapping_vectors
 from edge_asd.train.mixtures import PAPER_ANRS_DB, Mixture, mix_at_anr, plan_mixtures
 
 log = logging.getLogger("edge_asd")

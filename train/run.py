@@ -27,7 +27,6 @@ from edge_asd.core.features import LogMel
 from edge_asd.core.presets import PRESETS, FeatureConfig, get_preset
 from edge_asd.datasets.layout import assign_mimii_split, normalize_machine_id, scan
 from edge_asd.firmware_io.audio_file import audio_files
-
 from edge_asd.train.checkpoint import save_checkpoint, write_history_csv
 from edge_asd.train.data import band_statistics, fingerprint, load_clips
 from edge_asd.train.feature_cache import FeatureCache, default_cache_dir

@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_asd.core.batches import BatchBuilder, BatchConfig
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.presets import FeatureConfig
-
-from edge_asd.core.batches import BatchBuilder, BatchConfig
 from edge_asd.train.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, save_checkpoint
 from edge_asd.train.context_kde import context_kde_weights
 from edge_asd.train.losses import bu_loss, kde_weights, re_loss, resolve_lambda, snp_loss

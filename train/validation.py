@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.core.features import extract, standardize
-
 from edge_asd.core.batches import BatchBuilder, mix_in, overlapping_vectors
+from edge_asd.core.features import extract, standardize
 
 VAL_ANR_DB = (-15.0, -10.0, -5.0, 0.0)
 """ANRs of the validation mixtures, dB."""

@@ -60,7 +60,8 @@ def main(recordings, model_path, machine_id, accept_other_machines, store, steps
     """
     setup_logging(quiet=quiet)
     from edge_asd.edge.calibrate.fit import check_line
-    from edge_asd.edge.finetune.adapt import FinetuneConfig, rollback as roll_back
+    from edge_asd.edge.finetune.adapt import FinetuneConfig
+    from edge_asd.edge.finetune.adapt import rollback as roll_back
     from edge_asd.edge.finetune.workflow import FinetuneOptions, finetune_machine
     from edge_asd.edge.runtime import phi_store
 

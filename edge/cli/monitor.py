@@ -8,12 +8,11 @@ from pathlib import Path
 
 import click
 
-from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS, SourceSpec
-
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
-from edge_asd.edge.cli.options import gate_options, model_option, store_option
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.cli.options import gate_options, model_option, store_option
 from edge_asd.edge.runtime.health import HOLD_S, LEVEL_DRIFT_DB, SILENT_DBFS
+from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS, SourceSpec
 
 log = logging.getLogger("edge_asd")
 

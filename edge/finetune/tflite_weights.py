@@ -19,8 +19,8 @@ import json
 import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.edge.finetune.autoencoder import Layers, forward
 from edge_asd.core.model_file import DIGEST_KEY, METADATA_NAME, _schema, seal, unsealed_digest
+from edge_asd.edge.finetune.autoencoder import Layers, forward
 
 _INT8, _INT32, _FLOAT32 = 9, 2, 0  # schema TensorType values
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asd.edge.runtime.backends import make_backend
 from edge_asd.core.features import StreamingFeatures, extract
 from edge_asd.core.model_file import read_model_file, sha256_bytes
+from edge_asd.edge.runtime.backends import make_backend
 
 
 class Scorer:

@@ -17,9 +17,9 @@ import sys
 import threading
 from pathlib import Path
 
+from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.runtime.config import InputConfig
 from edge_asd.edge.runtime.phi_store import PhiRecord
-from edge_asd.core.errors import EdgeAsdError
 
 log = logging.getLogger("edge_asd")
 
@@ -76,17 +76,16 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
     Raises:
         EdgeAsdError: a model, phi, window or source problem (what was opened is closed again).
     """
-    from edge_asd.firmware_io.sinks import RotatingJsonLinesFile
-    from edge_asd.firmware_io.sources import SourceRequest, open_sources
-
+    from edge_asd.core.machine_id import normalize_machine_id
     from edge_asd.edge.runtime import phi_store
     from edge_asd.edge.runtime.decision import RunningMaxDetector
     from edge_asd.edge.runtime.evidence import EvidenceRecorder
     from edge_asd.edge.runtime.health import HealthChecker
-    from edge_asd.core.machine_id import normalize_machine_id
-    from edge_asd.edge.runtime.stream_loop import Monitor
     from edge_asd.edge.runtime.scorer import Scorer
+    from edge_asd.edge.runtime.stream_loop import Monitor
     from edge_asd.edge.runtime.windows import make_windows
+    from edge_asd.firmware_io.sinks import RotatingJsonLinesFile
+    from edge_asd.firmware_io.sources import SourceRequest, open_sources
 
     prepared, file_sinks = [], {}
     try:
