@@ -19,6 +19,7 @@ from conftest import assert_one_line_error, cli
 from edge_asd.core.machine_id import resolve_machine_id
 from edge_asd.core.metrics import auc_pauc
 from edge_asd.edge.evaluate.score_folder import CSV_COLUMNS
+from edge_asd.firmware_io.audio_file import read_audio
 
 
 def rows_of(text: str) -> list[dict]:
@@ -157,3 +158,32 @@ def test_imports_no_training_stack(model, fan, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.split("MODULES=")[1]) == []
     assert "1 normal, 1 anomaly" in proc.stderr and proc.stdout.count(",id_00,") == 2  # it scored both
+
+
+def test_input_health_per_clip(int8_model, fan, tmp_path):
+    """Input faults are reported as health, not scored as machine sound: a normal clip whose microphone
+    goes dead for 5 s and a clipped copy are flagged and their faulty frames not scored; the real clips are
+    ok; a clip with no healthy frame is left out of the AUC and counted."""
+    import dataclasses
+
+    import soundfile as sf
+
+    from edge_asd.edge.evaluate.score_folder import evaluate, score_clips
+    from edge_asd.edge.runtime.scorer import Scorer
+
+    normal = read_audio(fan["test_normal"][0], 16000)
+    dead = normal.copy()
+    dead[3 * 16000:8 * 16000] = 0.0
+    sf.write(tmp_path / "normal_id_00_90000000.wav", dead, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "normal_id_00_90000001.wav", np.clip(normal * 100, -1, 1), 16000, subtype="FLOAT")
+    scorer = Scorer(int8_model[0])
+    silent, clipped = score_clips(scorer, sorted(tmp_path.glob("*.wav")))
+    assert silent.health.startswith("silent") and 0 < silent.frames_not_scored < silent.n_frames
+    assert silent.max_score <= scorer.score_audio(dead).max()
+    assert "clipping" in clipped.health and clipped.frames_not_scored > 0
+    real = score_clips(scorer, fan["test_normal"][:2] + fan["test_anomaly"][:2])
+    assert all(r.health == "ok" and r.frames_not_scored == 0 for r in real)
+    no_healthy_frame = dataclasses.replace(real[0], max_score=float("nan"), mean_score=float("nan"),
+                                           frames_not_scored=real[0].n_frames, health="silent:1")
+    evaluation = evaluate(real + [no_healthy_frame])
+    assert evaluation["left_out_unhealthy"] == 1 and evaluation["metrics"] == evaluate(real)["metrics"]

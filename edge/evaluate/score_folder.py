@@ -24,12 +24,14 @@ from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.loudness import clip_level_dbfs, loudness_reference
 from edge_asd.core.metrics import DEFAULT_MAX_FPR, auc_pauc
 from edge_asd.datasets.layout import parse_clip_name  # the one parser of DCASE / MIMII names
+from edge_asd.edge.runtime.health import recording_health
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.firmware_io.audio_file import read_audio
 
 log = logging.getLogger("edge_asd")
 
-CSV_COLUMNS = ("file", "machine_type", "machine_id", "label", "n_frames", "max_score", "mean_score", "level_dbfs")
+CSV_COLUMNS = ("file", "machine_type", "machine_id", "label", "n_frames", "max_score", "mean_score", "level_dbfs",
+               "frames_not_scored", "health")
 """The columns of edge-score's CSV, one row per clip (empty cells where a name carries no label or ID)."""
 
 CLIP_SCORES = ("max", "mean")
@@ -46,9 +48,12 @@ class ClipResult:
         machine_type, machine_id, label: from the file name (:mod:`edge_asd.datasets.layout`); None when
             the name follows no DCASE / MIMII layout. label is "normal" or "anomaly".
         n_frames: frame scores (context vectors) in the clip.
-        max_score, mean_score: max and mean of the frame anomaly scores (eq. 5).
+        max_score, mean_score: max and mean of the anomaly scores (eq. 5) of the frames that pass the input
+            health checks, as edge-monitor scores them; NaN when no frame does (e.g. digital silence).
         level_dbfs: RMS level of the samples the model scored (mono, model's rate), dBFS
             (:func:`edge_asd.core.loudness.clip_level_dbfs`).
+        frames_not_scored: frames that failed an input health check (:mod:`edge_asd.edge.runtime.health`).
+        health: ``ok``, or the health states that started in the clip with their counts, e.g. ``silent:1``.
     """
 
     file: Path
@@ -59,6 +64,8 @@ class ClipResult:
     max_score: float
     mean_score: float
     level_dbfs: float
+    frames_not_scored: int = 0
+    health: str = "ok"
 
 
 def name_fields(path: Path) -> tuple[str | None, str | None, str | None]:
@@ -93,10 +100,16 @@ def score_clip(scorer: Scorer, path: Path) -> ClipResult:
     if len(scores) == 0:
         raise EdgeAsdError(f"{path}: shorter than one context window ({cfg.samples_per_vector} samples)")
     machine_type, machine_id, label = name_fields(path)
-    result = ClipResult(Path(path), machine_type, machine_id, label, len(scores), float(scores.max()),
-                        float(scores.mean()), clip_level_dbfs(samples))
-    log.info("%s: max score %.3f, mean %.3f over %d frames, level %.1f dBFS", Path(path).name, result.max_score,
-             result.mean_score, result.n_frames, result.level_dbfs)
+    health = recording_health(samples, cfg.sample_rate, cfg.hop_samples, cfg.samples_per_vector)
+    healthy = scores[health.scored[:len(scores)]]
+    flags = ";".join(f"{state}:{n}" for state, n in sorted(health.states.items())) or "ok"
+    result = ClipResult(Path(path), machine_type, machine_id, label, len(scores),
+                        float(healthy.max()) if len(healthy) else float("nan"),
+                        float(healthy.mean()) if len(healthy) else float("nan"), clip_level_dbfs(samples),
+                        int(len(scores) - len(healthy)), flags)
+    log.info("%s: max score %.3f, mean %.3f over %d frames, level %.1f dBFS%s", Path(path).name, result.max_score,
+             result.mean_score, result.n_frames, result.level_dbfs,
+             "" if flags == "ok" else f"; input health {flags}, {result.frames_not_scored} frames not scored")
     return result
 
 
@@ -110,9 +123,10 @@ def evaluate(results: Sequence[ClipResult], max_fpr: float = DEFAULT_MAX_FPR) ->
 
     Returns:
         ``{"n_clips", "labels": {"normal": n, "anomaly": n, "unlabelled": n}, "machine_types": [...],
-        "machine_ids": [...], "max_fpr", "metrics"}``; ``metrics`` is None without both labels, else
-        ``{"max": {"auc", "pauc"}, "mean": {...}, "level": {...}}`` over the labelled clips, ``level``
-        being the loudness reference (the clip level in dBFS as the score).
+        "machine_ids": [...], "max_fpr", "left_out_unhealthy", "metrics"}``; ``metrics`` is None without both
+        labels, else ``{"max": {"auc", "pauc"}, "mean": {...}, "level": {...}}`` over the labelled clips with at
+        least one frame that passed the input health checks (``left_out_unhealthy`` counts the others),
+        ``level`` being the loudness reference (the clip level in dBFS as the score).
     """
     counts = Counter(r.label or "unlabelled" for r in results)
     out = {"n_clips": len(results),
@@ -120,8 +134,10 @@ def evaluate(results: Sequence[ClipResult], max_fpr: float = DEFAULT_MAX_FPR) ->
            "machine_types": sorted({r.machine_type for r in results if r.machine_type}),
            "machine_ids": sorted({r.machine_id for r in results if r.machine_id}),
            "max_fpr": max_fpr, "metrics": None}
-    labelled = [r for r in results if r.label is not None]
-    if not (counts.get("normal") and counts.get("anomaly")):
+    labelled = [r for r in results if r.label is not None and np.isfinite(r.max_score)]
+    out["left_out_unhealthy"] = sum(1 for r in results if r.label is not None and not np.isfinite(r.max_score))
+    kept = Counter(r.label for r in labelled)
+    if not (kept.get("normal") and kept.get("anomaly")):
         return out
     y = np.array([r.label == "anomaly" for r in labelled])
     metrics = {}
@@ -153,6 +169,9 @@ def summary_lines(evaluation: dict) -> list[str]:
     counts = ", ".join(f"{n} {k}" for k, n in labels.items() if n)
     n = evaluation["n_clips"]
     lines = [f"{n} clip{'s' if n != 1 else ''} ({kinds}): {counts}"]
+    if evaluation.get("left_out_unhealthy"):
+        lines.append(f"{evaluation['left_out_unhealthy']} labelled clip(s) left out of the AUC: no frame passed the "
+                     "input health checks (see the health column)")
     m = evaluation["metrics"]
     if m is None:
         lines.append("no AUC: it needs both normal_* and anomaly_* clips (labels from DCASE / MIMII file names)")
