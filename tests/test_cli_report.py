@@ -117,3 +117,26 @@ def test_report_rejects_a_file_that_is_not_an_event_log(tmp_path, env):
     proc = cli("edge-report", "--events", bad, "--out", tmp_path / "r", env=env)
     assert_one_line_error(proc)
     assert "not JSON" in proc.stderr
+
+
+def test_report_shows_the_input_health_of_the_log(model, fan, clip_max, tmp_path, env):
+    """A microphone dead for 5 s mid-stream: edge-monitor logs health lines, not anomalies, and edge-report
+    shows the health states beside the events."""
+    import soundfile as sf
+
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    samples = read_audio(fan["test_normal"][0], 16000)
+    samples[3 * 16000:8 * 16000] = 0.0
+    wav = tmp_path / "dead_mic.wav"
+    sf.write(wav, samples, 16000, subtype="FLOAT")
+    log = tmp_path / "events.jsonl"
+    phi = 1.5 * clip_max(fan["test_normal"][0])
+    mon = cli("edge-monitor", "--model", model, "--phi", phi, "--input", wav, "--events", log, env=env)
+    assert mon.returncode == 0, mon.stderr
+    kinds = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert "health" in kinds and "anomaly" not in kinds
+    proc = cli("edge-report", "--events", log, "--phi", phi, "--out", tmp_path / "r", env=env)
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    assert facts["input health in log (states started)"] == "silent x1" and facts["events in log"] == 0

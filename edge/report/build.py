@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,10 @@ class Report:
     """The numbers behind the figures, as shown in the page's table (label -> value)."""
 
 
-def read_events(path: Path) -> list[dict]:
+def read_events(path: Path, health: list[dict] | None = None) -> list[dict]:
     """The anomaly events of an ``edge-monitor`` JSONL log (other line kinds are skipped; a last line cut by
-    a power loss is skipped with a warning).
+    a power loss is skipped with a warning). With a ``health`` list, the log's ``health`` lines (input
+    health, :class:`edge_asd.edge.runtime.events.Health`) are appended to it.
 
     Raises:
         EdgeAsdError: no such file, or not a JSONL event log.
@@ -118,7 +120,15 @@ def read_events(path: Path) -> list[dict]:
             raise EdgeAsdError(f"{path}: line {n} is not JSON; not an edge-monitor event log") from None
         if isinstance(item, dict) and item.get("event") == "anomaly" and "time_s" in item and "score" in item:
             events.append(item)
+        elif health is not None and isinstance(item, dict) and item.get("event") == "health":
+            health.append(item)
     return events
+
+
+def health_summary(health: list[dict]) -> str:
+    """The input-health states that started in a log, with counts (``silent x2, clipping x1``), or ``none``."""
+    starts = Counter(h.get("state", "?") for h in health if h.get("status") == "start")
+    return ", ".join(f"{state} x{n}" for state, n in sorted(starts.items())) or "none"
 
 
 def resolve_phi(phi: float | None, store: Path | None, machine_id: str | None, scorer: Scorer | None,
@@ -154,6 +164,7 @@ def page(out: Path, figures: list[tuple[str, str]], facts: dict) -> Path:
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
     figs = "".join(f'<figure><a href="{f}"><img src="{f}" style="max-width:100%"></a><figcaption>{html.escape(c)}'
                    "</figcaption></figure>" for f, c in figures)
+    out.mkdir(parents=True, exist_ok=True)  # a log without anomalies draws no figure, but still has a page
     path = out / "index.html"
     path.write_text(f"<!doctype html><meta charset=utf-8><title>edge-asd report</title><h1>edge-asd report</h1>"
                     f"<table>{rows}</table>{figs}\n")
@@ -182,7 +193,8 @@ def build_report(options: ReportOptions) -> Report:
         raise EdgeAsdError("nothing to draw: give --events, --recording, --normals or --test-dir")
     if (o.recording or o.normals or o.test_dir) and not o.model_path:
         raise EdgeAsdError("--recording, --normals and --test-dir need --model")
-    events = read_events(o.events) if o.events else []
+    health: list[dict] = []
+    events = read_events(o.events, health) if o.events else []
     scorer = Scorer(o.model_path, num_threads=o.threads) if o.model_path else None
     normal_files = find_recordings(o.normals) if o.normals else []
     machine_id = o.machine_id
@@ -205,6 +217,7 @@ def build_report(options: ReportOptions) -> Report:
     figures, facts = [], {"phi": f"{phi:.6g}"}
     if o.events:
         facts["events in log"] = len(events)
+        facts["input health in log (states started)"] = health_summary(health)
 
     if o.recording or events:
         times = scores = windows = None

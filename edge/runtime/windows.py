@@ -266,14 +266,6 @@ def record_settings(record: dict) -> dict:
     return out
 
 
-def windows_for_record(record: dict, sample_rate: int, hop_samples: int):
-    """Fresh windows as a phi record was calibrated on (:func:`record_settings`); ``sample_rate`` Hz,
-    ``hop_samples`` the model's hop. Raises EdgeAsdError for a window :func:`make_windows` refuses (a
-    damaged record)."""
-    settings = record_settings(record)
-    return make_windows(settings.pop("window"), sample_rate, hop_samples, **settings)
-
-
 def describe(settings: dict) -> str:
     """Window settings as the options that give them: ``--window 1``, or ``--window gate --gate-db -45
     --gate-min-on-s 0.5 --gate-min-off-s 1``."""
