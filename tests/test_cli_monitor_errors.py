@@ -28,6 +28,20 @@ def test_monitor_non_audio(model, tmp_path, env):
     _monitor_error(model, "--phi", "1", "--input", path, env=env, words=["notes.txt"])
 
 
+def test_monitor_absurd_thread_counts(model, fan, tmp_path, env):
+    """--threads 100000 exhausted the host's process IDs, then segfaulted: the count is bounded, on the command
+    line and in the TOML config alike, with the limit in the one-line error."""
+    _monitor_error(model, "--phi", "1", "--threads", "100000", "--input", fan["test_normal"][0], env=env,
+                   words=["--threads", "1<=x<=64"])
+    _monitor_error(model, "--phi", "1", "--threads", "0", "--input", fan["test_normal"][0], env=env, words=["--threads"])
+    config = tmp_path / "monitor.toml"
+    config.write_text(f'[monitor]\nthreads = 100000\nphi = 1.0\n\n[[input]]\nmodel = "{model}"\n'
+                      f'source = "{fan["test_normal"][0]}"\n')
+    proc = cli("edge-monitor", "--config", config, env=env)
+    assert_one_line_error(proc)
+    assert "threads = 100000: use 1 to 64 inference threads per model" in proc.stderr
+
+
 def test_monitor_empty_file(model, tmp_path, env):
     path = tmp_path / "empty.wav"
     path.write_bytes(b"")

@@ -10,7 +10,7 @@ import click
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.core.machine_id import normalize_machine_id
 from edge_asd.edge.calibrate.rules import DEFAULT_QUANTILE
-from edge_asd.edge.cli.options import accept_other_machines_option, gate_options, model_option, store_option
+from edge_asd.edge.cli.options import accept_other_machines_option, gate_options, model_option, store_option, threads_option
 
 
 def _history_lines(store: Path, machine_id: str | None) -> list[str]:
@@ -65,7 +65,7 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
                    "held_out) to this JSONL file.")
 @accept_other_machines_option
 @click.option("--show", "show_history", is_flag=True, help="Print the phi history of the store (or of --machine-id) and exit.")
-@click.option("--threads", default=1, show_default=True, help="Inference threads.")
+@threads_option("Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors

@@ -9,7 +9,7 @@ import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.edge.cli.options import accept_other_machines_option, model_option, store_option
+from edge_asd.edge.cli.options import accept_other_machines_option, model_option, store_option, threads_option
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -39,7 +39,7 @@ from edge_asd.edge.cli.options import accept_other_machines_option, model_option
                    "phi's realized false-alarm rate on them is printed and stored, as edge-calibrate --check does.")
 @click.option("--force", is_flag=True, help="Fine-tune even when the guard rail refuses, or without a phi to check against.")
 @click.option("--rollback", is_flag=True, help="Put back the model and phi in service before the last fine-tune.")
-@click.option("--threads", default=1, show_default=True, help="Inference threads.")
+@threads_option("Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors

@@ -10,7 +10,7 @@ import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.edge.cli.options import gate_options, model_option, store_option
+from edge_asd.edge.cli.options import gate_options, model_option, store_option, threads_option
 from edge_asd.edge.runtime.health import HOLD_S, LEVEL_DRIFT_DB, SILENT_DBFS
 from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS, SourceSpec
 
@@ -74,7 +74,7 @@ def _list_devices(ctx, param, value):
               help="Input health: seconds of silence before the 'silent' health line.")
 @click.option("--level-drift-db", type=click.FloatRange(min=0), default=LEVEL_DRIFT_DB, show_default=True,
               help="Input health: a 'level_drift' health line when the level leaves the calibrated range by this much, dB.")
-@click.option("--threads", default=1, show_default=True, help="Inference threads per model.")
+@threads_option("Inference threads per model.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edge_asd.edge.runtime.backends import MAX_THREADS
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
 
 MODEL_FILE = click.Path(dir_okay=False, path_type=Path)
@@ -62,3 +63,9 @@ def accept_other_machines_option(fn):
     return click.option("--accept-other-machines", "accept_other_machines", is_flag=True,
                         help="Take recordings whose file names say another machine ID or machine type than the "
                              "model's and --machine-id (refused otherwise); anomaly_* clips stay refused as normals.")(fn)
+
+
+def threads_option(help: str = "Inference threads."):
+    """``--threads``: inference threads per model, 1 to :data:`~edge_asd.edge.runtime.backends.MAX_THREADS`."""
+    return click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
+                        help=f"{help[:-1]} (1 to {MAX_THREADS}).")

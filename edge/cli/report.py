@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
-from edge_asd.edge.cli.options import accept_other_machines_option, model_option, store_option
+from edge_asd.edge.cli.options import accept_other_machines_option, model_option, store_option, threads_option
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB
 
 
@@ -37,7 +37,7 @@ from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB
               help="Extreme-value fit drawn on the maxima (default: the calibration's, else gumbel).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
               help="Folder for the PNG files and index.html.")
-@click.option("--threads", default=1, show_default=True, help="Inference threads.")
+@threads_option("Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors

@@ -11,6 +11,7 @@ import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.core.metrics import DEFAULT_MAX_FPR
+from edge_asd.edge.cli.options import threads_option
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -26,7 +27,7 @@ from edge_asd.core.metrics import DEFAULT_MAX_FPR
               help="Print the summary and every clip as one JSON object on stdout (the CSV only goes to --out).")
 @click.option("--max-fpr", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_MAX_FPR, show_default=True,
               help="Where pAUC stops (false-positive rate), as DCASE Task 2.")
-@click.option("--threads", default=1, show_default=True, help="Inference threads.")
+@threads_option("Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr (the summary stays).")
 @click.version_option(kit_version(), "--version")
 @user_errors

@@ -15,6 +15,10 @@ from edge_asd.core.errors import EdgeAsdError
 
 log = logging.getLogger("edge_asd")
 
+MAX_THREADS = 64
+"""Most inference threads one model may use. A Raspberry Pi has 4 cores and a desktop rarely more than 64;
+far more threads only slow inference down, and 100 000 of them exhausted a host's process IDs."""
+
 
 class Backend:
     """Runs a model file whose graph maps (1, D) float32 -> (1,) float32 anomaly score."""
@@ -134,6 +138,14 @@ class OnnxBackend(Backend):
 
 
 def make_backend(kind: str, data: bytes, dim: int, num_threads: int = 1, where: str = "model") -> Backend:
+    """The backend for a model file's ``kind`` (``tflite`` or ``onnx``), with ``num_threads`` inference threads.
+
+    Raises:
+        EdgeAsdError: an unknown kind, a thread count outside 1..:data:`MAX_THREADS`, or a model the backend
+            refuses.
+    """
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or not 1 <= num_threads <= MAX_THREADS:
+        raise EdgeAsdError(f"threads = {num_threads!r}: use 1 to {MAX_THREADS} inference threads per model")
     if kind == "tflite":
         return TFLiteBackend(data, dim, num_threads, where)
     if kind == "onnx":
