@@ -69,9 +69,12 @@ def _open(path: Path) -> sf.SoundFile:
         raise EdgeAsdError(f"{path}: is a directory, not an audio file")
     if path.stat().st_size == 0:
         raise EdgeAsdError(f"{path}: empty file")
+    if path.suffix.lower() == ".raw":  # libsndfile reads a .raw name as headerless PCM and wants its format
+        raise EdgeAsdError(f"{path}: a .raw file has no header to give its sample rate and format: stream it as raw "
+                           "PCM (--input - with --pcm-rate), or give the file its real extension (.wav, .flac)")
     try:
         f = sf.SoundFile(str(path))
-    except (sf.LibsndfileError, RuntimeError) as e:
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise EdgeAsdError(f"{path}: not a readable audio file ({str(e).split(':')[-1].strip() or 'unknown format'})") from None
     if f.frames == 0:
         f.close()

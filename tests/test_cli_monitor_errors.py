@@ -42,6 +42,19 @@ def test_monitor_absurd_thread_counts(model, fan, tmp_path, env):
     assert "threads = 100000: use 1 to 64 inference threads per model" in proc.stderr
 
 
+@pytest.mark.parametrize("phi", ["nan", "inf", "-1", "ten"])
+def test_monitor_phi_must_be_a_finite_score(model, fan, env, phi):
+    """--phi nan or inf gave a traceback, --phi -1 made every frame an event without a word."""
+    _monitor_error(model, "--phi", phi, "--input", fan["test_normal"][0], env=env, words=["--phi", repr(phi)])
+
+
+def test_monitor_raw_file_named_as_such(model, fan, tmp_path, env):
+    """Any audio file named *.raw crashed the reader (TypeError: samplerate must be specified)."""
+    raw = tmp_path / "recording.raw"
+    raw.write_bytes(fan["test_normal"][0].read_bytes())
+    _monitor_error(model, "--phi", "1", "--input", raw, env=env, words=["recording.raw", "no header", "--pcm-rate"])
+
+
 def test_monitor_empty_file(model, tmp_path, env):
     path = tmp_path / "empty.wav"
     path.write_bytes(b"")

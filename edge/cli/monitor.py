@@ -10,7 +10,7 @@ import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.edge.cli.options import gate_options, model_option, store_option, threads_option
+from edge_asd.edge.cli.options import gate_options, model_option, phi_option, store_option, threads_option
 from edge_asd.edge.runtime.health import HOLD_S, LEVEL_DRIFT_DB, SILENT_DBFS
 from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS, SourceSpec
 
@@ -38,7 +38,7 @@ def _list_devices(ctx, param, value):
 @model_option(envvar="EDGE_ASD_MODEL")
 @click.option("--machine-id", default=None, help="Machine ID whose phi to use (default: the only one calibrated for this model).")
 @store_option("phi store written by edge-calibrate")
-@click.option("--phi", type=float, default=None, help="Use this threshold instead of the store's.")
+@phi_option("Use this threshold instead of the store's.")
 @click.option("--input", "input_spec", envvar="EDGE_ASD_INPUT", default="mic", show_default=True,
               help="mic, mic:INDEX, mic:NAME (part of a device name), serial:PORT (raw PCM from a microcontroller), "
                    "- (raw s16le PCM or WAV on stdin), or an audio file.")

@@ -4,6 +4,7 @@ gate of ``--window gate`` and ``--accept-other-machines``."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -69,3 +70,32 @@ def threads_option(help: str = "Inference threads."):
     """``--threads``: inference threads per model, 1 to :data:`~edge_asd.edge.runtime.backends.MAX_THREADS`."""
     return click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
                         help=f"{help[:-1]} (1 to {MAX_THREADS}).")
+
+
+class PhiType(click.ParamType):
+    """A threshold phi given on the command line: a finite number >= 0, in units of the anomaly score.
+
+    NaN, infinity and negative values are refused (one line, exit 2): phi = -1 made every frame an event and
+    NaN none, silently. 0 (every frame an event) is accepted with a warning, for checks and demos.
+    """
+
+    name = "phi"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            phi = value
+        else:
+            try:
+                phi = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(phi) or phi < 0:
+            self.fail(f"{value!r}: phi must be a finite anomaly score >= 0", param, ctx)
+        if phi == 0:
+            click.echo("edge_asd: WARNING: --phi 0: every frame is at or over phi, so every frame is an event", err=True)
+        return phi
+
+
+def phi_option(help: str):
+    """``--phi``: a threshold given by hand instead of the store's (:class:`PhiType`)."""
+    return click.option("--phi", type=PhiType(), default=None, help=help)

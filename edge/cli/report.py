@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
-from edge_asd.edge.cli.options import accept_other_machines_option, model_option, store_option, threads_option
+from edge_asd.edge.cli.options import accept_other_machines_option, model_option, phi_option, store_option, threads_option
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB
 
 
@@ -27,7 +27,7 @@ from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB
               "model's ID form (id_00 or section_00). --test-dir keeps its clips of this ID.")
 @accept_other_machines_option
 @store_option()
-@click.option("--phi", type=float, default=None, help="Threshold to draw (default: the event log's, else the store's for --model).")
+@phi_option("Threshold to draw (default: the event log's, else the store's for --model).")
 @click.option("--window", default=None,
               help="Decision window as edge-monitor's --window: whole, SECONDS or gate (default: the calibration's).")
 @click.option("--gate-db", type=float, default=None,
