@@ -12,7 +12,8 @@ from scipy.signal import resample_poly
 
 from conftest import cli
 from edge_asd.edge.runtime.decision import RunningMaxDetector
-from edge_asd.edge.runtime.health import HOLD_S, HealthChecker, level_statistics, recording_health
+from edge_asd.edge.runtime.health import HOLD_S, HealthChecker, recording_health
+from edge_asd.edge.runtime.input_level import level_statistics
 from edge_asd.edge.runtime.stream_loop import Monitor
 from edge_asd.edge.runtime.windows import EnergyGate, FixedWindows, WholeStream
 from edge_asd.firmware_io.audio_file import read_audio

@@ -44,7 +44,8 @@ from edge_asd.edge.calibrate.rules import (
     seconds_per_window,
 )
 from edge_asd.edge.runtime import phi_store
-from edge_asd.edge.runtime.health import BAND_SHARE_FLOOR, level_statistics
+from edge_asd.edge.runtime.health import BAND_SHARE_FLOOR
+from edge_asd.edge.runtime.input_level import level_statistics
 from edge_asd.edge.runtime.phi_store import PhiRecord
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.edge.runtime.windows import (
@@ -250,7 +251,7 @@ def calibrate_like(previous: PhiRecord | None, scorer, model_path: str | Path, f
 
 def input_level(scorer, files: Sequence[Path], audio: list[np.ndarray] | None = None) -> dict | None:
     """The recordings' level statistics for the phi record (``input_level``,
-    :func:`~edge_asd.edge.runtime.health.level_statistics`): per-second RMS level (dBFS) and high-band share,
+    :func:`~edge_asd.edge.runtime.input_level.level_statistics`): per-second RMS level (dBFS) and high-band share,
     at the model's sample rate; ``audio``: the recordings already decoded (else read from ``files``)."""
     cfg = scorer.features
     if audio is None:

@@ -84,7 +84,7 @@ class PhiRecord:
     fine_tuned: Mapping[str, Any] | None = None
     """edge-finetune's record: ``steps``, ``rejected_frames``, ``base_sha256``, ``finetuned_at``."""
     input_level: Mapping[str, Any] | None = None
-    """Level statistics of the recordings phi was set on (:func:`edge_asd.edge.runtime.health.level_statistics`):
+    """Level statistics of the recordings phi was set on (:func:`edge_asd.edge.runtime.input_level.level_statistics`):
     ``seconds``, the per-second RMS level's ``median_dbfs``, ``p5_dbfs``, ``p95_dbfs``, ``spread_db`` (dBFS, dB),
     and ``high_band_share`` (energy above rate/4 over the total); the monitor's level-drift and band checks
     compare the input with them. None in records older than it."""
