@@ -1,5 +1,6 @@
 """A trainer people trust: validation split, early stopping, best-epoch weights, resume, precision,
-the frame-based KDE, the background batch pipeline and the feature cache, on real recordings.
+the frame-based KDE and the background batch pipeline, on real recordings (the feature cache:
+test_feature_cache.py).
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ import torch
 
 from edge_asd.core.batches import BatchBuilder
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.core.features import extract, logmel
 from edge_asd.core.presets import get_preset
 from edge_asd.firmware_io.audio_file import read_audio
 from edge_asd.train import pipeline
 from edge_asd.train.checkpoint import restore
 from edge_asd.train.context_kde import context_kde_weights, diagonal_window_sum
-from edge_asd.train.feature_cache import FeatureCache
 from edge_asd.train.losses import kde_weights
 from edge_asd.train.model import anomaly_score
 from edge_asd.train.pipeline import Prefetcher
@@ -294,53 +293,6 @@ def test_precision_choices_on_the_cpu(data):
     ck = train(config(epochs=1, batches_per_epoch=2, precision="bf16"), FEATURES, normals, others, mean, std, progress=False)
     assert ck["precision"] == "bfloat16" and all(np.isfinite(h["loss"]) for h in ck["history"])
     assert all(v.dtype == torch.float32 for v in ck["model_state"].values())  # autocast keeps fp32 master weights
-
-
-# --- feature cache -----------------------------------------------------------------------------------
-
-
-def test_feature_cache_returns_the_same_audio_and_frames_memory_mapped(fan, tmp_path, monkeypatch):
-    paths = fan["train"][:2]
-    cache = FeatureCache(tmp_path / "c")
-    first = [cache.audio(p, 16000) for p in paths]
-    psi_first = [cache.logmel(p, a, FEATURES) for p, a in zip(paths, first)]
-    assert (cache.hits, cache.misses) == (0, 4)
-    again = FeatureCache(tmp_path / "c")
-    second = [again.audio(p, 16000) for p in paths]
-    psi = [again.logmel(p, a, FEATURES) for p, a in zip(paths, second)]
-    assert (again.hits, again.misses) == (4, 0)
-    for p, a, b, f0, f1 in zip(paths, first, second, psi_first, psi):
-        assert isinstance(b, np.memmap) and isinstance(f1, np.memmap)
-        np.testing.assert_array_equal(b, read_audio(p, 16000))
-        np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(f1, logmel(read_audio(p, 16000), FEATURES))
-        np.testing.assert_array_equal(f0, f1)
-    # another preset is another entry, never a stale hit
-    other = get_preset("dcase2020")
-    assert again.logmel(paths[0], second[0], other).shape[1] == other.n_mels and again.misses == 1
-    # so is the same preset from log-mel code that gives other bits (edge.features.LOGMEL_VERSION)
-    import edge_asd.train.feature_cache as feature_cache
-
-    monkeypatch.setattr(feature_cache, "LOGMEL_VERSION", feature_cache.LOGMEL_VERSION + 1)
-    again.logmel(paths[0], second[0], FEATURES)
-    assert again.misses == 2
-    # a damaged entry is recomputed
-    for entry in (tmp_path / "c" / "audio").glob("*.npy"):
-        entry.write_bytes(b"not numpy")
-    fresh = FeatureCache(tmp_path / "c")
-    np.testing.assert_array_equal(fresh.audio(paths[0], 16000), read_audio(paths[0], 16000))
-    assert fresh.misses == 1
-    np.testing.assert_array_equal(FeatureCache(tmp_path / "c").audio(paths[0], 16000), read_audio(paths[0], 16000))
-
-
-def test_unwritable_cache_is_skipped(fan, tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    cache = FeatureCache(blocker / "sub")  # cannot mkdir below a file
-    a = cache.audio(fan["train"][0], 16000)
-    np.testing.assert_array_equal(a, read_audio(fan["train"][0], 16000))
-    assert cache.root is None
-    assert extract(a, FEATURES).shape[1] == FEATURES.dim
 
 
 # --- edge-train ------------------------------------------------------------------------------------
