@@ -42,7 +42,7 @@ def main(paths, model_path, machine_id, out_path, as_json, max_fpr, threads, qui
     """
     setup_logging(quiet=quiet)
     from edge_asd.core.atomic_io import atomic_write_text
-    from edge_asd.core.machine_id import resolve_machine_id
+    from edge_asd.edge.calibrate import names
     from edge_asd.edge.evaluate import score_folder as sf
     from edge_asd.edge.runtime.scorer import Scorer
     from edge_asd.firmware_io.audio_file import find_recordings
@@ -51,9 +51,7 @@ def main(paths, model_path, machine_id, out_path, as_json, max_fpr, threads, qui
     files = find_recordings(paths)
     resolved = None
     if machine_id is not None:
-        resolved, how = resolve_machine_id(machine_id, scorer.meta.get("machine_ids"),
-                                           (sf.name_fields(f)[1] for f in files))
-        click.echo(f"edge-score: {how}", err=True)
+        resolved = names.resolve_for_model(machine_id, scorer.meta, files)
         files = sf.keep_machine_id(files, resolved)
     results = sf.score_clips(scorer, files)
     evaluation = sf.evaluate(results, max_fpr)
