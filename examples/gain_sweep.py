@@ -164,7 +164,7 @@ def resolve_phi(phi: float | None, store: Path | None, machine_id: str, scorer: 
     from edge_asd.edge.runtime.phi_store import lookup_phi
 
     _, record = lookup_phi(store, machine_id, scorer.sha256)
-    return float(record["phi"]), f"{store} ({machine_id})"
+    return record.phi, f"{store} ({machine_id})"
 
 
 def _gains(ctx, param, value):

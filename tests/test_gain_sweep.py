@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, cli
 from edge_asd.core.loudness import clip_level_dbfs, loudness_reference
 from edge_asd.core.metrics import auc_pauc
 from edge_asd.edge.runtime.scorer import Scorer
@@ -75,3 +75,12 @@ def test_command_needs_a_phi(int8_model, data_root):
                           capture_output=True, text=True, timeout=600)
     assert_one_line_error(proc)
     assert "--phi" in proc.stderr and "--store" in proc.stderr
+
+
+def test_phi_from_the_store_edge_calibrate_wrote(gain_sweep, int8_model, fan, tmp_path):
+    """--store: phi is the record edge-calibrate saved for this machine ID and model file (a typed PhiRecord)."""
+    store = tmp_path / "phi.json"
+    proc = cli("edge-calibrate", "--model", int8_model[0], "--machine-id", "00", "--store", store, *fan["train"][:3])
+    assert proc.returncode == 0, proc.stderr
+    phi, source = gain_sweep.resolve_phi(None, store, "id_00", Scorer(int8_model[0]))
+    assert phi == json.loads(store.read_text())["machines"]["id_00"]["phi"] and source == f"{store} (id_00)"
