@@ -103,6 +103,14 @@ def test_level_drift_against_the_calibrated_level(normal, fan_reference):
     assert check(normal * 10 ** (10 / 20))[0] == []  # no reference, no level check
 
 
+def test_a_level_far_from_the_calibrated_one_is_not_scored(normal, fan_reference):
+    n_frames = 1 + (len(normal) - SPAN) // HOP
+    lines, skipped = check(normal * 10 ** (20 / 20), fan_reference)  # +20 dB: a gain change, not the machine
+    assert starts(lines) == [("level_drift", 0.0)] and skipped == {"level_far": n_frames}
+    assert check(normal * 10 ** (-20 / 20), fan_reference)[1] == {"level_far": n_frames}
+    assert check(normal * 10 ** (20 / 20))[1] == {}  # no reference: scored
+
+
 def test_the_frames_not_scored_do_not_depend_on_the_block_size(normal):
     x = np.r_[normal[:3 * RATE], np.zeros(2 * RATE, np.float32), np.clip(normal[3 * RATE:] * 100, -1, 1)]
     results = [recording_health(x, RATE, HOP, SPAN, block_samples=b) for b in (1536, 4096, 10000)]

@@ -27,7 +27,11 @@ on the healthy side of the limit (hysteresis in time and in value: no flapping).
 
 Frames: a frame (context vector) whose audio fails ``silent``, ``clipping``, ``dc_offset`` or ``band_limited``
 at any of its hops is not machine sound; :meth:`HealthChecker.skip_reasons` names its reason and the stream
-loop does not score it (no anomaly line, not in the running max). ``level_drift`` frames are scored.
+loop does not score it (no anomaly line, not in the running max). ``level_drift`` frames are scored (an
+anomalous machine may be louder: fan id_00's anomalous clips are 4-5 dB above its normal ones), unless the
+level lies more than :data:`LEVEL_FAR_DB` outside the calibrated range: such audio is not the machine as
+calibrated (a gain change, a moved or knocked microphone) and its frames are not scored (reason
+``level_far``; the ``level_drift`` state says it on its health line).
 Measured on the kit's data (fan and slider id_00, 94 normal clips, per hop or per second): level -51 dBFS
 at the quietest hop, peaks below 0.09 of full scale, |mean| below 1.3e-4; high-band share per second at
 least 4.6e-4 on every clip of every machine type in ../shared/data (ToyCar's lowest); an 8-kHz fan clip
@@ -58,6 +62,10 @@ BAND_DROP_DB = 30.0
 """Band-limited, with a calibration reference: the high-band share this far below the calibration's, dB."""
 LEVEL_DRIFT_DB = 3.0
 """Level drift: the level this far outside the calibration's per-second 5th..95th percentiles, dB."""
+LEVEL_FAR_DB = 12.0
+"""Frames not scored: the level over :data:`WINDOW_S` this far outside the calibration's per-second 5th..95th
+percentiles, dB (+20 dB of gain was scored as a machine anomaly before; real anomalies of the kit's data lie
+within 6 dB of the normal level)."""
 WINDOW_S = 1.0
 """Span of the rolling clipping, DC, band and level measures, s."""
 DC_MIN_S = 0.25
@@ -74,9 +82,11 @@ healthy side of its limit (a 1 % DC offset sits on its limit: without it, its st
 GAP_RELEASE_S = 5.0
 """``gap`` and ``overflow`` end after this many seconds without another, s."""
 
-SKIP_REASONS = ("silent", "clipping", "dc_offset", "band_limited")
-"""Conditions whose frames are not scored, in the order a frame's reason is named."""
-CONDITIONS = SKIP_REASONS + ("level_drift",)
+CONDITIONS = ("silent", "clipping", "dc_offset", "band_limited", "level_drift")
+"""Conditions tracked as health states."""
+SKIP_REASONS = ("silent", "clipping", "dc_offset", "band_limited", "level_far")
+"""Why a frame is not scored, in the order a frame's reason is named (``level_far``: the level more than
+:data:`LEVEL_FAR_DB` outside the calibrated range; its state is ``level_drift``)."""
 STATES = CONDITIONS + ("gap", "overflow")
 """Every health state."""
 
@@ -94,6 +104,7 @@ class HealthLimits:
     band_share_floor: float = BAND_SHARE_FLOOR
     band_drop_db: float = BAND_DROP_DB
     level_drift_db: float = LEVEL_DRIFT_DB
+    level_far_db: float = LEVEL_FAR_DB
     window_s: float = WINDOW_S
     hold_s: dict = field(default_factory=lambda: dict(HOLD_S))
     release_s: dict = field(default_factory=lambda: dict(RELEASE_S))
@@ -121,12 +132,13 @@ class HealthChecker:
         self._win = max(1, round(lim.window_s * sample_rate / hop_samples))  # hops in the rolling window
         self._dc_min = max(1, round(DC_MIN_S * sample_rate / hop_samples))
         self._band_min = lim.band_share_floor
-        self._level_range = None
+        self._level_range = self._far_range = None
         if reference:
             if reference.get("high_band_share"):
                 self._band_min = max(self._band_min, reference["high_band_share"] * 10 ** (-lim.band_drop_db / 10))
             if reference.get("p5_dbfs") is not None and reference.get("p95_dbfs") is not None:
                 self._level_range = (reference["p5_dbfs"] - lim.level_drift_db, reference["p95_dbfs"] + lim.level_drift_db)
+                self._far_range = (reference["p5_dbfs"] - lim.level_far_db, reference["p95_dbfs"] + lim.level_far_db)
         self.position = 0  # absolute samples, lost ones included
         self._partial = np.zeros(0, dtype=np.float64)
         self._hist = {k: np.zeros(0) for k in ("power", "sum", "clipped", "high", "total")}  # last _win hops
@@ -196,8 +208,13 @@ class HealthChecker:
             lev = figures["level_drift"]
             cond["level_drift"] = ((lev < lo) | (lev > hi)) & ~cond["silent"]
             keep["level_drift"] = ((lev < lo + KEEP_DB) | (lev > hi - KEEP_DB)) & ~cond["silent"]
+        skip = {r: cond[r] for r in SKIP_REASONS[:-1]}
+        skip["level_far"] = np.zeros(n, dtype=bool)
+        if self._far_range is not None:
+            lev = figures["level_drift"]
+            skip["level_far"] = ((lev < self._far_range[0]) | (lev > self._far_range[1])) & ~cond["silent"]
         ends = start + (np.arange(n) + 1) * self.hop
-        flags = np.stack([cond[r] for r in SKIP_REASONS], axis=1)
+        flags = np.stack([skip[r] for r in SKIP_REASONS], axis=1)
         kept = 4 * self._win + 64
         self._ends = np.concatenate([self._ends, ends])[-kept:]
         self._flags = np.concatenate([self._flags, flags])[-kept:]
