@@ -180,7 +180,7 @@ class Summary:
     """Framed PCM: the sender restarted (START flag or a sequence number jumping back)."""
     health_skipped: dict = field(default_factory=dict)
     """Frames not scored because their audio failed a health check, per reason (``silent``, ``clipping``,
-    ``dc_offset``, ``band_limited``); only reasons that occurred."""
+    ``dc_offset``, ``band_limited``, ``level_far``); only reasons that occurred."""
     health_states: dict = field(default_factory=dict)
     """How many times each health state started (``health`` lines with ``status: start``)."""
 
