@@ -21,6 +21,9 @@ log = logging.getLogger("edge_asd")
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+FILE_RATE_HZ = (4000, 768000)
+"""Sample rates a file may declare, Hz (inclusive). A damaged header claiming 1-4 Hz would be resampled into
+hours of audio (a 96-KB file: 13 h, minutes of CPU); 768 kHz is the highest rate audio interfaces record."""
 
 
 def audio_files(directory: str | Path) -> list[Path]:
@@ -79,6 +82,10 @@ def _open(path: Path) -> sf.SoundFile:
     if f.frames == 0:
         f.close()
         raise EdgeAsdError(f"{path}: no audio samples")
+    if not FILE_RATE_HZ[0] <= f.samplerate <= FILE_RATE_HZ[1]:
+        f.close()
+        raise EdgeAsdError(f"{path}: the header declares a sample rate of {f.samplerate} Hz, outside "
+                           f"{FILE_RATE_HZ[0]}..{FILE_RATE_HZ[1]} Hz: a damaged or foreign file")
     return f
 
 

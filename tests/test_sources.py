@@ -95,6 +95,17 @@ def test_truncated_wav(tmp_path, tone, subtype):
     _bad(path, "truncated")
 
 
+@pytest.mark.parametrize("rate", [2, 3999, 1_000_000])
+def test_a_header_declaring_an_absurd_rate_is_refused_before_resampling(tmp_path, tone, rate):
+    """A header claiming 2 Hz would be resampled into hours of audio (a probe: 13 h from 96 KB)."""
+    path = tmp_path / "odd.wav"
+    sf.write(path, tone, RATE, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    data[24:28] = rate.to_bytes(4, "little")  # the fmt chunk's sample rate
+    path.write_bytes(bytes(data))
+    _bad(path, f"declares a sample rate of {rate} Hz")
+
+
 def test_truncated_flac(tmp_path, fan):
     data = Path(fan["train"][0]).read_bytes()
     path = tmp_path / "half.flac"
