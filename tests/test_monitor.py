@@ -141,6 +141,22 @@ def test_evidence_clips_hold_the_audio_around_each_event(scorer, anomaly, anomal
     assert all(len(sf.read(p)[0]) <= 3 * RATE for p in {e["evidence"]["audio"] for e in events})
 
 
+def test_an_evidence_clip_a_full_disk_cuts_short_is_not_left_at_its_path(scorer, anomaly, anomaly_scores, tmp_path,
+                                                                          monkeypatch):
+    import errno
+    import os
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("edge_asd.core.atomic_io.os.fsync", full)
+    ev = EvidenceRecorder(tmp_path / "ev", "fan/1:id_00", scorer.features, before_s=1.0, after_s=0.5)
+    records, summary = run(blocks(anomaly, 4096), scorer, float(np.quantile(anomaly_scores, 0.99)), evidence=ev)
+    paths = {e["evidence"]["audio"] for e in of(records, "anomaly")}
+    assert paths and summary.evidence_clips == 0 and ev.n_failed == len(paths)
+    assert list((tmp_path / "ev").iterdir()) == []  # neither the clips nor their temporary files
+
+
 def test_rotating_log_keeps_whole_lines(tmp_path):
     path = tmp_path / "log" / "events.jsonl"
     sink = RotatingJsonLinesFile(path, max_bytes=400, backups=2)

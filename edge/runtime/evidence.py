@@ -12,6 +12,7 @@ PNG needs matplotlib (imported only when ``png=True``).
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_asd.core.atomic_io import atomic_write_bytes
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.presets import FeatureConfig
 
@@ -99,12 +101,14 @@ class EvidenceRecorder:
         audio = self._clip(clip["start"], clip["end"])
         if len(audio) == 0:
             return
-        try:
-            sf.write(clip["paths"]["audio"], np.clip(audio, -1.0, 1.0), self.rate, format="FLAC", subtype="PCM_16")
+        try:  # whole or not at all: a full disk never leaves a cut clip at the path the event names
+            buf = io.BytesIO()
+            sf.write(buf, np.clip(audio, -1.0, 1.0), self.rate, format="FLAC", subtype="PCM_16")
+            atomic_write_bytes(Path(clip["paths"]["audio"]), buf.getvalue())
             if self.png:
                 self._write_png(clip, audio)
             self.n_written += 1
-        except (OSError, RuntimeError) as e:  # full disk, folder gone: the events still stand
+        except (OSError, RuntimeError, EdgeAsdError) as e:  # full disk, folder gone: the events still stand
             self.n_failed += 1
             log.error("evidence %s not written: %s", clip["paths"]["audio"], e)
 
@@ -126,5 +130,7 @@ class EvidenceRecorder:
         ax.set_ylabel("mel band")
         ax.set_title(Path(clip["paths"]["audio"]).stem, fontsize=8)
         fig.tight_layout()
-        fig.savefig(clip["paths"]["image"])
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
         plt.close(fig)
+        atomic_write_bytes(Path(clip["paths"]["image"]), buf.getvalue())
