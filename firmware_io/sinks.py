@@ -7,10 +7,34 @@ reported. Several monitor threads may share a sink (writes are serialized).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from pathlib import Path
 from typing import TextIO
+
+log = logging.getLogger("edge_asd")
+
+
+def open_log_for_append(path: Path) -> TextIO:
+    """``path`` opened to append lines (utf-8). A last line cut short (a full disk or a power cut while it
+    was written: no final newline) is kept, and a newline is added first so that the next line starts on
+    a line of its own instead of continuing the torn one (readers skip a torn line; they cannot skip a
+    torn line glued to a whole one)."""
+    stream = open(path, "a+b")
+    try:
+        size = stream.seek(0, os.SEEK_END)
+        if size:
+            stream.seek(size - 1)
+            if stream.read(1) != b"\n":
+                log.warning("%s: its last line was cut short (a full disk or a power cut?); it is kept, new lines "
+                            "start after it", path)
+                stream.write(b"\n")
+                stream.flush()
+                os.fsync(stream.fileno())
+    finally:
+        stream.close()
+    return open(path, "a", encoding="utf-8")
 
 
 class JsonLinesSink:
@@ -23,7 +47,7 @@ class JsonLinesSink:
 
     @classmethod
     def append_to(cls, path: str | Path) -> JsonLinesSink:
-        return cls(open(path, "a", encoding="utf-8"), fsync=True, owns_stream=True)
+        return cls(open_log_for_append(Path(path)), fsync=True, owns_stream=True)
 
     def write(self, record: dict) -> None:
         line = json.dumps(record, sort_keys=True) + "\n"
@@ -51,7 +75,7 @@ class RotatingJsonLinesFile(JsonLinesSink):
     def __init__(self, path: str | Path, max_bytes: int = 0, backups: int = 5):
         self.path, self.max_bytes, self.backups = Path(path), int(max_bytes), max(0, int(backups))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        super().__init__(open(self.path, "a", encoding="utf-8"), fsync=True, owns_stream=True)
+        super().__init__(open_log_for_append(self.path), fsync=True, owns_stream=True)
 
     def _write_line(self, line: str) -> None:
         size = self.stream.tell()

@@ -100,6 +100,24 @@ def test_report_from_an_event_log_alone(model, fan, clip_max, tmp_path, env):
     assert "incomplete" in proc.stderr
 
 
+def test_a_monitor_restarted_after_a_torn_line_starts_a_new_line_and_the_report_reads_both(model, fan, clip_max,
+                                                                                          tmp_path, env):
+    """A full disk or power cut left half a line; the next start must not glue its first line to it."""
+    anomaly = max(fan["test_anomaly"], key=clip_max)
+    log = tmp_path / "events.jsonl"
+    cli("edge-monitor", "--model", model, "--phi", "0", "--input", anomaly, "--events", log, env=env)
+    first = log.read_text()
+    log.write_text(first + '{"schema": 2, "event": "anom')
+    proc = cli("edge-monitor", "--model", model, "--phi", "0", "--input", anomaly, "--events", log, env=env)
+    assert proc.returncode == 0 and "cut short" in proc.stderr, proc.stderr
+    lines = log.read_text().splitlines()
+    n_first = len(first.splitlines())
+    assert lines[n_first] == '{"schema": 2, "event": "anom'  # kept, on its own line
+    assert all(json.loads(line) for line in lines[:n_first] + lines[n_first + 1:])
+    report = cli("edge-report", "--events", log, "--out", tmp_path / "r", env=env)
+    assert report.returncode == 0 and f"line {n_first + 1} is incomplete" in report.stderr, report.stderr
+
+
 @pytest.mark.parametrize("args, words", [
     ([], ["nothing to draw"]),
     (["--recording", "x.wav"], ["--model"]),

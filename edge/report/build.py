@@ -94,8 +94,8 @@ class Report:
 
 
 def read_events(path: Path, health: list[dict] | None = None) -> list[dict]:
-    """The anomaly events of an ``edge-monitor`` JSONL log (other line kinds are skipped; a last line cut by
-    a power loss is skipped with a warning). With a ``health`` list, the log's ``health`` lines (input
+    """The anomaly events of an ``edge-monitor`` JSONL log (other line kinds are skipped; a line cut short by
+    a power loss or a full disk, last or followed by the lines of a later start, is skipped with a warning). With a ``health`` list, the log's ``health`` lines (input
     health, :class:`edge_asd.edge.runtime.events.Health`) are appended to it.
 
     Raises:
@@ -114,8 +114,8 @@ def read_events(path: Path, health: list[dict] | None = None) -> list[dict]:
         try:
             item = json.loads(line)
         except ValueError:
-            if n == len(lines):  # a last line cut by a power loss: keep what was recorded
-                log.warning("%s: line %d is incomplete; skipped", path, n)
+            if line.lstrip().startswith("{"):  # a torn event line, not a foreign file
+                log.warning("%s: line %d is incomplete (cut by a power loss or a full disk?); skipped", path, n)
                 continue
             raise EdgeAsdError(f"{path}: line {n} is not JSON; not an edge-monitor event log") from None
         if isinstance(item, dict) and item.get("event") == "anomaly" and "time_s" in item and "score" in item:
