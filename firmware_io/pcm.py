@@ -35,6 +35,22 @@ from edge_asd.firmware_io.pcm_framing import MAGIC, OVERHEAD, FrameDecoder
 
 log = logging.getLogger("edge_asd")
 _INT16_SCALE = 1.0 / 32768.0
+SNIFF_BYTES = 64
+"""Bytes read ahead from a (non-live) raw stream to recognise what is not raw PCM."""
+_CONTAINERS = {b"fLaC": "FLAC", b"OggS": "Ogg", b"ID3": "MP3", b"FORM": "AIFF", b"caff": "CAF"}
+_TEXT_BYTES = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+
+
+def sniff_not_pcm(head: bytes) -> str | None:
+    """What the first bytes of a stream are when they are not raw PCM: an audio container (``FLAC``, ...)
+    or ``text``; None when they may be PCM. Text: :data:`SNIFF_BYTES` bytes all printable ASCII (raw s16le
+    audio of a machine hardly ever is: its high bytes are near 0x00 or 0xFF)."""
+    for magic, kind in _CONTAINERS.items():
+        if head.startswith(magic):
+            return kind
+    if len(head) >= 16 and all(b in _TEXT_BYTES for b in head):
+        return "text"
+    return None
 
 
 class _Prefixed:
@@ -87,23 +103,31 @@ class PcmSource:
                 f"{name}: raw PCM at {declared_rate} Hz, but the model needs {sample_rate} Hz; "
                 f"resample upstream (e.g. sox ... -r {sample_rate})"
             )
-        head = b"" if live or framing == "framed" else stream.read(4)
+        head = b"" if live or framing == "framed" else stream.read(SNIFF_BYTES)
         self._channels = channels
         self._decoder = FrameDecoder(channels) if framing == "framed" else None
-        if head == b"RIFF":
+        if head.startswith(b"RIFF"):
             try:
                 w = wave.open(_Prefixed(head, stream), "rb")
-            except (wave.Error, EOFError) as e:
+            except wave.Error as e:
+                if "unknown format: 3" in str(e):
+                    raise EdgeAsdError(f"{name}: a WAV of float samples; send 16-bit PCM (e.g. sox in.wav -b 16 -t wav -)") from None
+                raise EdgeAsdError(f"{name}: malformed WAV header ({e})") from None
+            except EOFError as e:
                 raise EdgeAsdError(f"{name}: malformed WAV header ({e})") from None
             if w.getframerate() != sample_rate:
                 raise EdgeAsdError(f"{name}: wrong sample rate {w.getframerate()} Hz, the model needs {sample_rate} Hz")
             if w.getsampwidth() != 2:
                 raise EdgeAsdError(f"{name}: WAV with {8 * w.getsampwidth()}-bit samples; send 16-bit PCM")
             self._channels = w.getnchannels()
-            self._read = lambda n: w.readframes(n // (2 * self._channels)) or None
+            self._read = lambda n: w.readframes(n // (2 * self._channels)) or self._after_wav(stream)
             log.info("%s: WAV stream, %d Hz, %d channel(s)", name, sample_rate, self._channels)
         else:
-            if head == MAGIC:
+            kind = sniff_not_pcm(head)
+            if kind is not None:
+                raise EdgeAsdError(f"{name}: the stream is {kind}, not raw PCM: send 16-bit PCM or a 16-bit WAV stream "
+                                   "(e.g. ffmpeg -i FILE -f s16le -ar 16000 -ac 1 -), or pass the file as --input FILE")
+            if head.startswith(MAGIC):
                 log.warning("%s: the stream starts like framed PCM (%r); use --pcm-framing framed", name, MAGIC)
             self._pending = head
             read = getattr(stream, "read1", None) if not live else None
@@ -114,6 +138,15 @@ class PcmSource:
             raise EdgeAsdError(f"{name}: channel {channel} does not exist ({self._channels} channel(s))")
         self.channel = channel
         self.dropped_bytes = 0
+
+    def _after_wav(self, stream: BinaryIO) -> None:
+        """End of a WAV stream's data: bytes after it (a second WAV, a trailing chunk) are counted and said."""
+        extra = len(stream.read())
+        if extra:
+            self.dropped_bytes += extra
+            log.warning("%s: %d bytes after the WAV stream's data were not scored (a second WAV? send one per run)",
+                        self.name, extra)
+        return None
 
     def stats(self) -> dict:
         """``dropped_bytes``; framed: also the FrameDecoder's counters (frames_ok, frames_corrupt, ...)."""
@@ -148,6 +181,10 @@ class PcmSource:
             if usable:
                 block, pending = self._to_samples(pending[:usable]), pending[usable:]
                 yield block
+        usable = len(pending) - len(pending) % frame_bytes  # read ahead (SNIFF_BYTES) and never topped up
+        if usable:
+            yield from (self._to_samples(pending[i:min(i + want, usable)]) for i in range(0, usable, want))
+            pending = pending[usable:]
         if pending:
             self.dropped_bytes += len(pending)
             log.warning("%s: stream ended inside a sample; dropped %d byte(s)", self.name, len(pending))

@@ -192,6 +192,28 @@ def test_pcm_malformed_wav_header():
         PcmSource(io.BytesIO(b"RIFF\x00\x00\x00\x00JUNKJUNK"), RATE, HOP)
 
 
+def test_a_flac_file_or_text_on_a_raw_pcm_stream_is_refused(fan):
+    """Piped FLAC bytes or text were read as raw PCM (17 and 7 anomaly events in a probe, exit 0)."""
+    with pytest.raises(EdgeAsdError, match="the stream is FLAC, not raw PCM"):
+        PcmSource(io.BytesIO(Path(fan["train"][0]).read_bytes()), RATE, HOP)
+    with pytest.raises(EdgeAsdError, match="the stream is text, not raw PCM"):
+        PcmSource(io.BytesIO(b"time,level\n0.0,-44.1\n0.1,-44.0\n0.2,-43.9\n" * 4), RATE, HOP)
+
+
+def test_a_float_wav_on_a_stream_gets_a_clear_error(fan_audio):
+    buf = io.BytesIO()
+    sf.write(buf, fan_audio, RATE, format="WAV", subtype="FLOAT")
+    with pytest.raises(EdgeAsdError, match="WAV of float samples; send 16-bit PCM"):
+        PcmSource(io.BytesIO(buf.getvalue()), RATE, HOP)
+
+
+def test_a_second_wav_after_the_first_is_counted_and_said(fan_int16, fan_audio, caplog):
+    second = _wav_bytes(fan_int16[:RATE], RATE)
+    src = PcmSource(io.BytesIO(_wav_bytes(fan_int16, RATE) + second), RATE, HOP)
+    np.testing.assert_array_equal(np.concatenate(list(src)), fan_audio)
+    assert src.dropped_bytes == len(second) and "a second WAV?" in caplog.text
+
+
 def test_open_source_dispatch(fan, monkeypatch):
     assert isinstance(open_source(str(fan["train"][0]), RATE, HOP), FileSource)
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\x01\x00" * 10)))
