@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,9 @@ _UNSEALED = "0" * 64
 SCHEMA_VERSION = 1
 FORMAT = "edge-asd-model"
 _TFLITE_ID = b"TFL3"
+MAX_MODEL_BYTES = 256 << 20
+"""Largest model file read, bytes (the kit's models: 0.1-10 MB): ``--model /dev/zero`` or a wrong path
+to a disk image is refused instead of filling the memory."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ def seal(data: bytes) -> bytes:
 
 def check_seal(data: bytes, meta: dict, where: str) -> None:
     """EdgeAsdError unless the file's bytes still match the digest sealed into its metadata."""
-    digest = meta.get(DIGEST_KEY)
+    digest = meta.get(DIGEST_KEY) if isinstance(meta, dict) else None
     field = _digest_field(str(digest))
     if not isinstance(digest, str) or data.count(field) != 1:
         raise EdgeAsdError(f"{where}: edge-asd metadata has no valid {DIGEST_KEY}; convert the model again")
@@ -174,21 +179,35 @@ def model_kind(path: Path, data: bytes) -> str:
     raise EdgeAsdError(f"{path}: not a model file edge-asd can read (expected .tflite or .onnx)")
 
 
-def read_model_file(path: str | Path) -> tuple[bytes, str, ModelInfo]:
-    """Read a model file: (bytes, kind, info). Raises EdgeAsdError for missing, damaged or foreign files."""
-    path = Path(path)
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes; EdgeAsdError for a missing file, a folder, a device or a file over MAX_MODEL_BYTES."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise EdgeAsdError(f"{path}: not a regular file (a device or a pipe); give the model file's path")
+            if st.st_size > MAX_MODEL_BYTES:
+                raise EdgeAsdError(f"{path}: {st.st_size >> 20} MiB, larger than any model file "
+                                   f"({MAX_MODEL_BYTES >> 20} MiB at most)")
+            return f.read(MAX_MODEL_BYTES + 1)
     except FileNotFoundError:
         raise EdgeAsdError(f"{path}: model file not found") from None
     except IsADirectoryError:
         raise EdgeAsdError(f"{path}: is a directory, not a model file") from None
     except OSError as e:
         raise EdgeAsdError(f"{path}: cannot read model file ({e.strerror})") from None
+
+
+def read_model_file(path: str | Path) -> tuple[bytes, str, ModelInfo]:
+    """Read a model file: (bytes, kind, info). The metadata entry is found, the seal checked against the bytes,
+    and only then is the metadata interpreted, so a damaged file is refused as damaged. Raises EdgeAsdError for
+    missing, damaged, foreign or oversized files."""
+    path = Path(path)
+    data = _read_bounded(path)
     if not data:
         raise EdgeAsdError(f"{path}: model file is empty")
     kind = model_kind(path, data)
     meta = read_tflite_metadata(data, str(path)) if kind == "tflite" else read_onnx_metadata(data, str(path))
-    info = ModelInfo.from_meta(meta, str(path))
     check_seal(data, meta, str(path))
+    info = ModelInfo.from_meta(meta, str(path))
     return data, kind, info

@@ -264,3 +264,22 @@ def test_onnx_model_under_a_tflite_name_is_read_by_content(onnx_model, tmp_path)
     path.write_bytes(Path(onnx_model[0]).read_bytes())
     _, kind, _ = read_model_file(path)
     assert kind == "onnx"
+
+
+def test_a_device_or_an_oversized_file_is_refused_before_it_is_read(int8_model, tmp_path, monkeypatch):
+    """``--model /dev/zero`` read forever (a MemoryError traceback in a probe)."""
+    with pytest.raises(EdgeAsdError, match="not a regular file"):
+        read_model_file("/dev/zero")
+    monkeypatch.setattr("edge_asd.core.model_file.MAX_MODEL_BYTES", 1000)
+    with pytest.raises(EdgeAsdError, match="larger than any model file"):
+        read_model_file(int8_model[0])
+
+
+def test_metadata_changed_without_resealing_is_refused_as_damaged_before_it_is_interpreted(int8_model, tmp_path):
+    """The metadata is interpreted only once the seal holds: a changed feature value is damage, not a config."""
+    data = Path(int8_model[0]).read_bytes()
+    changed = data.replace(b'"hop_samples": 256', b'"hop_samples": 128')  # same length: the file stays whole
+    assert changed != data
+    path = tmp_path / "changed.tflite"
+    path.write_bytes(changed)
+    _refused(path, "damaged model file")
