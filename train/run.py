@@ -183,7 +183,8 @@ def train_checkpoint(options: TrainOptions) -> dict:
         except ValueError as e:  # too little audio for a segment or a validation split
             raise EdgeAsdError(f"{e}; use longer clips or --val-fraction 0") from None
         held = split.held_paths if split else []
-        ckpt["training_data"] = fingerprint(split.trained_paths if split else [paths[i] for i in idx])  # edge-calibrate warns on these
+        trained = split.trained_paths if split else [paths[i] for i in idx]
+        ckpt["training_data"] = fingerprint(trained)  # edge-calibrate warns on these
         ckpt["validation_data"] = fingerprint(held) if held else None  # never trained on: fit for calibrating phi
         return ckpt
 
