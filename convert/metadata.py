@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
+
+import numpy as np
 
 from edge_asd.core.commands import kit_version
 from edge_asd.core.model_file import DIGEST_KEY, FORMAT, SCHEMA_VERSION, unsealed_digest
-from edge_asd.core.provenance import prefixes
+from edge_asd.core.oof import ENCODING, encode_scores
+from edge_asd.core.provenance import PREFIX_CHARS, prefixes
+
+log = logging.getLogger("edge_asd")
+
+MAX_OOF_CHARS = 4_000_000
+"""Encoded out-of-fold scores above this (4 MB, about 1.5 million frames: some 2 500 10-s clips of the
+koizumi2019 preset) stay out of the model file, with a warning: the metadata is read at every model load
+and travels to the device."""
 
 
 def model_metadata(ckpt: dict, target: str, quantization: dict) -> dict:
@@ -16,7 +27,7 @@ def model_metadata(ckpt: dict, target: str, quantization: dict) -> dict:
         target: "tflite" or "onnx".
         quantization: e.g. {"mode": "float32"} or {"mode": "int8-static", "weights": "per-channel", ...}.
     """
-    return {
+    meta = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "kit_version": kit_version(),
@@ -37,6 +48,10 @@ def model_metadata(ckpt: dict, target: str, quantization: dict) -> dict:
         "quantization": quantization,
         DIGEST_KEY: unsealed_digest(),  # filled in by edge.model_file.seal once the file's bytes exist
     }
+    oof = out_of_fold(ckpt["oof"]) if ckpt.get("oof") else None
+    if oof is not None:
+        meta["oof"] = oof
+    return meta
 
 
 def training_data(fingerprint: dict) -> dict:
@@ -47,3 +62,17 @@ def training_data(fingerprint: dict) -> dict:
     if short is not None:
         out["file_sha256_prefixes"] = short
     return out
+
+
+def out_of_fold(oof: dict) -> dict | None:
+    """The checkpoint's out-of-fold frame scores (``edge-train --oof-folds``) for the model file: per clip the
+    short file digest, the fold, the number of frames and the scores as float16 (layout:
+    :mod:`edge_asd.core.oof`); None, with a warning, when they would take more than :data:`MAX_OOF_CHARS`."""
+    clips = [{"file_sha256_prefix": c["sha256"][:PREFIX_CHARS], "fold": int(c["fold"]),
+              **encode_scores(np.asarray(c["scores"], np.float32))} for c in oof["clips"]]
+    size = sum(len(c["scores"]) for c in clips)
+    if size > MAX_OOF_CHARS:
+        log.warning("the out-of-fold scores of %d clips take %.1f MB, over %.0f MB: left out of the model file "
+                    "(edge-calibrate scores the training clips with the model)", len(clips), size / 1e6, MAX_OOF_CHARS / 1e6)
+        return None
+    return {"folds": int(oof["folds"]), "seed": oof.get("seed"), "encoding": ENCODING, "clips": clips}

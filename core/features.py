@@ -129,6 +129,11 @@ def extract(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return stack_context(logmel(samples, cfg), cfg.n_context_frames)
 
 
+def n_vectors(n_samples: int, cfg: FeatureConfig) -> int:
+    """How many context vectors :func:`extract` gives for ``n_samples`` samples (0 when fewer than one vector's)."""
+    return 0 if n_samples < cfg.samples_per_vector else 1 + (n_samples - cfg.samples_per_vector) // cfg.hop_samples
+
+
 def standardize(vectors: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Context vectors (n, L * M) standardized per mel band with ``mean``/``std`` of shape (M,): float32."""
     n_mels = len(mean)

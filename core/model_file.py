@@ -7,6 +7,12 @@ preset (name and values), the normalization statistics, architecture, loss, trai
 fingerprint, machine type, schema and kit versions. TFLite keeps it in the flatbuffer's
 ``metadata`` table (read and written with ``ai_edge_litert.schema_py_generated`` + ``flatbuffers``);
 ONNX in ``metadata_props``. ``edge-monitor --model fan.tflite`` needs no other file.
+
+Optional entries: ``training_data.file_sha256_prefixes`` (short digests of the training files,
+:mod:`edge_asd.core.provenance`), ``fine_tuning`` (one record per on-device fine-tune) and ``oof``, the
+out-of-fold frame scores of the training clips from ``edge-train --oof-folds K`` (folds, seed, encoding,
+and per clip its file-digest prefix, fold, number of frames and float16 scores; layout and reader:
+:mod:`edge_asd.core.oof`), which edge-calibrate sets phi on. A reader ignores entries it does not use.
 """
 
 from __future__ import annotations

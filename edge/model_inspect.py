@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.oof import summary as oof_summary
 from edge_asd.edge.runtime.scorer import Scorer
 
 
@@ -108,8 +109,8 @@ def describe_quantization(q: dict | None, limit: int = 4) -> str:
 
 def summary_lines(meta: dict) -> list[str]:
     """A model file's ``edge_asd`` metadata as edge-inspect prints it, one line per topic: format and versions,
-    machine, feature preset, normalization, architecture, loss, training data, each fine-tune, quantization
-    and the sealed content digest."""
+    machine, feature preset, normalization, architecture, loss, training data, out-of-fold scores (when
+    there are), each fine-tune, quantization and the sealed content digest."""
     f, arch, loss = meta["features"], meta.get("architecture", {}), meta.get("loss", {})
     norm = meta["normalization"]
     mean, std = np.asarray(norm["mean"]), np.asarray(norm["std"])
@@ -125,6 +126,8 @@ def summary_lines(meta: dict) -> list[str]:
         f"loss: {loss.get('name')} " + json.dumps(loss.get("params", {}), sort_keys=True),
         f"training data: sha256 {td.get('sha256')} over {td.get('n_files')} files" + _listed(td),
     ]
+    if oof_summary(meta) is not None:
+        lines.append(oof_summary(meta))
     for ft in meta.get("fine_tuning") or []:
         lines.append(f"fine-tuned {ft.get('finetuned_at')}: machine ID {ft.get('machine_id')}, {ft.get('steps')} updates on "
                      f"{ft.get('recordings_trained', ft.get('recordings'))} recordings, {ft.get('rejected_frames')} frames "

@@ -3,9 +3,11 @@
 Every step runs the kit's own command-line tools, as a user would:
 
 1. edge-train     BU (Koizumi et al. 2019) on the normal training clips of one machine ID; with 20 or
-                  more, 20 % of them (whole clips) are kept out of training
-2. edge-convert   full-integer int8 TFLite, feature config and normalization inside the file
-3. edge-calibrate phi for that machine ID from the clips kept out (with fewer: from all of them)
+                  more, 20 % of them (whole clips) are kept out of training; with fewer, --oof-folds 5:
+                  5 more models, each trained on 4/5 of the clips, score the fifth they never heard
+2. edge-convert   full-integer int8 TFLite, feature config, normalization (and out-of-fold scores) inside
+3. edge-calibrate phi for that machine ID from the clips kept out (with fewer: from all of them, on their
+                  out-of-fold scores)
 4. edge-monitor   each test clip (normal and anomalous) streamed from its file; events counted
 5. edge-monitor   a 10-minute stream of real test normals as raw PCM on stdin: real-time factor
 
@@ -28,7 +30,9 @@ import numpy as np
 
 BIN = Path(sys.executable).parent
 HOLD_OUT_MIN_CLIPS = 20
-"""With at least this many normal training clips, 20 % are kept out of training and phi is set on them."""
+"""With at least this many normal training clips, 20 % are kept out of training and phi is set on them; with
+fewer, phi is set on the out-of-fold scores of all of them (edge-train --oof-folds OOF_FOLDS)."""
+OOF_FOLDS = 5
 
 
 def run(name: str, *args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
@@ -54,7 +58,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batches-per-epoch", type=int, default=50)
     parser.add_argument("--stream-minutes", type=float, default=10.0)
-    parser.add_argument("--lambda", dest="lam", default="2D", help="lambda of eq. 10 for edge-train (2M, 2D or a number)")
+    parser.add_argument("--lambda", dest="lam", default=None,
+                        help="lambda of eq. 10 for edge-train (D, 2D, 2M or a number; default: edge-train's, D)")
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     args = parser.parse_args()
 
@@ -79,15 +84,16 @@ def main() -> None:
 
     # phi should come from normal audio the model has not heard (it scores its training audio low): with
     # enough clips, edge-train keeps 20 % of them out and phi is set on those. The local set's 10 fan clips
-    # are too few: one of them (normal_id_00_00000004) scores 213 579 when kept out, 45x the others, and a
-    # phi of 1.1 x that misses every anomaly; so below HOLD_OUT_MIN_CLIPS every clip is trained on and phi
-    # is set on them (edge-calibrate warns about it; README, calibration check).
+    # are too few to spare any (one held-out split decided phi by whichever clip it held out), so below
+    # HOLD_OUT_MIN_CLIPS every clip is trained on, and OOF_FOLDS more models, each trained on the other
+    # folds, score the clips they never heard; edge-calibrate sets phi on those out-of-fold scores
+    # (docs/calibration.md, "phi from out-of-fold scores").
     hold_out = len(train) >= HOLD_OUT_MIN_CLIPS
-    t = step("1/5 edge-train (BU)" + ("; 20 % of the clips kept out for phi" if hold_out else ""))
-    # lambda = 2D rather than the paper's printed 2M: with 2M the tanh of eq. 10 saturates on these
-    # standardized features and BU degenerates to a weighted RE (README, "lambda").
+    t = step("1/5 edge-train (BU)" + ("; 20 % of the clips kept out for phi" if hold_out else
+                                      f"; --oof-folds {OOF_FOLDS}: out-of-fold scores for phi"))
     run("edge-train", data, "--machine-type", args.machine_type, "--machine-id", args.machine_id, "--loss", "bu",
-        "--lambda", args.lam, "--val-fraction", "0.2" if hold_out else "0",
+        *(["--lambda", args.lam] if args.lam else []), "--val-fraction", "0.2" if hold_out else "0",
+        *([] if hold_out else ["--oof-folds", OOF_FOLDS]),
         *(["--something-else", something_else] if something_else.is_dir() else []),
         "--epochs", args.epochs, "--batches-per-epoch", args.batches_per_epoch, "--out", ckpt, "-q")
     train_s = time.perf_counter() - t
@@ -99,11 +105,15 @@ def main() -> None:
 
     held = held_out_clips(ckpt, train) if hold_out else train
     t = step(f"3/5 edge-calibrate (phi from the {len(held)} normal clips " +
-             ("edge-train kept out of training)" if hold_out else "it trained on: too few to keep some out)"))
+             ("edge-train kept out of training)" if hold_out else "it trained on, on their out-of-fold scores)"))
     proc = run("edge-calibrate", "--model", model, "--machine-id", args.machine_id, "--store", store, "-q", *held)
-    sys.stderr.write(proc.stderr.decode(errors="replace"))  # its warning about calibrating on training audio
+    sys.stderr.write(proc.stderr.decode(errors="replace"))  # how many out-of-fold; warnings
     cal = json.loads(proc.stdout)
     print(f"phi = {cal['phi']:.1f}", file=sys.stderr)
+    n_oof = cal.get("oof_recordings") or 0
+    phi_source = (f"{len(held)} clips kept out of training" if hold_out else
+                  f"out-of-fold scores of {n_oof} of the {len(held)} training clips ({OOF_FOLDS}-fold models that "
+                  f"never heard them)" + (f", {len(held) - n_oof} scored by the model" if n_oof < len(held) else ""))
 
     t = step("4/5 edge-monitor on every test clip")
     events = {}
@@ -123,12 +133,14 @@ def main() -> None:
     n_norm = [c for c in test if c.label == "normal"]
     summary = {
         "machine": f"{args.machine_type} {args.machine_id}",
-        "model": f"BU, fcn-small, koizumi2019, lambda {args.lam}, {args.epochs * args.batches_per_epoch} updates",
+        "model": f"BU, fcn-small, koizumi2019, lambda {args.lam or 'D'}, {args.epochs * args.batches_per_epoch} updates"
+                 + ("" if hold_out else f" (and {OOF_FOLDS} out-of-fold models with the same budget)"),
         "test clips": f"{len(n_norm)} normal, {len(n_anom)} anomalous",
         **auc_rows(aucs),
         "anomalous clips with an event": f"{sum(events[c.path] > 0 for c in n_anom)} / {len(n_anom)}",
         "normal clips with an event": f"{sum(events[c.path] > 0 for c in n_norm)} / {len(n_norm)}",
         "phi": f"{cal['phi']:.1f}",
+        "phi source": phi_source,
         "model size": f"{model.stat().st_size / 1024:.0f} KiB int8 TFLite",
         f"real-time factor ({args.stream_minutes:g}-min stream, 1 thread)": f"{rtf:.5f} ({stream_events} events)",
         "train / convert time": f"{train_s:.0f} s / {convert_s:.0f} s",

@@ -120,7 +120,7 @@ CALIBRATED = {  # a record as edge-calibrate writes it (gate windows, budget rul
     "clip_max_scores": {"min": 1.0, "median": 2.0, "max": 3.0}, "recordings": ["a.wav", "b.wav"],
     "heldout_recordings": ["c.wav"], "calibrated_at": "2026-11-26T10:00:00+00:00", "kit_version": "0.4.0",
     "fit": {"p_window": 1e-5, "bootstrap": {"n": 50}}, "check": {"windows": 5, "false_alarms": 0},
-    "recordings_heard_by_model": 0,
+    "recordings_heard_by_model": 0, "oof_recordings": 2,
 }
 
 
@@ -172,6 +172,7 @@ def test_an_old_store_loads(tmp_path):
     ({"recordings": "a.wav"}, "recordings is 'a.wav', not a list of paths"),
     ({"window_s": "ten"}, "window_s is 'ten', not a number"),
     ({"recordings_heard_by_model": True}, "not an integer"),
+    ({"oof_recordings": "10"}, "oof_recordings is '10', not an integer"),
     ({"input_level": {"median_dbfs": -44.0}}, "not an object with p5_dbfs and p95_dbfs"),
 ])
 def test_a_damaged_record_is_refused_in_one_line(tmp_path, damage, words):

@@ -8,6 +8,7 @@ Modules, from the command down:
 
 - ``cli``: ``edge-train``; parses options into ``run.TrainOptions`` and calls ``run.train_checkpoint``.
 - ``run``: the whole job as a Python function (recordings -> split -> training -> checkpoint file).
+- ``oof``: ``--oof-folds K``: K fold models, each scoring the clips it did not train on (out-of-fold scores).
 - ``trainer``: the training loop; ``pipeline``: mini-batches prepared in a background thread;
   ``validation``: the validation split and pseudo-anomaly AUC; ``losses``, ``context_kde``: RE, SNP, BU;
   ``model``: the autoencoders; ``checkpoint``: the checkpoint file.

@@ -11,7 +11,10 @@ restoring the autoencoder. :func:`edge_asd.train.trainer.train` fills the model'
   ``train_frames``, ``device``, ``precision``, ``created_at``;
 - from ``train_checkpoint``: ``training_data`` (fingerprint of the recordings trained on),
   ``validation_data`` (of the whole recordings held out for validation, or None), ``something_else``
-  {dir, n_sounds}, ``kit_version``.
+  {dir, n_sounds}, ``kit_version``; with ``edge-train --oof-folds K`` also ``oof`` {folds, seed, clips:
+  [{sha256 (hex digest of the file), name, fold, scores (frame scores, float32 tensor (n_frames,))}]}
+  (:mod:`edge_asd.train.oof`). Keys added since schema 1 was fixed (``oof``) are optional: older
+  checkpoints load as before.
 
 A training-state file (``.state.pt``, for ``edge-train --resume``) has the same schema and
 ``kind = "train_state"``.

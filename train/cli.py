@@ -67,7 +67,13 @@ from edge_asd.core.presets import PRESETS
                    "with early stopping, else last.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from OUT's .state.pt (written after every epoch), with the same options.")
-@click.option("--seed", default=0, show_default=True, help="Seed for the weights, the validation split and the mini-batches.")
+@click.option("--seed", default=0, show_default=True,
+              help="Seed for the weights, the validation split, the mini-batches and the --oof-folds folds.")
+@click.option("--oof-folds", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Out-of-fold scores for phi: first train K models, each on K-1 of K folds of the clips (whole clips, "
+                   "balanced per machine ID) with every other option as given, score each clip with the model that did "
+                   "not train on it, and keep those frame scores in the checkpoint; edge-calibrate sets phi on them "
+                   "(cross-conformal / CV+). Costs K+1 trainings. 0 = none; else 2 to the number of clips.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto = cuda when torch sees a GPU, else cpu.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,

@@ -6,14 +6,17 @@ feature cache), computes the per-mel-band normalization, divides the recordings 
 validation (:func:`validation.split_recordings`), trains (:func:`trainer.train`: weights, features,
 normalization, loss, history, validation), adds what the model was trained on (fingerprints of the
 trained and the held-out recordings, the something-else sounds, the kit version), and writes the
-checkpoint with its training log next to it. ``edge-train`` only parses its options into
-:class:`TrainOptions`, calls it and prints the path.
+checkpoint with its training log next to it. With ``oof_folds`` K, the same normalization, split and
+training first runs K times on K-1 folds of the clips (:mod:`.oof`), and the checkpoint keeps each clip's
+out-of-fold frame scores (``oof``). ``edge-train`` only parses its options into :class:`TrainOptions`,
+calls it and prints the path.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from edge_asd.train.data import band_statistics, fingerprint, load_clips
 from edge_asd.train.feature_cache import FeatureCache, default_cache_dir
 from edge_asd.train.losses import resolve_lambda
 from edge_asd.train.model import ARCHS
+from edge_asd.train.oof import out_of_fold
 from edge_asd.train.trainer import SCHEDULES, TrainConfig, train
 from edge_asd.train.validation import METRICS, split_recordings
 
@@ -87,7 +91,11 @@ class TrainOptions:
     resume: bool = False
     """Continue an interrupted run from :attr:`state_path`, with the same options."""
     seed: int = 0
-    """Seed of the weights, the validation split and the mini-batches."""
+    """Seed of the weights, the validation split, the mini-batches and the out-of-fold folds."""
+    oof_folds: int = 0
+    """K >= 2: first train K models, each on K-1 folds of the clips with these same options, and keep each
+    clip's frame scores from the model that did not train on it (the checkpoint's ``oof``, :mod:`.oof`);
+    0 = none."""
     device: str = "auto"
     precision: str = "auto"
     threads: int | None = None
@@ -127,18 +135,22 @@ def train_checkpoint(options: TrainOptions) -> dict:
     Raises:
         EdgeAsdError: no normal training clips of that machine type / ID, a bad lambda or ANR range, a
             --something-else folder without audio, audio too short for a segment or the validation
-            split, a missing or mismatched resume state, a diverged loss, unreadable files.
+            split, a missing or mismatched resume state, a diverged loss, unreadable files, ``oof_folds`` not
+            0 and not in 2..number of clips, or ``oof_folds`` with ``resume``.
     """
     o = options
     budget = SCHEDULES[o.schedule]
     if o.anr_db[0] > o.anr_db[1]:
         raise EdgeAsdError("--anr-min must not exceed --anr-max")
+    if o.resume and o.oof_folds:
+        raise EdgeAsdError("--resume cannot continue the out-of-fold models (--oof-folds): run again without --resume")
     features = get_preset(o.preset)
     try:
         lam = resolve_lambda(o.lam, features.dim, features.n_mels)
     except ValueError as e:
         raise EdgeAsdError(f"--lambda: {e}; use D, 2D, 2M or a positive number") from None
-    paths, ids = normal_recordings(o.data_dir, o.machine_type, o.machine_ids)
+    paths, clip_ids = normal_recordings(o.data_dir, o.machine_type, o.machine_ids)
+    ids = sorted(set(clip_ids))
     log.info("training on %d normal clips of %s %s", len(paths), o.machine_type, ", ".join(ids))
     # one core is left to the thread that prepares the mini-batches
     torch.set_num_threads(o.threads or max(1, len(os.sched_getaffinity(0)) - 1))
@@ -147,7 +159,6 @@ def train_checkpoint(options: TrainOptions) -> dict:
     other = _something_else(o.something_else_dir, features, cache)
     fn = LogMel(features)
     frames = [cache.logmel(p, a, features, fn) for p, a in zip(paths, normal_audio)]
-    mean, std = band_statistics(normal_audio, features, frames)
     if cache.root is not None:
         log.info("feature cache %s: %d hits, %d new entries", cache.root, cache.hits, cache.misses)
     cfg = TrainConfig(machine_type=o.machine_type, machine_ids=ids, preset=o.preset, arch=o.arch, loss=o.loss,
@@ -158,16 +169,31 @@ def train_checkpoint(options: TrainOptions) -> dict:
                       patience=o.patience, keep=o.keep, val_metric=o.val_metric, kde=o.kde)
     if o.resume and not o.state_path.is_file():
         raise EdgeAsdError(f"--resume: no training state {o.state_path} (it is written after every epoch)")
-    try:
-        split = split_recordings(paths, normal_audio, o.val_fraction, o.seed) if o.val_fraction > 0 else None
-        ckpt = train(cfg, features, split.train_clips if split else normal_audio, other, mean, std, progress=o.progress,
-                     val_clips=split.val_clips if split else None, val_split=split.how if split else None,
-                     state_path=o.state_path, resume=o.resume)
-    except ValueError as e:  # too little audio for a segment or a validation split
-        raise EdgeAsdError(f"{e}; use longer clips or --val-fraction 0") from None
-    held = split.held_paths if split else []
-    ckpt["training_data"] = fingerprint(split.trained_paths if split else paths)  # edge-calibrate warns on these
-    ckpt["validation_data"] = fingerprint(held) if held else None  # never trained on: fit for calibrating phi
+
+    def fit(idx: list[int], state_path: Path | None = None, resume: bool = False) -> dict:
+        """Normalization, validation split and training on the clips ``idx`` (all: the final model; K-1 folds: an
+        out-of-fold model); the checkpoint with what it trained on."""
+        clips = [normal_audio[i] for i in idx]
+        mean, std = band_statistics(clips, features, [frames[i] for i in idx])
+        try:
+            split = split_recordings([paths[i] for i in idx], clips, o.val_fraction, o.seed) if o.val_fraction > 0 else None
+            ckpt = train(cfg, features, split.train_clips if split else clips, other, mean, std, progress=o.progress,
+                         val_clips=split.val_clips if split else None, val_split=split.how if split else None,
+                         state_path=state_path, resume=resume)
+        except ValueError as e:  # too little audio for a segment or a validation split
+            raise EdgeAsdError(f"{e}; use longer clips or --val-fraction 0") from None
+        held = split.held_paths if split else []
+        trained = split.trained_paths if split else [paths[i] for i in idx]
+        ckpt["training_data"] = fingerprint(trained)  # edge-calibrate warns on these
+        ckpt["validation_data"] = fingerprint(held) if held else None  # never trained on: fit for calibrating phi
+        return ckpt
+
+    t_start = time.perf_counter()
+    oof = out_of_fold(paths, normal_audio, clip_ids, o.oof_folds, o.seed, fit) if o.oof_folds else None
+    ckpt = fit(list(range(len(paths))), state_path=o.state_path, resume=o.resume)
+    if oof is not None:
+        ckpt["oof"] = oof
+        log.info("%d out-of-fold models and the final model trained in %.1f s", o.oof_folds, time.perf_counter() - t_start)
     ckpt["something_else"] = {"dir": str(o.something_else_dir) if o.something_else_dir else None,
                               "n_sounds": len(other) if other else 0}
     ckpt["kit_version"] = kit_version()
@@ -176,7 +202,7 @@ def train_checkpoint(options: TrainOptions) -> dict:
 
 
 def normal_recordings(data_dir: Path, machine_type: str, machine_ids=()) -> tuple[list[Path], list[str]]:
-    """(paths of the normal training clips, their sorted machine IDs) of ``machine_type`` below ``data_dir``.
+    """(paths of the normal training clips, the machine ID of each) of ``machine_type`` below ``data_dir``.
 
     ``machine_ids``: 00, id_00 or section_00 spellings; empty = every ID. MIMII folders get the kit's
     train/test assignment. Raises EdgeAsdError when there is none (naming the IDs that have some)."""
@@ -187,7 +213,7 @@ def normal_recordings(data_dir: Path, machine_type: str, machine_ids=()) -> tupl
         found = sorted({c.machine_id for c in clips if c.split == "train" and c.label == "normal"})
         raise EdgeAsdError(f"no normal training clips of {machine_type} {sorted(wanted) or ''} in {data_dir}; "
                            f"IDs with training clips: {found or 'none'}")
-    return [c.path for c in normals], sorted({c.machine_id for c in normals})
+    return [c.path for c in normals], [c.machine_id for c in normals]
 
 
 def _something_else(folder: Path | None, features: FeatureConfig, cache: FeatureCache) -> list[np.ndarray] | None:

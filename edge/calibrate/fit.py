@@ -1,6 +1,7 @@
-"""Setting phi for one machine ID, as edge-calibrate does it: score normal recordings with the model, fit
-phi to their window maxima by a rule, check it on held-out recordings, and build the phi record the
-store keeps (:class:`~edge_asd.edge.runtime.phi_store.PhiRecord`).
+"""Setting phi for one machine ID, as edge-calibrate does it: score normal recordings with the model (or take
+the out-of-fold scores the model file holds for its training clips), fit phi to their window maxima by a
+rule, check it on held-out recordings, and build the phi record the store keeps
+(:class:`~edge_asd.edge.runtime.phi_store.PhiRecord`).
 
 Python use::
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,10 +26,12 @@ import numpy as np
 
 from edge_asd.core.commands import kit_version
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.oof import read_oof
 from edge_asd.core.provenance import heard
 from edge_asd.edge.calibrate import diagnose, names
 from edge_asd.edge.calibrate.recordings import (
     held_out_maxima,
+    out_of_fold_scores,
     recording_levels,
     recordings_window_maxima,
     split_holdout,
@@ -122,6 +125,9 @@ class CalibrateOptions:
     """Inference threads."""
     accept_other_machines: bool = False
     """Take recordings whose names say another machine ID or type (:mod:`edge_asd.edge.calibrate.names`)."""
+    use_oof: bool = True
+    """Take the out-of-fold frame scores the model file holds (``edge-train --oof-folds``) for the recordings
+    they belong to; False (``--no-oof``): the model scores every recording."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +144,19 @@ class Calibration:
     """The windows of the held-out recordings phi was checked on."""
     recordings: list[Path]
     """The recordings phi was set on."""
+    oof_folds: int | None = None
+    """K of the model file's out-of-fold scores when they were used (None: the model has none, or ``use_oof``
+    is off); ``record.oof_recordings`` counts the recordings phi was set on with them."""
+    oof_held: int = 0
+    """How many of the held-out recordings were checked with their out-of-fold scores."""
 
 
 def calibrate_machine(options: CalibrateOptions) -> Calibration:
-    """edge-calibrate without its option parsing: score the recordings with the model, set phi by the rule on
-    the windows edge-monitor would decide on, check it on the held-out recordings (``holdout`` or ``check``),
-    write the window maxima (``maxima_out``) and save the record to the store for the machine ID.
+    """edge-calibrate without its option parsing: score the recordings with the model (a recording whose
+    out-of-fold scores the model file holds, ``edge-train --oof-folds``: those scores, unless ``use_oof`` is
+    off; ``record.oof_recordings`` counts them), set phi by the rule on the windows edge-monitor would decide
+    on, check it on the held-out recordings (``holdout`` or ``check``), write the window maxima
+    (``maxima_out``) and save the record to the store for the machine ID.
 
     The recordings' names are checked first (:mod:`.names`): ``anomaly_*`` clips are refused, and so are
     clips of another machine ID or type unless ``accept_other_machines``; ``machine_id`` 00 takes the model's
@@ -151,9 +164,9 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
     when the energy gate leaves recordings without a window or sits within 3 dB of their level.
 
     Raises:
-        EdgeAsdError: both ``holdout`` and ``check``, recordings refused by their names, a bad model,
-            recording, window or rule, too little data for the rule, or a store that cannot be read or
-            written (nothing is saved then).
+        EdgeAsdError: both ``holdout`` and ``check``, recordings refused by their names, a bad model (or a
+            damaged ``oof`` entry in its metadata), recording, window or rule, too little data for the rule,
+            or a store that cannot be read or written (nothing is saved then).
     """
     if options.holdout is not None and options.check:
         raise EdgeAsdError("give either --holdout or --check, not both")
@@ -167,12 +180,14 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
     if options.holdout is not None:
         files, held_files = split_holdout(files, options.holdout)
     windows = options.window.make(scorer.features.sample_rate, scorer.features.hop_samples)
-    n_heard = warn_if_heard(scorer.meta, files, held_files)
-    fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings())
+    oof = read_oof(scorer.meta, str(options.model_path)) if options.use_oof else None
+    known = out_of_fold_scores(oof, [*files, *held_files], scorer.features)
+    n_heard = warn_if_heard(scorer.meta, files, held_files, known)
+    fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings(), known=known)
     if windows.name == "gate":  # before phi_maxima refuses a sample the gate left empty
         levels = recording_levels(files, scorer.features.sample_rate)
         diagnose.warn_gate(diagnose.gate_check([str(f) for f in files], levels, fit_windows, options.window.gate_db))
-    held_windows, held = held_out_maxima(scorer, held_files, windows)
+    held_windows, held = held_out_maxima(scorer, held_files, windows, known=known)
     rule = options.rule
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)),
                        quantile=rule.quantile, margin=rule.margin, target_fpr=rule.target_fpr,
@@ -182,14 +197,16 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
     if options.maxima_out is not None:
         write_maxima(options.maxima_out, fit_windows, held_windows)
     record = dataclasses.replace(phi_record(scorer, options.model_path, files, result, windows, clip_max, held_files),
-                                 recordings_heard_by_model=n_heard, input_level=input_level(scorer, files))
+                                 recordings_heard_by_model=n_heard, input_level=input_level(scorer, files),
+                                 oof_recordings=sum(f in known for f in files) if oof is not None else None)
     if record.fit is not None:
         fit, boot = record.fit, record.fit.get("bootstrap")
         log.info("%s fit of %d window maxima %s (KS p %.2f); phi %.4g for p %.3g per window%s", fit["fit"]["family"],
                  fit["fit"]["n_maxima"], fit["fit"]["params"], fit["fit"]["ks_pvalue"], record.phi, fit["p_window"],
                  f", bootstrap 90% interval [{boot['phi_p5']:.4g}, {boot['phi_p95']:.4g}]" if boot else "")
     phi_store.save_phi(options.store, machine_id, record)
-    return Calibration(machine_id, record, fit_windows, held_windows, files)
+    return Calibration(machine_id, record, fit_windows, held_windows, files, oof.folds if oof is not None else None,
+                       sum(f in known for f in held_files))
 
 
 def phi_record(scorer, model_path: str | Path, files: Sequence[Path], result: dict, windows, clip_max: list[float],
@@ -264,10 +281,13 @@ def input_level(scorer, files: Sequence[Path], audio: list[np.ndarray] | None = 
     return stats
 
 
-def warn_if_heard(meta: dict, files: Sequence[Path], held_files: Sequence[Path]) -> int:
-    """Warn when the model was trained on some of the recordings (:mod:`edge_asd.core.provenance`); return how
-    many of ``files`` it heard. phi set on them is low, and a check on them is optimistic."""
-    fit, held = heard(meta, files), heard(meta, held_files)
+def warn_if_heard(meta: dict, files: Sequence[Path], held_files: Sequence[Path], oof: Collection[Path] = ()) -> int:
+    """Warn when the model was trained on some of the recordings (:mod:`edge_asd.core.provenance`) and scores
+    them itself; return how many of ``files`` those are. phi set on them is low, and a check on them is
+    optimistic. Recordings in ``oof`` (those with out-of-fold scores) are not counted: no model that heard
+    them scores them."""
+    fit = [f for f in heard(meta, files) if f not in oof]
+    held = [f for f in heard(meta, held_files) if f not in oof]
     if fit:
         log.warning("%d of the %d recordings were used to train this model (e.g. %s): it scores them lower than new "
                     "audio, so phi comes out low and false alarms above the target; calibrate on normal recordings "
@@ -288,4 +308,17 @@ def check_line(check: dict) -> str:
             verdict += " but not confirmed at 95%" + (
                 f" ({check['windows_needed']} alarm-free windows would confirm it)" if check["false_alarms"] == 0 else "")
         line += f"; target {check['target_per_day']:.3g}/day: {verdict}"
+    return line
+
+
+def oof_line(done: Calibration) -> str | None:
+    """How phi used the model file's out-of-fold scores, as one sentence (None when they were not used)."""
+    if done.oof_folds is None:
+        return None
+    n, m = done.record.oof_recordings, len(done.recordings)
+    line = (f"phi from out-of-fold scores for {n} of {m} recordings ({done.oof_folds}-fold models that never heard "
+            f"them); {m - n} scored by the model")
+    if done.record.heldout_recordings:
+        line += (f"; the check: {done.oof_held} of {len(done.record.heldout_recordings)} held-out recordings from "
+                 "out-of-fold scores")
     return line

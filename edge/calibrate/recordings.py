@@ -1,18 +1,22 @@
-"""Normal recordings -> the window maxima phi is set on: which files, scored by the model, cut into
-edge-monitor's windows, split into fitted and held-out ones, and written out for a look."""
+"""Normal recordings -> the window maxima phi is set on: which files, scored by the model (or taken from
+their out-of-fold scores in the model file), cut into edge-monitor's windows, split into fitted and held-out
+ones, and written out for a look."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from edge_asd.core.atomic_io import atomic_write_text
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.features import n_vectors
 from edge_asd.core.loudness import clip_level_dbfs
+from edge_asd.core.oof import OutOfFold
+from edge_asd.core.provenance import PREFIX_CHARS, file_sha256
 from edge_asd.edge.calibrate.rules import WindowMax, phi_maxima, window_maxima
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S, make_windows
 from edge_asd.firmware_io.audio_file import read_audio
@@ -51,7 +55,8 @@ def score_recordings(scorer, files: list[Path]) -> tuple[list[np.ndarray], list[
 
 def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: float = DEFAULT_GATE_DB,
                              gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S, gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S,
-                             audio: list[np.ndarray] | None = None) -> tuple[list[WindowMax], list[float], list[float]]:
+                             audio: list[np.ndarray] | None = None, known: Mapping[Path, np.ndarray] | None = None,
+                             ) -> tuple[list[WindowMax], list[float], list[float]]:
     """(the :class:`~edge_asd.edge.calibrate.rules.WindowMax` of every window of every recording, each
     recording's duration in s and its max frame score).
 
@@ -59,6 +64,8 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
     float32 at the model's rate, in the same order), scored, and its windows cut as edge-monitor ``--window
     WINDOW --gate-db GATE_DB --gate-min-on-s ... --gate-min-off-s ...`` cuts them on that file
     (:func:`~edge_asd.edge.calibrate.rules.window_maxima`; gate level in dBFS, hold times in s).
+    ``known``: frame scores to take instead of the model's for some of the files (their out-of-fold scores,
+    :func:`out_of_fold_scores`), shape (n_frames,) each.
 
     Raises:
         EdgeAsdError: a recording shorter than one context vector, unreadable audio or a bad window.
@@ -67,16 +74,39 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
     out, durations, clip_max = [], [], []
     for i, f in enumerate(files):
         samples = read_audio(f, cfg.sample_rate) if audio is None else audio[i]
-        scores = scorer.score_audio(samples)
+        scores = known[f] if known and f in known else scorer.score_audio(samples)
         if len(scores) == 0:
             raise EdgeAsdError(f"{f}: shorter than one context window ({cfg.samples_per_vector} samples)")
         windows = make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db, gate_min_on_s, gate_min_off_s)
         windows = window_maxima(scores, samples, windows, cfg, str(f))
-        log.info("%s: max score %.3f over %d frames, %d windows", f.name, float(scores.max()), len(scores), len(windows))
+        log.info("%s: max score %.3f over %d frames%s, %d windows", f.name, float(scores.max()), len(scores),
+                 " (out-of-fold)" if known and f in known else "", len(windows))
         out += windows
         durations.append(len(samples) / cfg.sample_rate)
         clip_max.append(float(scores.max()))
     return out, durations, clip_max
+
+
+def out_of_fold_scores(oof: OutOfFold | None, files: Sequence[Path], cfg) -> dict[Path, np.ndarray]:
+    """The out-of-fold frame scores (n_frames,) of each of ``files`` that has them in the model file (``oof``,
+    :func:`edge_asd.core.oof.read_oof`), matched by the file's content digest (sha256 prefix); a recording
+    whose frame count at the model's rate (``cfg``) differs gets a WARNING and is left out (the model scores it).
+
+    Raises:
+        EdgeAsdError: a matched recording that cannot be read.
+    """
+    out = {}
+    for f in files if oof is not None else ():
+        scores = oof.scores.get(file_sha256(f)[:PREFIX_CHARS])
+        if scores is None:
+            continue
+        n = n_vectors(len(read_audio(f, cfg.sample_rate)), cfg)
+        if len(scores) != n:
+            log.warning("%s: its out-of-fold scores have %d frames, the recording %d: the model scores it", f.name,
+                        len(scores), n)
+            continue
+        out[f] = scores
+    return out
 
 
 def recording_levels(files: Sequence[Path], sample_rate: int) -> list[float]:
@@ -85,14 +115,15 @@ def recording_levels(files: Sequence[Path], sample_rate: int) -> list[float]:
     return [clip_level_dbfs(read_audio(f, sample_rate)) for f in files]
 
 
-def held_out_maxima(scorer, held_files: Sequence[Path], windows,
-                    audio: list[np.ndarray] | None = None) -> tuple[list[WindowMax], np.ndarray | None]:
+def held_out_maxima(scorer, held_files: Sequence[Path], windows, audio: list[np.ndarray] | None = None,
+                    known: Mapping[Path, np.ndarray] | None = None) -> tuple[list[WindowMax], np.ndarray | None]:
     """(the WindowMax of every window of the held-out recordings, their max scores for the check, shape
     (n,), or None without held-out recordings): cut as :func:`recordings_window_maxima` cuts the fitted
-    ones, on ``windows`` (fresh windows whose ``settings()`` are used)."""
+    ones (with the frame scores ``known`` for some of them), on ``windows`` (fresh windows whose
+    ``settings()`` are used)."""
     if not held_files:
         return [], None
-    held_windows = recordings_window_maxima(scorer, list(held_files), **windows.settings(), audio=audio)[0]
+    held_windows = recordings_window_maxima(scorer, list(held_files), **windows.settings(), audio=audio, known=known)[0]
     return held_windows, phi_maxima(held_windows, "held-out recordings")
 
 

@@ -64,14 +64,17 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
               help="Write every window (recording, window, start_s, end_s, frames, max_score, max_time_s, complete, "
                    "held_out) to this JSONL file.")
 @accept_other_machines_option
+@click.option("--no-oof", is_flag=True,
+              help="Score every recording with the model, even those whose out-of-fold scores the model file holds "
+                   "(edge-train --oof-folds: by default phi is set on those, from fold models that never heard them).")
 @click.option("--show", "show_history", is_flag=True, help="Print the phi history of the store (or of --machine-id) and exit.")
 @threads_option("Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on_s, gate_min_off_s, quantile, margin,
-         target_fpr, alarms_per_day, tail, n_boot, holdout, check_paths, maxima_out, accept_other_machines, show_history,
-         threads, quiet):
+         target_fpr, alarms_per_day, tail, n_boot, holdout, check_paths, maxima_out, accept_other_machines, no_oof,
+         show_history, threads, quiet):
     """Score normal RECORDINGS (files or directories) and store phi for one machine ID.
 
     A window's score is its max frame score (Koizumi et al. 2019, eq. 11); the windows are edge-monitor's
@@ -82,11 +85,23 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
     uncertainty. --holdout / --check report the false-alarm rate realized on normal recordings kept
     out of the fit. Prints the result as JSON on stdout; --show prints the store's history.
 
+    A model trained with edge-train --oof-folds K holds out-of-fold frame scores of its training clips:
+    for each recording with them (same content, same frame count) phi is set on those scores, from the
+    fold models that never heard it, instead of the model's own low scores of its training audio
+    (cross-conformal / CV+); one line says for how many; --no-oof scores them with the model.
+
     File names decide what goes where: anomaly_* clips are refused as normal recordings, and clips whose
     DCASE / MIMII name says another machine ID or type are refused unless --accept-other-machines.
     """
     setup_logging(quiet=quiet)
-    from edge_asd.edge.calibrate.fit import CalibrateOptions, RuleOptions, WindowOptions, calibrate_machine, check_line
+    from edge_asd.edge.calibrate.fit import (
+        CalibrateOptions,
+        RuleOptions,
+        WindowOptions,
+        calibrate_machine,
+        check_line,
+        oof_line,
+    )
     from edge_asd.edge.runtime import phi_store
 
     store = store or phi_store.default_store_path()
@@ -103,15 +118,17 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
         rule=RuleOptions(quantile=quantile, margin=margin, target_fpr=target_fpr, alarms_per_day=alarms_per_day,
                          tail=tail, n_boot=n_boot),
         holdout=holdout, check=tuple(map(Path, check_paths)), maxima_out=maxima_out, threads=threads,
-        accept_other_machines=accept_other_machines)
+        accept_other_machines=accept_other_machines, use_oof=not no_oof)
     done = calibrate_machine(options)
     record = done.record
+    if oof_line(done) is not None:
+        click.echo(f"edge-calibrate: {oof_line(done)}", err=True)
     if record.check is not None:
         click.echo(f"edge-calibrate: {check_line(record.check)}", err=True)
     out = {"machine_id": done.machine_id, "phi": record.phi, "store": str(store), "n_recordings": len(done.recordings),
            "clip_max_scores": record.clip_max_scores, "rule": record.rule, "window": record.window,
            "window_s": record.window_s, "window_maxima": record.window_maxima}
-    out.update({k: getattr(record, k) for k in ("fit", "check") if getattr(record, k) is not None})
+    out.update({k: getattr(record, k) for k in ("fit", "check", "oof_recordings") if getattr(record, k) is not None})
     click.echo(json.dumps(out))
 
 

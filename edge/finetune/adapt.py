@@ -147,8 +147,10 @@ def calibration_sample(info, runs: list[np.ndarray], n: int, seed: int) -> np.nd
 
 
 def new_metadata(meta: dict, record: dict) -> dict:
-    """The old ``edge_asd`` metadata with this fine-tune appended to ``fine_tuning`` (provenance)."""
+    """The old ``edge_asd`` metadata with this fine-tune appended to ``fine_tuning`` (provenance), without the
+    out-of-fold scores (``oof``): they belong to the old weights, and edge-calibrate would set phi on them."""
     out = json.loads(json.dumps(meta))
+    out.pop("oof", None)
     out["fine_tuning"] = list(out.get("fine_tuning", [])) + [record]
     if out.get("quantization", {}).get("mode") == "int8-static":
         out["quantization"]["calibration"] = "on-device min/max of the fine-tuning frames (edge-finetune)"

@@ -80,7 +80,12 @@ class PhiRecord:
     check: Mapping[str, Any] | None = None
     """The realized false-alarm rate on held-out recordings (:func:`edge_asd.edge.calibrate.rules.realized_rate`)."""
     recordings_heard_by_model: int | None = None
-    """How many of ``recordings`` the model was trained on (edge-calibrate)."""
+    """How many of ``recordings`` the model was trained on and scored (edge-calibrate): those whose out-of-fold
+    scores phi was set on instead (``oof_recordings``) are not counted; the monitor warns when it is above 0."""
+    oof_recordings: int | None = None
+    """How many of ``recordings`` phi was set on with their out-of-fold frame scores from the model file
+    (``edge-train --oof-folds``: fold models that never heard them) instead of the model's own scores;
+    None when the model has none or edge-calibrate ran with ``--no-oof``."""
     fine_tuned: Mapping[str, Any] | None = None
     """edge-finetune's record: ``steps``, ``rejected_frames``, ``base_sha256``, ``finetuned_at``."""
     input_level: Mapping[str, Any] | None = None
@@ -173,6 +178,7 @@ _CHECKS = {
     "fit": _check(lambda v: isinstance(v, dict), "an object"),
     "check": _check(lambda v: isinstance(v, dict), "an object"),
     "recordings_heard_by_model": _check(lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "oof_recordings": _check(lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "fine_tuned": _check(lambda v: isinstance(v, dict), "an object"),
     "input_level": _check(lambda v: isinstance(v, dict) and all(_number(v.get(k)) for k in ("p5_dbfs", "p95_dbfs")),
                           "an object with p5_dbfs and p95_dbfs"),
