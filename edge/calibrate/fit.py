@@ -26,11 +26,12 @@ import numpy as np
 from edge_asd.core.commands import kit_version
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.provenance import heard
-from edge_asd.edge.calibrate import diagnose, names
+from edge_asd.edge.calibrate import diagnose, names, votes
 from edge_asd.edge.calibrate.recordings import (
     held_out_maxima,
     recording_levels,
     recordings_window_maxima,
+    scored_recordings,
     split_holdout,
     write_maxima,
 )
@@ -44,6 +45,7 @@ from edge_asd.edge.calibrate.rules import (
     seconds_per_window,
 )
 from edge_asd.edge.runtime import phi_store
+from edge_asd.edge.runtime.alert import AlertPolicy
 from edge_asd.edge.runtime.health import BAND_SHARE_FLOOR
 from edge_asd.edge.runtime.input_level import level_statistics
 from edge_asd.edge.runtime.phi_store import PhiRecord
@@ -122,6 +124,11 @@ class CalibrateOptions:
     """Inference threads."""
     accept_other_machines: bool = False
     """Take recordings whose names say another machine ID or type (:mod:`edge_asd.edge.calibrate.names`)."""
+    votes: str = "auto"
+    """The alert policy phi is set for: ``K/N`` (K of the last N frames reach phi; ``1/1``: eq. 11), or ``auto``
+    (:mod:`edge_asd.edge.calibrate.votes`: the policy with the smallest headroom)."""
+    hysteresis: float = 1.0
+    """The alarm's off level over phi, stored with the policy (edge-monitor's default)."""
 
 
 @dataclass(frozen=True)
@@ -138,11 +145,14 @@ class Calibration:
     """The windows of the held-out recordings phi was checked on."""
     recordings: list[Path]
     """The recordings phi was set on."""
+    hop_s: float = 0.016
+    """The model's hop, s (a vote of n frames spans n hops)."""
 
 
 def calibrate_machine(options: CalibrateOptions) -> Calibration:
-    """edge-calibrate without its option parsing: score the recordings with the model, set phi by the rule on
-    the windows edge-monitor would decide on, check it on the held-out recordings (``holdout`` or ``check``),
+    """edge-calibrate without its option parsing: score the recordings with the model, choose the alert policy
+    (``votes``: given, or ``auto``, :mod:`.votes`), set phi by the rule on the window maxima of its policy score
+    on the windows edge-monitor would decide on, check it on the held-out recordings (``holdout`` or ``check``),
     write the window maxima (``maxima_out``) and save the record to the store for the machine ID.
 
     The recordings' names are checked first (:mod:`.names`): ``anomaly_*`` clips are refused, and so are
@@ -168,28 +178,39 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
         files, held_files = split_holdout(files, options.holdout)
     windows = options.window.make(scorer.features.sample_rate, scorer.features.hop_samples)
     n_heard = warn_if_heard(scorer.meta, files, held_files)
-    fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings())
+    rule = options.rule
+    rule_kwargs = dict(quantile=rule.quantile, margin=rule.margin, target_fpr=rule.target_fpr,
+                       alarms_per_day=rule.alarms_per_day, tail=rule.tail, n_boot=rule.n_boot)
+    auto = str(options.votes).strip().lower() == "auto"
+    policy = AlertPolicy(hysteresis=options.hysteresis) if auto else AlertPolicy.parse(options.votes, options.hysteresis)
+    scored = scored_recordings(scorer, files)
+    alert = {**policy.to_dict(), "choice": "given"}
+    if auto:
+        policy, grid = votes.choose(scorer, files, scored, windows.settings(), rule_kwargs, options.hysteresis)
+        alert = {**policy.to_dict(), "choice": "auto", "grid": grid}
+    fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings(), scored=scored,
+                                                                policy=policy)
     if windows.name == "gate":  # before phi_maxima refuses a sample the gate left empty
         levels = recording_levels(files, scorer.features.sample_rate)
         diagnose.warn_gate(diagnose.gate_check([str(f) for f in files], levels, fit_windows, options.window.gate_db))
-    held_windows, held = held_out_maxima(scorer, held_files, windows)
-    rule = options.rule
+    held_windows, held = held_out_maxima(scorer, held_files, windows, policy=policy)
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)),
-                       quantile=rule.quantile, margin=rule.margin, target_fpr=rule.target_fpr,
-                       alarms_per_day=rule.alarms_per_day, tail=rule.tail, n_boot=rule.n_boot, heldout_maxima=held)
+                       heldout_maxima=held, **rule_kwargs)
     diagnose.warn_dominant(fit_windows, result["phi"])
     result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
     if options.maxima_out is not None:
         write_maxima(options.maxima_out, fit_windows, held_windows)
     record = dataclasses.replace(phi_record(scorer, options.model_path, files, result, windows, clip_max, held_files),
-                                 recordings_heard_by_model=n_heard, input_level=input_level(scorer, files))
+                                 recordings_heard_by_model=n_heard, alert=alert,
+                                 input_level=input_level(scorer, files, [a for a, _ in scored]))
     if record.fit is not None:
         fit, boot = record.fit, record.fit.get("bootstrap")
         log.info("%s fit of %d window maxima %s (KS p %.2f); phi %.4g for p %.3g per window%s", fit["fit"]["family"],
                  fit["fit"]["n_maxima"], fit["fit"]["params"], fit["fit"]["ks_pvalue"], record.phi, fit["p_window"],
                  f", bootstrap 90% interval [{boot['phi_p5']:.4g}, {boot['phi_p95']:.4g}]" if boot else "")
     phi_store.save_phi(options.store, machine_id, record)
-    return Calibration(machine_id, record, fit_windows, held_windows, files)
+    cfg = scorer.features
+    return Calibration(machine_id, record, fit_windows, held_windows, files, cfg.hop_samples / cfg.sample_rate)
 
 
 def phi_record(scorer, model_path: str | Path, files: Sequence[Path], result: dict, windows, clip_max: list[float],
@@ -225,7 +246,7 @@ def calibrate_like(previous: PhiRecord | None, scorer, model_path: str | Path, f
                    held_audio: list[np.ndarray] | None = None) -> PhiRecord:
     """Calibrate again as an earlier phi record was: the same rule with the same parameters
     (:func:`~edge_asd.edge.calibrate.rules.rule_arguments`; the budget rule with as many bootstrap refits)
-    on the same windows (:meth:`PhiRecord.window_settings`), applied to ``files`` (or their decoded ``audio``,
+    on the same windows (:meth:`PhiRecord.window_settings`) and alert policy (:meth:`PhiRecord.alert_policy`), applied to ``files`` (or their decoded ``audio``,
     see :func:`recordings_window_maxima`) scored by ``scorer``.
     ``previous`` None: edge-calibrate's defaults (1.1 x the worst recording, whole windows).
     ``held_files`` (decoded: ``held_audio``): held-out normal recordings; the new phi is checked on their
@@ -239,14 +260,17 @@ def calibrate_like(previous: PhiRecord | None, scorer, model_path: str | Path, f
     settings = previous.window_settings() if previous is not None else {"window": "whole"}
     cfg = scorer.features
     windows = make_windows(settings.pop("window"), cfg.sample_rate, cfg.hop_samples, **settings)
-    fit_windows, durations, clip_max = recordings_window_maxima(scorer, list(files), **windows.settings(), audio=audio)
+    policy = previous.alert_policy() if previous is not None else AlertPolicy()
+    fit_windows, durations, clip_max = recordings_window_maxima(scorer, list(files), **windows.settings(), audio=audio,
+                                                                policy=policy)
     n_boot = (((previous.fit if previous is not None else None) or {}).get("bootstrap") or {}).get("n", 0)
-    held = held_out_maxima(scorer, held_files, windows, held_audio)[1]
+    held = held_out_maxima(scorer, held_files, windows, held_audio, policy)[1]
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)), n_boot=n_boot,
                        heldout_maxima=held, **arguments)
     result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
+    alert = {**policy.to_dict(), "choice": "given"} if previous is not None and previous.alert is not None else None
     return dataclasses.replace(phi_record(scorer, model_path, files, result, windows, clip_max, held_files),
-                               input_level=input_level(scorer, files, audio))
+                               alert=alert, input_level=input_level(scorer, files, audio))
 
 
 def input_level(scorer, files: Sequence[Path], audio: list[np.ndarray] | None = None) -> dict | None:

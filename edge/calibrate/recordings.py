@@ -14,6 +14,7 @@ from edge_asd.core.atomic_io import atomic_write_text
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.loudness import clip_level_dbfs
 from edge_asd.edge.calibrate.rules import WindowMax, phi_maxima, window_maxima
+from edge_asd.edge.runtime.alert import AlertPolicy, policy_scores
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S, make_windows
 from edge_asd.firmware_io.audio_file import read_audio
 
@@ -49,15 +50,37 @@ def score_recordings(scorer, files: list[Path]) -> tuple[list[np.ndarray], list[
     return scores, durations
 
 
+def scored_recordings(scorer, files: Sequence[Path], audio: list[np.ndarray] | None = None
+                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(samples, frame scores) of each recording: read at the model's rate (or taken from ``audio``: the files
+    already decoded, mono float32 at the model's rate, in the same order) and scored; shapes (N,) and (n_frames,).
+
+    Raises:
+        EdgeAsdError: a recording shorter than one context vector, or unreadable audio.
+    """
+    cfg = scorer.features
+    out = []
+    for i, f in enumerate(files):
+        samples = read_audio(f, cfg.sample_rate) if audio is None else audio[i]
+        scores = scorer.score_audio(samples)
+        if len(scores) == 0:
+            raise EdgeAsdError(f"{f}: shorter than one context window ({cfg.samples_per_vector} samples)")
+        out.append((samples, scores))
+    return out
+
+
 def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: float = DEFAULT_GATE_DB,
                              gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S, gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S,
-                             audio: list[np.ndarray] | None = None) -> tuple[list[WindowMax], list[float], list[float]]:
+                             audio: list[np.ndarray] | None = None, policy: AlertPolicy = AlertPolicy(),
+                             scored: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                             ) -> tuple[list[WindowMax], list[float], list[float]]:
     """(the :class:`~edge_asd.edge.calibrate.rules.WindowMax` of every window of every recording, each
     recording's duration in s and its max frame score).
 
-    Each recording is read at the model's rate (or taken from ``audio``: the files already decoded, mono
-    float32 at the model's rate, in the same order), scored, and its windows cut as edge-monitor ``--window
-    WINDOW --gate-db GATE_DB --gate-min-on-s ... --gate-min-off-s ...`` cuts them on that file
+    Each recording is scored (:func:`scored_recordings`, or taken from ``scored``), its frame scores turned
+    into the ``policy``'s policy scores (:func:`~edge_asd.edge.runtime.alert.policy_scores`; 1/1: unchanged;
+    frames without one count as -inf), and its windows cut as edge-monitor ``--window WINDOW --gate-db GATE_DB
+    --gate-min-on-s ... --gate-min-off-s ... --votes K/N`` cuts them on that file
     (:func:`~edge_asd.edge.calibrate.rules.window_maxima`; gate level in dBFS, hold times in s).
 
     Raises:
@@ -65,13 +88,10 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
     """
     cfg = scorer.features
     out, durations, clip_max = [], [], []
-    for i, f in enumerate(files):
-        samples = read_audio(f, cfg.sample_rate) if audio is None else audio[i]
-        scores = scorer.score_audio(samples)
-        if len(scores) == 0:
-            raise EdgeAsdError(f"{f}: shorter than one context window ({cfg.samples_per_vector} samples)")
+    for f, (samples, scores) in zip(files, scored or scored_recordings(scorer, files, audio)):
+        votes, valid = policy_scores(scores, policy)
         windows = make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db, gate_min_on_s, gate_min_off_s)
-        windows = window_maxima(scores, samples, windows, cfg, str(f))
+        windows = window_maxima(np.where(valid, votes, -np.inf), samples, windows, cfg, str(f))
         log.info("%s: max score %.3f over %d frames, %d windows", f.name, float(scores.max()), len(scores), len(windows))
         out += windows
         durations.append(len(samples) / cfg.sample_rate)
@@ -85,14 +105,15 @@ def recording_levels(files: Sequence[Path], sample_rate: int) -> list[float]:
     return [clip_level_dbfs(read_audio(f, sample_rate)) for f in files]
 
 
-def held_out_maxima(scorer, held_files: Sequence[Path], windows,
-                    audio: list[np.ndarray] | None = None) -> tuple[list[WindowMax], np.ndarray | None]:
+def held_out_maxima(scorer, held_files: Sequence[Path], windows, audio: list[np.ndarray] | None = None,
+                    policy: AlertPolicy = AlertPolicy()) -> tuple[list[WindowMax], np.ndarray | None]:
     """(the WindowMax of every window of the held-out recordings, their max scores for the check, shape
     (n,), or None without held-out recordings): cut as :func:`recordings_window_maxima` cuts the fitted
-    ones, on ``windows`` (fresh windows whose ``settings()`` are used)."""
+    ones, on ``windows`` (fresh windows whose ``settings()`` are used), with the same ``policy``."""
     if not held_files:
         return [], None
-    held_windows = recordings_window_maxima(scorer, list(held_files), **windows.settings(), audio=audio)[0]
+    held_windows = recordings_window_maxima(scorer, list(held_files), **windows.settings(), audio=audio,
+                                            policy=policy)[0]
     return held_windows, phi_maxima(held_windows, "held-out recordings")
 
 

@@ -69,7 +69,8 @@ class WindowMax:
     """Stamp of its last frame score, s."""
     frames: int
     max_score: float
-    """max_t A(x_t) over the window's frames (eq. 11)."""
+    """max over the window's frames of the policy score (:mod:`edge_asd.edge.runtime.alert`; 1/1: max_t A(x_t),
+    eq. 11); -inf when no frame of the window has one."""
     max_time_s: float
     """Stamp of the (first) frame with that score, s."""
     complete: bool
@@ -106,11 +107,12 @@ def window_maxima(scores: np.ndarray, samples: np.ndarray, windows, cfg, recordi
 
 def phi_maxima(windows: list[WindowMax], what: str = "normal recordings") -> np.ndarray:
     """Max scores of the complete windows, shape (n,), float64: the sample phi is fitted to (or checked on).
+    A window with no policy score (a vote longer than the window: max -inf) is left out.
 
     Raises:
         EdgeAsdError: no complete window (every recording shorter than one window, or the gate never opened).
     """
-    maxima = np.array([w.max_score for w in windows if w.complete], dtype=np.float64)
+    maxima = np.array([w.max_score for w in windows if w.complete and w.max_score != -np.inf], dtype=np.float64)
     if maxima.size == 0:
         why = ("the gate never found the machine running (check --gate-db)" if not windows
                else "every recording is shorter than one window; give longer recordings or a shorter --window")
