@@ -41,7 +41,8 @@ def test_budget_rule_with_windows_and_holdout(model, fan, frame_scores, tmp_path
     last 3 are held out; the reported check is what their window maxima give."""
     store = tmp_path / "phi.json"
     proc, out = calibrate(*fan["train"], "--model", model, "--machine-id", "00", "--store", store, "--window", "1",
-                          "--false-alarms-per-day", "1", "--holdout", "0.3", "--bootstrap", "50", env=env)
+                          "--false-alarms-per-day", "1", "--holdout", "0.3", "--bootstrap", "50", "--votes", "1/1",
+                              env=env)
     train, held = sorted(fan["train"])[:7], sorted(fan["train"])[7:]
     maxima = np.array([m for p in train for m in monitor_window_maxima(frame_scores(p), 1.0)])
     # each 10-s recording: windows [0, 1) ... [9, 10) s; [10, 11) holds one score (stamped 10.0 s) and is cut short

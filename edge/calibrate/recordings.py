@@ -14,7 +14,7 @@ from edge_asd.core.atomic_io import atomic_write_text
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.loudness import clip_level_dbfs
 from edge_asd.edge.calibrate.rules import WindowMax, phi_maxima, window_maxima
-from edge_asd.edge.runtime.alert import AlertPolicy, policy_scores
+from edge_asd.edge.runtime.alert import AlertPolicy
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S, make_windows
 from edge_asd.firmware_io.audio_file import read_audio
 
@@ -78,9 +78,8 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
     recording's duration in s and its max frame score).
 
     Each recording is scored (:func:`scored_recordings`, or taken from ``scored``), its frame scores turned
-    into the ``policy``'s policy scores (:func:`~edge_asd.edge.runtime.alert.policy_scores`; 1/1: unchanged;
-    frames without one count as -inf), and its windows cut as edge-monitor ``--window WINDOW --gate-db GATE_DB
-    --gate-min-on-s ... --gate-min-off-s ... --votes K/N`` cuts them on that file
+    into the ``policy``'s policy scores (1/1: unchanged), and its windows cut as edge-monitor ``--window WINDOW
+    --gate-db GATE_DB --gate-min-on-s ... --gate-min-off-s ... --votes K/N`` cuts them on that file
     (:func:`~edge_asd.edge.calibrate.rules.window_maxima`; gate level in dBFS, hold times in s).
 
     Raises:
@@ -89,9 +88,8 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
     cfg = scorer.features
     out, durations, clip_max = [], [], []
     for f, (samples, scores) in zip(files, scored or scored_recordings(scorer, files, audio)):
-        votes, valid = policy_scores(scores, policy)
         windows = make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db, gate_min_on_s, gate_min_off_s)
-        windows = window_maxima(np.where(valid, votes, -np.inf), samples, windows, cfg, str(f))
+        windows = window_maxima(scores, samples, windows, cfg, str(f), policy)
         log.info("%s: max score %.3f over %d frames, %d windows", f.name, float(scores.max()), len(scores), len(windows))
         out += windows
         durations.append(len(samples) / cfg.sample_rate)
