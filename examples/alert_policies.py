@@ -2,11 +2,13 @@
 
     python examples/alert_policies.py --model fan.tflite --machine-type fan --machine-id id_00 \\
         --calibration ../shared/data/machines/fan/train --anr-db -10 --out out/alert_policies_fan.json
+    python examples/alert_policies.py --model fan.tflite --machine-type fan --machine-id id_00 --store phi.json
 
 For a model file and one machine ID, every policy of edge-calibrate's ``--votes auto`` grid
 (:mod:`edge_asd.edge.calibrate.votes`: n = 1 frame, 0.5, 1, 2, 4 s; k = 1, n/2, n) gets its phi from the
 calibration recordings exactly as edge-calibrate sets it (``--window whole``, the default rule: 1.1 x the
-worst recording's max policy score), and the auto choice is marked. Then, per policy:
+worst recording's max policy score), and the auto choice is marked; ``--store`` adds the stored phi with its
+policy (edge-calibrate's record for the machine ID and model). Then, per policy:
 
 - **false alarms per hour**: alarm-on transitions (edge-monitor's ``alarm`` lines) while the normal test
   clips of the machine ID are streamed back to back as one input, over the hours of that audio, with the
@@ -41,6 +43,7 @@ from edge_asd.edge.calibrate.recordings import scored_recordings
 from edge_asd.edge.calibrate.rules import DEFAULT_MARGIN, DEFAULT_QUANTILE
 from edge_asd.edge.runtime.alert import Alarm, AlertPolicy, policy_scores
 from edge_asd.edge.runtime.health import recording_health
+from edge_asd.edge.runtime.phi_store import lookup_phi
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.edge.runtime.windows import frame_stamps
 from edge_asd.firmware_io.audio_file import find_recordings, read_audio
@@ -55,7 +58,7 @@ def poisson_upper95(k: int) -> float:
     return float(chi2.ppf(0.95, 2 * k + 2) / 2)
 
 
-def test_clips(data: Path | None, machine_type: str, machine_id: str) -> tuple[list[Path], list[Path]]:
+def machine_test_clips(data: Path | None, machine_type: str, machine_id: str) -> tuple[list[Path], list[Path]]:
     """(normal, anomalous) test clips of one machine ID (MIMII clips get the baselines' split)."""
     from edge_asd.datasets.layout import assign_mimii_split, scan
     from edge_asd.datasets.locate import require_data_root
@@ -107,13 +110,20 @@ def mixtures(scorer: Scorer, normals: list[np.ndarray], sounds_dir: Path, anr_db
 
 
 def evaluate(model: Path, calibration: list[Path], normals: list[Path], anomalies: list[Path],
-             anrs_db: tuple[float, ...], sounds_dir: Path) -> dict:
-    """Every grid policy's phi, false alarms per hour and detection delays (see the module docstring)."""
+             anrs_db: tuple[float, ...], sounds_dir: Path, stored=None) -> dict:
+    """Every grid policy's phi (set on ``calibration``, if any), false alarms per hour and detection delays (see
+    the module docstring); with ``stored`` (a PhiRecord), its phi and policy as one more row."""
     scorer = Scorer(model)
     cfg = scorer.features
     hop_s = cfg.hop_samples / cfg.sample_rate
     rule = {"quantile": DEFAULT_QUANTILE, "margin": DEFAULT_MARGIN}
-    chosen, grid = votes.choose(scorer, calibration, scored_recordings(scorer, calibration), {"window": "whole"}, rule)
+    chosen, grid = None, []
+    if calibration:
+        chosen, grid = votes.choose(scorer, calibration, scored_recordings(scorer, calibration), {"window": "whole"},
+                                    rule)
+    if stored is not None:
+        policy = stored.alert_policy()
+        grid.append({"k": policy.k, "n": policy.n, "phi": stored.phi, "headroom": None, "stored": True})
     normal_audio = [read_audio(f, cfg.sample_rate) for f in normals]
     back_to_back = Stream(scorer, np.concatenate(normal_audio))
     hours = back_to_back.seconds / 3600
@@ -121,9 +131,10 @@ def evaluate(model: Path, calibration: list[Path], normals: list[Path], anomalie
     mixed = {anr: mixtures(scorer, normal_audio, sounds_dir, anr) for anr in anrs_db}
     rows = []
     for g in grid:
-        policy = AlertPolicy(g["k"], g["n"])
+        policy = stored.alert_policy() if g.get("stored") else AlertPolicy(g["k"], g["n"])
         n_alarms = len(back_to_back.alarm_ons(policy, g["phi"]))
-        rows.append({**g, "policy": votes.explain(policy, hop_s), "auto": policy == AlertPolicy(chosen.k, chosen.n),
+        rows.append({**g, "policy": votes.explain(policy, hop_s),
+                     "auto": not g.get("stored") and chosen is not None and (policy.k, policy.n) == (chosen.k, chosen.n),
                      "false_alarms": n_alarms, "false_alarms_per_hour": n_alarms / hours,
                      "false_alarms_per_hour_upper95": poisson_upper95(n_alarms) / hours,
                      "real_anomalies": delays(real, policy, g["phi"]),
@@ -144,13 +155,14 @@ def markdown(result: dict) -> str:
         return f"{'–' if d['median_s'] is None else format(d['median_s'], '.2f')}, {d['never']} of {d['n']}"
 
     for r in result["rows"]:
-        name = f"**{r['policy']}** (auto)" if r["auto"] else r["policy"]
-        out.append(f"| {name} | {r['phi']:.4g} | {r['headroom']:.3g}x | {r['false_alarms_per_hour']:.3g} "
+        name = f"**{r['policy']}** (auto)" if r["auto"] else r["policy"] + (" (the store's)" if r.get("stored") else "")
+        room = "–" if r["headroom"] is None else f"{r['headroom']:.3g}x"
+        out.append(f"| {name} | {r['phi']:.4g} | {room} | {r['false_alarms_per_hour']:.3g} "
                    f"({r['false_alarms_per_hour_upper95']:.3g}) | {delay(r['real_anomalies'])} |"
                    + "".join(f" {delay(r['mixtures'][a])} |" for a in anrs))
     out += ["", f"{result['normal_test_clips']} normal test clips streamed back to back "
                 f"({result['normal_hours'] * 3600:.0f} s), {result['anomalous_test_clips']} anomalous test clips; "
-                f"phi: 1.1 x the worst calibration recording's max policy score (--window whole)."]
+                f"grid rows' phi: 1.1 x the worst calibration recording's max policy score (--window whole)."]
     return "\n".join(out) + "\n"
 
 
@@ -160,27 +172,34 @@ def markdown(result: dict) -> str:
               help="Data root (DCASE/MIMII layout). Default: $EDGE_ASD_DATA or ../shared/data.")
 @click.option("--machine-type", required=True)
 @click.option("--machine-id", required=True, help="e.g. id_00 (the test clips of this ID are used).")
-@click.option("--calibration", "calibration", multiple=True, required=True,
-              help="Normal recordings phi is set on (files or folders, repeatable), as edge-calibrate's RECORDINGS.")
+@click.option("--calibration", "calibration", multiple=True,
+              help="Normal recordings phi is set on (files or folders, repeatable), as edge-calibrate's RECORDINGS: "
+                   "one row per policy of the auto grid.")
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Phi store: one more row with its phi and policy for --machine-id and this model.")
 @click.option("--anr-db", "anrs_db", type=float, multiple=True, help="Also paper-style mixtures at this ANR (repeatable).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the figures as JSON.")
 @click.option("-q", "--quiet", is_flag=True)
 @user_errors
-def main(model_path, data, machine_type, machine_id, calibration, anrs_db, out, quiet):
+def main(model_path, data, machine_type, machine_id, calibration, store, anrs_db, out, quiet):
     """Per alert policy of edge-calibrate's auto grid: phi, false alarms per hour, detection delay."""
     setup_logging(quiet=quiet)
     from edge_asd.datasets.locate import require_data_root
 
+    if not calibration and store is None:
+        raise EdgeAsdError("give --calibration recordings and/or --store")
     root = data or require_data_root()
-    normals, anomalies = test_clips(root, machine_type, machine_id)
-    files = [f for f in find_recordings(calibration) if f not in set(normals)]
-    machine = names.model_machine(Scorer(model_path).meta, machine_id)
+    normals, anomalies = machine_test_clips(root, machine_type, machine_id)
+    files = [f for f in find_recordings(calibration) if f not in set(normals)] if calibration else []
+    scorer = Scorer(model_path)
+    stored = lookup_phi(store, machine_id, scorer.sha256)[1] if store is not None else None
+    machine = names.model_machine(scorer.meta, machine_id)
     names.refuse_anomalies(files, "--calibration recordings")
     other = {f for f, _ in names.other_machines(files, machine)}
     if other:
         log.info("--calibration: %d recordings of other machines left out", len(other))
     files = [f for f in files if f not in other]
-    result = evaluate(model_path, files, normals, anomalies, tuple(anrs_db), root / "something_else" / "test")
+    result = evaluate(model_path, files, normals, anomalies, tuple(anrs_db), root / "something_else" / "test", stored)
     click.echo(markdown(result), nl=False)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

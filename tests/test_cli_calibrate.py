@@ -74,7 +74,7 @@ def test_target_fpr_checked_on_a_separate_directory(model, fan, frame_scores, tm
     for p in fan["test_normal"]:  # links to the 5 real test normals, no audio copied
         (held / p.name).symlink_to(p)
     proc, out = calibrate(*fan["train"], "--model", model, "--machine-id", "00", "--store", tmp_path / "phi.json",
-                          "--target-fpr", "0.2", "--check", held, env=env)
+                          "--target-fpr", "0.2", "--check", held, "--votes", "1/1", env=env)
     train_max = [frame_scores(p).max() for p in fan["train"]]
     assert out["phi"] == pytest.approx(np.quantile(train_max, 0.8), rel=1e-6)  # margin 1 with a target rate
     assert out["rule"] == {"name": "clip-max-quantile", "quantile": 0.8, "margin": 1.0, "target_fpr": 0.2}

@@ -10,6 +10,7 @@ import pytest
 from edge_asd.edge.runtime.events import (
     EVENT_SCHEMA,
     LINE_TYPES,
+    AlarmLine,
     Event,
     Health,
     Start,

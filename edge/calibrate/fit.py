@@ -246,8 +246,8 @@ def calibrate_like(previous: PhiRecord | None, scorer, model_path: str | Path, f
                    held_audio: list[np.ndarray] | None = None) -> PhiRecord:
     """Calibrate again as an earlier phi record was: the same rule with the same parameters
     (:func:`~edge_asd.edge.calibrate.rules.rule_arguments`; the budget rule with as many bootstrap refits)
-    on the same windows (:meth:`PhiRecord.window_settings`) and alert policy (:meth:`PhiRecord.alert_policy`), applied to ``files`` (or their decoded ``audio``,
-    see :func:`recordings_window_maxima`) scored by ``scorer``.
+    on the same windows (:meth:`PhiRecord.window_settings`) and alert policy (:meth:`PhiRecord.alert_policy`),
+    applied to ``files`` (or their decoded ``audio``, see :func:`recordings_window_maxima`) scored by ``scorer``.
     ``previous`` None: edge-calibrate's defaults (1.1 x the worst recording, whole windows).
     ``held_files`` (decoded: ``held_audio``): held-out normal recordings; the new phi is checked on their
     windows as edge-calibrate ``--check`` does (the record's ``check`` and ``heldout_recordings``).

@@ -53,9 +53,10 @@ def explain(policy: AlertPolicy, hop_s: float) -> str:
 
 def headroom(phi: float, scored: list, policy: AlertPolicy) -> float:
     """``phi / median`` of the policy scores of every frame of the recordings (``scored``: (samples, scores)
-    pairs) that has one."""
+    pairs) that has one; inf when that median is not positive (a score that can be 0 or negative: no ratio)."""
     frames = [v[ok] for v, ok in (policy_scores(s, policy) for _, s in scored)]
-    return float(phi / np.median(np.concatenate(frames)))
+    median = float(np.median(np.concatenate(frames)))
+    return float(phi / median) if median > 0 else float("inf")
 
 
 def choose(scorer, files: list, scored: list, settings: dict, rule: dict, hysteresis: float = 1.0

@@ -29,7 +29,7 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
                       }.get(ws["window"], "{window} s").format(**ws)
             lines.append(f"  {r.calibrated_at or '?'}  phi {r.phi:.4g}  model {str(r.model_sha256)[:12]}  "
                          f"{rule.get('name', '?')} ({what})  window {window}  "
-                         f"{len(r.recordings or ())} recordings"
+                         f"{len(r.recordings or ())} recordings  votes {r.alert_policy().describe()}"
                          + (f"  check {r.check['false_alarms']}/{r.check['windows']}" if r.check else ""))
     return lines
 
@@ -78,8 +78,8 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on_s, gate_min_off_s, quantile, margin,
-         target_fpr, alarms_per_day, tail, n_boot, holdout, check_paths, maxima_out, votes, hysteresis, accept_other_machines,
-         show_history, threads, quiet):
+         target_fpr, alarms_per_day, tail, n_boot, holdout, check_paths, maxima_out, votes, hysteresis,
+         accept_other_machines, show_history, threads, quiet):
     """Score normal RECORDINGS (files or directories) and store phi for one machine ID.
 
     A window's score is its max frame score (Koizumi et al. 2019, eq. 11); the windows are edge-monitor's

@@ -39,8 +39,8 @@ def main(paths, model_path, machine_id, out_path, as_json, max_fpr, votes, threa
 
     Per clip (CSV on stdout, or --out): file, machine type, machine ID and label read from DCASE / MIMII
     file names (normal_id_00_00000010.wav, fan/id_00/abnormal/00000001.wav, ...), frames, max (of the --votes
-    policy score, as edge-monitor's running max) and mean anomaly score, RMS level (dBFS). On stderr a summary: clips per label and, when both normal and
-    anomaly clips are present, AUC and pAUC of the max and of the mean score beside the loudness
+    policy score, as edge-monitor's running max) and mean anomaly score, RMS level (dBFS). On stderr a summary:
+    clips per label and, when both normal and anomaly clips are present, AUC and pAUC of the max and of the mean score beside the loudness
     reference: the same metric with the clip level as the score, what a level meter alone would get.
     """
     setup_logging(quiet=quiet)

@@ -1,6 +1,6 @@
 """One input's monitoring loop: source blocks -> streaming features -> scores -> the alert policy's votes
-(:mod:`~edge_asd.edge.runtime.alert`: policy scores) -> operation windows and the running-max decision (:mod:`~edge_asd.edge.runtime.decision`) -> event lines (start, anomaly, verdict,
-health, summary; :mod:`~edge_asd.edge.runtime.events`) and evidence clips. Every block also goes through
+(:mod:`~edge_asd.edge.runtime.alert`: policy scores) -> operation windows and the running-max decision
+(:mod:`~edge_asd.edge.runtime.decision`) -> event lines (start, anomaly, verdict, alarm, health, summary; :mod:`~edge_asd.edge.runtime.events`) and evidence clips. Every block also goes through
 the input-health checker (:mod:`~edge_asd.edge.runtime.health`): its state changes become ``health``
 lines, and the frames whose audio fails it are not scored as machine sound. Several inputs in one process:
 :mod:`~edge_asd.edge.runtime.service`.
