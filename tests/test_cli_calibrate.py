@@ -41,7 +41,8 @@ def test_budget_rule_with_windows_and_holdout(model, fan, frame_scores, tmp_path
     last 3 are held out; the reported check is what their window maxima give."""
     store = tmp_path / "phi.json"
     proc, out = calibrate(*fan["train"], "--model", model, "--machine-id", "00", "--store", store, "--window", "1",
-                          "--false-alarms-per-day", "1", "--holdout", "0.3", "--bootstrap", "50", env=env)
+                          "--false-alarms-per-day", "1", "--holdout", "0.3", "--bootstrap", "50", "--votes", "1/1",
+                              env=env)
     train, held = sorted(fan["train"])[:7], sorted(fan["train"])[7:]
     maxima = np.array([m for p in train for m in monitor_window_maxima(frame_scores(p), 1.0)])
     # each 10-s recording: windows [0, 1) ... [9, 10) s; [10, 11) holds one score (stamped 10.0 s) and is cut short
@@ -73,7 +74,7 @@ def test_target_fpr_checked_on_a_separate_directory(model, fan, frame_scores, tm
     for p in fan["test_normal"]:  # links to the 5 real test normals, no audio copied
         (held / p.name).symlink_to(p)
     proc, out = calibrate(*fan["train"], "--model", model, "--machine-id", "00", "--store", tmp_path / "phi.json",
-                          "--target-fpr", "0.2", "--check", held, env=env)
+                          "--target-fpr", "0.2", "--check", held, "--votes", "1/1", env=env)
     train_max = [frame_scores(p).max() for p in fan["train"]]
     assert out["phi"] == pytest.approx(np.quantile(train_max, 0.8), rel=1e-6)  # margin 1 with a target rate
     assert out["rule"] == {"name": "clip-max-quantile", "quantile": 0.8, "margin": 1.0, "target_fpr": 0.2}

@@ -123,7 +123,7 @@ def test_calibrate_median_rule_and_directory(model, fan, tmp_path, clip_scores, 
     for i, p in enumerate(fan["train"][:4]):  # links to the real clips, no audio copied; names that say no machine
         (folder / f"recording_{i}.flac").symlink_to(p)  # (an id_00 name is refused for id_03: test_input_names.py)
     proc = cli("edge-calibrate", folder, "--model", model, "--machine-id", "id_03", "--quantile", "0.5", "--margin",
-               "1.0", "--store", store, env=env)
+               "1.0", "--store", store, "--votes", "1/1", env=env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     expected = float(np.median([clip_scores(p).max() for p in sorted(fan["train"][:4])]))
@@ -164,7 +164,7 @@ def test_monitor_store_phi_raises_events_on_anomaly(model, fan, anomaly_clip, cl
     """phi at the median train normal: the loudest real anomaly crosses it, and the events follow the rule."""
     store = tmp_path / "phi.json"
     proc = cli("edge-calibrate", *fan["train"], "--model", model, "--machine-id", "00", "--quantile", "0.5",
-               "--margin", "1.0", "--store", store)
+               "--margin", "1.0", "--store", store, "--votes", "1/1")
     phi = json.loads(proc.stdout)["phi"]
     scores = clip_scores(anomaly_clip)
     assert scores.max() > phi
@@ -176,7 +176,7 @@ def test_monitor_store_phi_raises_events_on_anomaly(model, fan, anomaly_clip, cl
         assert e["score"] == pytest.approx(float(scores[f]), rel=1e-6) and e["score"] >= phi
         assert e["running_max"] == (None if prev is None else pytest.approx(prev, rel=1e-6))
         assert e["time_s"] == pytest.approx((f * 256 + 5632) / 16000, abs=1e-4)
-        assert e["schema"] == 2 and e["event"] == "anomaly" and e["machine_id"] == "id_00"
+        assert e["schema"] == 3 and e["event"] == "anomaly" and e["machine_id"] == "id_00"
         assert e["model_sha256"] == scorer.sha256
 
 

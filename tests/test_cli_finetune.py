@@ -26,7 +26,8 @@ def deployed(model, fan, tmp_path):
     path = tmp_path / "fan.tflite"
     shutil.copy(model, path)
     store = tmp_path / "phi.json"
-    proc = cli("edge-calibrate", *fan["train"][:4], "--model", path, "--machine-id", "00", "--store", store)
+    proc = cli("edge-calibrate", *fan["train"][:4], "--model", path, "--machine-id", "00", "--store", store, "--votes",
+               "1/1")
     assert proc.returncode == 0, proc.stderr
     return path, store
 
@@ -116,7 +117,8 @@ def calibrated_copy(model, recordings, tmp_path, env, *options) -> tuple[Path, P
     """(model copy, store) with phi of id_00 set by edge-calibrate ``options`` on ``recordings``."""
     path, store = tmp_path / "fan.tflite", tmp_path / "phi.json"
     shutil.copy(model, path)
-    proc = cli("edge-calibrate", *recordings, "--model", path, "--machine-id", "00", "--store", store, *options, env=env)
+    proc = cli("edge-calibrate", *recordings, "--model", path, "--machine-id", "00", "--store", store, "--votes", "1/1",
+               *options, env=env)
     assert proc.returncode == 0, proc.stderr
     return path, store
 

@@ -69,6 +69,12 @@ def test_max_score_equals_edge_monitor(model, fan, env):
         assert float(row["max_score"]) == events[-1]["score"]
         assert f"{row['n_frames']} frames" in proc.stderr
         assert float(row["mean_score"]) <= float(row["max_score"])
+    # with votes: the max of the policy score, as edge-monitor --votes reports it in its verdict and summary
+    voted = rows_of(score(clips[1], "--model", model, "--votes", "16/31", env=env).stdout)[0]
+    proc = cli("edge-monitor", "--model", model, "--phi", "0", "--votes", "16/31", "--input", clips[1], env=env)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    verdict, summary = [e for e in lines if e["event"] == "verdict"][0], lines[-1]
+    assert float(voted["max_score"]) == verdict["max_score"] == summary["max_score"] < float(rows[1]["max_score"])
 
 
 def test_fan_id_00_auc_beside_the_loudness_reference(fan_id_00, fan):

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.runtime.alert import AlertPolicy
 from edge_asd.edge.runtime.config import load_config
+from edge_asd.edge.runtime.service import alert_policy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,3 +100,14 @@ def test_input_health_thresholds_come_from_the_config(tmp_path):
     bad = write(tmp_path, '[[input]]\nmodel = "m.tflite"\nsource = "mic"\nsilent_s = -1\n')
     with pytest.raises(EdgeAsdError, match="silent_s -1.0: must be a finite number >= 0"):
         load_config(bad)[0].health_limits()
+
+
+def test_votes_and_hysteresis_come_from_the_config(tmp_path):
+    """The alert policy per input (edge-monitor --votes / --hysteresis); a bare number of votes is K/K."""
+    path = write(tmp_path, '[monitor]\nvotes = "16/31"\nhysteresis = 0.8\n\n[[input]]\nmodel = "a.tflite"\n\n'
+                           '[[input]]\nname = "b"\nmodel = "b.tflite"\nvotes = 31\n')
+    first, second = load_config(path)
+    assert (first.votes, first.hysteresis) == ("16/31", 0.8) and (second.votes, second.hysteresis) == ("31", 0.8)
+    assert alert_policy("b", None, second.votes, second.hysteresis) == AlertPolicy(31, 31, 0.8)
+    with pytest.raises(EdgeAsdError, match="hysteresis"):
+        alert_policy("b", None, None, 1.5)

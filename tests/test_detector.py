@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_asd.edge.runtime.decision import OFF, RunningMaxDetector
-from edge_asd.edge.runtime.events import EVENT_SCHEMA, Event, Verdict
+from edge_asd.edge.runtime.events import EVENT_SCHEMA, AlarmLine, Event, Verdict
 
 SHA = "ab" * 32
 
@@ -138,9 +138,11 @@ def test_frames_outside_every_window_close_it_and_are_not_judged():
 def test_nonfinite_scores_are_skipped_and_counted():
     det = RunningMaxDetector(5.0, "id_00", SHA)
     assert det.update(0, 0.1, math.nan) == []
-    (event,) = det.update(1, 0.2, 6.0)
+    alarm, event = det.update(1, 0.2, 6.0)
     assert event.running_max is None  # NaN never became the running max
+    assert isinstance(alarm, AlarmLine) and alarm.state == "on" and alarm.frame == 1  # an alarm line comes first
     assert det.update(2, 0.3, math.inf) == [] and det.update(3, 0.4, 7.0)[0].running_max == 6.0
+    assert det.n_alarms == 1  # inf was skipped: the alarm stayed on
     assert det.n_nonfinite == 2
     assert det.close().frames == 4
 
@@ -179,12 +181,12 @@ def test_window_index_follows_stream_time_and_skipped_windows():
 def test_event_dict_fields():
     det = RunningMaxDetector(2.5, "id_03", SHA)
     det.update(0, 1.0, 1.0, 0)
-    _, e = det.update(1, 5.123456, 3.0, 1)
-    assert isinstance(e, Event)
+    _, alarm, e = det.update(1, 5.123456, 3.0, 1)  # the verdict of window 0, the alarm going on, the event
+    assert isinstance(e, Event) and isinstance(alarm, AlarmLine)
     d = e.to_dict()
     assert set(d) == {"schema", "event", "time_s", "frame", "score", "running_max", "phi", "machine_id",
                       "model_sha256", "window"}
-    assert d["schema"] == EVENT_SCHEMA == 2
+    assert d["schema"] == EVENT_SCHEMA == 3
     assert d["event"] == "anomaly"
     assert d["time_s"] == pytest.approx(5.1235)
     assert d["frame"] == 1 and d["score"] == 3.0 and d["phi"] == 2.5
@@ -235,7 +237,8 @@ def test_frames_not_scored_never_raise_an_event_or_the_running_max():
     scored = np.array([True, False, False, True, True, True])
     det = RunningMaxDetector(5.0, "id_00", SHA)
     out = det.update_block(0, times, scores, np.zeros(6, dtype=np.int64), scored)
-    assert [(e.frame, e.score, e.running_max) for e in out] == [(5, 9.0, 3.0)]
+    assert [(e.frame, e.score, e.running_max) for e in out if isinstance(e, Event)] == [(5, 9.0, 3.0)]
+    assert [(a.frame, a.state) for a in out if isinstance(a, AlarmLine)] == [(5, "on")]  # unscored frames: no alarm
     verdict = det.close()
     assert verdict.frames == 6 and verdict.max_score == 9.0 and det.max_score == 9.0 and det.n_frames == 6
     det = RunningMaxDetector(5.0, "id_00", SHA)  # a window whose frames are all unscored has no max

@@ -10,6 +10,7 @@ import pytest
 from edge_asd.edge.runtime.events import (
     EVENT_SCHEMA,
     LINE_TYPES,
+    AlarmLine,
     Event,
     Health,
     Start,
@@ -23,7 +24,8 @@ from edge_asd.edge.runtime.events import (
 def test_a_line_is_schema_event_fields_input_wall_time_in_that_order():
     line = event_line(Start("id_00", 1.5, "ab" * 32, "whole", 16000).to_dict(), "fan-1")
     assert list(line) == ["schema", "event", "machine_id", "phi", "model_sha256", "window_mode", "sample_rate",
-                          "input", "wall_time"]
+                          "alert", "input", "wall_time"]
+    assert line["alert"] == {"k": 1, "n": 1, "hysteresis": 1.0}  # the default policy: eq. 11
     assert line["schema"] == EVENT_SCHEMA and line["event"] == "start" and line["input"] == "fan-1"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["wall_time"])
     assert json.loads(json.dumps(line)) == line
@@ -36,7 +38,10 @@ def test_every_line_type_names_itself():
     assert [event.to_dict()["event"], verdict.to_dict()["event"], summary["event"]] == ["anomaly", "verdict", "summary"]
     assert list(summary)[:5] == ["schema", "event", "machine_id", "phi", "model_sha256"]
     assert summary["real_time_factor"] == 0.01
-    assert set(LINE_TYPES) == {"start", "anomaly", "verdict", "health", "summary"}
+    assert set(LINE_TYPES) == {"start", "anomaly", "verdict", "health", "alarm", "summary"}
+    alarm = AlarmLine("on", 1.0, 3, 9.0, 2.0, 1.6, "id_00", "ab" * 32, 0).to_dict()
+    assert list(alarm)[:4] == ["schema", "event", "state", "time_s"] and alarm["event"] == "alarm"
+    assert summary["alarms"] == 0
 
 
 def test_an_unknown_line_type_is_refused():

@@ -213,7 +213,7 @@ def test_one_recording_that_decides_phi_is_named(model, fan, tmp_path, env):
     ranked = sorted(maxima.items(), key=lambda kv: kv[1], reverse=True)
     assert ranked[0][1] >= 2 * ranked[1][1], ranked  # the case under test
     proc = cli("edge-calibrate", *fan["train"], "--model", model, "--machine-id", "00", "--store", tmp_path / "phi.json",
-               env=env)
+               "--votes", "1/1", env=env)
     assert proc.returncode == 0, proc.stderr
     phi = json.loads(proc.stdout)["phi"]
     assert (f"WARNING: {ranked[0][0]} decides phi alone: its window maximum {ranked[0][1]:.4g} is "
@@ -222,10 +222,14 @@ def test_one_recording_that_decides_phi_is_named(model, fan, tmp_path, env):
     # without it, whether a recording decides phi follows the stated rule
     rest = [p for p in fan["train"] if Path(p).name != ranked[0][0]]
     proc = cli("edge-calibrate", *rest, "--model", model, "--machine-id", "00", "--store", tmp_path / "phi2.json",
-               env=env)
+               "--votes", "1/1", env=env)
     assert proc.returncode == 0, proc.stderr
     top, second = ranked[1][1], ranked[2][1]
     assert ("decides phi alone" in proc.stderr) == (top >= 2 * second and json.loads(proc.stdout)["phi"] > second)
+    # the default, --votes auto, sets phi on a vote its short burst does not hold: it no longer decides phi
+    proc = cli("edge-calibrate", *fan["train"], "--model", model, "--machine-id", "00", "--store", tmp_path / "phi3.json",
+               env=env)
+    assert proc.returncode == 0 and f"{ranked[0][0]} decides phi alone" not in proc.stderr, proc.stderr
 
 
 def test_dominance_rule_needs_phi_above_the_second(model, fan):

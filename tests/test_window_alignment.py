@@ -48,15 +48,17 @@ def assert_same_windows(calibration: list[dict], monitor: list[dict]) -> None:
 
 @pytest.mark.parametrize("window", WINDOWS)
 def test_calibration_windows_are_the_monitor_verdicts(model, recordings, tmp_path, env, window):
-    """edge-calibrate --maxima-out against edge-monitor's verdict lines (the file path: 16-hop blocks)."""
+    """edge-calibrate --maxima-out against edge-monitor's verdict lines (the file path: 16-hop blocks), with the
+    alert policy edge-calibrate chose (--votes auto: the window maxima of its policy score) given to the monitor."""
     maxima_path = tmp_path / "maxima.jsonl"
     cal = cli("edge-calibrate", *recordings, "--model", model, "--machine-id", "00", "--store", tmp_path / "phi.json",
               "--window", window, "--gate-db", GATE_DB, "--maxima-out", maxima_path, env=env)
     assert cal.returncode == 0, cal.stderr
     result, windows = json.loads(cal.stdout), [json.loads(line) for line in maxima_path.read_text().splitlines()]
+    votes = f"{result['alert']['k']}/{result['alert']['n']}"
     for rec in recordings:
         mon = cli("edge-monitor", "--model", model, "--phi", "1e9", "--input", rec, "--window", window,
-                  "--gate-db", GATE_DB, env=env)
+                  "--gate-db", GATE_DB, "--votes", votes, env=env)
         assert mon.returncode == 0, mon.stderr
         lines = [json.loads(line) for line in mon.stdout.splitlines()]
         assert_same_windows([w for w in windows if w["recording"] == str(rec)],

@@ -28,12 +28,13 @@ from edge_asd.core.commands import kit_version
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.oof import read_oof
 from edge_asd.core.provenance import heard
-from edge_asd.edge.calibrate import diagnose, names
+from edge_asd.edge.calibrate import diagnose, names, votes
 from edge_asd.edge.calibrate.recordings import (
     held_out_maxima,
     out_of_fold_scores,
     recording_levels,
     recordings_window_maxima,
+    scored_recordings,
     split_holdout,
     write_maxima,
 )
@@ -47,6 +48,7 @@ from edge_asd.edge.calibrate.rules import (
     seconds_per_window,
 )
 from edge_asd.edge.runtime import phi_store
+from edge_asd.edge.runtime.alert import AlertPolicy
 from edge_asd.edge.runtime.health import BAND_SHARE_FLOOR
 from edge_asd.edge.runtime.input_level import level_statistics
 from edge_asd.edge.runtime.phi_store import PhiRecord
@@ -128,6 +130,11 @@ class CalibrateOptions:
     use_oof: bool = True
     """Take the out-of-fold frame scores the model file holds (``edge-train --oof-folds``) for the recordings
     they belong to; False (``--no-oof``): the model scores every recording."""
+    votes: str = "auto"
+    """The alert policy phi is set for: ``K/N`` (K of the last N frames reach phi; ``1/1``: eq. 11), or ``auto``
+    (:mod:`edge_asd.edge.calibrate.votes`)."""
+    hysteresis: float = 1.0
+    """The alarm's off level over phi, stored with the policy (edge-monitor's default)."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,8 @@ class Calibration:
     """The windows of the held-out recordings phi was checked on."""
     recordings: list[Path]
     """The recordings phi was set on."""
+    hop_s: float = 0.016
+    """The model's hop, s (a vote of n frames spans n hops)."""
     oof_folds: int | None = None
     """K of the model file's out-of-fold scores when they were used (None: the model has none, or ``use_oof``
     is off); ``record.oof_recordings`` counts the recordings phi was set on with them."""
@@ -154,8 +163,9 @@ class Calibration:
 def calibrate_machine(options: CalibrateOptions) -> Calibration:
     """edge-calibrate without its option parsing: score the recordings with the model (a recording whose
     out-of-fold scores the model file holds, ``edge-train --oof-folds``: those scores, unless ``use_oof`` is
-    off; ``record.oof_recordings`` counts them), set phi by the rule on the windows edge-monitor would decide
-    on, check it on the held-out recordings (``holdout`` or ``check``), write the window maxima
+    off; ``record.oof_recordings`` counts them), choose the alert policy (``votes``: given, or ``auto``,
+    :mod:`.votes`), set phi by the rule on the window maxima of its policy score on the windows edge-monitor
+    would decide on, check it on the held-out recordings (``holdout`` or ``check``), write the window maxima
     (``maxima_out``) and save the record to the store for the machine ID.
 
     The recordings' names are checked first (:mod:`.names`): ``anomaly_*`` clips are refused, and so are
@@ -183,21 +193,31 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
     oof = read_oof(scorer.meta, str(options.model_path)) if options.use_oof else None
     known = out_of_fold_scores(oof, [*files, *held_files], scorer.features)
     n_heard = warn_if_heard(scorer.meta, files, held_files, known)
-    fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings(), known=known)
+    rule = options.rule
+    rule_kwargs = dict(quantile=rule.quantile, margin=rule.margin, target_fpr=rule.target_fpr,
+                       alarms_per_day=rule.alarms_per_day, tail=rule.tail, n_boot=rule.n_boot)
+    auto = str(options.votes).strip().lower() == "auto"
+    policy = AlertPolicy(hysteresis=options.hysteresis) if auto else AlertPolicy.parse(options.votes, options.hysteresis)
+    scored = scored_recordings(scorer, files, known=known)
+    alert = {**policy.to_dict(), "choice": "given"}
+    if auto:
+        policy, grid = votes.choose(scorer, files, scored, windows.settings(), rule_kwargs, options.hysteresis)
+        alert = {**policy.to_dict(), "choice": "auto", "grid": grid}
+    fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings(), scored=scored,
+                                                                policy=policy)
     if windows.name == "gate":  # before phi_maxima refuses a sample the gate left empty
         levels = recording_levels(files, scorer.features.sample_rate)
         diagnose.warn_gate(diagnose.gate_check([str(f) for f in files], levels, fit_windows, options.window.gate_db))
-    held_windows, held = held_out_maxima(scorer, held_files, windows, known=known)
-    rule = options.rule
+    held_windows, held = held_out_maxima(scorer, held_files, windows, policy=policy, known=known)
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)),
-                       quantile=rule.quantile, margin=rule.margin, target_fpr=rule.target_fpr,
-                       alarms_per_day=rule.alarms_per_day, tail=rule.tail, n_boot=rule.n_boot, heldout_maxima=held)
+                       heldout_maxima=held, **rule_kwargs)
     diagnose.warn_dominant(fit_windows, result["phi"])
     result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
     if options.maxima_out is not None:
         write_maxima(options.maxima_out, fit_windows, held_windows)
     record = dataclasses.replace(phi_record(scorer, options.model_path, files, result, windows, clip_max, held_files),
-                                 recordings_heard_by_model=n_heard, input_level=input_level(scorer, files),
+                                 recordings_heard_by_model=n_heard, alert=alert,
+                                 input_level=input_level(scorer, files, [a for a, _ in scored]),
                                  oof_recordings=sum(f in known for f in files) if oof is not None else None)
     if record.fit is not None:
         fit, boot = record.fit, record.fit.get("bootstrap")
@@ -205,8 +225,9 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
                  fit["fit"]["n_maxima"], fit["fit"]["params"], fit["fit"]["ks_pvalue"], record.phi, fit["p_window"],
                  f", bootstrap 90% interval [{boot['phi_p5']:.4g}, {boot['phi_p95']:.4g}]" if boot else "")
     phi_store.save_phi(options.store, machine_id, record)
-    return Calibration(machine_id, record, fit_windows, held_windows, files, oof.folds if oof is not None else None,
-                       sum(f in known for f in held_files))
+    cfg = scorer.features
+    return Calibration(machine_id, record, fit_windows, held_windows, files, cfg.hop_samples / cfg.sample_rate,
+                       oof.folds if oof is not None else None, sum(f in known for f in held_files))
 
 
 def phi_record(scorer, model_path: str | Path, files: Sequence[Path], result: dict, windows, clip_max: list[float],
@@ -242,8 +263,8 @@ def calibrate_like(previous: PhiRecord | None, scorer, model_path: str | Path, f
                    held_audio: list[np.ndarray] | None = None) -> PhiRecord:
     """Calibrate again as an earlier phi record was: the same rule with the same parameters
     (:func:`~edge_asd.edge.calibrate.rules.rule_arguments`; the budget rule with as many bootstrap refits)
-    on the same windows (:meth:`PhiRecord.window_settings`), applied to ``files`` (or their decoded ``audio``,
-    see :func:`recordings_window_maxima`) scored by ``scorer``.
+    on the same windows (:meth:`PhiRecord.window_settings`) and alert policy (:meth:`PhiRecord.alert_policy`),
+    applied to ``files`` (or their decoded ``audio``, see :func:`recordings_window_maxima`) scored by ``scorer``.
     ``previous`` None: edge-calibrate's defaults (1.1 x the worst recording, whole windows).
     ``held_files`` (decoded: ``held_audio``): held-out normal recordings; the new phi is checked on their
     windows as edge-calibrate ``--check`` does (the record's ``check`` and ``heldout_recordings``).
@@ -256,14 +277,17 @@ def calibrate_like(previous: PhiRecord | None, scorer, model_path: str | Path, f
     settings = previous.window_settings() if previous is not None else {"window": "whole"}
     cfg = scorer.features
     windows = make_windows(settings.pop("window"), cfg.sample_rate, cfg.hop_samples, **settings)
-    fit_windows, durations, clip_max = recordings_window_maxima(scorer, list(files), **windows.settings(), audio=audio)
+    policy = previous.alert_policy() if previous is not None else AlertPolicy()
+    fit_windows, durations, clip_max = recordings_window_maxima(scorer, list(files), **windows.settings(), audio=audio,
+                                                                policy=policy)
     n_boot = (((previous.fit if previous is not None else None) or {}).get("bootstrap") or {}).get("n", 0)
-    held = held_out_maxima(scorer, held_files, windows, held_audio)[1]
+    held = held_out_maxima(scorer, held_files, windows, held_audio, policy)[1]
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)), n_boot=n_boot,
                        heldout_maxima=held, **arguments)
     result["window_maxima"]["cut_short"] = sum(not w.complete for w in fit_windows)
+    alert = {**policy.to_dict(), "choice": "given"} if previous is not None and previous.alert is not None else None
     return dataclasses.replace(phi_record(scorer, model_path, files, result, windows, clip_max, held_files),
-                               input_level=input_level(scorer, files, audio))
+                               alert=alert, input_level=input_level(scorer, files, audio))
 
 
 def input_level(scorer, files: Sequence[Path], audio: list[np.ndarray] | None = None) -> dict | None:

@@ -18,6 +18,7 @@ from edge_asd.core.loudness import clip_level_dbfs
 from edge_asd.core.oof import OutOfFold
 from edge_asd.core.provenance import PREFIX_CHARS, file_sha256
 from edge_asd.edge.calibrate.rules import WindowMax, phi_maxima, window_maxima
+from edge_asd.edge.runtime.alert import AlertPolicy
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S, make_windows
 from edge_asd.firmware_io.audio_file import read_audio
 
@@ -53,16 +54,39 @@ def score_recordings(scorer, files: list[Path]) -> tuple[list[np.ndarray], list[
     return scores, durations
 
 
+def scored_recordings(scorer, files: Sequence[Path], audio: list[np.ndarray] | None = None,
+                      known: Mapping[Path, np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(samples, frame scores) of each recording: read at the model's rate (or taken from ``audio``: the files
+    already decoded, mono float32 at the model's rate, in the same order) and scored; shapes (N,) and (n_frames,).
+    ``known``: frame scores to take instead of the model's for some of the files (their out-of-fold scores,
+    :func:`out_of_fold_scores`), shape (n_frames,) each.
+
+    Raises:
+        EdgeAsdError: a recording shorter than one context vector, or unreadable audio.
+    """
+    cfg = scorer.features
+    out = []
+    for i, f in enumerate(files):
+        samples = read_audio(f, cfg.sample_rate) if audio is None else audio[i]
+        scores = known[f] if known and f in known else scorer.score_audio(samples)
+        if len(scores) == 0:
+            raise EdgeAsdError(f"{f}: shorter than one context window ({cfg.samples_per_vector} samples)")
+        out.append((samples, scores))
+    return out
+
+
 def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: float = DEFAULT_GATE_DB,
                              gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S, gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S,
-                             audio: list[np.ndarray] | None = None, known: Mapping[Path, np.ndarray] | None = None,
+                             audio: list[np.ndarray] | None = None, policy: AlertPolicy = AlertPolicy(),
+                             known: Mapping[Path, np.ndarray] | None = None,
+                             scored: list[tuple[np.ndarray, np.ndarray]] | None = None,
                              ) -> tuple[list[WindowMax], list[float], list[float]]:
     """(the :class:`~edge_asd.edge.calibrate.rules.WindowMax` of every window of every recording, each
     recording's duration in s and its max frame score).
 
-    Each recording is read at the model's rate (or taken from ``audio``: the files already decoded, mono
-    float32 at the model's rate, in the same order), scored, and its windows cut as edge-monitor ``--window
-    WINDOW --gate-db GATE_DB --gate-min-on-s ... --gate-min-off-s ...`` cuts them on that file
+    Each recording is scored (:func:`scored_recordings`, or taken from ``scored``), its frame scores turned
+    into the ``policy``'s policy scores (1/1: unchanged), and its windows cut as edge-monitor ``--window WINDOW
+    --gate-db GATE_DB --gate-min-on-s ... --gate-min-off-s ... --votes K/N`` cuts them on that file
     (:func:`~edge_asd.edge.calibrate.rules.window_maxima`; gate level in dBFS, hold times in s).
     ``known``: frame scores to take instead of the model's for some of the files (their out-of-fold scores,
     :func:`out_of_fold_scores`), shape (n_frames,) each.
@@ -72,13 +96,9 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
     """
     cfg = scorer.features
     out, durations, clip_max = [], [], []
-    for i, f in enumerate(files):
-        samples = read_audio(f, cfg.sample_rate) if audio is None else audio[i]
-        scores = known[f] if known and f in known else scorer.score_audio(samples)
-        if len(scores) == 0:
-            raise EdgeAsdError(f"{f}: shorter than one context window ({cfg.samples_per_vector} samples)")
+    for f, (samples, scores) in zip(files, scored or scored_recordings(scorer, files, audio, known)):
         windows = make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db, gate_min_on_s, gate_min_off_s)
-        windows = window_maxima(scores, samples, windows, cfg, str(f))
+        windows = window_maxima(scores, samples, windows, cfg, str(f), policy)
         log.info("%s: max score %.3f over %d frames%s, %d windows", f.name, float(scores.max()), len(scores),
                  " (out-of-fold)" if known and f in known else "", len(windows))
         out += windows
@@ -116,14 +136,16 @@ def recording_levels(files: Sequence[Path], sample_rate: int) -> list[float]:
 
 
 def held_out_maxima(scorer, held_files: Sequence[Path], windows, audio: list[np.ndarray] | None = None,
-                    known: Mapping[Path, np.ndarray] | None = None) -> tuple[list[WindowMax], np.ndarray | None]:
+                    policy: AlertPolicy = AlertPolicy(), known: Mapping[Path, np.ndarray] | None = None
+                    ) -> tuple[list[WindowMax], np.ndarray | None]:
     """(the WindowMax of every window of the held-out recordings, their max scores for the check, shape
     (n,), or None without held-out recordings): cut as :func:`recordings_window_maxima` cuts the fitted
     ones (with the frame scores ``known`` for some of them), on ``windows`` (fresh windows whose
-    ``settings()`` are used)."""
+    ``settings()`` are used), with the same ``policy``."""
     if not held_files:
         return [], None
-    held_windows = recordings_window_maxima(scorer, list(held_files), **windows.settings(), audio=audio, known=known)[0]
+    held_windows = recordings_window_maxima(scorer, list(held_files), **windows.settings(), audio=audio,
+                                            policy=policy, known=known)[0]
     return held_windows, phi_maxima(held_windows, "held-out recordings")
 
 

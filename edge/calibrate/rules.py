@@ -1,7 +1,8 @@
 """Choosing the threshold phi from normal recordings.
 
 The decision of Koizumi et al. 2019 (eq. 11) is per window: a window is anomalous when its max frame
-score reaches phi, so every rule here works on *window maxima* of frame scores. The windows are the
+score reaches phi, so every rule here works on *window maxima* of frame scores (of the alert policy's
+policy scores, :mod:`edge_asd.edge.runtime.alert`, when phi is set for k-of-n votes). The windows are the
 ones edge-monitor decides on: each recording is taken as a stream of its own, starting at 0 s, and
 its frame scores are stamped and assigned to windows by the same code as the monitor's
 (:func:`.windows.recording_windows`: a score is stamped at the end of its context vector), so
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.runtime.alert import AlertPolicy, policy_scores
 from edge_asd.edge.runtime.windows import OFF, EnergyGate, FixedWindows, recording_windows
 
 DEFAULT_QUANTILE = 1.0
@@ -69,7 +71,8 @@ class WindowMax:
     """Stamp of its last frame score, s."""
     frames: int
     max_score: float
-    """max_t A(x_t) over the window's frames (eq. 11)."""
+    """max over the window's frames of the policy score (:mod:`edge_asd.edge.runtime.alert`; 1/1: max_t A(x_t),
+    eq. 11); -inf when no frame of the window has one."""
     max_time_s: float
     """Stamp of the (first) frame with that score, s."""
     complete: bool
@@ -79,18 +82,25 @@ class WindowMax:
         return asdict(self)
 
 
-def window_maxima(scores: np.ndarray, samples: np.ndarray, windows, cfg, recording: str = "") -> list[WindowMax]:
-    """The operation windows of one recording and their max frame scores, in stream order.
+def window_maxima(scores: np.ndarray, samples: np.ndarray, windows, cfg, recording: str = "",
+                  policy: AlertPolicy = AlertPolicy()) -> list[WindowMax]:
+    """The operation windows of one recording and their max policy scores, in stream order.
 
     Args:
         scores: the recording's frame scores, shape (n_frames,), as ``Scorer.score_audio`` gives them.
         samples: the recording, shape (N,), at ``cfg.sample_rate`` Hz (the energy gate listens to it).
         windows: a fresh ``windows.make_windows(...)`` object (one per recording).
         cfg: the model's FeatureConfig. recording: a name carried into each WindowMax.
+        policy: the alert policy: the frame scores become its policy scores as edge-monitor computes them
+            (:mod:`edge_asd.edge.runtime.alert`; frames outside every window vote -inf, a frame without a
+            policy score counts as -inf); 1/1 (default): the frame scores themselves.
     Frames outside every window (gated off) belong to none; a NaN score makes its window's max NaN.
     """
     stamps, index = recording_windows(windows, samples, len(scores), cfg)
     scores = np.asarray(scores, dtype=np.float64)
+    if policy != AlertPolicy():
+        votes, ok = policy_scores(scores, policy, index != OFF)
+        scores = np.where(ok, votes, -np.inf)
     sr = cfg.sample_rate
     cuts = np.flatnonzero(np.diff(index)) + 1
     out = []
@@ -106,11 +116,12 @@ def window_maxima(scores: np.ndarray, samples: np.ndarray, windows, cfg, recordi
 
 def phi_maxima(windows: list[WindowMax], what: str = "normal recordings") -> np.ndarray:
     """Max scores of the complete windows, shape (n,), float64: the sample phi is fitted to (or checked on).
+    A window with no policy score (a vote longer than the window: max -inf) is left out.
 
     Raises:
         EdgeAsdError: no complete window (every recording shorter than one window, or the gate never opened).
     """
-    maxima = np.array([w.max_score for w in windows if w.complete], dtype=np.float64)
+    maxima = np.array([w.max_score for w in windows if w.complete and w.max_score != -np.inf], dtype=np.float64)
     if maxima.size == 0:
         why = ("the gate never found the machine running (check --gate-db)" if not windows
                else "every recording is shorter than one window; give longer recordings or a shorter --window")

@@ -29,7 +29,7 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
                       }.get(ws["window"], "{window} s").format(**ws)
             lines.append(f"  {r.calibrated_at or '?'}  phi {r.phi:.4g}  model {str(r.model_sha256)[:12]}  "
                          f"{rule.get('name', '?')} ({what})  window {window}  "
-                         f"{len(r.recordings or ())} recordings"
+                         f"{len(r.recordings or ())} recordings  votes {r.alert_policy().describe()}"
                          + (f"  check {r.check['false_alarms']}/{r.check['windows']}" if r.check else ""))
     return lines
 
@@ -63,6 +63,14 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
 @click.option("--maxima-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write every window (recording, window, start_s, end_s, frames, max_score, max_time_s, complete, "
                    "held_out) to this JSONL file.")
+@click.option("--votes", default="auto", show_default=True, metavar="K/N|auto",
+              help="Alert policy phi is set for: K of the last N frames reach phi (the window maxima are maxima of "
+                   "the K-th largest score of the last N frames; 1/1: eq. 11), or auto: the policy of a small grid "
+                   "(N = 1 frame, 0.5, 1, 2, 4 s; K = 1, N/2, N) whose phi needs the smallest rise over the normal "
+                   "median (docs/calibration.md).")
+@click.option("--hysteresis", type=float, default=1.0, show_default=True,
+              help="Stored with the policy: edge-monitor's alarm stays on until the policy score falls below "
+                   "HYSTERESIS x phi, in (0, 1].")
 @accept_other_machines_option
 @click.option("--no-oof", is_flag=True,
               help="Score every recording with the model, even those whose out-of-fold scores the model file holds "
@@ -73,8 +81,8 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on_s, gate_min_off_s, quantile, margin,
-         target_fpr, alarms_per_day, tail, n_boot, holdout, check_paths, maxima_out, accept_other_machines, no_oof,
-         show_history, threads, quiet):
+         target_fpr, alarms_per_day, tail, n_boot, holdout, check_paths, maxima_out, votes, hysteresis,
+         accept_other_machines, no_oof, show_history, threads, quiet):
     """Score normal RECORDINGS (files or directories) and store phi for one machine ID.
 
     A window's score is its max frame score (Koizumi et al. 2019, eq. 11); the windows are edge-monitor's
@@ -102,6 +110,7 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
         check_line,
         oof_line,
     )
+    from edge_asd.edge.calibrate.votes import policy_line
     from edge_asd.edge.runtime import phi_store
 
     store = store or phi_store.default_store_path()
@@ -118,16 +127,17 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
         rule=RuleOptions(quantile=quantile, margin=margin, target_fpr=target_fpr, alarms_per_day=alarms_per_day,
                          tail=tail, n_boot=n_boot),
         holdout=holdout, check=tuple(map(Path, check_paths)), maxima_out=maxima_out, threads=threads,
-        accept_other_machines=accept_other_machines, use_oof=not no_oof)
+        accept_other_machines=accept_other_machines, use_oof=not no_oof, votes=votes, hysteresis=hysteresis)
     done = calibrate_machine(options)
     record = done.record
     if oof_line(done) is not None:
         click.echo(f"edge-calibrate: {oof_line(done)}", err=True)
+    click.echo(f"edge-calibrate: {policy_line(record, done.hop_s)}", err=True)
     if record.check is not None:
         click.echo(f"edge-calibrate: {check_line(record.check)}", err=True)
     out = {"machine_id": done.machine_id, "phi": record.phi, "store": str(store), "n_recordings": len(done.recordings),
            "clip_max_scores": record.clip_max_scores, "rule": record.rule, "window": record.window,
-           "window_s": record.window_s, "window_maxima": record.window_maxima}
+           "window_s": record.window_s, "window_maxima": record.window_maxima, "alert": record.alert}
     out.update({k: getattr(record, k) for k in ("fit", "check", "oof_recordings") if getattr(record, k) is not None})
     click.echo(json.dumps(out))
 

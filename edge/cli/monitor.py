@@ -55,6 +55,12 @@ def _list_devices(ctx, param, value):
               help="Operation window resetting the running max: whole (the stream), SECONDS (fixed length), "
                    "or gate (one window per machine-on segment, energy gate).")
 @gate_options
+@click.option("--votes", default=None, metavar="K/N",
+              help="Alert policy: a frame's policy score is the K-th largest score of the last N frames (K of N reach "
+                   "phi; K=N: N hops above phi) [default: the phi record's, else 1/1, eq. 11].")
+@click.option("--hysteresis", type=float, default=None,
+              help="The alarm (alarm lines) stays on until the policy score falls below HYSTERESIS x phi, in (0, 1] "
+                   "[default: the phi record's, else 1].")
 @click.option("--events", "events_path", envvar="EDGE_ASD_EVENTS", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also append every line to this JSONL file (flushed and fsynced per line).")
 @click.option("--events-max-mb", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -79,10 +85,12 @@ def _list_devices(ctx, param, value):
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_channels, pcm_framing, baud, window, gate_db,
-         gate_min_on_s, gate_min_off_s, events_path, events_max_mb, evidence_dir, evidence_seconds, evidence_png, config_path,
-         silent_dbfs, silent_s, level_drift_db, threads, quiet):
+         gate_min_on_s, gate_min_off_s, votes, hysteresis, events_path, events_max_mb, evidence_dir, evidence_seconds,
+         evidence_png, config_path, silent_dbfs, silent_s, level_drift_db, threads, quiet):
     """Stream audio through the model; print one JSON line per frame that pushes the running max over phi,
-    one verdict line per closed operation window (eq. 11), and a summary line. Input health (a dead
+    one verdict line per closed operation window (eq. 11), an alarm line when the alarm goes on or off, and a
+    summary line. With --votes K/N (or the phi record's policy) all of them judge the K-th largest score of
+    the last N frames instead of each frame's score. Input health (a dead
     microphone, clipping, DC offset, an upsampled recording, level drift, lost samples) gets its own
     health lines; audio that fails it is not scored (docs/device.md, Input health).
 
@@ -104,9 +112,9 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
                             pcm_framing=pcm_framing, baud=baud)
         configs = [InputConfig(source=source, model=Path(model_path), name=str(input_spec),
                                machine_id=machine_id, store=store, phi=phi, window=window, gate_db=gate_db,
-                               gate_min_on_s=gate_min_on_s, gate_min_off_s=gate_min_off_s, events=events_path,
-                               events_max_mb=events_max_mb, evidence_dir=evidence_dir, evidence_before_s=evidence_seconds,
-                               evidence_after_s=evidence_seconds, evidence_png=evidence_png, threads=threads,
+                               gate_min_on_s=gate_min_on_s, gate_min_off_s=gate_min_off_s, votes=votes,
+                               hysteresis=hysteresis, events=events_path, events_max_mb=events_max_mb,
+                               evidence_dir=evidence_dir, evidence_before_s=evidence_seconds, evidence_after_s=evidence_seconds, evidence_png=evidence_png, threads=threads,
                                silent_dbfs=silent_dbfs, silent_s=silent_s, level_drift_db=level_drift_db)]
     from edge_asd.firmware_io.sinks import JsonLinesSink
 

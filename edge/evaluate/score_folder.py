@@ -24,6 +24,7 @@ from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.loudness import clip_level_dbfs, loudness_reference
 from edge_asd.core.metrics import DEFAULT_MAX_FPR, auc_pauc
 from edge_asd.datasets.layout import parse_clip_name  # the one parser of DCASE / MIMII names
+from edge_asd.edge.runtime.alert import AlertPolicy, policy_scores
 from edge_asd.edge.runtime.health import recording_health
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.firmware_io.audio_file import read_audio
@@ -48,8 +49,10 @@ class ClipResult:
         machine_type, machine_id, label: from the file name (:mod:`edge_asd.datasets.layout`); None when
             the name follows no DCASE / MIMII layout. label is "normal" or "anomaly".
         n_frames: frame scores (context vectors) in the clip.
-        max_score, mean_score: max and mean of the anomaly scores (eq. 5) of the frames that pass the input
-            health checks, as edge-monitor scores them; NaN when no frame does (e.g. digital silence).
+        max_score: max of the policy scores (:mod:`edge_asd.edge.runtime.alert`; 1/1: the anomaly scores, eq. 5)
+            of the frames that pass the input health checks, as edge-monitor's running max reaches it over the
+            file with the same ``--votes``; NaN when no frame has one (e.g. digital silence).
+        mean_score: mean of the anomaly scores (eq. 5) of the frames that pass the health checks (no votes).
         level_dbfs: RMS level of the samples the model scored (mono, model's rate), dBFS
             (:func:`edge_asd.core.loudness.clip_level_dbfs`).
         frames_not_scored: frames that failed an input health check (:mod:`edge_asd.edge.runtime.health`).
@@ -88,8 +91,9 @@ def keep_machine_id(files: Sequence[Path], machine_id: str) -> list[Path]:
     return kept
 
 
-def score_clip(scorer: Scorer, path: Path) -> ClipResult:
-    """Score one recording (read as edge-monitor reads a file: mono, at the model's rate).
+def score_clip(scorer: Scorer, path: Path, policy: AlertPolicy = AlertPolicy()) -> ClipResult:
+    """Score one recording (read as edge-monitor reads a file: mono, at the model's rate); its max on the
+    ``policy``'s policy scores (default 1/1: the frame scores).
 
     Raises:
         EdgeAsdError: unreadable, truncated or digitally silent audio, or shorter than one context vector.
@@ -102,9 +106,10 @@ def score_clip(scorer: Scorer, path: Path) -> ClipResult:
     machine_type, machine_id, label = name_fields(path)
     health = recording_health(samples, cfg.sample_rate, cfg.hop_samples, cfg.samples_per_vector)
     healthy = scores[health.scored[:len(scores)]]
+    votes, ok = policy_scores(scores, policy, health.scored[:len(scores)])
     flags = ";".join(f"{state}:{n}" for state, n in sorted(health.states.items())) or "ok"
     result = ClipResult(Path(path), machine_type, machine_id, label, len(scores),
-                        float(healthy.max()) if len(healthy) else float("nan"),
+                        float(votes[ok].max()) if ok.any() else float("nan"),
                         float(healthy.mean()) if len(healthy) else float("nan"), clip_level_dbfs(samples),
                         int(len(scores) - len(healthy)), flags)
     log.info("%s: max score %.3f, mean %.3f over %d frames, level %.1f dBFS%s", Path(path).name, result.max_score,
@@ -113,9 +118,9 @@ def score_clip(scorer: Scorer, path: Path) -> ClipResult:
     return result
 
 
-def score_clips(scorer: Scorer, files: Iterable[Path]) -> list[ClipResult]:
-    """:func:`score_clip` of each file, in order. Raises EdgeAsdError as it does."""
-    return [score_clip(scorer, f) for f in files]
+def score_clips(scorer: Scorer, files: Iterable[Path], policy: AlertPolicy = AlertPolicy()) -> list[ClipResult]:
+    """:func:`score_clip` of each file, in order, with ``policy``. Raises EdgeAsdError as it does."""
+    return [score_clip(scorer, f, policy) for f in files]
 
 
 def evaluate(results: Sequence[ClipResult], max_fpr: float = DEFAULT_MAX_FPR) -> dict:

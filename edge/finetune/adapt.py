@@ -28,6 +28,7 @@ from edge_asd.core.model_file import sha256_bytes
 from edge_asd.edge.finetune.autoencoder import AMSGrad, flat_params, loss_and_grads
 from edge_asd.edge.finetune.tflite_weights import read_layers, write_layers
 from edge_asd.edge.runtime import phi_store
+from edge_asd.edge.runtime.alert import AlertPolicy, policy_scores
 from edge_asd.edge.runtime.phi_store import PhiRecord
 
 log = logging.getLogger("edge_asd")
@@ -65,18 +66,20 @@ class Guarded:
     limit: float | None
 
 
-def guard(scorer, clips: list[np.ndarray], limit: float | None) -> Guarded:
+def guard(scorer, clips: list[np.ndarray], limit: float | None, policy: AlertPolicy = AlertPolicy()) -> Guarded:
     """Score every context vector of ``clips`` with the model in service; keep the audio of the frames
-    with A(x) <= ``limit`` (eq. 4: the others are anomalies for this model), as contiguous runs.
+    whose policy score is <= ``limit`` (eq. 4 with 1/1, the default: A(x) <= limit; the others are anomalies
+    for this model as the monitor judges them with ``policy``, :mod:`edge_asd.edge.runtime.alert`; a frame
+    without a policy score is kept), as contiguous runs.
 
     ``limit`` None keeps everything (no phi to compare with).
     """
     cfg = scorer.features
     runs, n_frames, n_rejected = [], 0, 0
     for clip in clips:
-        scores = scorer.score_audio(clip)
+        scores, valid = policy_scores(scorer.score_audio(clip), policy)
         n_frames += len(scores)
-        ok = np.ones(len(scores), bool) if limit is None else scores <= limit
+        ok = np.ones(len(scores), bool) if limit is None else ~valid | (scores <= limit)
         n_rejected += int((~ok).sum())
         edges = np.flatnonzero(np.diff(np.concatenate([[0], ok.astype(np.int8), [0]])))
         for first, stop in zip(edges[::2], edges[1::2]):  # accepted vectors [first, stop)

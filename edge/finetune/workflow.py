@@ -31,6 +31,7 @@ from edge_asd.edge.calibrate.recordings import split_holdout
 from edge_asd.edge.finetune import adapt as ft
 from edge_asd.edge.finetune.adapt import FinetuneConfig
 from edge_asd.edge.runtime import phi_store
+from edge_asd.edge.runtime.alert import AlertPolicy
 from edge_asd.edge.runtime.phi_store import PhiRecord
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.edge.runtime.windows import describe
@@ -138,9 +139,10 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     except EdgeAsdError as e:
         raise EdgeAsdError(recalibration_error(previous, e, "nothing was trained")) from None
     limit = None if previous is None else cfg.reject_factor * float(previous.phi)
-    guarded = ft.guard(scorer, train_clips, limit)
+    policy = previous.alert_policy() if previous is not None else AlertPolicy()  # phi judges its policy scores
+    guarded = ft.guard(scorer, train_clips, limit, policy)
     if phi_files is not train_files:  # the fault in a phi recording would raise phi: it counts as much
-        on_phi = ft.guard(scorer, phi_clips, limit)
+        on_phi = ft.guard(scorer, phi_clips, limit, policy)
         guarded = ft.Guarded(guarded.runs, guarded.n_frames + on_phi.n_frames, guarded.n_rejected + on_phi.n_rejected,
                              limit)
     share = guarded.n_rejected / max(1, guarded.n_frames)

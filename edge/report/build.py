@@ -4,7 +4,8 @@ labelled test folder, drawn by :mod:`edge_asd.edge.report.plots` into PNG files 
 - ``timeline.png``: a scored recording's frame scores, running max, phi and events (or an event log's
   events alone);
 - ``normal_maxima.png``: the histogram of normal window maxima with phi and the fitted extreme-value tail;
-- ``roc.png``: the ROC of a labelled test directory (clip score = max frame score, eq. 11).
+- ``roc.png``: the ROC of a labelled test directory (clip score = max frame score, eq. 11; with the calibration's
+  votes, the max policy score, :mod:`edge_asd.edge.runtime.alert`).
 
 Python use: ``build_report(ReportOptions(out=Path("report"), events=Path("events.jsonl"), phi=812.5))``.
 """
@@ -31,7 +32,9 @@ from edge_asd.edge.calibrate.rules import phi_maxima, seconds_per_window, window
 from edge_asd.edge.calibrate.tail import MIN_MAXIMA, TailFit
 from edge_asd.edge.report import plots
 from edge_asd.edge.runtime import phi_store
+from edge_asd.edge.runtime.alert import policy_scores
 from edge_asd.edge.runtime.decision import Event, RunningMaxDetector
+from edge_asd.edge.runtime.events import EVENT_SCHEMA
 from edge_asd.edge.runtime.phi_store import PhiRecord
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.edge.runtime.windows import (
@@ -118,6 +121,9 @@ def read_events(path: Path, health: list[dict] | None = None) -> list[dict]:
                 log.warning("%s: line %d is incomplete (cut by a power loss or a full disk?); skipped", path, n)
                 continue
             raise EdgeAsdError(f"{path}: line {n} is not JSON; not an edge-monitor event log") from None
+        if isinstance(item, dict) and isinstance(item.get("schema"), int) and item["schema"] > EVENT_SCHEMA:
+            raise EdgeAsdError(f"{path}: line {n} has event schema {item['schema']}; this kit reads schemas up to "
+                               f"{EVENT_SCHEMA}: update edge-asd")
         if isinstance(item, dict) and item.get("event") == "anomaly" and "time_s" in item and "score" in item:
             events.append(item)
         elif health is not None and isinstance(item, dict) and item.get("event") == "health":
@@ -213,8 +219,9 @@ def build_report(options: ReportOptions) -> Report:
     gate_db = o.gate_db if o.gate_db is not None else _or(record.gate_db, DEFAULT_GATE_DB)
     hold_s = (_or(record.gate_min_on_s, DEFAULT_GATE_MIN_ON_S), _or(record.gate_min_off_s, DEFAULT_GATE_MIN_OFF_S))
     tail = o.tail or (record.rule or {}).get("tail", "gumbel")
+    policy = record.alert_policy()  # the calibration's votes: scores below are its policy scores (1/1: frame scores)
     out = Path(o.out)
-    figures, facts = [], {"phi": f"{phi:.6g}"}
+    figures, facts = [], {"phi": f"{phi:.6g}", "votes (alert policy)": policy.describe()}
     if o.events:
         facts["events in log"] = len(events)
         facts["input health in log (states started)"] = health_summary(health)
@@ -225,21 +232,23 @@ def build_report(options: ReportOptions) -> Report:
         if o.recording:
             cfg = scorer.features
             samples = read_audio(o.recording, cfg.sample_rate)
-            scores = scorer.score_audio(samples)
+            votes, ok = policy_scores(scorer.score_audio(samples), policy)
+            scores = np.where(ok, votes, np.nan)  # the policy scores the monitor decides on (none before k votes)
             stamps, windows = recording_windows(make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db, *hold_s),
                                                 samples, len(scores), cfg)  # the monitor's windows for this recording
             times = stamps / cfg.sample_rate
             if not o.events:  # the events the monitor would raise on this recording
-                det = RunningMaxDetector(phi, "report", scorer.sha256)
-                events = [r.to_dict() for r in det.update_block(0, times, scores, windows) if isinstance(r, Event)]
+                det = RunningMaxDetector(phi, "report", scorer.sha256, policy)
+                events = [r.to_dict() for r in det.update_block(0, times, votes, windows, ok) if isinstance(r, Event)]
             title = f"{o.recording.name}: {len(scores)} frames, {len(events)} events"
-            facts["recording max score"] = f"{scores.max():.6g}"
+            facts["recording max score"] = f"{np.nanmax(scores):.6g}"
         figures.append((plots.timeline(out / "timeline.png", phi, events, times, scores, windows, title).name,
                         "score timeline: frame scores, running max per window, phi and events"))
 
     if o.normals:
         # the windows edge-calibrate fits phi to: the monitor's, complete ones only
-        all_windows, durations, _ = recordings_window_maxima(scorer, normal_files, window, gate_db, *hold_s)
+        all_windows, durations, _ = recordings_window_maxima(scorer, normal_files, window, gate_db, *hold_s,
+                                                             policy=policy)
         maxima = phi_maxima(all_windows)
         cfg = scorer.features
         length_s = seconds_per_window(make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db, *hold_s), durations,
@@ -259,10 +268,12 @@ def build_report(options: ReportOptions) -> Report:
         labels = np.array([c.label == "anomaly" for c in clips])
         if labels.all() or not labels.any():
             raise EdgeAsdError(f"{o.test_dir}: a ROC needs both normal and anomalous clips")
-        clip_scores = np.array([s.max() for s in score_recordings(scorer, [c.path for c in clips])[0]])
+        clip_scores = np.array([np.max(v[ok], initial=-np.inf) for v, ok in
+                                (policy_scores(s, policy) for s in score_recordings(scorer, [c.path for c in clips])[0])])
         levels = np.array([clip_level_dbfs(read_audio(c.path, scorer.features.sample_rate)) for c in clips])
         path, info = plots.roc(out / "roc.png", labels, clip_scores, phi, levels_dbfs=levels)
-        figures.append((path.name, f"ROC of {o.test_dir} ({len(clips)} clips), clip score = max frame score, "
+        figures.append((path.name, f"ROC of {o.test_dir} ({len(clips)} clips), clip score = max policy score "
+                                   f"(votes {policy.describe()}; 1/1: max frame score), "
                                    "beside the loudness reference (clip RMS level as the score)"))
         facts.update({"test AUC": f"{info['auc']:.4f}", "test pAUC (FPR <= 0.1)": f"{info['pauc']:.4f}",
                       "loudness reference AUC / pAUC (clip level as the score)":

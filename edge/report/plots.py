@@ -27,11 +27,12 @@ def _pyplot():
 
 
 def running_max(scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
-    """Running max of ``scores`` (n,) restarted where ``windows`` (n,) changes (eq. 11's max so far)."""
+    """Running max of ``scores`` (n,) restarted where ``windows`` (n,) changes (eq. 11's max so far); NaN (a
+    frame without a policy score) is passed over."""
     out = np.empty(len(scores))
     for w in np.unique(windows):
         idx = np.flatnonzero(windows == w)
-        out[idx] = np.maximum.accumulate(scores[idx])
+        out[idx] = np.fmax.accumulate(scores[idx])
     return out
 
 
@@ -43,7 +44,7 @@ def timeline(path: Path, phi: float, events: list[dict], times_s: np.ndarray | N
     fig, ax = plt.subplots(figsize=(10, 3.6))
     if scores is not None:
         windows = np.zeros(len(scores), dtype=int) if windows is None else windows
-        ax.plot(times_s, scores, lw=0.6, color="0.55", label="frame score A(x_t)")
+        ax.plot(times_s, scores, lw=0.6, color="0.55", label="score (policy score; 1/1: A(x_t))")
         ax.plot(times_s, running_max(scores, windows), lw=1.2, color="tab:blue", label="running max (eq. 11)")
     if events:
         t = [e["time_s"] for e in events]

@@ -55,6 +55,10 @@ class InputConfig:
     """Energy gate: seconds at or above ``gate_db`` before it opens (edge-calibrate --gate-min-on-s)."""
     gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S
     """Energy gate: seconds below ``gate_db - 3`` before it closes (edge-calibrate --gate-min-off-s)."""
+    votes: str | None = None
+    """Alert policy ``K/N`` (edge-monitor --votes); None: the phi record's (1/1 without one)."""
+    hysteresis: float | None = None
+    """The alarm's off level over phi (edge-monitor --hysteresis); None: the phi record's (1.0 without one)."""
     events: Path | None = None
     events_max_mb: float = 0.0
     """Rotate the events file beyond this size, MB; 0 = never."""
@@ -107,7 +111,7 @@ def _coerce(key: str, value, where: str):
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "float | None": isinstance(value, (int, float)) and not isinstance(value, bool),
     }[kind]
-    if key == "window" and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if key in ("window", "votes") and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not ok:
         raise EdgeAsdError(f"{where}: {key} = {value!r} should be {kind.replace(' | None', '').replace('Path', 'a path')}")

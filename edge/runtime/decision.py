@@ -13,6 +13,10 @@ max over the current window and
   frame of another window arrives, or :meth:`RunningMaxDetector.close` at the end of the stream): max
   score, its time, anomalous or not.
 
+With an alert policy (:mod:`~edge_asd.edge.runtime.alert`) the scores it takes are policy scores (the stream
+loop filters the frame scores first; 1/1, the default, passes them unchanged), and it also keeps the
+alarm: an :class:`~edge_asd.edge.runtime.events.AlarmLine` (an ``alarm`` line) when it goes on or off.
+
 Frames with a NaN or infinite score are counted and skipped, never made the running max. Frames whose
 audio failed a health check (:mod:`~edge_asd.edge.runtime.health`: a dead microphone, clipping, ...) come
 with ``scored=False``: they belong to their window but never raise an event or enter its running max.
@@ -24,7 +28,8 @@ import math
 
 import numpy as np
 
-from edge_asd.edge.runtime.events import Event, Verdict
+from edge_asd.edge.runtime.alert import Alarm, AlertPolicy
+from edge_asd.edge.runtime.events import AlarmLine, Event, Verdict
 from edge_asd.edge.runtime.windows import OFF  # window index of a frame outside every window (the machine is off)
 
 
@@ -33,14 +38,18 @@ class RunningMaxDetector:
 
     Args:
         phi: threshold, same unit as the anomaly score.
+        policy: the alert policy (default 1/1, off at phi); the detector uses its hysteresis, the stream
+            loop its votes (``policy`` is read there).
     Raises:
         ValueError: phi is NaN or infinite.
     """
 
-    def __init__(self, phi: float, machine_id: str, model_sha256: str):
+    def __init__(self, phi: float, machine_id: str, model_sha256: str, policy: AlertPolicy = AlertPolicy()):
         if not math.isfinite(phi):
             raise ValueError(f"phi must be finite, not {phi}")
         self.phi, self.machine_id, self.model_sha256 = phi, machine_id, model_sha256
+        self.policy = policy
+        self.alarm = Alarm(phi, policy.hysteresis)
         self.window: int | None = None  # the open window, None when none is open
         self.running_max: float | None = None
         self.n_frames = 0
@@ -87,14 +96,27 @@ class RunningMaxDetector:
             if self.window is None:
                 self.window, self.running_max = w, None
                 self._win = {"start_s": float(times_s[a]), "frames": 0, "events": 0, "max_time_s": None}
+            alarms = self._alarms(first_frame + a, times_s[a:b], scores[a:b], None if scored is None else scored[a:b])
+            events = []
             if scored is None or scored[a:b].all():
-                out += self._run(first_frame + a, times_s[a:b], scores[a:b])
+                events += self._run(first_frame + a, times_s[a:b], scores[a:b])
             else:
                 self._win["frames"] += b - a
                 self._win["end_s"] = float(times_s[b - 1])
                 for c, d in _true_runs(np.asarray(scored[a:b], dtype=bool)):
-                    out += self._run(first_frame + a + c, times_s[a + c:a + d], scores[a + c:a + d], counted=True)
+                    events += self._run(first_frame + a + c, times_s[a + c:a + d], scores[a + c:a + d], counted=True)
+            out += sorted(alarms + events, key=lambda r: r.frame) if alarms else events  # stable: alarm first
         return out
+
+    @property
+    def n_alarms(self) -> int:
+        """Alarm-on transitions so far."""
+        return self.alarm.n_on
+
+    def _alarms(self, first_frame: int, times_s: np.ndarray, s: np.ndarray, scored) -> list[AlarmLine]:
+        return [AlarmLine("on" if on else "off", round(float(times_s[i]), 4), first_frame + i, float(s[i]), self.phi,
+                          self.alarm.off_level, self.machine_id, self.model_sha256, self.window)
+                for i, on in self.alarm.update(s, scored)]
 
     def _run(self, first_frame: int, times_s: np.ndarray, s: np.ndarray, counted: bool = False) -> list[Event]:
         win = self._win

@@ -8,6 +8,7 @@ edge-report hand around), :func:`event_line` adds the input's name and the wall 
 
 Line types: ``start`` (:class:`Start`), ``anomaly`` (:class:`Event`), ``verdict`` (:class:`Verdict`),
 ``health`` (:class:`Health`: an input-health state starts or ends, :mod:`~edge_asd.edge.runtime.health`),
+``alarm`` (:class:`AlarmLine`: the alarm of the alert policy goes on or off, :mod:`~edge_asd.edge.runtime.alert`),
 ``summary`` (:class:`Summary`, with the input's machine ID, phi and model). To add one:
 name it in :data:`LINE_TYPES`, give it a frozen dataclass of its fields deriving from :class:`LineType`,
 emit ``event_line(Health(...).to_dict(), name)`` where it happens, and document it in docs/events.md
@@ -20,15 +21,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import ClassVar
 
-EVENT_SCHEMA = 2
-"""Version of the JSON lines edge-monitor writes (docs/events.md)."""
+EVENT_SCHEMA = 3
+"""Version of the JSON lines edge-monitor writes (docs/events.md). 3: ``alarm`` lines, the ``start`` line's
+``alert`` policy, the summary's ``alarms``; ``anomaly`` and ``verdict`` lines judge the policy score."""
+READABLE_SCHEMAS = (2, 3)
+"""Event-log schemas the readers of this kit accept (edge-report): 2 has no ``alarm`` lines."""
 
 START = "start"
 ANOMALY = "anomaly"
 VERDICT = "verdict"
 SUMMARY = "summary"
 HEALTH = "health"
-LINE_TYPES = (START, ANOMALY, VERDICT, HEALTH, SUMMARY)
+ALARM = "alarm"
+LINE_TYPES = (START, ANOMALY, VERDICT, HEALTH, ALARM, SUMMARY)
 """Every ``event`` value a line may have."""
 
 
@@ -76,6 +81,9 @@ class Start(LineType):
     """``whole``, ``fixed`` or ``gate``."""
     sample_rate: int
     """The model's sample rate, Hz."""
+    alert: dict = field(default_factory=lambda: {"k": 1, "n": 1, "hysteresis": 1.0})
+    """The alert policy (:class:`~edge_asd.edge.runtime.alert.AlertPolicy`): k of the last n frames reach phi,
+    the alarm ends below ``hysteresis * phi``; ``anomaly`` and ``verdict`` lines judge its policy score."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,8 @@ class Event(LineType):
     frame: int
     """Index of the context vector in the stream (0-based)."""
     score: float
-    """Anomaly score A(x_t), eq. 5."""
+    """Policy score of the frame (:mod:`~edge_asd.edge.runtime.alert`): with the default 1/1 policy its anomaly
+    score A(x_t), eq. 5; with k/n votes the k-th largest anomaly score of the last n frames."""
     running_max: float | None
     """The window's max score before this frame (None at the window's first frame)."""
     phi: float
@@ -110,7 +119,7 @@ class Verdict(LineType):
     """Stream time of the window's last frame, s."""
     frames: int
     max_score: float | None
-    """max_t A(x_t) over the window's frames with a finite score; None if there was none."""
+    """max over the window's frames of the policy score (1/1: max_t A(x_t)), finite ones; None if there was none."""
     max_time_s: float | None
     anomalous: bool
     """``max_score >= phi`` (eq. 11)."""
@@ -137,6 +146,27 @@ class Health(LineType):
     time_s: float
     """Stream time at which the condition began (``start``) or stopped (``end``), s; the line is written
     once the state's hold (or release) time has passed."""
+
+
+@dataclass(frozen=True)
+class AlarmLine(LineType):
+    """One ``"event": "alarm"`` line: the alarm went on (policy score >= phi) or off (below ``off_level``)."""
+
+    EVENT: ClassVar[str] = ALARM
+    state: str
+    """``on`` or ``off``."""
+    time_s: float
+    """Stream time of the frame that switched it, s (its context vector's end, as ``anomaly`` lines)."""
+    frame: int
+    score: float
+    """The frame's policy score."""
+    phi: float
+    off_level: float
+    """``hysteresis * phi``: the alarm stays on until the policy score falls below it."""
+    machine_id: str
+    model_sha256: str
+    window: int
+    """Operation window of the frame."""
 
 
 @dataclass
@@ -183,6 +213,8 @@ class Summary:
     ``dc_offset``, ``band_limited``, ``level_far``); only reasons that occurred."""
     health_states: dict = field(default_factory=dict)
     """How many times each health state started (``health`` lines with ``status: start``)."""
+    alarms: int = 0
+    """Alarm-on transitions (``alarm`` lines with ``state: on``)."""
 
     @property
     def real_time_factor(self) -> float:
@@ -192,7 +224,8 @@ class Summary:
     def line(self, phi: float) -> str:
         """The human summary edge-monitor prints on stderr (``phi``: the threshold in use)."""
         peak = "none" if self.max_score is None else f"{self.max_score:.3f} at {self.max_time_s:.2f} s"
-        extra = [f"{self.windows} windows, {self.anomalous_windows} anomalous"] if self.windows > 1 else []
+        extra = [f"{self.alarms} alarms"] if self.alarms else []
+        extra += [f"{self.windows} windows, {self.anomalous_windows} anomalous"] if self.windows > 1 else []
         extra += [f"{self.off_frames} frames gated off"] if self.off_frames else []
         extra += [f"{self.nonfinite} frames with a non-finite score skipped"] if self.nonfinite else []
         if self.health_skipped or self.health_states:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from edge_asd.core.atomic_io import atomic_write_text
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.runtime.alert import AlertPolicy
 from edge_asd.edge.runtime.windows import record_settings
 
 STORE_SCHEMA = 1
@@ -93,6 +94,10 @@ class PhiRecord:
     ``seconds``, the per-second RMS level's ``median_dbfs``, ``p5_dbfs``, ``p95_dbfs``, ``spread_db`` (dBFS, dB),
     and ``high_band_share`` (energy above rate/4 over the total); the monitor's level-drift and band checks
     compare the input with them. None in records older than it."""
+    alert: Mapping[str, Any] | None = None
+    """The alert policy phi was set for (:class:`~edge_asd.edge.runtime.alert.AlertPolicy`): ``{"k", "n",
+    "hysteresis"}``, with edge-calibrate's ``choice`` (``auto`` or ``given``) and, for ``auto``, the ``grid`` it
+    chose from (each policy's ``k``, ``n``, ``phi`` and ``headroom``). None in older records: 1/1, off at phi."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this kit does not know (written by a newer one), kept as they were."""
 
@@ -131,6 +136,17 @@ class PhiRecord:
                 continue
             out[f.name] = list(value) if isinstance(value, tuple) else _plain(value)
         return out
+
+    def alert_policy(self) -> AlertPolicy:
+        """The alert policy of :attr:`alert` (1/1, off at phi, when the record has none).
+
+        Raises:
+            EdgeAsdError: a damaged ``alert`` (votes or hysteresis out of range).
+        """
+        try:
+            return AlertPolicy.from_dict(None if self.alert is None else dict(self.alert))
+        except EdgeAsdError as e:
+            raise EdgeAsdError(f"the phi record's {e}; {_AGAIN}") from None
 
     def window_settings(self) -> dict:
         """The window settings phi was calibrated with, as the windows' ``settings()`` give them: ``{"window":
@@ -180,6 +196,7 @@ _CHECKS = {
     "recordings_heard_by_model": _check(lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "oof_recordings": _check(lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "fine_tuned": _check(lambda v: isinstance(v, dict), "an object"),
+    "alert": _check(lambda v: isinstance(v, dict), "an object"),
     "input_level": _check(lambda v: isinstance(v, dict) and all(_number(v.get(k)) for k in ("p5_dbfs", "p95_dbfs")),
                           "an object with p5_dbfs and p95_dbfs"),
 }

@@ -101,6 +101,7 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
             feats = scorer.features
             windows = make_windows(cfg.window, feats.sample_rate, feats.hop_samples, cfg.gate_db, cfg.gate_min_on_s,
                                    cfg.gate_min_off_s)
+            policy = alert_policy(cfg.label, record, cfg.votes, cfg.hysteresis)
             if cfg.phi is None:
                 _check_window(cfg.label, record, windows)
                 _check_heard(cfg.label, record)
@@ -117,7 +118,7 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
             request = SourceRequest(cfg.source, feats.sample_rate, _block_samples(cfg.source.spec, feats.hop_samples))
             health = HealthChecker(feats.sample_rate, feats.hop_samples, cfg.health_limits(),
                                    reference=record.input_level if record is not None else None)
-            prepared.append((cfg, scorer, RunningMaxDetector(phi, machine_id, scorer.sha256), windows, evidence,
+            prepared.append((cfg, scorer, RunningMaxDetector(phi, machine_id, scorer.sha256, policy), windows, evidence,
                              sinks, health, request))
         sources = open_sources([p[-1] for p in prepared], pyaudio_module)
     except BaseException:
@@ -132,8 +133,8 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
                     s.write(record)
 
         monitors.append(Monitor(source, scorer, detector, emit, cfg.label, windows, evidence, health))
-        log.info("%s: %s (%s), machine ID %s, phi %.3f, window %s", cfg.label, Path(cfg.model).name,
-                 scorer.backend.name, detector.machine_id, detector.phi, cfg.window)
+        log.info("%s: %s (%s), machine ID %s, phi %.3f, window %s, votes %s", cfg.label, Path(cfg.model).name,
+                 scorer.backend.name, detector.machine_id, detector.phi, cfg.window, detector.policy.describe())
     return monitors, list(file_sinks.values())
 
 
@@ -145,6 +146,29 @@ def _check_heard(label: str, record: PhiRecord) -> None:
         log.warning("%s: phi was set on %d recording%s the model was trained on: expect more false alarms than its "
                     "rule targets; run edge-calibrate on normal recordings the model has not heard", label, heard,
                     "" if heard == 1 else "s")
+
+
+def alert_policy(label: str, record: PhiRecord | None, votes: str | None, hysteresis: float | None):
+    """The alert policy of an input: the phi record's (1/1, off at phi, without one), with ``votes`` (``K/N``)
+    and ``hysteresis`` overriding it; a WARNING when an override differs from the stored policy (phi was
+    set on the stored policy's scores: a longer vote lowers them, a shorter one raises false alarms).
+
+    Raises:
+        EdgeAsdError: bad votes or hysteresis, or a damaged ``alert`` in the record.
+    """
+    from edge_asd.edge.runtime.alert import AlertPolicy
+
+    stored = record.alert_policy() if record is not None else AlertPolicy()
+    policy = stored if votes is None else AlertPolicy.parse(votes, stored.hysteresis)
+    if hysteresis is not None:
+        policy = AlertPolicy(policy.k, policy.n, float(hysteresis))
+    if record is not None and (policy.k, policy.n) != (stored.k, stored.n):
+        log.warning("%s: phi was calibrated for votes %s but the monitor uses %s; run edge-calibrate --votes %d/%d",
+                    label, stored.describe(), policy.describe(), policy.k, policy.n)
+    if record is not None and policy.hysteresis != stored.hysteresis:
+        log.warning("%s: the phi record's hysteresis is %g, the monitor uses %g", label, stored.hysteresis,
+                    policy.hysteresis)
+    return policy
 
 
 def _check_window(label: str, record: PhiRecord, windows) -> None:

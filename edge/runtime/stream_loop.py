@@ -1,6 +1,6 @@
-"""One input's monitoring loop: source blocks -> streaming features -> scores -> operation windows and the
-running-max decision (:mod:`~edge_asd.edge.runtime.decision`) -> event lines (start, anomaly, verdict,
-health, summary; :mod:`~edge_asd.edge.runtime.events`) and evidence clips. Every block also goes through
+"""One input's monitoring loop: source blocks -> streaming features -> scores -> the alert policy's votes
+(:mod:`~edge_asd.edge.runtime.alert`: policy scores) -> operation windows and the running-max decision
+(:mod:`~edge_asd.edge.runtime.decision`) -> event lines (start, anomaly, verdict, alarm, health, summary; :mod:`~edge_asd.edge.runtime.events`) and evidence clips. Every block also goes through
 the input-health checker (:mod:`~edge_asd.edge.runtime.health`): its state changes become ``health``
 lines, and the frames whose audio fails it are not scored as machine sound. Several inputs in one process:
 :mod:`~edge_asd.edge.runtime.service`.
@@ -19,11 +19,12 @@ import time
 
 import numpy as np
 
+from edge_asd.edge.runtime.alert import VoteFilter
 from edge_asd.edge.runtime.decision import RunningMaxDetector
-from edge_asd.edge.runtime.events import ANOMALY, Start, Summary, event_line
+from edge_asd.edge.runtime.events import ALARM, ANOMALY, Start, Summary, event_line
 from edge_asd.edge.runtime.health import HealthChecker
 from edge_asd.edge.runtime.scorer import Scorer
-from edge_asd.edge.runtime.windows import WholeStream, frame_stamps
+from edge_asd.edge.runtime.windows import OFF, WholeStream, frame_stamps
 from edge_asd.firmware_io.blocks import Source
 
 log = logging.getLogger("edge_asd")
@@ -59,6 +60,7 @@ class Monitor:
         self.cfg = scorer.features
         self.health = health or HealthChecker(self.cfg.sample_rate, self.cfg.hop_samples)
         self._feats = scorer.stream()  # standardized context vectors: the model's input
+        self._votes = VoteFilter(detector.policy)  # frame scores -> policy scores (1/1: unchanged)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.summary: Summary | None = None
@@ -84,7 +86,7 @@ class Monitor:
         try:
             det = self.detector
             self.emit(self._line(Start(det.machine_id, det.phi, det.model_sha256, self.windows.name,
-                                       self.cfg.sample_rate).to_dict()))
+                                       self.cfg.sample_rate, det.policy.to_dict()).to_dict()))
             for item in self.source:
                 with self._lock:
                     if self.summary is not None:
@@ -111,6 +113,7 @@ class Monitor:
             self.position += n_gap
             self._dropped += n_gap
             self._feats.reset()
+            self._votes.reset()
             self._segment_start = self.position
             self.windows.skip(n_gap)
             return
@@ -133,14 +136,16 @@ class Monitor:
             ends = frame_stamps(first, len(scores), cfg, self._segment_start)  # a score's stamp: its vector's end
             wins = self.windows.windows_at(ends)
             scored = np.array([r is None for r in self.health.skip_reasons(ends, cfg.samples_per_vector)])
+            scores, scored = self._votes.push(scores, scored & (wins != OFF))  # frames off vote -inf
             for r in self.detector.update_block(self._frame, ends / cfg.sample_rate, scores, wins, scored):
                 record = self._line(r.to_dict())
-                if record["event"] == ANOMALY:
+                if record["event"] in (ANOMALY, ALARM):
                     end = int(ends[record["frame"] - self._frame])
-                    record["evidence"] = (None if self.evidence is None else
-                                          self.evidence.request(record, end - cfg.samples_per_vector, end))
                 else:  # a verdict: placed at its window's last frame
                     end = round(record["end_s"] * cfg.sample_rate)
+                if record["event"] == ANOMALY:
+                    record["evidence"] = (None if self.evidence is None else
+                                          self.evidence.request(record, end - cfg.samples_per_vector, end))
                 while health and health[0][0] <= end:  # health decided up to this frame comes first
                     self._emit_health([health.pop(0)[1]])
                 self.emit(record)
@@ -174,7 +179,8 @@ class Monitor:
                 self.evidence.n_written if self.evidence is not None else 0, reason,
                 **{k: stats.get(k, 0) for k in ("frames_ok", "frames_corrupt", "frames_lost", "bytes_skipped",
                                                 "sender_restarts")},
-                health_skipped=self.health.summary()["skipped"], health_states=self.health.summary()["starts"])
+                health_skipped=self.health.summary()["skipped"], health_states=self.health.summary()["starts"],
+                alarms=det.n_alarms)
             self._emit_last(self._line(self.summary.to_record(det.machine_id, det.phi, det.model_sha256)))
             return self.summary
 
