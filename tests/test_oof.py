@@ -140,7 +140,8 @@ def test_edge_calibrate_sets_phi_on_out_of_fold_scores(oof_model, fan, tmp_path,
     scorer = Scorer(oof_model)
     oof = read_oof(scorer.meta, "model")
     store = tmp_path / "phi.json"
-    proc = cli("edge-calibrate", *fan["train"], "--model", oof_model, "--machine-id", "00", "--store", store, env=env)
+    proc = cli("edge-calibrate", *fan["train"], "--model", oof_model, "--machine-id", "00", "--store", store,
+               "--oof-all", "--votes", "1/1", env=env)
     assert proc.returncode == 0, proc.stderr
     assert ("edge-calibrate: phi from out-of-fold scores for 10 of 10 recordings (5-fold models that never heard "
             "them); 0 scored by the model") in proc.stderr
@@ -154,7 +155,7 @@ def test_edge_calibrate_sets_phi_on_out_of_fold_scores(oof_model, fan, tmp_path,
     assert monitor.returncode == 0 and "the model was trained on" not in monitor.stderr, monitor.stderr
 
     mixed = cli("edge-calibrate", *fan["train"][:3], fan["test_normal"][0], "--model", oof_model, "--machine-id", "00",
-                "--store", store, "-q", env=env)
+                "--store", store, "-q", "--oof-all", env=env)
     assert mixed.returncode == 0, mixed.stderr
     assert ("phi from out-of-fold scores for 3 of 4 recordings (5-fold models that never heard them); 1 scored by "
             "the model") in mixed.stderr
@@ -213,3 +214,26 @@ def test_a_fine_tune_drops_the_out_of_fold_scores():
     meta = {"format": "edge-asd-model", "oof": {"folds": 5, "clips": []}, "quantization": {"mode": "float32"}}
     out = new_metadata(meta, {"steps": 2})
     assert "oof" not in out and out["fine_tuning"] == [{"steps": 2}] and "oof" in meta
+
+
+def test_edge_calibrate_names_and_leaves_out_the_recordings_that_sound_like_unheard_modes(oof_model, fan, tmp_path, env):
+    """By default phi leaves out the recordings whose out-of-fold scores are high from start to end
+    (calibrate.recordings.unheard_modes), names them in a warning and in the record; --oof-all keeps them."""
+    from pathlib import Path
+
+    from edge_asd.core.oof import read_oof
+    from edge_asd.core.provenance import file_sha256
+    from edge_asd.edge.calibrate.recordings import unheard_modes
+    from edge_asd.edge.runtime.scorer import Scorer
+
+    oof = read_oof(Scorer(oof_model).meta, "model")
+    files = [Path(p) for p in fan["train"]]
+    odd = unheard_modes({f: oof.scores[file_sha256(f)[:12]] for f in files}, files)
+    store = tmp_path / "phi.json"
+    proc = cli("edge-calibrate", *files, "--model", oof_model, "--machine-id", "00", "--store", store, env=env)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(store.read_text())["machines"]["id_00"]
+    assert sorted(record.get("oof_left_out") or []) == sorted(map(str, odd))
+    assert record["oof_recordings"] == len(record["recordings"]) == len(files) - len(odd)
+    if odd:
+        assert f"{len(odd)} left out as unheard modes" in proc.stderr and odd[0].name in proc.stderr

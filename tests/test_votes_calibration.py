@@ -11,7 +11,7 @@ import pytest
 
 from conftest import assert_one_line_error, cli
 from edge_asd.edge.calibrate.fit import CalibrateOptions, calibrate_machine
-from edge_asd.edge.calibrate.votes import candidates
+from edge_asd.edge.calibrate.votes import NEAR_BEST, candidates
 from edge_asd.edge.runtime.alert import AlertPolicy, policy_scores
 from edge_asd.edge.runtime.phi_store import PhiRecord
 
@@ -61,7 +61,9 @@ def test_auto_keeps_a_short_burst_from_deciding_phi(model, fan, tmp_path, frame_
     decider = max(done.fit_windows, key=lambda w: w.max_score)
     one = alert["grid"][0]
     mine = next(r for r in alert["grid"] if (r["k"], r["n"]) == (policy.k, policy.n))
-    assert mine["headroom"] == min(r["headroom"] for r in alert["grid"]) < one["headroom"] / 3
+    best = min(r["headroom"] for r in alert["grid"])
+    assert mine["headroom"] <= NEAR_BEST * best and mine["headroom"] < one["headroom"] / 3
+    assert all(r["n"] >= policy.n for r in alert["grid"] if r["headroom"] <= NEAR_BEST * best)  # the shortest of those
     votes, ok = policy_scores(frame_scores[burst], policy)
     assert done.record.phi == pytest.approx(1.1 * decider.max_score) and votes[ok].max() < done.record.phi
 

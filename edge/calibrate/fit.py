@@ -30,12 +30,14 @@ from edge_asd.core.oof import read_oof
 from edge_asd.core.provenance import heard
 from edge_asd.edge.calibrate import diagnose, names, votes
 from edge_asd.edge.calibrate.recordings import (
+    UNHEARD_MODE_RATIO,
     held_out_maxima,
     out_of_fold_scores,
     recording_levels,
     recordings_window_maxima,
     scored_recordings,
     split_holdout,
+    unheard_modes,
     write_maxima,
 )
 from edge_asd.edge.calibrate.rules import (
@@ -130,6 +132,9 @@ class CalibrateOptions:
     use_oof: bool = True
     """Take the out-of-fold frame scores the model file holds (``edge-train --oof-folds``) for the recordings
     they belong to; False (``--no-oof``): the model scores every recording."""
+    oof_all: bool = False
+    """Keep the recordings whose out-of-fold scores sound like an unheard mode
+    (:func:`~edge_asd.edge.calibrate.recordings.unheard_modes`) in phi; False: they are named and left out."""
     votes: str = "auto"
     """The alert policy phi is set for: ``K/N`` (K of the last N frames reach phi; ``1/1``: eq. 11), or ``auto``
     (:mod:`edge_asd.edge.calibrate.votes`)."""
@@ -193,6 +198,15 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
     oof = read_oof(scorer.meta, str(options.model_path)) if options.use_oof else None
     known = out_of_fold_scores(oof, [*files, *held_files], scorer.features)
     n_heard = warn_if_heard(scorer.meta, files, held_files, known)
+    left_out = [] if options.oof_all else unheard_modes(known, files)
+    if left_out:
+        log.warning("out-of-fold scores: %s %s, from start to end, like an anomaly to the fold models that did not "
+                    "hear %s (median frame score over %gx the recordings' median): a mode of the machine's sound "
+                    "too rare in the training clips, or a mislabelled anomaly. Left out of phi (--oof-all keeps "
+                    "them); listen to %s, and record more normal audio of that state", ", ".join(f.name for f in left_out),
+                    "sounds" if len(left_out) == 1 else "sound", "it" if len(left_out) == 1 else "them",
+                    UNHEARD_MODE_RATIO, "it" if len(left_out) == 1 else "them")
+        files = [f for f in files if f not in left_out]
     rule = options.rule
     rule_kwargs = dict(quantile=rule.quantile, margin=rule.margin, target_fpr=rule.target_fpr,
                        alarms_per_day=rule.alarms_per_day, tail=rule.tail, n_boot=rule.n_boot)
@@ -218,7 +232,8 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
     record = dataclasses.replace(phi_record(scorer, options.model_path, files, result, windows, clip_max, held_files),
                                  recordings_heard_by_model=n_heard, alert=alert,
                                  input_level=input_level(scorer, files, [a for a, _ in scored]),
-                                 oof_recordings=sum(f in known for f in files) if oof is not None else None)
+                                 oof_recordings=sum(f in known for f in files) if oof is not None else None,
+                                 oof_left_out=tuple(map(str, left_out)) or None)
     if record.fit is not None:
         fit, boot = record.fit, record.fit.get("bootstrap")
         log.info("%s fit of %d window maxima %s (KS p %.2f); phi %.4g for p %.3g per window%s", fit["fit"]["family"],
@@ -342,6 +357,8 @@ def oof_line(done: Calibration) -> str | None:
     n, m = done.record.oof_recordings, len(done.recordings)
     line = (f"phi from out-of-fold scores for {n} of {m} recordings ({done.oof_folds}-fold models that never heard "
             f"them); {m - n} scored by the model")
+    if done.record.oof_left_out:
+        line += f"; {len(done.record.oof_left_out)} left out as unheard modes"
     if done.record.heldout_recordings:
         line += (f"; the check: {done.oof_held} of {len(done.record.heldout_recordings)} held-out recordings from "
                  "out-of-fold scores")

@@ -129,6 +129,27 @@ def out_of_fold_scores(oof: OutOfFold | None, files: Sequence[Path], cfg) -> dic
     return out
 
 
+UNHEARD_MODE_RATIO = 3.0
+"""A recording whose median out-of-fold frame score is this many times the median over the recordings sounds,
+throughout, unlike every other one (see :func:`unheard_modes`)."""
+
+
+def unheard_modes(known: Mapping[Path, np.ndarray], files: Sequence[Path]) -> list[Path]:
+    """The recordings among ``files`` with out-of-fold scores (``known``) whose median out-of-fold frame score
+    exceeds :data:`UNHEARD_MODE_RATIO` times the median of those recordings' medians: a fold model that did not
+    hear them scores them, from start to end, like an anomaly (fan id_00: 3 of 10 clips at 7-15x while the
+    others stay within 1.1x; the final model, which heard them, scores them like the rest, 0.9-1.2x). Such a
+    recording is a mode of the machine's sound (an operating state, or a mislabelled anomaly) too rare in the
+    training set for the fold models to have heard it; none is named when fewer than 3 recordings have
+    out-of-fold scores or when as many as half of them would be."""
+    medians = {f: float(np.median(known[f])) for f in files if f in known}
+    if len(medians) < 3:
+        return []
+    typical = float(np.median(list(medians.values())))
+    odd = [f for f, m in medians.items() if m > UNHEARD_MODE_RATIO * typical]
+    return odd if 2 * len(odd) < len(medians) else []
+
+
 def recording_levels(files: Sequence[Path], sample_rate: int) -> list[float]:
     """Each recording's RMS level, dBFS (:func:`edge_asd.core.loudness.clip_level_dbfs`), read mono at
     ``sample_rate`` Hz as the scorer reads it. Raises EdgeAsdError for unreadable or empty audio."""

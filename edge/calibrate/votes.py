@@ -6,8 +6,10 @@ so that every window holds a full vote) and k in {1, ceil(n/2), n}. For each pol
 rule (quantile / margin or false-alarm budget, :func:`~edge_asd.edge.calibrate.rules.calibrate`) on the window
 maxima of its policy score, and its **headroom** is ``phi_p / median(policy scores of all normal frames)``: how
 far the anomaly score must rise, and stay risen for k of n hops, above its normal level to alarm. The
-policy with the smallest headroom wins (the smallest sustained rise that alarms); ties go to the shortest n
-(the fastest detection), then the smallest k.
+shortest vote whose headroom is within :data:`NEAR_BEST` of the smallest wins (a sustained rise almost as
+small alarms, and sooner); ties go to the smaller headroom, then the smallest k. The headroom falls with
+every longer all-frames vote, so the smallest alone always took the longest: on fan id_00 the 4-s vote
+alarmed on 5 of 10 real anomalies, the 1-s vote (headroom 2.09 against 1.98) on 8.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from edge_asd.edge.calibrate.rules import calibrate, phi_maxima, seconds_per_win
 from edge_asd.edge.runtime.alert import AlertPolicy, policy_scores
 from edge_asd.edge.runtime.windows import make_windows
 
+NEAR_BEST = 1.1
+"""A vote whose headroom is within this factor of the smallest counts as good as the best (the shortest wins)."""
 VOTE_SECONDS = (0.5, 1.0, 2.0, 4.0)
 """Vote lengths tried besides a single frame, s."""
 
@@ -61,7 +65,7 @@ def headroom(phi: float, scored: list, policy: AlertPolicy) -> float:
 
 def choose(scorer, files: list, scored: list, settings: dict, rule: dict, hysteresis: float = 1.0
            ) -> tuple[AlertPolicy, list[dict]]:
-    """The policy with the smallest headroom, and the grid: ``[{"k", "n", "phi", "headroom"}, ...]``.
+    """The shortest policy whose headroom is within :data:`NEAR_BEST` of the smallest, and the grid: ``[{"k", "n", "phi", "headroom"}, ...]``.
 
     Args:
         files, scored: the recordings phi is set on and their (samples, frame scores)
@@ -83,7 +87,9 @@ def choose(scorer, files: list, scored: list, settings: dict, rule: dict, hyster
                                       len(windows))
         phi = calibrate(phi_maxima(windows), length_s, **{**rule, "n_boot": 0})["phi"]
         rows.append({"k": policy.k, "n": policy.n, "phi": phi, "headroom": headroom(phi, scored, policy)})
-    best = min(rows, key=lambda r: (round(r["headroom"], 9), r["n"], r["k"]))
+    smallest = min(r["headroom"] for r in rows)
+    best = min((r for r in rows if r["headroom"] <= NEAR_BEST * smallest),
+               key=lambda r: (r["n"], round(r["headroom"], 9), r["k"]))
     return AlertPolicy(best["k"], best["n"], hysteresis), rows
 
 

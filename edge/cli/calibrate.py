@@ -75,6 +75,10 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
 @click.option("--no-oof", is_flag=True,
               help="Score every recording with the model, even those whose out-of-fold scores the model file holds "
                    "(edge-train --oof-folds: by default phi is set on those, from fold models that never heard them).")
+@click.option("--oof-all", is_flag=True,
+              help="Keep in phi the recordings whose out-of-fold scores sound, from start to end, like a mode the fold "
+                   "models never heard (median frame score over 3x the recordings' median); by default they are "
+                   "named and left out (docs/calibration.md).")
 @click.option("--show", "show_history", is_flag=True, help="Print the phi history of the store (or of --machine-id) and exit.")
 @threads_option("Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
@@ -82,7 +86,7 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
 @user_errors
 def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on_s, gate_min_off_s, quantile, margin,
          target_fpr, alarms_per_day, tail, n_boot, holdout, check_paths, maxima_out, votes, hysteresis,
-         accept_other_machines, no_oof, show_history, threads, quiet):
+         accept_other_machines, no_oof, oof_all, show_history, threads, quiet):
     """Score normal RECORDINGS (files or directories) and store phi for one machine ID.
 
     A window's score is its max frame score (Koizumi et al. 2019, eq. 11); the windows are edge-monitor's
@@ -127,7 +131,7 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
         rule=RuleOptions(quantile=quantile, margin=margin, target_fpr=target_fpr, alarms_per_day=alarms_per_day,
                          tail=tail, n_boot=n_boot),
         holdout=holdout, check=tuple(map(Path, check_paths)), maxima_out=maxima_out, threads=threads,
-        accept_other_machines=accept_other_machines, use_oof=not no_oof, votes=votes, hysteresis=hysteresis)
+        accept_other_machines=accept_other_machines, use_oof=not no_oof, oof_all=oof_all, votes=votes, hysteresis=hysteresis)
     done = calibrate_machine(options)
     record = done.record
     if oof_line(done) is not None:

@@ -87,6 +87,9 @@ class PhiRecord:
     """How many of ``recordings`` phi was set on with their out-of-fold frame scores from the model file
     (``edge-train --oof-folds``: fold models that never heard them) instead of the model's own scores;
     None when the model has none or edge-calibrate ran with ``--no-oof``."""
+    oof_left_out: tuple[str, ...] | None = None
+    """Recordings given to edge-calibrate but left out of phi: their out-of-fold scores sound like a mode the
+    fold models never heard (:func:`edge_asd.edge.calibrate.recordings.unheard_modes`); None: none."""
     fine_tuned: Mapping[str, Any] | None = None
     """edge-finetune's record: ``steps``, ``rejected_frames``, ``base_sha256``, ``finetuned_at``."""
     input_level: Mapping[str, Any] | None = None
@@ -195,6 +198,7 @@ _CHECKS = {
     "check": _check(lambda v: isinstance(v, dict), "an object"),
     "recordings_heard_by_model": _check(lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "oof_recordings": _check(lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "oof_left_out": _check(lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of paths"),
     "fine_tuned": _check(lambda v: isinstance(v, dict), "an object"),
     "alert": _check(lambda v: isinstance(v, dict), "an object"),
     "input_level": _check(lambda v: isinstance(v, dict) and all(_number(v.get(k)) for k in ("p5_dbfs", "p95_dbfs")),
