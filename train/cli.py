@@ -52,6 +52,14 @@ from edge_asd.core.presets import PRESETS
                    "batch normalized per mel band); vectors = Gram matrix of the D-dim vectors, normalized per dimension.")
 @click.option("--anr-min", default=-30.0, show_default=True, help="Lowest ANR of the pseudo-anomalies a (eq. 8, sec. 4.2.1), dB.")
 @click.option("--anr-max", default=10.0, show_default=True, help="Highest ANR of the pseudo-anomalies a (eq. 8, sec. 4.2.1), dB.")
+@click.option("--gain-augment-db", type=click.FloatRange(min=0, max=20), default=0.0, show_default=True,
+              help="Gain augmentation G, dB: every normal 3-s segment of a mini-batch is scaled by a random gain uniform "
+                   "in [-G, +G] dB (clipped to [-1, 1]) before the pseudo-anomaly is mixed in; 0 = off. The band "
+                   "normalization stays that of the unscaled audio. docs/level.md.")
+@click.option("--level-norm", type=click.Choice(["none", "context"]), default="none", show_default=True,
+              help="context: each context vector minus the mean of its L x M log-mel values before the per-band "
+                   "standardization, so a constant microphone gain cancels exactly; frozen into the checkpoint and the "
+                   "model file (edge-monitor, edge-score apply it). none: as the preset. docs/level.md.")
 @click.option("--val-fraction", type=click.FloatRange(min=0, max=0.9), default=0.2, show_default=True,
               help="Share of the normal training audio held out for validation: whole clips when there are at least 5, "
                    "else the last part of every clip (time split). 0 = no validation, no early stopping, last weights.")
