@@ -104,7 +104,8 @@ def stack_context(psi: np.ndarray, n_context_frames: int) -> np.ndarray:
     psi = np.ascontiguousarray(psi)
     n_vectors = max(0, psi.shape[0] - n_context_frames + 1)
     # consecutive rows of a C-contiguous array are contiguous: vector i is the flat run from row i
-    return _strided(psi, (n_vectors, n_context_frames * psi.shape[1]), (psi.strides[0], psi.strides[1])).copy()
+    # (itemsize, not strides[1]: numpy may give a length-1 axis any stride)
+    return _strided(psi, (n_vectors, n_context_frames * psi.shape[1]), (psi.strides[0], psi.itemsize)).copy()
 
 
 def logmel(samples: np.ndarray, cfg: FeatureConfig, logmel_fn: LogMel | None = None) -> np.ndarray:
@@ -139,7 +140,8 @@ def context_vectors(psi: np.ndarray, cfg: FeatureConfig, means: np.ndarray | Non
     out = stack_context(psi, cfg.n_context_frames)
     if cfg.level_norm != "context" or len(out) == 0:
         return out
-    m = stack_context((frame_means(psi) if means is None else means)[:, None], cfg.n_context_frames).mean(axis=1)
+    means = frame_means(psi) if means is None else means
+    m = np.lib.stride_tricks.sliding_window_view(means, cfg.n_context_frames).mean(axis=1)  # (n,) float64
     if std is None:
         out -= m[:, None].astype(np.float32)
     else:
