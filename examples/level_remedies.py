@@ -33,7 +33,7 @@ import logging
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -91,13 +91,19 @@ def main(data, machine_types, ids, configs, seeds, updates, lam, max_anomaly_sou
     if bad:
         raise EdgeAsdError(f"unknown configuration(s) {bad}; known: {', '.join(CONFIGS)}")
     data, machines = find_machines(data, machine_types, ids and [normalize_machine_id(i) for i in ids])
-    prepare_all(data, machines, max_anomaly_sounds, segment_s, {CONFIGS[c][1] for c in configs})
-    tasks = [(key, c, s) for s in seeds for key in machines for c in configs]
     settings = {"updates": updates, "lambda": lam, "segment_s": segment_s, "max_anomaly_sounds": max_anomaly_sounds}
-    runs = execute(tasks, settings, jobs, threads or max(1, (os.cpu_count() or 1) // jobs))
+    runs_path = out.with_suffix(".runs.jsonl")  # one line per finished model: a rerun skips those
+    runs = [r for r in read_runs(runs_path) if r["settings"] == settings]
+    done = {(r["machine_type"], r["machine_id"], r["config"], r["seed"]) for r in runs}
+    tasks = [(key, c, s) for s in seeds for c in configs for key in machines if (*key, c, s) not in done]
+    log.info("%d models to train, %d finished in %s", len(tasks), len(done), runs_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if tasks:
+        prepare_all(data, machines, max_anomaly_sounds, segment_s, {CONFIGS[c][1] for c in configs})
+    runs += execute(tasks, settings, jobs, threads or max(1, (os.cpu_count() or 1) // jobs), runs_path)
+    runs = [r for r in runs if r["config"] in configs and r["seed"] in seeds and (r["machine_type"], r["machine_id"]) in machines]
     doc = {"settings": settings, "configs": {c: dict(zip(("gain_augment_db", "level_norm"), CONFIGS[c])) for c in configs},
            "gains_db": list(GAINS_DB), "runs": runs, "summary": summarize(runs, n_boot)}
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     click.echo(markdown(doc["summary"], configs))
     log.info("figures: %s", out)
@@ -182,18 +188,31 @@ def prep_config(norm: str):
 
 
 def _run(task, settings):
-    return run(*task, settings)
+    key, config, seed = task
+    return {**run(key, config, seed, settings), "settings": settings, "key": f"{key[0]}/{key[1]}/{config}/{seed}"}
 
 
-def execute(tasks: list, settings: dict, jobs: int, threads: int) -> list[dict]:
-    """Every task, in order of the list (forked workers share the prepared audio and features)."""
+def read_runs(path: Path) -> list[dict]:
+    from edge_asd.train.objective_report import read_runs as read_lines
+
+    return read_lines(path)
+
+
+def execute(tasks: list, settings: dict, jobs: int, threads: int, runs_path: Path) -> list[dict]:
+    """Every task; each result is appended to ``runs_path`` when it finishes (forked workers share the
+    prepared audio and features)."""
+    def record(result: dict) -> dict:
+        with open(runs_path, "a") as f:
+            f.write(json.dumps(result) + "\n")
+        return result
+
     if jobs == 1 or "fork" not in multiprocessing.get_all_start_methods():
         _worker_init(threads)
         setup_logging()
-        return [_run(t, settings) for t in tasks]
+        return [record(_run(t, settings)) for t in tasks]
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-        return list(pool.map(_run, tasks, [settings] * len(tasks)))
+        return [record(f.result()) for f in as_completed([pool.submit(_run, t, settings) for t in tasks])]
 
 
 def summarize(runs: list[dict], n_boot: int) -> list[dict]:
