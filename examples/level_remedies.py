@@ -242,17 +242,26 @@ def summarize(runs: list[dict], n_boot: int) -> list[dict]:
                           "level_auc": l_auc, "level_auc_ci": [ci_level.low, ci_level.high], "level_pauc": l_pauc}
         out.append({"machine_type": mtype, "machine_id": mid, "config": config, "n_seeds": len(seeds),
                     "n_clips": n_clips, "phi_on": seeds[0]["phi_on"], "phi": [r["phi"] for r in seeds],
-                    "alarms": {f"{g:+g}": n for g, n in alarms.items()}, "sets": sets,
+                    "alarms": {f"{g:+g}": n for g, n in alarms.items()},
+                    "raised_within_1db": sum(raised_by_gain(r, TARGET_DB) for r in seeds), "sets": sets,
                     "mixture_auc": _mixture_auc(sets)})
     for row in out:  # the target is relative to the baseline of the same machine ID
         base = next((b for b in out if b["config"] == "baseline" and b["machine_id"] == row["machine_id"]
                      and b["machine_type"] == row["machine_type"]), None)
-        quiet = all(n == 0 for g, n in row["alarms"].items() if abs(float(g)) <= TARGET_DB)
+        quiet = row["raised_within_1db"] == 0
         drop = None if base is None or row["mixture_auc"] is None else base["mixture_auc"] - row["mixture_auc"]
-        row["no_alarm_within_1db"] = quiet
         row["mixture_auc_drop"] = drop
         row["target_met"] = quiet and drop is not None and drop <= TARGET_AUC_DROP
     return out
+
+
+def raised_by_gain(run: dict, max_db: float) -> int:
+    """Normal clips of one run that reach phi at some gain within +-max_db dB but not at 0 dB: the alarms
+    the gain change raises (a clip over phi at 0 dB already alarms without it)."""
+    rows = {g["gain_db"]: g["max_scores"] for g in run["gains"]}
+    at_zero = [m >= run["phi"] for m in rows[0.0]]
+    near = [g for g in rows if g != 0.0 and abs(g) <= max_db]
+    return sum(not z and any(rows[g][i] >= run["phi"] for g in near) for i, z in enumerate(at_zero))
 
 
 def _mixture_auc(sets: dict) -> float | None:
@@ -271,12 +280,12 @@ def markdown(summary: list[dict], configs: list[str]) -> str:
         n = rows[0]["n_clips"] * rows[0]["n_seeds"]
         lines += [f"### {mtype} {mid}", "", f"Normal test clips whose max frame score reaches phi (of {n}; phi = 1.1 x the "
                   f"largest clip max on the {rows[0]['phi_on']}; float model):", "",
-                  "| config | phi | " + " | ".join(f"{g} dB" for g in gains) + " | no alarm within +-1 dB |",
+                  "| config | phi | " + " | ".join(f"{g} dB" for g in gains) + " | raised by a gain within +-1 dB |",
                   "|---|---|" + "---|" * (len(gains) + 1)]
         for r in rows:
             phi = " / ".join(f"{p:.0f}" for p in r["phi"])
             lines.append(f"| {r['config']} | {phi} | " + " | ".join(str(r["alarms"][g]) for g in gains)
-                         + f" | {'yes' if r['no_alarm_within_1db'] else 'no'} |")
+                         + f" | {r['raised_within_1db']} |")
         sets = list(rows[0]["sets"])
         lines += ["", "Clip AUC [95 % bootstrap CI over clips] (clip score = max frame score); mixtures: mean of the "
                   "three segment AUCs and its change from the baseline:", "",
@@ -293,7 +302,9 @@ def markdown(summary: list[dict], configs: list[str]) -> str:
             mix = "–" if r["mixture_auc"] is None else f"{r['mixture_auc']:.3f}"
             drop = "–" if r["mixture_auc_drop"] is None else f"{0.0 - r['mixture_auc_drop']:+.3f}"
             lines.append(f"| {r['config']} | " + " | ".join(cells) + f" | {mix} | {drop} |")
-        lines.append("")
+        met = [r["config"] for r in rows if r["target_met"]]
+        lines += ["", f"Target (no alarm raised by a gain within +-{TARGET_DB:g} dB, segment-mixture AUC at most "
+                  f"{TARGET_AUC_DROP:g} below the baseline's): met by {', '.join(met) or 'none'}.", ""]
     return "\n".join(lines)
 
 
