@@ -48,7 +48,7 @@ class FeatureConfig:
     level_norm: str = "none"
     """"none": the context vector as stacked; "context": each context vector minus the mean of its L x M
     log-mel values, before the per-band standardization, so a constant input gain cancels exactly (a gain
-    of g dB adds g ln(10)/20 to every ln value, g/power x 2 to every dB value). Files without the key: "none"."""
+    of g dB adds g ln(10)/20 to every ln value, g to every dB value). Files without the key: "none"."""
 
     def __post_init__(self) -> None:
         if self.log not in ("ln", "db"):
