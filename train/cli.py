@@ -62,10 +62,10 @@ from edge_asd.core.presets import PRESETS
               help="context: each context vector minus the mean of its L x M log-mel values before the per-band "
                    "standardization, so a constant microphone gain cancels exactly; frozen into the checkpoint and the "
                    "model file (edge-monitor, edge-score apply it). none (default): the level stays in the features. "
-                   "context raised no alarm at any gain from -6 to +6 dB on fan and slider id_00 but cost 0.035 / "
-                   "0.022 of 2-s-segment mixture AUC (fan 0.712 -> 0.676, slider 0.711 -> 0.690, 1 seed) and the "
-                   "loudness of the real fan anomalies (AUC 1.000 -> 0.640): choose it where the microphone's gain "
-                   "or placement may change after calibration; docs/level.md.")
+                   "context raised no alarm at any gain from -6 to +6 dB on fan and slider id_00 (none: 4-5 of 5 "
+                   "fan clips within +1 dB) but cost 2-s-segment mixture AUC on the fan (0.721 -> 0.691; slider "
+                   "0.695 -> 0.697; 2 seeds) and the loudness of the real fan anomalies (AUC 0.99 -> 0.70): choose "
+                   "it where the microphone's gain or placement may change after calibration; docs/level.md.")
 @click.option("--val-fraction", type=click.FloatRange(min=0, max=0.9), default=0.2, show_default=True,
               help="Share of the normal training audio held out for validation: whole clips when there are at least 5, "
                    "else the last part of every clip (time split). 0 = no validation, no early stopping, last weights.")
