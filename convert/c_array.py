@@ -33,6 +33,14 @@ def model_data_sources(data: bytes, sha256: str, kit: str, arena_bytes: int | No
     return h, cc
 
 
+def _input_comment(level_norm: str) -> str:
+    if level_norm == "context":
+        return ("// x = (psi - m - kMelMean[band]) / kMelStd[band], m = the mean of the vector's kInputDim psi values\n"
+                "// (kContextMeanRemoval: a constant gain cancels); kInputDim floats. Output: the anomaly score.\n"
+                "constexpr bool kContextMeanRemoval = true;\n")
+    return "// x = (psi - kMelMean[band]) / kMelStd[band]; kInputDim floats. Output: the anomaly score.\n"
+
+
 def feature_config_header(info: ModelInfo, sha256: str, kit: str) -> str:
     """feature_config.h: the log-mel front end and per-band normalization the model was trained with."""
     f = info.features
@@ -45,7 +53,7 @@ def feature_config_header(info: ModelInfo, sha256: str, kit: str) -> str:
         f"// f*kHopSamples + kFftSize) (no centring), periodic Hann window, |rfft|^kMagnitudePower, Slaney mel\n"
         f"// filters (librosa default) from kFminHz to kFmaxHz, {log}.\n"
         f"// Model input: kContextFrames consecutive frames, oldest first, each band standardized:\n"
-        f"// x = (psi - kMelMean[band]) / kMelStd[band]; kInputDim floats. Output: the anomaly score.\n"
+        f"{_input_comment(f.level_norm)}"
         f"constexpr int kSampleRate = {f.sample_rate};  // Hz\n"
         f"constexpr int kFftSize = {f.n_fft};  // samples\n"
         f"constexpr int kHopSamples = {f.hop_samples};  // samples\n"

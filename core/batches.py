@@ -3,7 +3,9 @@
 The normal training audio is cut into 3-s segments; a mini-batch concatenates 10 randomly chosen
 segments, mixes one something-else sound in at a random anomaly-to-normal ratio (ANR) in [-30, 10] dB
 (eq. 8: x^(a) = x^(u) + alpha a), computes the context vectors of the mixture, and splits them: the
-vectors whose samples overlap the something-else sound are x^(a), the others x^(u).
+vectors whose samples overlap the something-else sound are x^(a), the others x^(u). With gain
+augmentation (``BatchConfig.gain_db`` > 0) each normal segment is first scaled by its own random gain,
+so the model meets the level changes a microphone brings (docs/level.md).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_asd.core.features import LogMel, logmel, stack_context
+from edge_asd.core.features import LogMel, context_vectors, frame_means, logmel
 from edge_asd.core.presets import FeatureConfig
 
 
@@ -23,6 +25,9 @@ class BatchConfig:
     segments_per_batch: int = 10
     anr_db: tuple[float, float] = (-30.0, 10.0)
     """Range of the ANR, dB: 10 log10(power of alpha a / power of the normal sound under it)."""
+    gain_db: float = 0.0
+    """Gain augmentation G, dB: each normal segment is scaled by 10^(g/20), g uniform in [-G, +G], and
+    clipped to [-1, 1], before the something-else sound is mixed in; 0 = off (no random draw)."""
 
 
 @dataclass
@@ -124,7 +129,11 @@ class BatchBuilder:
         """(normal, mixture, span, anr_db): the 10 concatenated segments and the same with a sound added."""
         k = self.batch_cfg.segments_per_batch
         idx = rng.choice(len(self.segments), size=k, replace=len(self.segments) < k)
-        normal = np.concatenate([self.segments[i] for i in idx])
+        segments = [self.segments[i] for i in idx]
+        if self.batch_cfg.gain_db > 0:
+            gains = 10.0 ** (rng.uniform(-self.batch_cfg.gain_db, self.batch_cfg.gain_db, size=k) / 20.0)
+            segments = [np.clip(s * g, -1.0, 1.0).astype(np.float32) for s, g in zip(segments, gains)]
+        normal = np.concatenate(segments)
         sound = self.draw_something_else(rng, len(normal))
         start = int(rng.integers(len(normal) - len(sound) + 1))
         anr_db = float(rng.uniform(*self.batch_cfg.anr_db))
@@ -133,11 +142,14 @@ class BatchBuilder:
 
     def draw(self, rng: np.random.Generator, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> MiniBatch:
         """One mini-batch; with ``mean``/``std`` (n_mels,), psi and the vectors come standardized per mel
-        band, equal to ``edge.features.standardize`` of the raw vectors but with L times less work."""
+        band, equal to ``core.features.standardize`` of the raw vectors but with L times less work. With
+        ``level_norm == "context"`` the vectors are centred as :func:`core.features.context_vectors` says;
+        psi (the frames KDE's input) is not: the BU weights see the frames' level, the model does not."""
         _, mixture, span, anr_db = self.mix(rng)
         psi = logmel(mixture, self.cfg, self.logmel)  # == edge.features.extract, without rebuilding the mel matrix
+        means = frame_means(psi) if self.cfg.level_norm == "context" else None
         if mean is not None:
             psi = ((psi - mean) / std).astype(np.float32)
-        vectors = stack_context(psi, self.cfg.n_context_frames)
+        vectors = context_vectors(psi, self.cfg, means, None if mean is None else std)
         is_a = overlapping_vectors(len(vectors), span, self.cfg)
         return MiniBatch(vectors[~is_a], vectors[is_a], anr_db, span, psi, is_a)

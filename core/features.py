@@ -104,7 +104,8 @@ def stack_context(psi: np.ndarray, n_context_frames: int) -> np.ndarray:
     psi = np.ascontiguousarray(psi)
     n_vectors = max(0, psi.shape[0] - n_context_frames + 1)
     # consecutive rows of a C-contiguous array are contiguous: vector i is the flat run from row i
-    return _strided(psi, (n_vectors, n_context_frames * psi.shape[1]), (psi.strides[0], psi.strides[1])).copy()
+    # (itemsize, not strides[1]: numpy may give a length-1 axis any stride)
+    return _strided(psi, (n_vectors, n_context_frames * psi.shape[1]), (psi.strides[0], psi.itemsize)).copy()
 
 
 def logmel(samples: np.ndarray, cfg: FeatureConfig, logmel_fn: LogMel | None = None) -> np.ndarray:
@@ -120,13 +121,51 @@ def logmel(samples: np.ndarray, cfg: FeatureConfig, logmel_fn: LogMel | None = N
     return fn(frames)
 
 
+def frame_means(psi: np.ndarray) -> np.ndarray:
+    """Mean of each raw log-mel frame over its M bands: (T, M) -> (T,) float64."""
+    return np.asarray(psi).mean(axis=1, dtype=np.float64)
+
+
+def context_vectors(psi: np.ndarray, cfg: FeatureConfig, means: np.ndarray | None = None,
+                    std: np.ndarray | None = None) -> np.ndarray:
+    """Context vectors of log-mel frames as the model sees them, (T, M) -> (T - L + 1, L * M) float32.
+
+    The frames are stacked (:func:`stack_context`). With ``cfg.level_norm == "context"`` each vector then
+    loses the mean m_i of its L x M raw log-mel values (a constant input gain cancels exactly); m_i comes
+    from the raw frames' ``means`` (:func:`frame_means`; None: taken from ``psi``, which must then be raw).
+    When ``psi`` is already standardized per band, ``(psi - mean[band]) / std[band]``, pass ``std``
+    (n_mels,): m_i / std[band] is subtracted, which equals :func:`standardize` of the mean-removed raw
+    vectors up to float rounding.
+    """
+    out = stack_context(psi, cfg.n_context_frames)
+    if cfg.level_norm != "context" or len(out) == 0:
+        return out
+    means = frame_means(psi) if means is None else means
+    m = np.lib.stride_tricks.sliding_window_view(means, cfg.n_context_frames).mean(axis=1)  # (n,) float64
+    if std is None:
+        out -= m[:, None].astype(np.float32)
+    else:
+        shaped = out.reshape(len(out), cfg.n_context_frames, cfg.n_mels)  # a view of out
+        shaped -= (m[:, None, None] / np.asarray(std, np.float64)).astype(np.float32)
+    return out
+
+
 def extract(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """Context vectors of a whole recording, ``shape = (n_vectors, cfg.dim)``, float32.
 
     Vector ``i`` stacks frames ``i .. i + L - 1``; it covers samples
-    ``[i * hop, i * hop + cfg.samples_per_vector)``.
+    ``[i * hop, i * hop + cfg.samples_per_vector)``. With ``cfg.level_norm == "context"`` each vector is
+    then centred on the mean of its own values (:func:`context_vectors`).
     """
-    return stack_context(logmel(samples, cfg), cfg.n_context_frames)
+    return context_vectors(logmel(samples, cfg), cfg)
+
+
+def standardized_vectors(psi: np.ndarray, cfg: FeatureConfig, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The model's input from raw log-mel frames (T, M): each frame standardized per band once, then
+    :func:`context_vectors`; equal to ``standardize(context_vectors(psi, cfg), mean, std)`` up to float
+    rounding, at 1/L of its cost. (T - L + 1, L * M) float32."""
+    means = frame_means(psi) if cfg.level_norm == "context" else None
+    return context_vectors(((psi - mean) / std).astype(np.float32), cfg, means, None if means is None else std)
 
 
 def n_vectors(n_samples: int, cfg: FeatureConfig) -> int:
@@ -153,7 +192,8 @@ class StreamingFeatures:
     of all pushes, concatenated, equal :func:`extract` of the concatenated chunks. ``reset()`` starts
     a new stream. With per-band ``mean`` and ``std`` (shape (n_mels,), float32) they come out
     standardized, equal to :func:`standardize` of those vectors, at 1/L of its cost (each log-mel
-    frame is standardized once, not in each of the L vectors that hold it).
+    frame is standardized once, not in each of the L vectors that hold it). ``cfg.level_norm ==
+    "context"`` holds on both paths (:func:`context_vectors`).
     """
 
     def __init__(self, cfg: FeatureConfig, mean: np.ndarray | None = None, std: np.ndarray | None = None):
@@ -165,6 +205,7 @@ class StreamingFeatures:
     def reset(self) -> None:
         self._samples = np.zeros(0, dtype=np.float64)  # not yet framed: fewer than n_fft or the overlap
         self._psi = np.zeros((0, self.cfg.n_mels), dtype=np.float32)  # last L - 1 log-mel frames
+        self._means = np.zeros(0, dtype=np.float64)  # their raw means over the bands (level_norm "context")
         self.n_vectors = 0  # context vectors emitted since reset
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
@@ -177,10 +218,14 @@ class StreamingFeatures:
         if n == 0:
             return np.zeros((0, cfg.dim), dtype=np.float32)
         fresh = self._logmel(frames)
+        means = None
+        if cfg.level_norm == "context":
+            means = np.concatenate([self._means, frame_means(fresh)])
+            self._means = means[max(0, len(means) - (cfg.n_context_frames - 1)):]
         if self._norm is not None:
             fresh = (fresh - self._norm[0]) / self._norm[1]
         psi = np.concatenate([self._psi, fresh])
-        out = stack_context(psi, cfg.n_context_frames)
+        out = context_vectors(psi, cfg, means, None if self._norm is None else self._norm[1])
         self._psi = psi[max(0, len(psi) - (cfg.n_context_frames - 1)):]
         self.n_vectors += len(out)
         return out

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 from edge_asd.core.errors import EdgeAsdError
 
+LEVEL_NORMS = ("none", "context")
+"""Allowed :attr:`FeatureConfig.level_norm` values."""
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
@@ -42,10 +45,16 @@ class FeatureConfig:
     fmin_hz: float = 0.0
     fmax_hz: float | None = None
     """None means sample_rate / 2."""
+    level_norm: str = "none"
+    """"none": the context vector as stacked; "context": each context vector minus the mean of its L x M
+    log-mel values, before the per-band standardization, so a constant input gain cancels exactly (a gain
+    of g dB adds g ln(10)/20 to every ln value, g to every dB value). Files without the key: "none"."""
 
     def __post_init__(self) -> None:
         if self.log not in ("ln", "db"):
             raise EdgeAsdError(f"feature config: log must be 'ln' or 'db', not {self.log!r}")
+        if self.level_norm not in LEVEL_NORMS:
+            raise EdgeAsdError(f"feature config: level_norm must be one of {', '.join(LEVEL_NORMS)}, not {self.level_norm!r}")
         for name in ("sample_rate", "n_fft", "hop_samples", "n_mels", "n_context_frames"):
             if int(getattr(self, name)) <= 0:
                 raise EdgeAsdError(f"feature config: {name} must be positive")
@@ -75,7 +84,8 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> FeatureConfig:
-        """Build from a stored dict; unknown or missing keys raise EdgeAsdError."""
+        """Build from a stored dict; unknown or missing keys raise EdgeAsdError (keys with a default, such as
+        ``level_norm`` of files written before it existed, may be missing)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - names
         if unknown:

@@ -69,11 +69,13 @@ def apply_gain(samples: np.ndarray, gain_db: float) -> tuple[np.ndarray, int]:
     return np.clip(scaled, -1.0, 1.0).astype(np.float32), n_clipped
 
 
-def sweep(scorer: Scorer, clips: list[np.ndarray], gains_db=GAINS_DB, phi: float | None = None) -> list[GainRow]:
-    """Max frame score of every clip at every gain, scored as the device scores a file.
+def sweep(score_audio, clips: list[np.ndarray], gains_db=GAINS_DB, phi: float | None = None) -> list[GainRow]:
+    """Max frame score of every clip at every gain.
 
     Args:
-        scorer: the model file, loaded. clips: mono float samples at the model's sample rate, full
+        score_audio: a function, mono samples (N,) -> frame scores (n_vectors,): a model file's
+            :meth:`Scorer.score_audio` (as the device scores a file), or a float model's
+            (``examples/level_remedies.py``). clips: mono float samples at the model's sample rate, full
             scale = 1 (normal recordings). gains_db: gains, dB. phi: the threshold, score units; None: no
             false-alarm count.
     Returns:
@@ -88,7 +90,7 @@ def sweep(scorer: Scorer, clips: list[np.ndarray], gains_db=GAINS_DB, phi: float
         maxima, clipped = [], 0
         for samples in clips:
             scaled, n = apply_gain(samples, gain)
-            scores = scorer.score_audio(scaled)
+            scores = score_audio(scaled)
             if len(scores) == 0:
                 raise EdgeAsdError(f"a clip of {len(samples)} samples is shorter than one context vector")
             maxima.append(float(scores.max()))
@@ -205,7 +207,7 @@ def main(data, machine_type, machine_id, model_path, phi, store, gains, out, thr
     normal_paths, anomaly_paths = split_test_clips(data, machine_type, machine_id)
     rate = scorer.features.sample_rate
     normals = [read_audio(p, rate) for p in normal_paths]
-    rows = sweep(scorer, normals, gains, phi)
+    rows = sweep(scorer.score_audio, normals, gains, phi)
     aucs = None
     if anomaly_paths:
         aucs = auc_beside_level(scorer, normals, [read_audio(p, rate) for p in anomaly_paths])

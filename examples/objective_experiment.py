@@ -215,10 +215,7 @@ def prepare_all(data, machines, wanted, presets, something_else_dir, anomaly_dir
         log.warning("no anomalous sounds (--anomaly-sounds, DATA/something_else/test): paper-style mixtures skipped")
     else:
         try:
-            files = anomaly_sound_files(an_dir)
-            if max_sounds and max_sounds < len(files):
-                files = [files[round(i * (len(files) - 1) / max(1, max_sounds - 1))] for i in range(max_sounds)]
-            sounds = load_audio(files)
+            sounds = load_audio(evenly(anomaly_sound_files(an_dir), max_sounds))
             log.info("%d anomalous sounds for the paper-style mixtures from %s", len(sounds), an_dir)
         except FileNotFoundError as e:
             log.warning("%s: paper-style mixtures skipped", e)
@@ -265,6 +262,13 @@ def item_levels(prep, test_normal: dict, test_anomaly: dict, sounds: dict | None
     levels = [clip_level_dbfs(a) for a in audio]
     levels += [clip_level_dbfs(mix_at_anr(audio[c], waves[m.sound_index], m.anr_db, m.start)) for c, m, _ in prep.patches]
     return {name: [round(levels[i], 3) for i in ts.items] for name, ts in prep.sets.items()}
+
+
+def evenly(files: list, n: int | None) -> list:
+    """At most ``n`` of ``files``, evenly spaced over the list (all of them for n None)."""
+    if not n or n >= len(files):
+        return files
+    return [files[round(i * (len(files) - 1) / max(1, n - 1))] for i in range(n)]
 
 
 def _worker_init(threads: int) -> None:

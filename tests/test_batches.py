@@ -7,19 +7,23 @@ x^(a) / x^(u) is recomputed here from the returned span with an explicit loop (v
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from edge_asd.core.batches import (
     BatchBuilder,
+    BatchConfig,
     coloured_noise,
     overlapping_vectors,
     segment,
     trim_silence,
 )
-from edge_asd.core.features import extract
+from edge_asd.core.features import extract, standardize
 from edge_asd.core.presets import get_preset
 from edge_asd.firmware_io.audio_file import audio_files, read_audio
+from edge_asd.train.data import band_statistics
 
 CFG = get_preset("koizumi2019")
 SR = CFG.sample_rate
@@ -210,3 +214,43 @@ def test_builder_uses_coloured_noise_without_something_else_sounds(normals, some
         assert -23.0 < 10 * loglog_slope(added[span[0]:span[1]]) < 3.0
     batch = b.draw(np.random.default_rng(0))
     assert len(batch.x_a) > 0 and len(batch.x_u) > 0
+
+
+# --- gain augmentation and level_norm "context" -----------------------------------------------------
+
+
+def test_gain_augmentation_scales_each_segment_by_its_own_gain_within_the_range(normals, other_sound):
+    seg = round(3.0 * SR)
+    plain, _, _, _ = BatchBuilder(normals, [other_sound], CFG).mix(np.random.default_rng(5))
+    scaled, _, _, _ = BatchBuilder(normals, [other_sound], CFG, BatchConfig(gain_db=3.0)).mix(np.random.default_rng(5))
+    gains_db = []
+    for k in range(10):  # the same segments, each scaled by one factor (no sample reaches full scale here)
+        a, b = plain[k * seg:(k + 1) * seg].astype(np.float64), scaled[k * seg:(k + 1) * seg].astype(np.float64)
+        factor = np.dot(a, b) / np.dot(a, a)
+        np.testing.assert_allclose(b, factor * a, rtol=0, atol=1e-6)
+        gains_db.append(20 * np.log10(factor))
+    assert max(np.abs(gains_db)) <= 3.0 and max(gains_db) - min(gains_db) > 1.0
+
+
+def test_without_gain_augmentation_the_batches_are_todays(normals, other_sound):
+    mean, std = band_statistics(normals, CFG)
+    a = BatchBuilder(normals, [other_sound], CFG).draw(np.random.default_rng(7), mean, std)
+    b = BatchBuilder(normals, [other_sound], CFG, BatchConfig(gain_db=0.0)).draw(np.random.default_rng(7), mean, std)
+    np.testing.assert_array_equal(a.x_u, b.x_u)
+    np.testing.assert_array_equal(a.x_a, b.x_a)
+
+
+def test_context_batches_and_band_statistics(normals, other_sound):
+    """Standardized mini-batch vectors == standardize of the raw mean-removed ones; the band statistics
+    standardize the training clips' mean-removed vectors to mean 0, std 1 per band."""
+    cfg = replace(CFG, level_norm="context")
+    mean, std = band_statistics(normals, cfg)
+    builder = BatchBuilder(normals, [other_sound], cfg)
+    raw, ready = builder.draw(np.random.default_rng(3)), builder.draw(np.random.default_rng(3), mean, std)
+    np.testing.assert_allclose(raw.x_u.mean(1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(ready.x_u, standardize(raw.x_u, mean, std), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ready.x_a, standardize(raw.x_a, mean, std), rtol=0, atol=1e-4)
+    values = np.concatenate([standardize(extract(c, cfg), mean, std) for c in normals]).reshape(-1, cfg.n_mels)
+    np.testing.assert_allclose(values.mean(0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(values.std(0), 1.0, atol=1e-3)
+    assert not np.allclose(mean, band_statistics(normals, CFG)[0], atol=0.1)  # not the plain frames' statistics

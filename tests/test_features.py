@@ -15,14 +15,19 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dataclasses import replace
+
+from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.features import (
     StreamingFeatures,
     extract,
     logmel,
     mel_filterbank,
+    stack_context,
+    standardize,
     vector_end_s,
 )
-from edge_asd.core.presets import PRESETS, get_preset
+from edge_asd.core.presets import PRESETS, FeatureConfig, get_preset
 from edge_asd.firmware_io.audio_file import read_audio
 
 librosa = pytest.importorskip("librosa")
@@ -51,9 +56,9 @@ def psi_in_db(psi: np.ndarray, cfg) -> np.ndarray:
     return psi.astype(np.float64)  # already dB
 
 
-def stream(samples: np.ndarray, cfg, chunk_sizes) -> np.ndarray:
+def stream(samples: np.ndarray, cfg, chunk_sizes, mean=None, std=None) -> np.ndarray:
     """Push ``samples`` through StreamingFeatures in the given chunk sizes (cycled), concatenate the output."""
-    sf_ = StreamingFeatures(cfg)
+    sf_ = StreamingFeatures(cfg, mean, std)
     out, pos, k = [], 0, 0
     while pos < len(samples):
         n = chunk_sizes[k % len(chunk_sizes)]
@@ -161,9 +166,10 @@ def test_reset_starts_a_new_stream(fan, fan_audio):
     n_samples=st.integers(0, 12000),
     cuts=st.lists(st.integers(0, 12000), max_size=12),
     scale=st.sampled_from([0.0, 1e-4, 0.05, 1.0]),
+    level_norm=st.sampled_from(["none", "context"]),
 )
-def test_random_chunkings_give_the_whole_file_vectors(name, seed, n_samples, cuts, scale):
-    cfg = get_preset(name)
+def test_random_chunkings_give_the_whole_file_vectors(name, seed, n_samples, cuts, scale, level_norm):
+    cfg = replace(get_preset(name), level_norm=level_norm)
     audio = (np.random.default_rng(seed).uniform(-1, 1, n_samples) * scale).astype(np.float32)
     bounds = [0] + sorted(c for c in cuts if c <= n_samples) + [n_samples]
     sf_ = StreamingFeatures(cfg)
@@ -277,3 +283,52 @@ def test_read_audio_16k_mono_is_read_as_is_without_log_lines(tmp_path, caplog):
         y = read_audio(path, 16000)
     np.testing.assert_array_equal(y, x)
     assert not [r for r in caplog.records if r.name == "edge_asd"]
+
+
+# --- level_norm: "none" keeps today's bits, "context" cancels a constant gain ------------------------
+
+
+def test_level_norm_is_stored_checked_and_defaults_to_none():
+    cfg = get_preset("koizumi2019")
+    assert cfg.level_norm == "none" and cfg.to_dict()["level_norm"] == "none"
+    old = {k: v for k, v in cfg.to_dict().items() if k != "level_norm"}  # a file written before the key existed
+    assert FeatureConfig.from_dict(old) == cfg
+    ctx = replace(cfg, level_norm="context")
+    assert FeatureConfig.from_dict(ctx.to_dict()) == ctx
+    with pytest.raises(EdgeAsdError, match="level_norm"):
+        replace(cfg, level_norm="clip")
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_level_norm_none_gives_todays_bits(name, fan_audio):
+    """Today's definitions, written out: stacked log-mel frames; streamed, each frame standardized first."""
+    cfg = get_preset(name)
+    psi = logmel(fan_audio, cfg)
+    mean, std = psi.mean(0), psi.std(0)
+    np.testing.assert_array_equal(extract(fan_audio, cfg), stack_context(psi, cfg.n_context_frames))
+    sf_ = StreamingFeatures(cfg, mean, std)
+    got = np.concatenate([sf_.push(fan_audio[i:i + 4096]) for i in range(0, len(fan_audio), 4096)])
+    np.testing.assert_array_equal(got, stack_context((psi - mean) / std, cfg.n_context_frames))
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_context_mean_removal_cancels_a_constant_gain(name, fan_audio):
+    cfg = replace(get_preset(name), level_norm="context")
+    x, louder = extract(fan_audio, cfg), extract(fan_audio * 10 ** (3 / 20), cfg)
+    np.testing.assert_allclose(louder, x, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(x.mean(1), 0.0, atol=1e-5)
+    raw = get_preset(name)  # without it, +3 dB shifts every value: 3 ln(10) / 20 (ln) or 3 dB (power in dB)
+    shift = (extract(fan_audio * 10 ** (3 / 20), raw) - extract(fan_audio, raw)).mean()
+    assert shift == pytest.approx(3 * np.log(10) / 20 if raw.log == "ln" else 3.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("chunk", [1000, 4096])
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_context_streaming_equals_whole_file_with_and_without_standardization(name, chunk, fan_audio):
+    cfg = replace(get_preset(name), level_norm="context")
+    whole = extract(fan_audio, cfg)
+    np.testing.assert_array_equal(stream(fan_audio, cfg, [chunk]), whole)  # the same float ops on the same frames
+    values = whole.reshape(-1, cfg.n_mels)
+    mean, std = values.mean(0), values.std(0)
+    got = stream(fan_audio, cfg, [chunk], mean, std)
+    np.testing.assert_allclose(got, standardize(whole, mean, std), rtol=0, atol=STREAM_ATOL)

@@ -35,7 +35,7 @@ def test_zero_db_gives_the_unscaled_scores_and_plus_6_db_raises_the_max(gain_swe
     clips = [read_audio(p, 16000) for p in fan["test_normal"][:2]]
     unscaled = [float(scorer.score_audio(c).max()) for c in clips]
     phi = float(np.mean(unscaled))
-    rows = gain_sweep.sweep(scorer, clips, (0.0, 6.0), phi)
+    rows = gain_sweep.sweep(scorer.score_audio, clips, (0.0, 6.0), phi)
     zero, plus6 = rows
     assert zero.gain_db == 0.0 and zero.max_scores == tuple(unscaled) and zero.clipped_samples == 0
     assert all(loud > quiet for quiet, loud in zip(zero.max_scores, plus6.max_scores))

@@ -52,6 +52,20 @@ from edge_asd.core.presets import PRESETS
                    "batch normalized per mel band); vectors = Gram matrix of the D-dim vectors, normalized per dimension.")
 @click.option("--anr-min", default=-30.0, show_default=True, help="Lowest ANR of the pseudo-anomalies a (eq. 8, sec. 4.2.1), dB.")
 @click.option("--anr-max", default=10.0, show_default=True, help="Highest ANR of the pseudo-anomalies a (eq. 8, sec. 4.2.1), dB.")
+@click.option("--gain-augment-db", type=click.FloatRange(min=0, max=20), default=0.0, show_default=True,
+              help="Gain augmentation G, dB: every normal 3-s segment of a mini-batch is scaled by a random gain uniform "
+                   "in [-G, +G] dB (clipped to [-1, 1]) before the pseudo-anomaly is mixed in; 0 = off. The band "
+                   "normalization stays that of the unscaled audio. Off by default: G = 3 kept +-1 dB from raising "
+                   "alarms on fan id_00 (0 of 5 clips; today 5 of 5 at +1 dB) but cost slider id_00 0.115 of "
+                   "2-s-segment mixture AUC (0.711 -> 0.596, 1 seed, 600 updates); docs/level.md.")
+@click.option("--level-norm", type=click.Choice(["none", "context"]), default="none", show_default=True,
+              help="context: each context vector minus the mean of its L x M log-mel values before the per-band "
+                   "standardization, so a constant microphone gain cancels exactly; frozen into the checkpoint and the "
+                   "model file (edge-monitor, edge-score apply it). none (default): the level stays in the features. "
+                   "context raised no alarm at any gain from -6 to +6 dB on fan and slider id_00 (none: 4-5 of 5 "
+                   "fan clips within +1 dB) but cost 2-s-segment mixture AUC on the fan (0.721 -> 0.691; slider "
+                   "0.695 -> 0.697; 2 seeds) and the loudness of the real fan anomalies (AUC 0.99 -> 0.70): choose "
+                   "it where the microphone's gain or placement may change after calibration; docs/level.md.")
 @click.option("--val-fraction", type=click.FloatRange(min=0, max=0.9), default=0.2, show_default=True,
               help="Share of the normal training audio held out for validation: whole clips when there are at least 5, "
                    "else the last part of every clip (time split). 0 = no validation, no early stopping, last weights.")

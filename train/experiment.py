@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_asd.core.batches import overlapping_vectors
-from edge_asd.core.features import LogMel, logmel, stack_context
+from edge_asd.core.features import LogMel, logmel, standardized_vectors
 from edge_asd.core.presets import FeatureConfig, get_preset
 from edge_asd.train.mixtures import PAPER_ANRS_DB, Mixture, mix_at_anr, plan_mixtures
 
@@ -71,14 +71,16 @@ def segments_of(clip: np.ndarray, segment_samples: int) -> list[np.ndarray]:
 
 
 def prepare(machine_type: str, machine_id: str, train_audio: list[np.ndarray], test_normal: dict[str, np.ndarray],
-            test_anomaly: dict[str, np.ndarray], sounds: dict[str, np.ndarray] | None, presets: list[str],
+            test_anomaly: dict[str, np.ndarray], sounds: dict[str, np.ndarray] | None,
+            presets: list[str] | dict[str, FeatureConfig],
             anrs_db=PAPER_ANRS_DB, segment_s: float = 2.0, mixture_seed: int = 0) -> Prepared:
     """Build the test items and sets of one machine ID and compute their log-mel frames per preset.
 
     Args:
         train_audio: normal training clips; test_normal / test_anomaly: name -> clip (mono float32,
             16 kHz); sounds: name -> anomalous sound for the paper-style mixtures, or None to skip them.
-        presets: feature preset names; segment_s: segment length, s; mixture_seed: seed of
+        presets: feature preset names, or name -> feature config (e.g. a preset with another
+            ``level_norm``): the keys of ``prep.features``; segment_s: segment length, s; mixture_seed: seed of
             :func:`plan_mixtures` (the same mixtures for every model).
     Raises:
         ValueError: no normal training clip.
@@ -115,8 +117,9 @@ def prepare(machine_type: str, machine_id: str, train_audio: list[np.ndarray], t
                     mixed.append(len(prep.items))
                     prep.items.append(f"{prep.items[clean]}+{names[m.sound_index]}@{anr:g}dB@{m.start}")
                 prep.sets[f"{level}_{anr:g}dB"] = TestSet(base + mixed, [0] * len(base) + [1] * len(mixed))
-    for preset in presets:
-        prep.features[preset] = _features(prep, audio, waves, get_preset(preset))
+    configs = presets if isinstance(presets, dict) else {p: get_preset(p) for p in presets}
+    for name, cfg in configs.items():
+        prep.features[name] = _features(prep, audio, waves, cfg)
     return prep
 
 
@@ -145,13 +148,13 @@ def _features(prep: Prepared, audio: list[np.ndarray], waves: list[np.ndarray], 
 def frame_scorer(ae, mean: np.ndarray, std: np.ndarray, cfg: FeatureConfig, device, chunk: int = 16384):
     """A function: list of log-mel frame arrays (T_i, M) -> list of anomaly scores per context vector (eq. 5).
 
-    Frames are standardized per mel band (as the device does), stacked into context vectors and scored
-    in chunks of at most ``chunk`` vectors.
+    Frames are standardized per mel band (as the device does), stacked into context vectors (centred with
+    ``cfg.level_norm == "context"``) and scored in chunks of at most ``chunk`` vectors.
     """
     import torch
 
     def score(frame_list: list[np.ndarray]) -> list[np.ndarray]:
-        vectors = [stack_context(((f - mean) / std).astype(np.float32), cfg.n_context_frames) for f in frame_list]
+        vectors = [standardized_vectors(f, cfg, mean, std) for f in frame_list]
         sizes = [len(v) for v in vectors]
         out, batch, n = [], [], 0
         for v in vectors + [None]:

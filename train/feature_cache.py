@@ -64,6 +64,7 @@ class FeatureCache:
         if self.root is None:
             return logmel(samples, cfg, fn)
         spec = {**cfg.to_dict(), "logmel_version": LOGMEL_VERSION}
+        spec.pop("level_norm")  # psi does not depend on it: the entries written before it existed stay valid
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
         return self._get(f"logmel/{self.digest(Path(path))}-{key}.npy", lambda: logmel(samples, cfg, fn))
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from edge_asd.core.batches import BatchConfig
 from edge_asd.core.commands import kit_version
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.features import LogMel
-from edge_asd.core.presets import PRESETS, FeatureConfig, get_preset
+from edge_asd.core.presets import LEVEL_NORMS, PRESETS, FeatureConfig, get_preset
 from edge_asd.datasets.layout import assign_mimii_split, normalize_machine_id, scan
 from edge_asd.firmware_io.audio_file import audio_files
 from edge_asd.train.checkpoint import save_checkpoint, write_history_csv
@@ -44,8 +44,10 @@ log = logging.getLogger("edge_asd")
 CHOICES = {"preset": tuple(sorted(PRESETS)), "arch": tuple(ARCHS), "loss": ("bu", "snp", "re"),
            "schedule": tuple(SCHEDULES), "kde": ("frames", "vectors"), "val_metric": METRICS,
            "keep": ("auto", "best", "last"), "device": ("auto", "cpu", "cuda"),
-           "precision": ("auto", "fp32", "bf16", "fp16")}
+           "precision": ("auto", "fp32", "bf16", "fp16"), "level_norm": LEVEL_NORMS}
 """The allowed values of :class:`TrainOptions`' named choices (edge-train's click choices)."""
+MAX_GAIN_AUGMENT_DB = 20.0
+"""Largest gain augmentation, dB (x10 in amplitude either way)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,12 @@ class TrainOptions:
     kde: str = "frames"
     anr_db: tuple[float, float] = (-30.0, 10.0)
     """Lowest and highest ANR of the pseudo-anomalies (eq. 8, sec. 4.2.1), dB."""
+    gain_augment_db: float = 0.0
+    """G, dB: every normal segment of a mini-batch is scaled by a random gain uniform in [-G, +G] dB
+    (:class:`edge_asd.core.batches.BatchConfig`); 0 = off. The normalization stays that of the unscaled audio."""
+    level_norm: str = "none"
+    """:attr:`edge_asd.core.presets.FeatureConfig.level_norm` of the preset: "none" or "context" (each
+    context vector minus its own mean); frozen into the checkpoint and the model file."""
     val_fraction: float = 0.2
     """Share of the normal training audio held out for validation; 0 = none (last weights)."""
     val_metric: str = "auc"
@@ -111,6 +119,8 @@ class TrainOptions:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise EdgeAsdError(f"{name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
+        if not 0.0 <= self.gain_augment_db <= MAX_GAIN_AUGMENT_DB:
+            raise EdgeAsdError(f"--gain-augment-db {self.gain_augment_db}: use 0 (off) to {MAX_GAIN_AUGMENT_DB:g} dB")
 
     @property
     def state_path(self) -> Path:
@@ -144,7 +154,7 @@ def train_checkpoint(options: TrainOptions) -> dict:
         raise EdgeAsdError("--anr-min must not exceed --anr-max")
     if o.resume and o.oof_folds:
         raise EdgeAsdError("--resume cannot continue the out-of-fold models (--oof-folds): run again without --resume")
-    features = get_preset(o.preset)
+    features = replace(get_preset(o.preset), level_norm=o.level_norm)
     try:
         lam = resolve_lambda(o.lam, features.dim, features.n_mels)
     except ValueError as e:
@@ -165,7 +175,8 @@ def train_checkpoint(options: TrainOptions) -> dict:
                       epochs=o.epochs or budget["epochs"],
                       batches_per_epoch=o.batches_per_epoch or budget["batches_per_epoch"],
                       lr=o.lr or budget["lr"], seed=o.seed, device=o.device, sigma=o.sigma, lam=lam, epsilon=o.epsilon,
-                      batch=BatchConfig(anr_db=tuple(o.anr_db)), precision=o.precision, val_fraction=o.val_fraction,
+                      batch=BatchConfig(anr_db=tuple(o.anr_db), gain_db=float(o.gain_augment_db)),
+                      precision=o.precision, val_fraction=o.val_fraction,
                       patience=o.patience, keep=o.keep, val_metric=o.val_metric, kde=o.kde)
     if o.resume and not o.state_path.is_file():
         raise EdgeAsdError(f"--resume: no training state {o.state_path} (it is written after every epoch)")
