@@ -161,7 +161,7 @@ def test_edge_calibrate_sets_phi_on_out_of_fold_scores(oof_model, fan, tmp_path,
             "the model") in mixed.stderr
     assert json.loads(mixed.stdout)["oof_recordings"] == 3
 
-    plain = cli("edge-calibrate", *fan["train"], "--model", oof_model, "--machine-id", "00", "--store", store, "--no-oof",
+    plain = cli("edge-calibrate", *fan["train"], "--model", oof_model, "--machine-id", "00", "--store", store, "--no-oof", "--votes", "1/1",
                 env=env)
     assert plain.returncode == 0, plain.stderr
     assert "out-of-fold" not in plain.stderr and "10 of the 10 recordings were used to train this model" in plain.stderr
