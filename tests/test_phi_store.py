@@ -165,9 +165,11 @@ def test_an_old_store_loads(tmp_path):
 
 
 @pytest.mark.parametrize("damage, words", [
-    ({"phi": "812"}, "phi is '812', not a finite number"),
-    ({"phi": None}, "phi is None, not a finite number"),
-    ({"phi": float("nan")}, "not a finite number"),
+    ({"phi": "812"}, "phi is '812', not a positive finite number"),
+    ({"phi": None}, "phi is None, not a positive finite number"),
+    ({"phi": float("nan")}, "not a positive finite number"),
+    ({"phi": 0}, "phi is 0, not a positive finite number"),
+    ({"phi": -1.0}, "phi is -1.0, not a positive finite number"),
     ({"rule": "clip-max-quantile"}, "rule is 'clip-max-quantile', not an object"),
     ({"recordings": "a.wav"}, "recordings is 'a.wav', not a list of paths"),
     ({"window_s": "ten"}, "window_s is 'ten', not a number"),
@@ -176,6 +178,7 @@ def test_an_old_store_loads(tmp_path):
     ({"input_level": {"median_dbfs": -44.0}}, "not an object with p5_dbfs and p95_dbfs"),
 ])
 def test_a_damaged_record_is_refused_in_one_line(tmp_path, damage, words):
+    """(A phi of 10**400, valid JSON, overflowed float: a traceback in a probe; its test writes the JSON text.)"""
     store = tmp_path / "phi.json"
     store.write_text(json.dumps({"schema": 1, "machines": {"id_00": {**CALIBRATED, **damage}}}))
     for read in (lambda: phi_store.lookup_phi(store, "id_00", SHA_A), lambda: phi_store.history(store)):
@@ -342,3 +345,11 @@ def test_phi_quantile_and_margin(maxima, q, margin, expected):
 def test_phi_rule_errors(maxima, q, margin, words):
     with pytest.raises(EdgeAsdError, match=words):
         phi_from_clip_maxima(np.array(maxima, dtype=float), q, margin)
+
+
+def test_a_phi_too_large_for_a_float_is_refused_in_one_line(tmp_path):
+    store = tmp_path / "phi.json"
+    text = json.dumps({"schema": 1, "machines": {"id_00": {**CALIBRATED, "phi": 1.0}}})
+    store.write_text(text.replace('"phi": 1.0', '"phi": 1' + "0" * 400))
+    with pytest.raises(EdgeAsdError, match="not a positive finite number"):
+        phi_store.lookup_phi(store, "id_00", SHA_A)

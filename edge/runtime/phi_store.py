@@ -173,12 +173,21 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _positive_finite(value) -> bool:
+    """A number > 0 that a float holds (a JSON integer like 10**400 overflows float: refused, not a traceback;
+    phi <= 0 would make every frame an anomaly)."""
+    try:
+        return _number(value) and math.isfinite(float(value)) and value > 0
+    except OverflowError:
+        return False
+
+
 def _check(test, what):
     return lambda value: None if value is None or test(value) else what
 
 
 _CHECKS = {
-    "phi": lambda v: None if _number(v) and math.isfinite(v) else "a finite number",
+    "phi": lambda v: None if _positive_finite(v) else "a positive finite number",
     "model_sha256": _check(lambda v: isinstance(v, str), "a string"),
     "rule": _check(lambda v: isinstance(v, dict), "an object"),
     "window": _check(lambda v: isinstance(v, str), "a string"),
