@@ -67,6 +67,15 @@ evidence_png = true
     ('[[input]]\nmodel = "a"\nname = "x"\n[[input]]\nmodel = "b"\nname = "x"\n', ["several inputs named x"]),
     ('[[input]]\nmodel = "a"\nsource = "-"\n[[input]]\nmodel = "b"\nsource = "-"\nname = "y"\n', ["stdin"]),
     ('[[input]\nmodel = "a"\n', ["not valid TOML"]),
+    # absurd values a probe found accepted (tracebacks, silent nonsense, process IDs exhausted)
+    ('[[input]]\nmodel = "a"\nevidence_after_s = inf\n', ["evidence_after_s = inf should be a finite number"]),
+    ('[[input]]\nmodel = "a"\nevents_max_mb = nan\n', ["events_max_mb = nan should be a finite number"]),
+    ('[[input]]\nmodel = "a"\nevents_max_mb = -1\n', ["events_max_mb = -1.0 is out of range"]),
+    ('[[input]]\nmodel = "a"\nthreads = 100000\n', ["threads = 100000 is out of range (1 to 64)"]),
+    ('[[input]]\nmodel = "a"\npcm_channels = 0\n', ["pcm_channels = 0 is out of range"]),
+    ('[[input]]\nmodel = "a"\nevidence_before_s = -5\n', ["evidence_before_s = -5.0 is out of range"]),
+    ('[[input]]\nmodel = "a"\ngate_db = nan\n', ["gate_db = nan should be a finite number"]),
+    ('[[input]]\nmodel = "a"\nphi = -1\n', ["phi = -1.0 is out of range"]),
 ])
 def test_mistakes_are_one_clear_error(tmp_path, text, words):
     path = write(tmp_path, text)
@@ -98,7 +107,7 @@ def test_input_health_thresholds_come_from_the_config(tmp_path):
     assert limits.hold_s["silent"] == 5.0 and limits.level_drift_db == 6.0 and limits.silent_dbfs == SILENT_DBFS
     assert default.health_limits().hold_s == HOLD_S
     bad = write(tmp_path, '[[input]]\nmodel = "m.tflite"\nsource = "mic"\nsilent_s = -1\n')
-    with pytest.raises(EdgeAsdError, match="silent_s -1.0: must be a finite number >= 0"):
+    with pytest.raises(EdgeAsdError, match="silent_s = -1.0 is out of range"):  # refused as the file is read
         load_config(bad)[0].health_limits()
 
 
