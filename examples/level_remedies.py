@@ -39,11 +39,11 @@ from pathlib import Path
 
 import click
 import numpy as np
+from gain_sweep import GAINS_DB, sweep
+from objective_experiment import _sound_dir, _worker_init, csv_list, evenly, find_machines, item_levels
 
 from edge_asd.core.commands import setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
-from gain_sweep import GAINS_DB, sweep
-from objective_experiment import _sound_dir, _worker_init, csv_list, evenly, find_machines, item_levels
 
 log = logging.getLogger("edge_asd")
 

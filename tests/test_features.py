@@ -8,14 +8,13 @@ Koizumi et al. 2019 sec. 4.2.2: x_t = (psi_{t-C}, ..., psi_{t+C}), D = (2C + 1) 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from dataclasses import replace
 
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.features import (

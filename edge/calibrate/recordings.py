@@ -18,7 +18,7 @@ from edge_asd.core.loudness import clip_level_dbfs
 from edge_asd.core.oof import OutOfFold
 from edge_asd.core.provenance import PREFIX_CHARS, file_sha256
 from edge_asd.edge.calibrate.rules import WindowMax, phi_maxima, window_maxima
-from edge_asd.edge.runtime.alert import AlertPolicy
+from edge_asd.edge.runtime.alert import EQ11, AlertPolicy
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S, make_windows
 from edge_asd.firmware_io.audio_file import read_audio
 
@@ -77,7 +77,7 @@ def scored_recordings(scorer, files: Sequence[Path], audio: list[np.ndarray] | N
 
 def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: float = DEFAULT_GATE_DB,
                              gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S, gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S,
-                             audio: list[np.ndarray] | None = None, policy: AlertPolicy = AlertPolicy(),
+                             audio: list[np.ndarray] | None = None, policy: AlertPolicy = EQ11,
                              known: Mapping[Path, np.ndarray] | None = None,
                              scored: list[tuple[np.ndarray, np.ndarray]] | None = None,
                              ) -> tuple[list[WindowMax], list[float], list[float]]:
@@ -157,7 +157,7 @@ def recording_levels(files: Sequence[Path], sample_rate: int) -> list[float]:
 
 
 def held_out_maxima(scorer, held_files: Sequence[Path], windows, audio: list[np.ndarray] | None = None,
-                    policy: AlertPolicy = AlertPolicy(), known: Mapping[Path, np.ndarray] | None = None
+                    policy: AlertPolicy = EQ11, known: Mapping[Path, np.ndarray] | None = None
                     ) -> tuple[list[WindowMax], np.ndarray | None]:
     """(the WindowMax of every window of the held-out recordings, their max scores for the check, shape
     (n,), or None without held-out recordings): cut as :func:`recordings_window_maxima` cuts the fitted

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.edge.runtime.alert import AlertPolicy, policy_scores
+from edge_asd.edge.runtime.alert import EQ11, AlertPolicy, policy_scores
 from edge_asd.edge.runtime.windows import OFF, EnergyGate, FixedWindows, recording_windows
 
 DEFAULT_QUANTILE = 1.0
@@ -83,7 +83,7 @@ class WindowMax:
 
 
 def window_maxima(scores: np.ndarray, samples: np.ndarray, windows, cfg, recording: str = "",
-                  policy: AlertPolicy = AlertPolicy()) -> list[WindowMax]:
+                  policy: AlertPolicy = EQ11) -> list[WindowMax]:
     """The operation windows of one recording and their max policy scores, in stream order.
 
     Args:
@@ -98,7 +98,7 @@ def window_maxima(scores: np.ndarray, samples: np.ndarray, windows, cfg, recordi
     """
     stamps, index = recording_windows(windows, samples, len(scores), cfg)
     scores = np.asarray(scores, dtype=np.float64)
-    if policy != AlertPolicy():
+    if policy != EQ11:
         votes, ok = policy_scores(scores, policy, index != OFF)
         scores = np.where(ok, votes, -np.inf)
     sr = cfg.sample_rate

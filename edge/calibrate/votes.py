@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_asd.edge.calibrate.recordings import recordings_window_maxima
 from edge_asd.edge.calibrate.rules import calibrate, phi_maxima, seconds_per_window
-from edge_asd.edge.runtime.alert import AlertPolicy, policy_scores
+from edge_asd.edge.runtime.alert import EQ11, AlertPolicy, policy_scores
 from edge_asd.edge.runtime.windows import make_windows
 
 NEAR_BEST = 1.1
@@ -81,7 +81,7 @@ def choose(scorer, files: list, scored: list, settings: dict, rule: dict, hyster
     max_n = min(w.frames for w in first if w.complete) if any(w.complete for w in first) else 1
     rows = []
     for policy in candidates(hop_s, max_n):
-        windows = first if policy == AlertPolicy() else recordings_window_maxima(scorer, files, **settings,
+        windows = first if policy == EQ11 else recordings_window_maxima(scorer, files, **settings,
                                                                                  scored=scored, policy=policy)[0]
         length_s = seconds_per_window(_windows(settings, cfg), durations,
                                       len(windows))

@@ -45,11 +45,11 @@ def gate_options(fn):
     --gate-min-off-s (s), with the defaults of :mod:`edge_asd.edge.runtime.windows` (edge-monitor and edge-calibrate
     take the same gate, so calibration windows are the monitor's)."""
     options = [
-        click.option("--gate-db", type=float, default=DEFAULT_GATE_DB, show_default=True,
+        click.option("--gate-db", type=FiniteRange(-200, 0), default=DEFAULT_GATE_DB, show_default=True,
                      help="Energy gate (--window gate): machine on at or above this level, dBFS (off 3 dB lower)."),
-        click.option("--gate-min-on-s", type=click.FloatRange(min=0), default=DEFAULT_GATE_MIN_ON_S, show_default=True,
+        click.option("--gate-min-on-s", type=FiniteRange(min=0), default=DEFAULT_GATE_MIN_ON_S, show_default=True,
                      help="Energy gate: seconds at or above --gate-db before the gate opens."),
-        click.option("--gate-min-off-s", type=click.FloatRange(min=0), default=DEFAULT_GATE_MIN_OFF_S, show_default=True,
+        click.option("--gate-min-off-s", type=FiniteRange(min=0), default=DEFAULT_GATE_MIN_OFF_S, show_default=True,
                      help="Energy gate: seconds below the off level before the gate closes."),
     ]
     for option in reversed(options):
@@ -70,6 +70,17 @@ def threads_option(help: str = "Inference threads."):
     """``--threads``: inference threads per model, 1 to :data:`~edge_asd.edge.runtime.backends.MAX_THREADS`."""
     return click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
                         help=f"{help[:-1]} (1 to {MAX_THREADS}).")
+
+
+class FiniteRange(click.FloatRange):
+    """click's FloatRange that also refuses NaN and infinity (FloatRange lets NaN through every bound:
+    ``--gate-db nan`` gated everything off, 0 events, exit 0)."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
 
 
 class PhiType(click.ParamType):

@@ -24,7 +24,7 @@ from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.loudness import clip_level_dbfs, loudness_reference
 from edge_asd.core.metrics import DEFAULT_MAX_FPR, auc_pauc
 from edge_asd.datasets.layout import parse_clip_name  # the one parser of DCASE / MIMII names
-from edge_asd.edge.runtime.alert import AlertPolicy, policy_scores
+from edge_asd.edge.runtime.alert import EQ11, AlertPolicy, policy_scores
 from edge_asd.edge.runtime.health import recording_health
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.firmware_io.audio_file import read_audio
@@ -91,7 +91,7 @@ def keep_machine_id(files: Sequence[Path], machine_id: str) -> list[Path]:
     return kept
 
 
-def score_clip(scorer: Scorer, path: Path, policy: AlertPolicy = AlertPolicy()) -> ClipResult:
+def score_clip(scorer: Scorer, path: Path, policy: AlertPolicy = EQ11) -> ClipResult:
     """Score one recording (read as edge-monitor reads a file: mono, at the model's rate); its max on the
     ``policy``'s policy scores (default 1/1: the frame scores).
 
@@ -118,7 +118,7 @@ def score_clip(scorer: Scorer, path: Path, policy: AlertPolicy = AlertPolicy()) 
     return result
 
 
-def score_clips(scorer: Scorer, files: Iterable[Path], policy: AlertPolicy = AlertPolicy()) -> list[ClipResult]:
+def score_clips(scorer: Scorer, files: Iterable[Path], policy: AlertPolicy = EQ11) -> list[ClipResult]:
     """:func:`score_clip` of each file, in order, with ``policy``. Raises EdgeAsdError as it does."""
     return [score_clip(scorer, f, policy) for f in files]
 

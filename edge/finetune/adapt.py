@@ -28,7 +28,7 @@ from edge_asd.core.model_file import sha256_bytes
 from edge_asd.edge.finetune.autoencoder import AMSGrad, flat_params, loss_and_grads
 from edge_asd.edge.finetune.tflite_weights import read_layers, write_layers
 from edge_asd.edge.runtime import phi_store
-from edge_asd.edge.runtime.alert import AlertPolicy, policy_scores
+from edge_asd.edge.runtime.alert import EQ11, AlertPolicy, policy_scores
 from edge_asd.edge.runtime.phi_store import PhiRecord
 
 log = logging.getLogger("edge_asd")
@@ -66,7 +66,7 @@ class Guarded:
     limit: float | None
 
 
-def guard(scorer, clips: list[np.ndarray], limit: float | None, policy: AlertPolicy = AlertPolicy()) -> Guarded:
+def guard(scorer, clips: list[np.ndarray], limit: float | None, policy: AlertPolicy = EQ11) -> Guarded:
     """Score every context vector of ``clips`` with the model in service; keep the audio of the frames
     whose policy score is <= ``limit`` (eq. 4 with 1/1, the default: A(x) <= limit; the others are anomalies
     for this model as the monitor judges them with ``policy``, :mod:`edge_asd.edge.runtime.alert`; a frame

@@ -134,6 +134,10 @@ class VoteFilter:
         return out, scored & (count >= k)
 
 
+EQ11 = AlertPolicy()
+"""1/1: one frame at or over phi alarms (Koizumi et al. 2019, eq. 11), the default everywhere."""
+
+
 def policy_scores(scores: np.ndarray, policy: AlertPolicy, scored: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """The policy scores of a whole recording streamed alone: :meth:`VoteFilter.push` of all its frames.

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from edge_asd.edge.runtime.alert import Alarm, AlertPolicy
+from edge_asd.edge.runtime.alert import EQ11, Alarm, AlertPolicy
 from edge_asd.edge.runtime.events import AlarmLine, Event, Verdict
 from edge_asd.edge.runtime.windows import OFF  # window index of a frame outside every window (the machine is off)
 
@@ -44,7 +44,7 @@ class RunningMaxDetector:
         ValueError: phi is NaN or infinite.
     """
 
-    def __init__(self, phi: float, machine_id: str, model_sha256: str, policy: AlertPolicy = AlertPolicy()):
+    def __init__(self, phi: float, machine_id: str, model_sha256: str, policy: AlertPolicy = EQ11):
         if not math.isfinite(phi):
             raise ValueError(f"phi must be finite, not {phi}")
         self.phi, self.machine_id, self.model_sha256 = phi, machine_id, model_sha256
