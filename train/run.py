@@ -78,8 +78,9 @@ class TrainOptions:
     kde: str = "frames"
     anr_db: tuple[float, float] = (-30.0, 10.0)
     """Lowest and highest ANR of the pseudo-anomalies (eq. 8, sec. 4.2.1), dB."""
-    val_fraction: float = 0.2
-    """Share of the normal training audio held out for validation; 0 = none (last weights)."""
+    val_fraction: float = 0.0
+    """Share of the normal training audio held out for validation; 0 = none (last weights; the default,
+    measured: docs/defaults/updates.md)."""
     val_metric: str = "auc"
     patience: int = 0
     """Early stopping after this many epochs without a better validation criterion; 0 = never."""
