@@ -33,9 +33,10 @@ from edge_asd.core.presets import PRESETS
               help="Named budget. short: 12 epochs x 50 mini-batches (600 updates) at lr 1e-3, minutes on a laptop; "
                    "paper: 200 x 500 at 1e-4 (sec. 4.2.2, ~4 h on the paper's GPU, far too long for a 2-core CPU). "
                    "Both: lr fixed for the first half, then linear decay to lr/100. --epochs, --batches-per-epoch "
-                   "and --lr override it. 600 updates were chosen by experiment (BU, lambda D): fan id_00 clip AUC / "
-                   "pAUC 0.870 / 0.658 at 300 updates and 0.990 / 0.974 at 600 (2 seeds), 1.000 at 1000 and 2000; "
-                   "fan's -10 dB mixtures 0.835 at 600, 0.817 at 1000, 0.777 at 2000 (seed 0); docs/defaults/updates.md.")
+                   "and --lr override it. 600 updates were chosen by experiment (BU, lambda D, 2 seeds): fan id_00 "
+                   "clip AUC / pAUC 0.870 / 0.658 at 300, 0.990 / 0.974 at 600, 0.970 / 0.974 at 1000; paired "
+                   "difference 600 - 300 on slider id_00's -10 dB mixtures +0.051 [+0.002, +0.100], 1000 - 600 on "
+                   "fan's -0.031 [-0.068, -0.003]; docs/defaults/updates.md.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs, the unit of validation and early stopping (short: 12, paper: 200).")
 @click.option("--batches-per-epoch", type=click.IntRange(min=1), default=None,
               help="Mini-batches (updates) per epoch, one 30-s mixture each (short: 50, paper: 500).")
