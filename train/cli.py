@@ -36,7 +36,7 @@ from edge_asd.core.presets import PRESETS
                    "and --lr override it. 600 updates were chosen by experiment (BU, lambda D, 2 seeds): fan id_00 "
                    "clip AUC / pAUC 0.870 / 0.658 at 300, 0.990 / 0.974 at 600, 0.970 / 0.974 at 1000; paired "
                    "difference 600 - 300 on slider id_00's -10 dB mixtures +0.051 [+0.002, +0.100], 1000 - 600 on "
-                   "fan's -0.031 [-0.068, -0.003]; docs/defaults/updates.md.")
+                   "fan's -0.031 [-0.068, -0.003] (2000 - 600: -0.085 [-0.148, -0.032]); docs/defaults/updates.md.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs, the unit of validation and early stopping (short: 12, paper: 200).")
 @click.option("--batches-per-epoch", type=click.IntRange(min=1), default=None,
               help="Mini-batches (updates) per epoch, one 30-s mixture each (short: 50, paper: 500).")
