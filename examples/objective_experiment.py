@@ -67,6 +67,17 @@ def csv_list(kind=str):
               help="AMSGrad updates (mini-batches) per run, identical for every run.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--lambda", "lam", default="2D", show_default=True, help="lambda of eq. 10: 2M, 2D or a number.")
+@click.option("--val-fraction", type=click.FloatRange(min=0, max=0.9), default=0.0, show_default=True,
+              help="Hold out this share of the normal training clips for validation, as edge-train --val-fraction "
+                   "does (0: train on all of them, the last weights).")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --val-fraction: the updates split into this many epochs, the unit of validation and early "
+                   "stopping (the lr schedule depends only on the total).")
+@click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --val-fraction: early stopping on the pseudo-anomaly AUC after this many epochs without a "
+                   "better one, as edge-train --patience (0 = never).")
+@click.option("--keep", type=click.Choice(["auto", "best", "last"]), default="auto", show_default=True,
+              help="With --val-fraction: the weights scored, as edge-train --keep.")
 @click.option("--sigma", type=float, default=None, help="KDE bandwidth of eq. 15 (default 1/(2D)).")
 @click.option("--epsilon", type=float, default=1e-6, show_default=True, help="epsilon of eq. 16.")
 @click.option("--anr-train", nargs=2, type=float, default=(-30.0, 10.0), show_default=True,
@@ -90,8 +101,8 @@ def csv_list(kind=str):
 @click.option("--n-boot", type=click.IntRange(min=100), default=1000, show_default=True, help="Bootstrap replicates.")
 @click.option("-q", "--quiet", is_flag=True)
 @user_errors
-def main(data, machine_types, ids, losses, archs, seeds, updates, lr, lam, sigma, epsilon, anr_train, segment_s,
-         something_else_dir, anomaly_sounds, max_anomaly_sounds, device, jobs, threads, out, report_dir, report_only, n_boot, quiet):
+def main(data, machine_types, ids, losses, archs, seeds, updates, lr, lam, val_fraction, epochs, patience, keep, sigma,
+         epsilon, anr_train, segment_s, something_else_dir, anomaly_sounds, max_anomaly_sounds, device, jobs, threads, out, report_dir, report_only, n_boot, quiet):
     setup_logging(quiet=quiet)
     report_dir = report_dir or out
     if report_only:
@@ -111,6 +122,12 @@ def main(data, machine_types, ids, losses, archs, seeds, updates, lr, lam, sigma
     settings = {"updates": updates, "lr": lr, "lambda": lam, "sigma": sigma, "epsilon": epsilon,
                 "anr_train_db": list(anr_train), "segment_s": segment_s, "mixture_seed": 0,
                 "max_anomaly_sounds": max_anomaly_sounds}
+    if val_fraction > 0:  # only then: the settings of earlier output folders stay comparable
+        if updates % epochs:
+            raise EdgeAsdError(f"--updates {updates} is not a multiple of --epochs {epochs}")
+        settings.update(val_fraction=val_fraction, epochs=epochs, patience=patience, keep=keep)
+    elif epochs != 1 or patience or keep != "auto":
+        raise EdgeAsdError("--epochs, --patience and --keep act only on a validation split: add --val-fraction")
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out / SETTINGS, settings)
 
@@ -129,6 +146,15 @@ def main(data, machine_types, ids, losses, archs, seeds, updates, lr, lam, sigma
     report(out, report_dir, n_boot)
     if failed:
         raise EdgeAsdError(f"{failed} run(s) failed (messages above); rerun the same command to retry them")
+
+
+def validation_text(settings: dict, runs: list[dict]) -> str:
+    """The report header's words on the validation split (empty without one)."""
+    if not settings.get("val_fraction"):
+        return ""
+    kept = sorted({r["validation"]["kept_epoch"] for r in runs if r.get("validation")})
+    return (f"validation split {settings['val_fraction']} of the normal training clips, {settings['epochs']} epochs, "
+            f"patience {settings['patience']}, keep {settings['keep']} (kept epochs {kept}); ")
 
 
 def check_settings(path: Path, settings: dict) -> None:
@@ -388,7 +414,8 @@ def report(out: Path, report_dir: Path, n_boot: int) -> None:
               f"{len(runs)} runs; machines: {', '.join(machines)}; {settings.get('updates', '?')} updates per run, "
               f"lr {settings.get('lr', '?')}, lambda {settings.get('lambda', '?')}, sigma "
               f"{settings.get('sigma') or '1/(2D)'}, epsilon {settings.get('epsilon', '?')}, training ANR "
-              f"{settings.get('anr_train_db', '?')} dB, segments {settings.get('segment_s', '?')} s; device {', '.join(devices)}; "
+              f"{settings.get('anr_train_db', '?')} dB, segments {settings.get('segment_s', '?')} s; {validation_text(settings, runs)}"
+              f"device {', '.join(devices)}; "
               f"total training time {train_s / 60:.1f} min. Generated by `examples/objective_experiment.py`.")
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "objective.md").write_text(markdown(rows, pairs, header, loudness))

@@ -39,7 +39,8 @@ def test_train_options_are_typed_and_checked(tmp_path):
     from edge_asd.train.run import TrainOptions
 
     opts = TrainOptions(tmp_path, "fan", tmp_path / "m.pt")
-    assert opts.val_fraction == 0.2 and opts.lam == "D" and opts.state_path == tmp_path / "m.state.pt"
+    assert opts.val_fraction == 0.0 and opts.schedule == "short" and opts.lam == "D"
+    assert opts.state_path == tmp_path / "m.state.pt"
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.seed = 1
     with pytest.raises(EdgeAsdError, match="loss 'l2': use one of bu, snp, re"):

@@ -198,3 +198,27 @@ def test_loudness_rows_come_from_runs_that_carry_levels():
     assert md.count(f"| fan id_00 | {LOUDNESS_MODEL} | – | ") == 3  # the AUC max, pAUC max and AUC mean tables
     assert md.count(f"| fan id_00 | {LOUDNESS_MODEL} | – | 0.750 [") == 2  # the AUC ones
     assert f"| fan id_02 | {LOUDNESS_MODEL}" not in md
+
+
+def test_a_run_with_a_validation_split_holds_out_clips_and_stops_early(fan, fan_training_clips):
+    """--val-fraction / --epochs / --patience / --keep reach the trainer as edge-train's options do: 2 of the
+    10 fan clips held out, the updates split into epochs, the best epoch kept (lr 1e-12: no epoch improves,
+    so patience 1 stops after epoch 2 and keeps epoch 1)."""
+    from edge_asd.train.experiment import RunSpec, load_audio, run_one
+
+    normals, others, _, _ = fan_training_clips
+    prep = prepare("fan", "id_00", normals, load_audio(fan["test_normal"][:2]), load_audio(fan["test_anomaly"][:2]),
+                   None, ["koizumi2019"])
+    settings = {"updates": 6, "lr": 1e-12, "lambda": "D", "sigma": None, "epsilon": 1e-6, "anr_train_db": [-30, 10],
+                "val_fraction": 0.2, "epochs": 3, "patience": 1, "keep": "best"}
+    result = run_one(RunSpec("fan", "id_00", "fcn-small", "bu", 0), prep, others[:4], settings, "cpu")
+    assert result["validation"]["split"] == "clips" and result["validation"]["kept_epoch"] == 1
+    assert result["validation"]["stopped_early"] and result["updates_done"] == 4
+    assert result["train_config"]["batches_per_epoch"] == 2 and result["train_config"]["val_fraction"] == 0.2
+    assert result["sets"]["real"]["labels"] == [0, 0, 1, 1]
+
+
+def test_epochs_patience_keep_need_a_validation_split(tmp_path):
+    proc = _run("--epochs", "3", "--out", tmp_path / "o")
+    assert proc.returncode == 1 and "add --val-fraction" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()

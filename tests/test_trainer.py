@@ -248,6 +248,7 @@ def test_named_schedules_and_the_csv_log(data_root, tmp_path):
     from edge_asd.train.trainer import SCHEDULES
 
     assert SCHEDULES["paper"] == {"epochs": 200, "batches_per_epoch": 500, "lr": 1e-4}
+    assert SCHEDULES["short"] == {"epochs": 12, "batches_per_epoch": 50, "lr": 1e-3}  # docs/defaults/updates.md
     out = tmp_path / "m.pt"
     proc = cli("edge-train", data_root, "--machine-type", "fan", "--machine-id", "00", "--schedule", "paper",
                "--epochs", "1", "--batches-per-epoch", "4", "--out", out, "-q",

@@ -307,7 +307,7 @@ def test_edge_train_with_two_clips_validates_on_time_segments_and_resumes(data_r
 
     env = {"EDGE_ASD_CACHE_DIR": str(tmp_path / "cache")}
     out = tmp_path / "toycar.pt"
-    args = [data_root, "--machine-type", "ToyCar", "--machine-id", "section_00", "--epochs", "2",
+    args = [data_root, "--machine-type", "ToyCar", "--machine-id", "section_00", "--val-fraction", "0.2", "--epochs", "2",
             "--batches-per-epoch", "2", "--out", out, "-q"]
     proc = cli("edge-train", *args, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -338,8 +338,8 @@ def test_edge_train_help_documents_every_hyper_parameter():
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
     for needle in ["sigma", "eq. 15", "lambda", "eq. 10", "epsilon", "eq. 16", "ANR", "dB", "sec. 4.2.2", "sec. 4.2.1",
-                   "1/(2D)", "H=2, U=128, Z=40", "D=1344", "1e-4", "[default: 0.2;", "--patience", "--resume",
-                   "--precision", "--device", "bf16", "--cache-dir", "--val-metric", "AMSGrad"]:
+                   "1/(2D)", "H=2, U=128, Z=40", "D=1344", "1e-4", "[default: 0.0;", "12 epochs x 50", "--patience",
+                   "--resume", "--precision", "--device", "bf16", "--cache-dir", "--val-metric", "AMSGrad"]:
         assert needle in text, needle
 
 

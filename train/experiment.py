@@ -210,8 +210,11 @@ def run_one(spec: RunSpec, prep: Prepared, something_else: list[np.ndarray] | No
             device: str = "auto") -> dict:
     """Train ``spec`` on ``prep``'s normal clips with the trainer's API, score every test set; a JSON-able dict.
 
-    ``settings``: {"updates", "lr", "lambda", "sigma", "epsilon", "anr_train_db"}. The result holds, per
-    test set, the labels and the max / mean clip scores (6 significant digits).
+    ``settings``: {"updates", "lr", "lambda", "sigma", "epsilon", "anr_train_db"}, optionally with a
+    validation split as edge-train makes it: "val_fraction" (of the normal training clips, default 0),
+    "epochs" (the updates split into this many epochs, the unit of validation; default 1), "patience"
+    (early stopping, default 0 = never) and "keep" (auto / best / last). The result holds, per test set,
+    the labels and the max / mean clip scores (6 significant digits), and the checkpoint's "validation".
     """
     from edge_asd.core.batches import BatchConfig
     from edge_asd.train.checkpoint import restore
@@ -219,11 +222,14 @@ def run_one(spec: RunSpec, prep: Prepared, something_else: list[np.ndarray] | No
 
     cfg = get_preset(spec.preset)
     feats = prep.features[spec.preset]
+    epochs = int(settings.get("epochs", 1))
     tcfg = TrainConfig(machine_type=spec.machine_type, machine_ids=[spec.machine_id], preset=spec.preset,
-                       arch=spec.arch, loss=spec.loss, epochs=1, batches_per_epoch=int(settings["updates"]),
+                       arch=spec.arch, loss=spec.loss, epochs=epochs, batches_per_epoch=int(settings["updates"]) // epochs,
                        lr=float(settings["lr"]), seed=spec.seed, device=device, sigma=settings.get("sigma"),
                        lam=settings["lambda"], epsilon=float(settings["epsilon"]),
-                       batch=BatchConfig(anr_db=tuple(settings["anr_train_db"])))
+                       batch=BatchConfig(anr_db=tuple(settings["anr_train_db"])),
+                       val_fraction=float(settings.get("val_fraction", 0.0)), patience=int(settings.get("patience", 0)),
+                       keep=settings.get("keep", "auto"))
     t0 = time.perf_counter()
     ckpt = train(tcfg, cfg, prep.train_audio, something_else, feats["mean"], feats["std"], progress=False)
     train_s = time.perf_counter() - t0
@@ -238,6 +244,8 @@ def run_one(spec: RunSpec, prep: Prepared, something_else: list[np.ndarray] | No
         "score_seconds": round(time.perf_counter() - t0 - train_s, 2),
         "final": {k: float(np.nanmean([h.get(k, np.nan) for h in tail])) for k in ("loss", "score_u", "score_a")},
         "train_config": ckpt.get("train_config"),
+        "updates_done": len(history) if ckpt.get("history") else 0,
+        "validation": ckpt.get("validation"),
         "sets": {},
     }
     for name, ts in prep.sets.items():

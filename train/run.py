@@ -90,8 +90,9 @@ class TrainOptions:
     level_norm: str = "none"
     """:attr:`edge_asd.core.presets.FeatureConfig.level_norm` of the preset: "none" or "context" (each
     context vector minus its own mean); frozen into the checkpoint and the model file."""
-    val_fraction: float = 0.2
-    """Share of the normal training audio held out for validation; 0 = none (last weights)."""
+    val_fraction: float = 0.0
+    """Share of the normal training audio held out for validation; 0 = none (last weights; the default,
+    measured: docs/defaults/updates.md)."""
     val_metric: str = "auc"
     patience: int = 0
     """Early stopping after this many epochs without a better validation criterion; 0 = never."""
