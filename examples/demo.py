@@ -30,6 +30,8 @@ import numpy as np
 
 BIN = Path(sys.executable).parent
 HOLD_OUT_MIN_CLIPS = 20
+HOP_S = 256 / 16000
+"""The koizumi2019 preset's hop, s (a vote of n frames spans n hops)."""
 """With at least this many normal training clips, 20 % are kept out of training and phi is set on them; with
 fewer, phi is set on the out-of-fold scores of all of them (edge-train --oof-folds OOF_FOLDS)."""
 OOF_FOLDS = 5
@@ -110,10 +112,14 @@ def main() -> None:
     sys.stderr.write(proc.stderr.decode(errors="replace"))  # how many out-of-fold; warnings
     cal = json.loads(proc.stdout)
     print(f"phi = {cal['phi']:.1f}", file=sys.stderr)
-    n_oof = cal.get("oof_recordings") or 0
+    n_oof, left_out = cal.get("oof_recordings") or 0, [Path(p).name for p in cal.get("oof_left_out") or []]
+    n_model = len(held) - n_oof - len(left_out)
     phi_source = (f"{len(held)} clips kept out of training" if hold_out else
                   f"out-of-fold scores of {n_oof} of the {len(held)} training clips ({OOF_FOLDS}-fold models that "
-                  f"never heard them)" + (f", {len(held) - n_oof} scored by the model" if n_oof < len(held) else ""))
+                  f"never heard them)" + (f", {n_model} scored by the model" if n_model else "")
+                  + (f"; left out as unheard modes: {', '.join(left_out)}" if left_out else ""))
+    alert = cal.get("alert") or {}
+    votes = f"{alert.get('k', 1)}/{alert.get('n', 1)}" + (f" (auto; {alert['n'] * HOP_S:.2g} s)" if alert.get("choice") == "auto" else "")
 
     t = step("4/5 edge-monitor on every test clip")
     events = {}
@@ -140,6 +146,7 @@ def main() -> None:
         "anomalous clips with an event": f"{sum(events[c.path] > 0 for c in n_anom)} / {len(n_anom)}",
         "normal clips with an event": f"{sum(events[c.path] > 0 for c in n_norm)} / {len(n_norm)}",
         "phi": f"{cal['phi']:.1f}",
+        "alert policy (k of the last n frames reach phi)": votes,
         "phi source": phi_source,
         "model size": f"{model.stat().st_size / 1024:.0f} KiB int8 TFLite",
         f"real-time factor ({args.stream_minutes:g}-min stream, 1 thread)": f"{rtf:.5f} ({stream_events} events)",

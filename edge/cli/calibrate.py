@@ -142,7 +142,7 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
     out = {"machine_id": done.machine_id, "phi": record.phi, "store": str(store), "n_recordings": len(done.recordings),
            "clip_max_scores": record.clip_max_scores, "rule": record.rule, "window": record.window,
            "window_s": record.window_s, "window_maxima": record.window_maxima, "alert": record.alert}
-    out.update({k: getattr(record, k) for k in ("fit", "check", "oof_recordings") if getattr(record, k) is not None})
+    out.update({k: getattr(record, k) for k in ("fit", "check", "oof_recordings", "oof_left_out") if getattr(record, k) is not None})
     click.echo(json.dumps(out))
 
 
