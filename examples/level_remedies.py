@@ -30,20 +30,19 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
 import numpy as np
 from gain_sweep import GAINS_DB, sweep
-from objective_experiment import _sound_dir, _worker_init, csv_list, evenly, find_machines, item_levels
+from objective_experiment import _sound_dir, csv_list, evenly, find_machines, item_levels
 
 from edge_asd.core.commands import setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.train.grid import run_grid
 
 log = logging.getLogger("edge_asd")
 
@@ -100,7 +99,10 @@ def main(data, machine_types, ids, configs, seeds, updates, lam, max_anomaly_sou
     out.parent.mkdir(parents=True, exist_ok=True)
     if tasks:
         prepare_all(data, machines, max_anomaly_sounds, segment_s, {CONFIGS[c][1] for c in configs})
-    runs += execute(tasks, settings, jobs, threads or max(1, (os.cpu_count() or 1) // jobs), runs_path)
+    finished, failed = run_grid(tasks, _run, (settings,), jobs, threads or max(1, (os.cpu_count() or 1) // jobs), runs_path)
+    if failed:
+        raise EdgeAsdError(f"{failed} model(s) failed (messages above); rerun the same command to retry them")
+    runs += finished
     runs = [r for r in runs if r["config"] in configs and r["seed"] in seeds and (r["machine_type"], r["machine_id"]) in machines]
     doc = {"settings": settings, "configs": {c: dict(zip(("gain_augment_db", "level_norm"), CONFIGS[c])) for c in configs},
            "gains_db": list(GAINS_DB), "runs": runs, "summary": summarize(runs, n_boot)}
@@ -196,23 +198,6 @@ def read_runs(path: Path) -> list[dict]:
     from edge_asd.train.objective_report import read_runs as read_lines
 
     return read_lines(path)
-
-
-def execute(tasks: list, settings: dict, jobs: int, threads: int, runs_path: Path) -> list[dict]:
-    """Every task; each result is appended to ``runs_path`` when it finishes (forked workers share the
-    prepared audio and features)."""
-    def record(result: dict) -> dict:
-        with open(runs_path, "a") as f:
-            f.write(json.dumps(result) + "\n")
-        return result
-
-    if jobs == 1 or "fork" not in multiprocessing.get_all_start_methods():
-        _worker_init(threads)
-        setup_logging()
-        return [record(_run(t, settings)) for t in tasks]
-    ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-        return [record(f.result()) for f in as_completed([pool.submit(_run, t, settings) for t in tasks])]
 
 
 def summarize(runs: list[dict], n_boot: int) -> list[dict]:

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import click
@@ -297,17 +295,6 @@ def evenly(files: list, n: int | None) -> list:
     return [files[round(i * (len(files) - 1) / max(1, n - 1))] for i in range(n)]
 
 
-def _worker_init(threads: int) -> None:
-    """Torch and the BLAS under numpy both get ``threads``: numpy's OpenBLAS would otherwise start one
-    thread per core in every worker for the log-mel matmul, and N workers x all cores spin against each other."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)
-    setup_logging(quiet=True)
-
-
 def _run(spec, settings, device) -> dict:
     from edge_asd.train.experiment import run_one
 
@@ -333,63 +320,18 @@ def _headline(result: dict) -> str:
     return ", ".join(parts)
 
 
-def _lock(f) -> None:
-    """An exclusive lock on ``f`` until it is closed (POSIX; elsewhere nothing)."""
-    try:
-        import fcntl
-    except ImportError:
-        return
-    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-
-
 def execute(todo, settings, device, jobs, threads, runs_path: Path) -> int:
-    """Run ``todo``; append each result to ``runs_path`` as soon as it finishes. Returns the number of failures."""
-    failed = 0
-    t0 = time.perf_counter()
-    if runs_path.is_file() and runs_path.stat().st_size:
-        with open(runs_path, "rb+") as f:  # a line cut short by an interruption: end it, so the next one is whole
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
+    """Run ``todo`` (:func:`edge_asd.train.grid.run_grid`); each result is a line of ``runs_path`` as soon as it
+    finishes. Returns the number of failures."""
+    from edge_asd.train.grid import run_grid
 
-    def record(i, spec, result):
-        with open(runs_path, "a") as f:
-            _lock(f)  # two experiments (e.g. GPU archs and CPU archs) may share one --out
-            f.write(json.dumps(result) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+    t0 = time.perf_counter()
+
+    def done(i, spec, result):
         print(f"[{i}/{len(todo)}] {spec.key}: {result['train_seconds']:.0f} s train, {_headline(result)} "
               f"({time.perf_counter() - t0:.0f} s elapsed)", file=sys.stderr, flush=True)
 
-    if jobs == 1 or "fork" not in multiprocessing.get_all_start_methods():
-        _worker_init(threads)
-        setup_logging()
-        for i, spec in enumerate(todo, 1):
-            try:
-                record(i, spec, _run(spec, settings, device))
-            except EdgeAsdError:
-                raise
-            except Exception as e:  # one failed run must not lose the others
-                failed += 1
-                log.error("%s failed: %s: %s", spec.key, type(e).__name__, e)
-        return failed
-    # fork: the workers inherit the prepared features (copy-on-write); the parent never touched CUDA
-    ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = {pool.submit(_run, spec, settings, device): spec for spec in todo}
-        try:
-            for i, fut in enumerate(as_completed(futures), 1):
-                spec = futures[fut]
-                try:
-                    record(i, spec, fut.result())
-                except Exception as e:
-                    failed += 1
-                    log.error("%s failed: %s: %s", spec.key, type(e).__name__, e)
-        except KeyboardInterrupt:
-            for fut in futures:
-                fut.cancel()
-            raise
-    return failed
+    return run_grid(todo, _run, (settings, device), jobs, threads, runs_path, done)[1]
 
 
 def report(out: Path, report_dir: Path, n_boot: int) -> None:
