@@ -147,6 +147,22 @@ def model(int8_model):
 
 
 @pytest.fixture(scope="module")
+def scorer(model):
+    """The device scorer (edge.runtime.scorer.Scorer) of the session's int8 model."""
+    from edge_asd.edge.runtime.scorer import Scorer
+
+    return Scorer(model)
+
+
+@pytest.fixture(scope="module")
+def anomaly(fan):
+    """The first anomalous fan id_00 test clip, mono float32 at 16 kHz."""
+    from edge_asd.firmware_io.audio_file import read_audio
+
+    return read_audio(fan["test_anomaly"][0], 16000)
+
+
+@pytest.fixture(scope="module")
 def calibrated(model, fan, tmp_path_factory):
     """(store path, edge-calibrate process) after calibrating id_00 on the 10 real fan train normals with the
     decision of eq. 11 (``--votes 1/1``: phi 1.1 x the worst recording's max frame score)."""

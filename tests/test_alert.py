@@ -102,20 +102,6 @@ def test_alarm_in_blocks_equals_alarm_whole_and_skips_frames_without_a_score():
 
 # in the monitoring loop, on real audio -------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def scorer(model):
-    from edge_asd.edge.runtime.scorer import Scorer
-
-    return Scorer(model)
-
-
-@pytest.fixture(scope="module")
-def anomaly(fan):
-    from edge_asd.firmware_io.audio_file import read_audio
-
-    return read_audio(fan["test_anomaly"][0], RATE)
-
-
 def run(source, scorer, phi, policy, **kw):
     records = []
     mon = Monitor(source, scorer, RunningMaxDetector(phi, "id_00", scorer.sha256, policy), records.append, "t", **kw)

@@ -48,13 +48,6 @@ def reference_events(scores: np.ndarray, phi: float, window_s: float | None = No
 
 
 @pytest.fixture(scope="module")
-def scorer(model):
-    from edge_asd.edge.runtime.scorer import Scorer
-
-    return Scorer(model)
-
-
-@pytest.fixture(scope="module")
 def clip_scores(scorer):
     from edge_asd.firmware_io.audio_file import read_audio
 

@@ -133,13 +133,6 @@ def test_a_gap_is_a_state_that_ends_after_the_release_time(normal):
 # The monitor: health lines and scoring, with the session's real model -------------------------------
 
 @pytest.fixture(scope="module")
-def scorer(model):
-    from edge_asd.edge.runtime.scorer import Scorer
-
-    return Scorer(model)
-
-
-@pytest.fixture(scope="module")
 def phi(scorer, normal):
     """A phi just over the normal clip's max score: its healthy part raises no event."""
     return 1.05 * float(scorer.score_audio(normal).max())

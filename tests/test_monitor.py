@@ -25,20 +25,6 @@ RATE = 16000
 
 
 @pytest.fixture(scope="module")
-def scorer(model):
-    from edge_asd.edge.runtime.scorer import Scorer
-
-    return Scorer(model)
-
-
-@pytest.fixture(scope="module")
-def anomaly(fan):
-    from edge_asd.firmware_io.audio_file import read_audio
-
-    return read_audio(fan["test_anomaly"][0], RATE)
-
-
-@pytest.fixture(scope="module")
 def anomaly_scores(scorer, anomaly):
     return scorer.score_audio(anomaly)
 

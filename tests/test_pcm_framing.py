@@ -314,13 +314,6 @@ def test_config_key(tmp_path):
 
 # the monitor -------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def scorer(model):
-    from edge_asd.edge.runtime.scorer import Scorer
-
-    return Scorer(model)
-
-
 def _monitor(source, scorer, phi):
     records = []
     summary = Monitor(source, scorer, RunningMaxDetector(phi, "id_00", scorer.sha256), records.append, "t").run()
