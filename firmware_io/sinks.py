@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -64,6 +65,28 @@ class JsonLinesSink:
     def close(self) -> None:
         if self._owns:
             self.stream.close()
+
+
+class StdoutSink(JsonLinesSink):
+    """JSON lines to stdout that outlive their reader: when it goes away (``edge-monitor ... | head``, a closed
+    pipe), the sink stops writing (stdout is pointed at /dev/null, so nothing fails later) and calls ``on_closed``
+    once; the other sinks (the events file) keep every line."""
+
+    def __init__(self, stream: TextIO, on_closed: Callable[[], None]):
+        super().__init__(stream)
+        self.on_closed, self.reader_gone = on_closed, False
+
+    def _write_line(self, line: str) -> None:
+        if self.reader_gone:
+            return
+        try:
+            super()._write_line(line)
+        except BrokenPipeError:
+            self.reader_gone = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+            self.on_closed()
 
 
 class RotatingJsonLinesFile(JsonLinesSink):

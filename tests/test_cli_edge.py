@@ -279,6 +279,33 @@ def test_monitor_ctrl_c_prints_the_summary_and_keeps_events(model, anomaly_clip,
     assert summary["event"] == "summary" and summary["reason"] == "stopped" and summary["frames"] > 0
 
 
+def test_monitor_piped_into_head_stops_quietly_and_keeps_every_event(model, anomaly_clip, low_phi, tmp_path, env):
+    """``edge-monitor ... | head -2``: the reader closes stdout after two lines; the monitor stops as on SIGTERM,
+    exit 0, no "Broken pipe" error, and the events file holds every line up to its summary."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import BIN
+
+    events_file = tmp_path / "events.jsonl"
+    exe = BIN / "edge-monitor"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edge_asd.edge.cli.monitor"]
+    proc = subprocess.Popen(cmd + ["--model", str(model), "--phi", str(low_phi), "--input", str(anomaly_clip),
+                                   "--events", str(events_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+    head = [proc.stdout.readline() for _ in range(2)]
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Broken pipe" not in err and "Traceback" not in err and "ERROR" not in err, err
+    lines = [json.loads(line) for line in events_file.read_text().splitlines()]
+    assert [json.loads(line) for line in head] == lines[:2]
+    # its lines overfill the pipe, so the run ends early, stopped, not at the end of the clip
+    assert lines[-1]["event"] == "summary" and lines[-1]["frames"] > 0 and lines[-1]["reason"] == "stopped"
+
+
 def test_monitor_runs_onnx_models_with_the_same_events_as_the_float_scores(onnx_model, anomaly_clip, low_phi, env):
     """The .onnx file runs on onnxruntime; its events follow its own scores, computed in-process."""
     from edge_asd.edge.runtime.scorer import Scorer

@@ -237,3 +237,4 @@ def test_edge_calibrate_names_and_leaves_out_the_recordings_that_sound_like_unhe
     assert record["oof_recordings"] == len(record["recordings"]) == len(files) - len(odd)
     if odd:
         assert f"{len(odd)} left out as unheard modes" in proc.stderr and odd[0].name in proc.stderr
+        assert f"out-of-fold scores for {len(files) - len(odd)} of {len(files)} recordings" in proc.stderr

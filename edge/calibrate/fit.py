@@ -196,7 +196,8 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
         files, held_files = split_holdout(files, options.holdout)
     windows = options.window.make(scorer.features.sample_rate, scorer.features.hop_samples)
     oof = read_oof(scorer.meta, str(options.model_path)) if options.use_oof else None
-    known = out_of_fold_scores(oof, [*files, *held_files], scorer.features)
+    decoded = {f: read_audio(f, scorer.features.sample_rate) for f in [*files, *held_files]}  # each decoded once
+    known = out_of_fold_scores(oof, [*files, *held_files], scorer.features, audio=decoded)
     n_heard = warn_if_heard(scorer.meta, files, held_files, known)
     left_out = [] if options.oof_all else unheard_modes(known, files)
     if left_out:
@@ -212,7 +213,7 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
                        alarms_per_day=rule.alarms_per_day, tail=rule.tail, n_boot=rule.n_boot)
     auto = str(options.votes).strip().lower() == "auto"
     policy = AlertPolicy(hysteresis=options.hysteresis) if auto else AlertPolicy.parse(options.votes, options.hysteresis)
-    scored = scored_recordings(scorer, files, known=known)
+    scored = scored_recordings(scorer, files, audio=[decoded[f] for f in files], known=known)
     alert = {**policy.to_dict(), "choice": "given"}
     if auto:
         policy, grid = votes.choose(scorer, files, scored, windows.settings(), rule_kwargs, options.hysteresis)
@@ -220,9 +221,10 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
     fit_windows, durations, clip_max = recordings_window_maxima(scorer, files, **windows.settings(), scored=scored,
                                                                 policy=policy)
     if windows.name == "gate":  # before phi_maxima refuses a sample the gate left empty
-        levels = recording_levels(files, scorer.features.sample_rate)
+        levels = recording_levels(files, scorer.features.sample_rate, audio=[samples for samples, _ in scored])
         diagnose.warn_gate(diagnose.gate_check([str(f) for f in files], levels, fit_windows, options.window.gate_db))
-    held_windows, held = held_out_maxima(scorer, held_files, windows, policy=policy, known=known)
+    held_windows, held = held_out_maxima(scorer, held_files, windows, audio=[decoded[f] for f in held_files],
+                                         policy=policy, known=known)
     result = calibrate(phi_maxima(fit_windows), seconds_per_window(windows, durations, len(fit_windows)),
                        heldout_maxima=held, **rule_kwargs)
     diagnose.warn_dominant(fit_windows, result["phi"])
@@ -354,11 +356,11 @@ def oof_line(done: Calibration) -> str | None:
     """How phi used the model file's out-of-fold scores, as one sentence (None when they were not used)."""
     if done.oof_folds is None:
         return None
-    n, m = done.record.oof_recordings, len(done.recordings)
-    line = (f"phi from out-of-fold scores for {n} of {m} recordings ({done.oof_folds}-fold models that never heard "
-            f"them); {m - n} scored by the model")
-    if done.record.oof_left_out:
-        line += f"; {len(done.record.oof_left_out)} left out as unheard modes"
+    n, m, left = done.record.oof_recordings, len(done.recordings), len(done.record.oof_left_out or ())
+    line = (f"phi from out-of-fold scores for {n} of {m + left} recordings ({done.oof_folds}-fold models that never "
+            f"heard them); {m - n} scored by the model")
+    if left:
+        line += f"; {left} left out as unheard modes"
     if done.record.heldout_recordings:
         line += (f"; the check: {done.oof_held} of {len(done.record.heldout_recordings)} held-out recordings from "
                  "out-of-fold scores")

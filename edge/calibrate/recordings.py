@@ -79,7 +79,7 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
                              gate_min_on_s: float = DEFAULT_GATE_MIN_ON_S, gate_min_off_s: float = DEFAULT_GATE_MIN_OFF_S,
                              audio: list[np.ndarray] | None = None, policy: AlertPolicy = EQ11,
                              known: Mapping[Path, np.ndarray] | None = None,
-                             scored: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                             scored: list[tuple[np.ndarray, np.ndarray]] | None = None, quiet: bool = False,
                              ) -> tuple[list[WindowMax], list[float], list[float]]:
     """(the :class:`~edge_asd.edge.calibrate.rules.WindowMax` of every window of every recording, each
     recording's duration in s and its max frame score).
@@ -89,7 +89,8 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
     --gate-db GATE_DB --gate-min-on-s ... --gate-min-off-s ... --votes K/N`` cuts them on that file
     (:func:`~edge_asd.edge.calibrate.rules.window_maxima`; gate level in dBFS, hold times in s).
     ``known``: frame scores to take instead of the model's for some of the files (their out-of-fold scores,
-    :func:`out_of_fold_scores`), shape (n_frames,) each.
+    :func:`out_of_fold_scores`), shape (n_frames,) each. ``quiet``: no INFO line per recording (a policy
+    tried on recordings already reported).
 
     Raises:
         EdgeAsdError: a recording shorter than one context vector, unreadable audio or a bad window.
@@ -99,18 +100,21 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
     for f, (samples, scores) in zip(files, scored or scored_recordings(scorer, files, audio, known)):
         windows = make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db, gate_min_on_s, gate_min_off_s)
         windows = window_maxima(scores, samples, windows, cfg, str(f), policy)
-        log.info("%s: max score %.3f over %d frames%s, %d windows", f.name, float(scores.max()), len(scores),
-                 " (out-of-fold)" if known and f in known else "", len(windows))
+        if not quiet:
+            log.info("%s: max score %.3f over %d frames%s, %d windows", f.name, float(scores.max()), len(scores),
+                     " (out-of-fold)" if known and f in known else "", len(windows))
         out += windows
         durations.append(len(samples) / cfg.sample_rate)
         clip_max.append(float(scores.max()))
     return out, durations, clip_max
 
 
-def out_of_fold_scores(oof: OutOfFold | None, files: Sequence[Path], cfg) -> dict[Path, np.ndarray]:
+def out_of_fold_scores(oof: OutOfFold | None, files: Sequence[Path], cfg,
+                       audio: Mapping[Path, np.ndarray] | None = None) -> dict[Path, np.ndarray]:
     """The out-of-fold frame scores (n_frames,) of each of ``files`` that has them in the model file (``oof``,
     :func:`edge_asd.core.oof.read_oof`), matched by the file's content digest (sha256 prefix); a recording
     whose frame count at the model's rate (``cfg``) differs gets a WARNING and is left out (the model scores it).
+    ``audio``: the recordings already decoded (mono float32 at the model's rate), so none is read twice.
 
     Raises:
         EdgeAsdError: a matched recording that cannot be read.
@@ -120,7 +124,8 @@ def out_of_fold_scores(oof: OutOfFold | None, files: Sequence[Path], cfg) -> dic
         scores = oof.scores.get(file_sha256(f)[:PREFIX_CHARS])
         if scores is None:
             continue
-        n = n_vectors(len(read_audio(f, cfg.sample_rate)), cfg)
+        samples = audio[f] if audio is not None and f in audio else read_audio(f, cfg.sample_rate)
+        n = n_vectors(len(samples), cfg)
         if len(scores) != n:
             log.warning("%s: its out-of-fold scores have %d frames, the recording %d: the model scores it", f.name,
                         len(scores), n)
@@ -150,10 +155,11 @@ def unheard_modes(known: Mapping[Path, np.ndarray], files: Sequence[Path]) -> li
     return odd if 2 * len(odd) < len(medians) else []
 
 
-def recording_levels(files: Sequence[Path], sample_rate: int) -> list[float]:
+def recording_levels(files: Sequence[Path], sample_rate: int, audio: Sequence[np.ndarray] | None = None) -> list[float]:
     """Each recording's RMS level, dBFS (:func:`edge_asd.core.loudness.clip_level_dbfs`), read mono at
-    ``sample_rate`` Hz as the scorer reads it. Raises EdgeAsdError for unreadable or empty audio."""
-    return [clip_level_dbfs(read_audio(f, sample_rate)) for f in files]
+    ``sample_rate`` Hz as the scorer reads it (or taken from ``audio``, the files already decoded, in order).
+    Raises EdgeAsdError for unreadable or empty audio."""
+    return [clip_level_dbfs(read_audio(f, sample_rate) if audio is None else audio[i]) for i, f in enumerate(files)]
 
 
 def held_out_maxima(scorer, held_files: Sequence[Path], windows, audio: list[np.ndarray] | None = None,

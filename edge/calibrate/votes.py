@@ -77,12 +77,12 @@ def choose(scorer, files: list, scored: list, settings: dict, rule: dict, hyster
     """
     cfg = scorer.features
     hop_s = cfg.hop_samples / cfg.sample_rate
-    first, durations, _ = recordings_window_maxima(scorer, files, **settings, scored=scored)
+    first, durations, _ = recordings_window_maxima(scorer, files, **settings, scored=scored, quiet=True)
     max_n = min(w.frames for w in first if w.complete) if any(w.complete for w in first) else 1
     rows = []
     for policy in candidates(hop_s, max_n):
-        windows = first if policy == EQ11 else recordings_window_maxima(scorer, files, **settings,
-                                                                                 scored=scored, policy=policy)[0]
+        windows = first if policy == EQ11 else recordings_window_maxima(scorer, files, **settings, scored=scored,
+                                                                        policy=policy, quiet=True)[0]
         length_s = seconds_per_window(_windows(settings, cfg), durations,
                                       len(windows))
         phi = calibrate(phi_maxima(windows), length_s, **{**rule, "n_boot": 0})["phi"]

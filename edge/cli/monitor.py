@@ -116,12 +116,12 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
                                hysteresis=hysteresis, events=events_path, events_max_mb=events_max_mb,
                                evidence_dir=evidence_dir, evidence_before_s=evidence_seconds, evidence_after_s=evidence_seconds, evidence_png=evidence_png, threads=threads,
                                silent_dbfs=silent_dbfs, silent_s=silent_s, level_drift_db=level_drift_db)]
-    from edge_asd.firmware_io.sinks import JsonLinesSink
+    from edge_asd.firmware_io.sinks import StdoutSink
 
-    stdout = JsonLinesSink(sys.stdout)
-    monitors, file_sinks = build_monitors(configs, stdout)
+    shutdown = Shutdown()
+    monitors, file_sinks = build_monitors(configs, StdoutSink(sys.stdout, on_closed=shutdown.reader_gone))
     try:
-        with Shutdown() as shutdown:
+        with shutdown:
             summaries, error = run_monitors(monitors, shutdown)
     finally:
         for s in file_sinks:

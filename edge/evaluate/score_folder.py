@@ -166,9 +166,10 @@ def to_csv(results: Sequence[ClipResult]) -> str:
     return buf.getvalue()
 
 
-def summary_lines(evaluation: dict) -> list[str]:
+def summary_lines(evaluation: dict, policy: AlertPolicy = EQ11) -> list[str]:
     """The evaluation as text for stderr: the clip counts, then a table of AUC / pAUC per clip score with the
-    loudness reference as its last row, and a warning when the level does as well as the model."""
+    loudness reference as its last row, and a warning when the level does as well as the model. ``policy``:
+    the alert policy of the clips' max (its row reads "max policy score (votes K/N)" unless 1/1)."""
     labels = evaluation["labels"]
     kinds = " ".join(evaluation["machine_types"] + evaluation["machine_ids"]) or "unnamed recordings"
     counts = ", ".join(f"{n} {k}" for k, n in labels.items() if n)
@@ -184,7 +185,8 @@ def summary_lines(evaluation: dict) -> list[str]:
     if len(evaluation["machine_ids"]) > 1:
         lines.append(f"machine IDs {', '.join(evaluation['machine_ids'])} evaluated together; --machine-id ID for one")
     lines.append(f"{'clip score':<28}{'AUC':>7}{'pAUC':>8}  (pAUC: FPR <= {evaluation['max_fpr']:g}, McClish)")
-    rows = [("max frame score", m["max"]), ("mean frame score", m["mean"]),
+    max_name = "max frame score" if (policy.k, policy.n) == (1, 1) else f"max policy score ({policy.k}/{policy.n})"
+    rows = [(max_name, m["max"]), ("mean frame score", m["mean"]),
             ("level, dBFS (loudness ref.)", m["level"])]
     lines += [f"{name:<28}{v['auc']:>7.3f}{v['pauc']:>8.3f}" for name, v in rows]
     if m["level"]["auc"] >= max(m[s]["auc"] for s in CLIP_SCORES):

@@ -65,6 +65,11 @@ class Shutdown:
         self.signal_name = signal.Signals(signum).name
         self.event.set()
 
+    def reader_gone(self) -> None:
+        """stdout's reader went away (``| head``): stop every input as SIGTERM does."""
+        self.signal_name = "stdout closed by its reader"
+        self.event.set()
+
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
