@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import re
 import sys
 
 import click
@@ -15,6 +16,13 @@ import click
 from edge_asd.core.errors import EdgeAsdError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "EDGE_ASD"}
+
+
+def script_help(doc: str) -> str:
+    """A script's module docstring as its ``--help`` text: click rewraps paragraphs, so each indented block (an
+    example command) is marked with click's no-rewrap marker and printed as written."""
+    blocks = re.split(r"\n\s*\n", doc.strip("\n"))
+    return "\n\n".join("\b\n" + b if b.startswith("    ") else b for b in blocks)
 
 
 def kit_version() -> str:

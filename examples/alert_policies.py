@@ -36,7 +36,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge_asd.core.commands import setup_logging, user_errors
+from edge_asd.core.commands import script_help, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.calibrate import names, votes
 from edge_asd.edge.calibrate.recordings import scored_recordings
@@ -166,7 +166,7 @@ def markdown(result: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=script_help(__doc__))
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data root (DCASE/MIMII layout). Default: $EDGE_ASD_DATA or ../shared/data.")

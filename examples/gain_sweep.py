@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge_asd.core.commands import setup_logging, user_errors
+from edge_asd.core.commands import script_help, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.loudness import clip_level_dbfs, loudness_reference
 from edge_asd.core.metrics import DEFAULT_MAX_FPR, auc_pauc
@@ -179,7 +179,7 @@ def _gains(ctx, param, value):
     return gains
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=script_help(__doc__))
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data root (DCASE/MIMII layout). Default: $EDGE_ASD_DATA or ../shared/data.")
 @click.option("--machine-type", default="fan", show_default=True)

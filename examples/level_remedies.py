@@ -40,7 +40,7 @@ import numpy as np
 from gain_sweep import GAINS_DB, sweep
 from objective_experiment import _sound_dir, csv_list, evenly, find_machines, item_levels
 
-from edge_asd.core.commands import setup_logging, user_errors
+from edge_asd.core.commands import script_help, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.train.grid import run_grid
 
@@ -59,7 +59,7 @@ TARGET_AUC_DROP = 0.02
 _STATE: dict = {}  # prepared machine IDs, inherited by forked workers
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=script_help(__doc__))
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data root (DCASE/MIMII layout). Default: $EDGE_ASD_DATA or ../shared/data.")
 @click.option("--machine-types", callback=csv_list(), default=None, help="Comma-separated machine types (default: all).")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import click
 
-from edge_asd.core.commands import setup_logging, user_errors
+from edge_asd.core.commands import script_help, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
 
 log = logging.getLogger("edge_asd")
@@ -51,7 +51,7 @@ def csv_list(kind=str):
     return convert
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=script_help(__doc__))
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data root (DCASE/MIMII layout). Default: $EDGE_ASD_DATA or ../shared/data.")
 @click.option("--machine-types", callback=csv_list(), default=None, help="Comma-separated machine types (default: all).")

@@ -112,3 +112,19 @@ def test_every_command_is_in_the_generated_reference():
     reference = (ROOT / "docs" / "cli.md").read_text()
     rendered = dict(re.findall(r":module: (\S+)\n\s+:command: main\n\s+:prog_name: (\S+)", reference))
     assert {prog: f"{module}:main" for module, prog in rendered.items()} == scripts
+
+
+@pytest.mark.parametrize("script", ["alert_policies", "gain_sweep", "level_remedies", "objective_experiment",
+                                    "validation_tracking"])
+def test_an_example_scripts_help_shows_its_commands_as_written(script):
+    """``-h`` prints the docstring's example commands unwrapped, so they can be copied."""
+    import ast
+    import subprocess
+    import sys
+
+    path = ROOT / "examples" / f"{script}.py"
+    doc = ast.get_docstring(ast.parse(path.read_text()), clean=False)
+    command = next(line.strip() for line in doc.splitlines() if line.startswith("    ") and "examples/" in line)
+    proc = subprocess.run([sys.executable, str(path), "-h"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert command in [line.strip() for line in proc.stdout.splitlines()]

@@ -81,7 +81,7 @@ from edge_asd.core.presets import PRESETS
                    "of the held-out normal vectors.")
 @click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
               help="Early stopping: stop after this many epochs without a better validation criterion (0 = never; "
-                   "off by default: on MIMII fan the pseudo-anomaly AUC did not track the real AUC, see README).")
+                   "off by default: on MIMII fan the pseudo-anomaly AUC did not track the real AUC, see docs/training.md).")
 @click.option("--keep", type=click.Choice(["auto", "best", "last"]), default="auto", show_default=True,
               help="Which epoch's weights the checkpoint holds: best (validation criterion), last, or auto = best "
                    "with early stopping, else last.")
