@@ -114,12 +114,13 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
             if cfg.evidence_dir is not None:
                 evidence = EvidenceRecorder(cfg.evidence_dir, f"{Path(cfg.label).stem}_{machine_id}", feats, cfg.evidence_before_s,
                                             cfg.evidence_after_s, cfg.evidence_png)
-            sinks = [stdout_sink]
+            sinks = []  # the events file first (fsynced), then stdout: a line anyone has seen is already on disk
             if cfg.events is not None:
                 key = Path(cfg.events).resolve()
                 if key not in file_sinks:
                     file_sinks[key] = RotatingJsonLinesFile(cfg.events, int(cfg.events_max_mb * 1e6), cfg.events_backups)
                 sinks.append(file_sinks[key])
+            sinks.append(stdout_sink)
             request = SourceRequest(cfg.source, feats.sample_rate, _block_samples(cfg.source.spec, feats.hop_samples))
             health = HealthChecker(feats.sample_rate, feats.hop_samples, cfg.health_limits(),
                                    reference=record.input_level if record is not None else None)
