@@ -59,3 +59,15 @@ def user_errors(fn):
             raise click.ClickException(f"{where}: {e.strerror or e}") from None
 
     return wrapper
+
+
+def csv_list(kind=str):
+    """A click callback: a comma-separated option value as a list of ``kind`` (None stays None)."""
+    def convert(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return [kind(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: a comma-separated list of {kind.__name__} values") from None
+    return convert

@@ -38,10 +38,10 @@ from pathlib import Path
 import click
 import numpy as np
 from gain_sweep import GAINS_DB, sweep
-from objective_experiment import _sound_dir, csv_list, evenly, find_machines, item_levels
 
-from edge_asd.core.commands import script_help, setup_logging, user_errors
+from edge_asd.core.commands import csv_list, script_help, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.train.experiment import evenly, find_machines, item_levels, sound_dir
 from edge_asd.train.grid import run_grid
 
 log = logging.getLogger("edge_asd")
@@ -117,9 +117,9 @@ def prepare_all(data: Path, machines: dict, max_sounds: int | None, segment_s: f
     from edge_asd.train.experiment import describe, load_audio, prepare
     from edge_asd.train.mixtures import anomaly_sound_files
 
-    se_dir = _sound_dir(None, data, "train")
+    se_dir = sound_dir(None, data, "train")
     _STATE["something_else"] = list(load_audio(audio_files(se_dir)).values()) if se_dir else None
-    an_dir = _sound_dir(None, data, "test")
+    an_dir = sound_dir(None, data, "test")
     sounds = load_audio(evenly(anomaly_sound_files(an_dir), max_sounds)) if an_dir else None
     if sounds is None:
         log.warning("no anomalous sounds (DATA/something_else/test): no ANR mixtures")

@@ -31,24 +31,14 @@ from pathlib import Path
 
 import click
 
-from edge_asd.core.commands import script_help, setup_logging, user_errors
+from edge_asd.core.commands import csv_list, script_help, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.train.experiment import evenly, find_machines, item_levels, sound_dir
 
 log = logging.getLogger("edge_asd")
 RUNS = "runs.jsonl"
 SETTINGS = "settings.json"
 _STATE: dict = {}  # the prepared machine IDs, inherited by forked workers
-
-
-def csv_list(kind=str):
-    def convert(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            return [kind(v.strip()) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise click.BadParameter(f"{value!r}: a comma-separated list of {kind.__name__} values") from None
-    return convert
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=script_help(__doc__))
@@ -172,29 +162,6 @@ def read_jsonl(path: Path) -> list[dict]:
     return read_runs(path)
 
 
-def find_machines(data: Path | None, types: list[str] | None, ids: list[str] | None):
-    """(data root, {(machine_type, machine_id): {"train": [...], "test_normal": [...], "test_anomaly": [...]}})
-    for every machine ID with normal training clips that passes the filters."""
-    from edge_asd.datasets.layout import assign_mimii_split, scan
-    from edge_asd.datasets.locate import require_data_root
-
-    data = data or require_data_root()
-    clips = assign_mimii_split(scan(data))
-    machines: dict[tuple[str, str], dict[str, list[Path]]] = {}
-    for c in clips:
-        if (types and c.machine_type.casefold() not in {t.casefold() for t in types}) or (ids and c.machine_id not in ids):
-            continue
-        kind = "train" if c.split == "train" else f"test_{c.label}"
-        if c.split == "train" and c.label != "normal":
-            continue
-        machines.setdefault((c.machine_type, c.machine_id), {"train": [], "test_normal": [], "test_anomaly": []})[kind].append(c.path)
-    machines = {k: v for k, v in sorted(machines.items()) if v["train"]}
-    if not machines:
-        raise EdgeAsdError(f"no machine ID with normal training clips under {data} for types {types or 'all'}, "
-                           f"IDs {ids or 'all'}")
-    return data, machines
-
-
 def plan(machines, archs, losses, seeds):
     """Every run, seed-major (an interrupted grid has all conditions of the first seeds)."""
     from edge_asd.train.experiment import BASELINE_ARCH, RunSpec
@@ -208,25 +175,12 @@ def plan(machines, archs, losses, seeds):
     return list(dict.fromkeys(specs))
 
 
-def _sound_dir(given: Path | None, data: Path, sub: str) -> Path | None:
-    from edge_asd.datasets.locate import local_data_root
-
-    if given is not None:
-        if not given.is_dir():
-            raise EdgeAsdError(f"{given}: no such directory")
-        return given
-    for root in (data, local_data_root()):
-        if root is not None and (Path(root) / "something_else" / sub).is_dir():
-            return Path(root) / "something_else" / sub
-    return None
-
-
 def prepare_all(data, machines, wanted, presets, something_else_dir, anomaly_dir, max_sounds, segment_s, out) -> None:
     from edge_asd.firmware_io.audio_file import audio_files
     from edge_asd.train.experiment import describe, item_names, load_audio, prepare
     from edge_asd.train.mixtures import anomaly_sound_files
 
-    se_dir = _sound_dir(something_else_dir, data, "train")
+    se_dir = sound_dir(something_else_dir, data, "train")
     if se_dir is None:
         log.warning("no something-else sounds found: coloured noise stands in for them in training (eq. 8)")
         _STATE["something_else"] = None
@@ -234,7 +188,7 @@ def prepare_all(data, machines, wanted, presets, something_else_dir, anomaly_dir
         _STATE["something_else"] = list(load_audio(audio_files(se_dir)).values())
         log.info("%d something-else sounds for training from %s", len(_STATE["something_else"]), se_dir)
     sounds = None
-    an_dir = _sound_dir(anomaly_dir, data, "test")
+    an_dir = sound_dir(anomaly_dir, data, "test")
     if an_dir is None:
         log.warning("no anomalous sounds (--anomaly-sounds, DATA/something_else/test): paper-style mixtures skipped")
     else:
@@ -256,43 +210,6 @@ def prepare_all(data, machines, wanted, presets, something_else_dir, anomaly_dir
         log.info("%s (prepared in %.1f s)", describe(prep), time.perf_counter() - t0)
         if "real" not in prep.sets:
             log.info("%s %s: no anomalous test clip with a normal one: only paper-style mixtures", *key)
-
-
-def item_levels(prep, test_normal: dict, test_anomaly: dict, sounds: dict | None,
-                segment_s: float) -> dict[str, list[float]]:
-    """Per test set of ``prep``, the RMS level (dBFS, 0.001 dB) of each item in order: the scores of the
-    loudness reference.
-
-    The clean items are rebuilt in :func:`edge_asd.train.experiment.prepare`'s order (normal clips,
-    anomalous clips, segments of the normal clips), the mixtures with the same
-    :func:`edge_asd.train.mixtures.mix_at_anr` call as their features.
-
-    Args:
-        test_normal, test_anomaly: name -> clip, as given to ``prepare``; sounds: its anomalous sounds.
-    Raises:
-        RuntimeError: the rebuilt items are not ``prep``'s (``prepare`` changed its order).
-    """
-    from edge_asd.core.loudness import clip_level_dbfs
-    from edge_asd.train.experiment import segments_of
-    from edge_asd.train.mixtures import mix_at_anr
-
-    seg_samples = round(segment_s * 16000)
-    segments = [(f"{n}#{k}", s) for n, a in test_normal.items() for k, s in enumerate(segments_of(a, seg_samples))]
-    clean = [*test_normal.items(), *test_anomaly.items(), *segments]
-    if [name for name, _ in clean] != prep.items[:prep.n_clean]:
-        raise RuntimeError("item_levels: the test items are not in prepare()'s order")
-    audio = [a for _, a in clean]
-    waves = list((sounds or {}).values())
-    levels = [clip_level_dbfs(a) for a in audio]
-    levels += [clip_level_dbfs(mix_at_anr(audio[c], waves[m.sound_index], m.anr_db, m.start)) for c, m, _ in prep.patches]
-    return {name: [round(levels[i], 3) for i in ts.items] for name, ts in prep.sets.items()}
-
-
-def evenly(files: list, n: int | None) -> list:
-    """At most ``n`` of ``files``, evenly spaced over the list (all of them for n None)."""
-    if not n or n >= len(files):
-        return files
-    return [files[round(i * (len(files) - 1) / max(1, n - 1))] for i in range(n)]
 
 
 def _run(spec, settings, device) -> dict:

@@ -28,8 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from edge_asd.core.batches import overlapping_vectors
+from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.features import LogMel, logmel, standardized_vectors
+from edge_asd.core.loudness import clip_level_dbfs
 from edge_asd.core.presets import FeatureConfig, get_preset
+from edge_asd.datasets.layout import assign_mimii_split, scan
+from edge_asd.datasets.locate import local_data_root, require_data_root
 from edge_asd.train.mixtures import PAPER_ANRS_DB, Mixture, mix_at_anr, plan_mixtures
 
 log = logging.getLogger("edge_asd")
@@ -270,3 +274,69 @@ def load_audio(paths: list[Path]) -> dict[str, np.ndarray]:
     from edge_asd.firmware_io.audio_file import read_audio
 
     return {Path(p).name: read_audio(p, 16000) for p in paths}
+
+
+def find_machines(data: Path | None, types: list[str] | None, ids: list[str] | None):
+    """(data root, {(machine_type, machine_id): {"train": [...], "test_normal": [...], "test_anomaly": [...]}})
+    for every machine ID with normal training clips that passes the filters."""
+    data = data or require_data_root()
+    clips = assign_mimii_split(scan(data))
+    machines: dict[tuple[str, str], dict[str, list[Path]]] = {}
+    for c in clips:
+        if (types and c.machine_type.casefold() not in {t.casefold() for t in types}) or (ids and c.machine_id not in ids):
+            continue
+        kind = "train" if c.split == "train" else f"test_{c.label}"
+        if c.split == "train" and c.label != "normal":
+            continue
+        machines.setdefault((c.machine_type, c.machine_id), {"train": [], "test_normal": [], "test_anomaly": []})[kind].append(c.path)
+    machines = {k: v for k, v in sorted(machines.items()) if v["train"]}
+    if not machines:
+        raise EdgeAsdError(f"no machine ID with normal training clips under {data} for types {types or 'all'}, "
+                           f"IDs {ids or 'all'}")
+    return data, machines
+
+
+def sound_dir(given: Path | None, data: Path, sub: str) -> Path | None:
+    """``given`` (a folder that must exist), else ``something_else/SUB`` under ``data`` or the local data root,
+    else None. Raises EdgeAsdError for a ``given`` folder that does not exist."""
+    if given is not None:
+        if not given.is_dir():
+            raise EdgeAsdError(f"{given}: no such directory")
+        return given
+    for root in (data, local_data_root()):
+        if root is not None and (Path(root) / "something_else" / sub).is_dir():
+            return Path(root) / "something_else" / sub
+    return None
+
+
+def evenly(files: list, n: int | None) -> list:
+    """At most ``n`` of ``files``, evenly spaced over the list (all of them for n None)."""
+    if not n or n >= len(files):
+        return files
+    return [files[round(i * (len(files) - 1) / max(1, n - 1))] for i in range(n)]
+
+
+def item_levels(prep, test_normal: dict, test_anomaly: dict, sounds: dict | None,
+                segment_s: float) -> dict[str, list[float]]:
+    """Per test set of ``prep``, the RMS level (dBFS, 0.001 dB) of each item in order: the scores of the
+    loudness reference.
+
+    The clean items are rebuilt in :func:`edge_asd.train.experiment.prepare`'s order (normal clips,
+    anomalous clips, segments of the normal clips), the mixtures with the same
+    :func:`edge_asd.train.mixtures.mix_at_anr` call as their features.
+
+    Args:
+        test_normal, test_anomaly: name -> clip, as given to ``prepare``; sounds: its anomalous sounds.
+    Raises:
+        RuntimeError: the rebuilt items are not ``prep``'s (``prepare`` changed its order).
+    """
+    seg_samples = round(segment_s * 16000)
+    segments = [(f"{n}#{k}", s) for n, a in test_normal.items() for k, s in enumerate(segments_of(a, seg_samples))]
+    clean = [*test_normal.items(), *test_anomaly.items(), *segments]
+    if [name for name, _ in clean] != prep.items[:prep.n_clean]:
+        raise RuntimeError("item_levels: the test items are not in prepare()'s order")
+    audio = [a for _, a in clean]
+    waves = list((sounds or {}).values())
+    levels = [clip_level_dbfs(a) for a in audio]
+    levels += [clip_level_dbfs(mix_at_anr(audio[c], waves[m.sound_index], m.anr_db, m.start)) for c, m, _ in prep.patches]
+    return {name: [round(levels[i], 3) for i in ts.items] for name, ts in prep.sets.items()}
