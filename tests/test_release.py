@@ -290,3 +290,24 @@ def test_a_non_canonical_base64_spelling_is_refused():
     assert base64.b64decode(alias) == raw and alias != sig
     with pytest.raises(EdgeAsdError, match="not 64 bytes of base64"):
         signing.envelope_from_dict({**env, "signatures": [{"keyid": env["signatures"][0]["keyid"], "sig": alias}]})
+
+
+def test_a_device_signed_release_is_a_fine_tune_of_a_signed_release(device, model, tmp_path):
+    data = model.read_bytes()
+    base, _ = device.install(model, make_release(data), tmp_path / "models", "v1")
+    with pytest.raises(EdgeAsdError, match="fine-tuning is switched off"):
+        device.check_finetune(KEYS["device-01"], base.sha256, len(data))
+    device.record_command(device.accept_command(command(1, "finetune-on"), "cmd"))
+    with pytest.raises(EdgeAsdError, match="does not name this key as a device key"):
+        device.check_finetune(KEYS["ops"], base.sha256, len(data))
+    assert device.check_finetune(KEYS["device-01"], base.sha256, len(data)) == base
+    tuned = data + b"fine-tuned"  # bytes standing in for the fine-tuned file (check_model reads no file)
+    release = device.sign_fine_tuned(KEYS["device-01"], base, tuned, "fan.tflite")
+    assert device.check_model(release.sha256, len(tuned)).base_sha256 == base.sha256
+    for payload, refusal in ((trust.release_document(9, "own.tflite", b"own", "0.1", "all"), "not a fine-tune"),
+                             (trust.release_document(9, "own.tflite", b"own", "0.1", "all", base_sha256="0" * 64),
+                              "which has no signed release")):
+        own = signing.sign(trust.RELEASE_TYPE, payload, [KEYS["device-01"]])
+        (device.releases / f"{trust.parse_release(payload).sha256}.json").write_text(json.dumps(own.to_dict()))
+        with pytest.raises(EdgeAsdError, match=refusal):
+            device.check_model(trust.parse_release(payload).sha256, 3)
