@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from edge_asd.core import signing
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.edge.runtime import phi_store, trust
+from edge_asd.edge.runtime import phi_store, signed_docs, trust
 from edge_asd.edge.runtime.phi_store import PhiRecord
 
 NAMES = ("root-1", "root-2", "root-3", "release", "ops", "device-01", "stranger", "root-4", "root-5")
@@ -25,13 +25,13 @@ def make_root(version=1, roots=("root-1", "root-2", "root-3"), sign=("root-1", "
               release=("release",), expires=None) -> signing.Envelope:
     keys = {"root": [PUB[n] for n in roots], "release": [PUB[n] for n in release], "operations": [PUB["ops"]],
             "device": [PUB["device-01"]]}
-    payload = trust.root_document(version, keys, {"root": 2, "release": release_threshold, "operations": 1}, expires)
-    return signing.sign(trust.ROOT_TYPE, payload, [KEYS[n] for n in sign])
+    payload = signed_docs.root_document(version, keys, {"root": 2, "release": release_threshold, "operations": 1}, expires)
+    return signing.sign(signed_docs.ROOT_TYPE, payload, [KEYS[n] for n in sign])
 
 
 def make_release(model: bytes, version=1, keys=("release",), expires=None, min_kit="0.1", cohort="all"):
-    payload = trust.release_document(version, "fan.tflite", model, min_kit, cohort, expires)
-    return signing.sign(trust.RELEASE_TYPE, payload, [KEYS[n] for n in keys])
+    payload = signed_docs.release_document(version, "fan.tflite", model, min_kit, cohort, expires)
+    return signing.sign(signed_docs.RELEASE_TYPE, payload, [KEYS[n] for n in keys])
 
 
 def iso(days: float) -> str:
@@ -66,13 +66,13 @@ def test_keyid_is_the_sha256_of_the_raw_public_key_and_key_files_round_trip(tmp_
 def test_a_signature_covers_the_payload_type():
     """The same payload bytes signed as a release do not verify as a command."""
     env = make_release(b"model bytes")
-    moved = signing.Envelope(trust.COMMAND_TYPE, env.payload, env.signatures)
+    moved = signing.Envelope(signed_docs.COMMAND_TYPE, env.payload, env.signatures)
     assert signing.valid_keyids(env, {KEYS["release"].keyid: KEYS["release"].public}) == {KEYS["release"].keyid}
     assert signing.valid_keyids(moved, {KEYS["release"].keyid: KEYS["release"].public}) == set()
 
 
 MODEL = b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 4  # bytes standing in for a model where no file is read
-ROOT = trust.parse_root(make_root().payload)
+ROOT = signed_docs.parse_root(make_root().payload)
 ENVELOPE_BYTES = json.dumps(make_release(MODEL).to_dict()).encode()
 
 
@@ -86,7 +86,7 @@ def test_a_flipped_byte_anywhere_in_the_envelope_is_refused(pos, mask):
     original = signing.parse_envelope(ENVELOPE_BYTES)
     try:
         env = signing.parse_envelope(bytes(data))
-        trust.verify_release(ROOT, env, MODEL, "release")
+        signed_docs.verify_release(ROOT, env, MODEL, "release")
     except EdgeAsdError:
         return
     assert env == original
@@ -100,7 +100,7 @@ def test_a_flipped_byte_in_the_payload_is_refused(data):
     payload = bytearray(env.payload)
     payload[pos] ^= data.draw(st.integers(1, 255))
     with pytest.raises(EdgeAsdError, match="not signed by any release key"):
-        trust.verify_release(ROOT, signing.Envelope(env.payload_type, bytes(payload), env.signatures), MODEL, "r")
+        signed_docs.verify_release(ROOT, signing.Envelope(env.payload_type, bytes(payload), env.signatures), MODEL, "r")
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +115,11 @@ def test_a_flipped_byte_in_the_real_model_file_is_refused(model_bytes, data):
     pos = data.draw(st.integers(0, len(model_bytes) - 1))
     damaged = bytearray(model_bytes)
     damaged[pos] ^= data.draw(st.integers(1, 255))
-    trust.verify_release(ROOT, env, model_bytes, "release")
+    signed_docs.verify_release(ROOT, env, model_bytes, "release")
     with pytest.raises(EdgeAsdError, match="sha256 or size mismatch"):
-        trust.verify_release(ROOT, env, bytes(damaged), "release")
+        signed_docs.verify_release(ROOT, env, bytes(damaged), "release")
     with pytest.raises(EdgeAsdError, match="sha256 or size mismatch"):
-        trust.verify_release(ROOT, env, model_bytes + b"\0", "release")
+        signed_docs.verify_release(ROOT, env, model_bytes + b"\0", "release")
 
 
 def test_unsigned_wrong_key_and_threshold_not_met_are_refused():
@@ -128,36 +128,36 @@ def test_unsigned_wrong_key_and_threshold_not_met_are_refused():
     with pytest.raises(EdgeAsdError, match="unsigned"):
         signing.parse_envelope(json.dumps({"_type": "release", "version": 1}).encode())
     with pytest.raises(EdgeAsdError, match="not signed by any release key"):
-        trust.verify_release(ROOT, make_release(MODEL, keys=("stranger",)), MODEL, "r")
+        signed_docs.verify_release(ROOT, make_release(MODEL, keys=("stranger",)), MODEL, "r")
     with pytest.raises(EdgeAsdError, match="not signed by any release key"):  # an operations key is not a release key
-        trust.verify_release(ROOT, make_release(MODEL, keys=("ops",)), MODEL, "r")
-    two = trust.parse_root(make_root(release=("release", "stranger"), release_threshold=2).payload)
+        signed_docs.verify_release(ROOT, make_release(MODEL, keys=("ops",)), MODEL, "r")
+    two = signed_docs.parse_root(make_root(release=("release", "stranger"), release_threshold=2).payload)
     with pytest.raises(EdgeAsdError, match=r"1 valid release signature\(s\), the root requires 2 \(threshold not met\)"):
-        trust.verify_release(two, make_release(MODEL), MODEL, "r")
-    assert trust.verify_release(two, make_release(MODEL, keys=("release", "stranger")), MODEL, "r").version == 1
+        signed_docs.verify_release(two, make_release(MODEL), MODEL, "r")
+    assert signed_docs.verify_release(two, make_release(MODEL, keys=("release", "stranger")), MODEL, "r").version == 1
     # a signature repeated does not count twice
     env = make_release(MODEL)
     doubled = signing.Envelope(env.payload_type, env.payload, env.signatures * 2)
     with pytest.raises(EdgeAsdError, match="threshold not met"):
-        trust.verify_release(two, doubled, MODEL, "r")
+        signed_docs.verify_release(two, doubled, MODEL, "r")
     with pytest.raises(EdgeAsdError, match="threshold not met"):  # a root with one of its two root signatures
-        trust.verify_root(make_root(sign=("root-1",)), "root")
+        signed_docs.verify_root(make_root(sign=("root-1",)), "root")
 
 
 def test_expiry_is_checked_when_the_clock_is_trusted():
     env = make_release(MODEL, expires=iso(-1))
-    assert trust.verify_release(ROOT, env, MODEL, "r").version == 1
+    assert signed_docs.verify_release(ROOT, env, MODEL, "r").version == 1
     with pytest.raises(EdgeAsdError, match="expired at"):
-        trust.verify_release(ROOT, env, MODEL, "r", trusted_clock=True)
-    assert trust.verify_release(ROOT, make_release(MODEL, expires=iso(1)), MODEL, "r", trusted_clock=True)
+        signed_docs.verify_release(ROOT, env, MODEL, "r", trusted_clock=True)
+    assert signed_docs.verify_release(ROOT, make_release(MODEL, expires=iso(1)), MODEL, "r", trusted_clock=True)
     with pytest.raises(EdgeAsdError, match="expired at"):
-        trust.verify_root(make_root(expires=iso(-1)), "root", trusted_clock=True)
+        signed_docs.verify_root(make_root(expires=iso(-1)), "root", trusted_clock=True)
 
 
 def test_a_newer_min_kit_version_is_refused():
     with pytest.raises(EdgeAsdError, match="needs edge-asd 99.0 or newer"):
-        trust.verify_release(ROOT, make_release(MODEL, min_kit="99.0"), MODEL, "r", kit_version="0.1.0")
-    assert trust.verify_release(ROOT, make_release(MODEL, min_kit="0.1.0"), MODEL, "r", kit_version="0.1.0")
+        signed_docs.verify_release(ROOT, make_release(MODEL, min_kit="99.0"), MODEL, "r", kit_version="0.1.0")
+    assert signed_docs.verify_release(ROOT, make_release(MODEL, min_kit="0.1.0"), MODEL, "r", kit_version="0.1.0")
 
 
 def test_install_refuses_an_old_version_replayed_and_another_cohort(device, model, tmp_path):
@@ -207,7 +207,7 @@ def test_root_rotation_needs_both_the_old_and_the_new_threshold(device):
 
 
 def command(seq, action="finetune-on", device="device-01", key="ops", args=None):
-    return signing.sign(trust.COMMAND_TYPE, trust.command_document(device, seq, action, args or {}), [KEYS[key]])
+    return signing.sign(signed_docs.COMMAND_TYPE, signed_docs.command_document(device, seq, action, args or {}), [KEYS[key]])
 
 
 def test_a_command_with_an_old_sequence_number_is_refused(device):
@@ -249,16 +249,16 @@ def test_phi_in_service_is_the_signed_record_last_accepted(device, tmp_path):
     phi_store.attach_signature(store, "id_00", old.to_dict())  # an older signed record put back
     with pytest.raises(EdgeAsdError, match="not the phi record this device last accepted"):
         device.phi_in_service(stored(), "id_00", "ab" * 32, "phi")
-    stranger = signing.sign(trust.PHI_TYPE, trust.phi_document("device-01", "id_00", new_record), [KEYS["stranger"]])
+    stranger = signing.sign(signed_docs.PHI_TYPE, signed_docs.phi_document("device-01", "id_00", new_record), [KEYS["stranger"]])
     phi_store.attach_signature(store, "id_00", stranger.to_dict())
     with pytest.raises(EdgeAsdError, match="not signed by any operations or device key"):
         device.phi_in_service(stored(), "id_00", "ab" * 32, "phi")
     with pytest.raises(EdgeAsdError, match="device 'device-02'"):
-        device.verify_phi(signing.sign(trust.PHI_TYPE, trust.phi_document("device-02", "id_00", new_record),
+        device.verify_phi(signing.sign(signed_docs.PHI_TYPE, signed_docs.phi_document("device-02", "id_00", new_record),
                                        [KEYS["ops"]]), "id_00", "phi")
 
 
-@pytest.mark.parametrize("parse", [trust.parse_root, trust.parse_release, trust.parse_command, trust.parse_phi])
+@pytest.mark.parametrize("parse", [signed_docs.parse_root, signed_docs.parse_release, signed_docs.parse_command, signed_docs.parse_phi])
 @settings(max_examples=150, deadline=None)
 @given(blob=st.one_of(st.binary(max_size=300), st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -304,10 +304,10 @@ def test_a_device_signed_release_is_a_fine_tune_of_a_signed_release(device, mode
     tuned = data + b"fine-tuned"  # bytes standing in for the fine-tuned file (check_model reads no file)
     release = device.sign_fine_tuned(KEYS["device-01"], base, tuned, "fan.tflite")
     assert device.check_model(release.sha256, len(tuned)).base_sha256 == base.sha256
-    for payload, refusal in ((trust.release_document(9, "own.tflite", b"own", "0.1", "all"), "not a fine-tune"),
-                             (trust.release_document(9, "own.tflite", b"own", "0.1", "all", base_sha256="0" * 64),
+    for payload, refusal in ((signed_docs.release_document(9, "own.tflite", b"own", "0.1", "all"), "not a fine-tune"),
+                             (signed_docs.release_document(9, "own.tflite", b"own", "0.1", "all", base_sha256="0" * 64),
                               "which has no signed release")):
-        own = signing.sign(trust.RELEASE_TYPE, payload, [KEYS["device-01"]])
-        (device.releases / f"{trust.parse_release(payload).sha256}.json").write_text(json.dumps(own.to_dict()))
+        own = signing.sign(signed_docs.RELEASE_TYPE, payload, [KEYS["device-01"]])
+        (device.releases / f"{signed_docs.parse_release(payload).sha256}.json").write_text(json.dumps(own.to_dict()))
         with pytest.raises(EdgeAsdError, match=refusal):
-            device.check_model(trust.parse_release(payload).sha256, 3)
+            device.check_model(signed_docs.parse_release(payload).sha256, 3)

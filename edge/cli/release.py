@@ -13,7 +13,7 @@ from edge_asd.core import signing
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.cli.options import MODEL_FILE, store_option, trust_options
-from edge_asd.edge.runtime import trust
+from edge_asd.edge.runtime import signed_docs, trust
 
 log = logging.getLogger("edge_asd")
 
@@ -80,13 +80,13 @@ def root(root_key, root_threshold, release_key, release_threshold, operations_ke
          version, expires, sign_keys, out):
     """Write a root document naming the root, release, operations and device keys, signed with --sign keys.
     For a rotation, sign it with the old root's threshold and the new root's (TUF)."""
-    trust.parse_time(expires, "--expires")
+    signed_docs.parse_time(expires, "--expires")
     keys = {role: [signing.load_public_key(p) for p in paths] for role, paths in
             (("root", root_key), ("release", release_key), ("operations", operations_key), ("device", device_key))}
-    payload = trust.root_document(version, keys, {"root": root_threshold, "release": release_threshold,
+    payload = signed_docs.root_document(version, keys, {"root": root_threshold, "release": release_threshold,
                                                   "operations": operations_threshold, "device": 1}, expires)
-    _write_envelope(signing.sign(trust.ROOT_TYPE, payload, _keys(sign_keys)) if sign_keys else
-                    signing.Envelope(trust.ROOT_TYPE, payload, ()), out)
+    _write_envelope(signing.sign(signed_docs.ROOT_TYPE, payload, _keys(sign_keys)) if sign_keys else
+                    signing.Envelope(signed_docs.ROOT_TYPE, payload, ()), out)
     _echo(root=str(out), version=version, signatures=len(set(sign_keys)))
 
 
@@ -117,12 +117,12 @@ def sign(model_path, key_paths, version, cohort, min_kit_version, expires, out):
     """Sign a release of MODEL: its sha256 and size, version, cohort, minimum kit version, expiry."""
     from edge_asd.core.model_file import read_model_file
 
-    trust.parse_time(expires, "--expires")
+    signed_docs.parse_time(expires, "--expires")
     data, _, _ = read_model_file(model_path)  # a damaged model file is never signed
-    payload = trust.release_document(version, model_path.name, data, min_kit_version or kit_version(), cohort, expires)
+    payload = signed_docs.release_document(version, model_path.name, data, min_kit_version or kit_version(), cohort, expires)
     out = out or model_path.with_name(model_path.name + ".release.json")
-    _write_envelope(signing.sign(trust.RELEASE_TYPE, payload, _keys(key_paths)), out)
-    _echo(release=str(out), version=version, sha256=trust.parse_release(payload).sha256, size=len(data), cohort=cohort)
+    _write_envelope(signing.sign(signed_docs.RELEASE_TYPE, payload, _keys(key_paths)), out)
+    _echo(release=str(out), version=version, sha256=signed_docs.parse_release(payload).sha256, size=len(data), cohort=cohort)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -136,11 +136,11 @@ def verify(model_path, release, root_path, trust_dir, trusted_clock):
     sha256 and size, expiry (--trusted-clock), minimum kit version. Installs nothing."""
     if (root_path is None) == (trust_dir is None):
         raise EdgeAsdError("give either --root ROOT or --trust-dir DIR")
-    root_doc = trust.verify_root(signing.read_envelope(root_path), str(root_path), trusted_clock) if root_path \
+    root_doc = signed_docs.verify_root(signing.read_envelope(root_path), str(root_path), trusted_clock) if root_path \
         else trust.TrustDir(trust_dir).root(trusted_clock)
     from edge_asd.core.model_file import read_model_file
 
-    done = trust.verify_release(root_doc, signing.read_envelope(release), read_model_file(model_path)[0], str(release),
+    done = signed_docs.verify_release(root_doc, signing.read_envelope(release), read_model_file(model_path)[0], str(release),
                                 trusted_clock, kit_version())
     _echo(verified=str(model_path), version=done.version, sha256=done.sha256, cohort=done.cohort,
           root_version=root_doc.version)
@@ -191,7 +191,7 @@ def install(model_path, release, model_dir, trust_dir, trusted_clock):
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("action", type=click.Choice(trust.ACTIONS))
+@click.argument("action", type=click.Choice(signed_docs.ACTIONS))
 @click.option("--device", required=True, help="The device it is for.")
 @click.option("--seq", type=click.IntRange(min=1), required=True,
               help="The device's next command sequence number (above every one it has accepted).")
@@ -207,17 +207,17 @@ def command(action, device, seq, key_paths, store, machine_id, expires, out):
     from edge_asd.core.machine_id import normalize_machine_id
     from edge_asd.edge.runtime import phi_store
 
-    trust.parse_time(expires, "--expires")
+    signed_docs.parse_time(expires, "--expires")
     keys, args = _keys(key_paths), {}
     if action == "set-phi":
         if store is None or machine_id is None:
             raise EdgeAsdError("set-phi needs --store and --machine-id (the phi record to send)")
         machine_id = normalize_machine_id(machine_id)
         record = phi_store.history(store, machine_id)[machine_id][-1]
-        phi = signing.sign(trust.PHI_TYPE, trust.phi_document(device, machine_id, record), keys)
+        phi = signing.sign(signed_docs.PHI_TYPE, signed_docs.phi_document(device, machine_id, record), keys)
         args = {"machine_id": machine_id, "phi": phi.to_dict()}
-    payload = trust.command_document(device, seq, action, args, expires)
-    _write_envelope(signing.sign(trust.COMMAND_TYPE, payload, keys), out)
+    payload = signed_docs.command_document(device, seq, action, args, expires)
+    _write_envelope(signing.sign(signed_docs.COMMAND_TYPE, payload, keys), out)
     _echo(command=str(out), action=action, device=device, seq=seq)
 
 
