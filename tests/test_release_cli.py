@@ -172,3 +172,12 @@ def test_root_rotation_on_the_device(plant):
     for key in ("root-1", "root-2"):  # the old root's holders add their signatures
         ok(cli("edge-release", "cosign", plant / "r2.json", "--key", k / f"{key}.key"))
     assert ok(cli("edge-release", "update-root", plant / "r2.json", "--trust-dir", plant / "trust"))["root_version"] == 2
+
+
+def test_verify_on_the_device_imports_no_training_stack(plant, model):
+    """edge-release runs on the device install: no torch, onnx, librosa, scipy or matplotlib."""
+    from test_edge_imports import HEAVY, OPTIONAL, run_in_fresh_python
+
+    loaded, proc = run_in_fresh_python("cli.release", ["verify", model, plant / "rel.json", "--trust-dir", plant / "trust"],
+                                       plant / "unused.json", heavy=HEAVY + OPTIONAL)
+    assert loaded == [] and '"version": 3' in proc.stdout
