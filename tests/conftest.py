@@ -36,6 +36,7 @@ _MODULES = {
     "edge-data": "edge_asd.datasets.cli",
     "edge-inspect": "edge_asd.edge.cli.inspect",
     "edge-report": "edge_asd.edge.cli.report",
+    "edge-release": "edge_asd.edge.cli.release",
 }
 
 

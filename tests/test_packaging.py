@@ -41,9 +41,10 @@ def test_extras_keep_the_device_install_light(wheel):
     for heavy in ("torch", "onnx", "librosa", "litert-torch", "tensorflow"):
         assert not any(r.split()[0].startswith(heavy) for r in base + edge), (heavy, base + edge)
     assert any(r.startswith("ai-edge-litert") for r in edge)
+    assert any(r.startswith("cryptography") for r in edge)  # edge-release, edge-monitor --trust-dir
     assert any(r.startswith("torch") for r in requires if "extra == \"train\"" in r)
     scripts = [ln for ln in zipfile.ZipFile(wheel).read(meta.replace("METADATA", "entry_points.txt")).decode().splitlines()]
-    for name in ("edge-train", "edge-convert", "edge-calibrate", "edge-monitor", "edge-data", "edge-inspect"):
+    for name in ("edge-train", "edge-convert", "edge-calibrate", "edge-monitor", "edge-data", "edge-inspect", "edge-release"):
         assert any(s.startswith(f"{name} =") for s in scripts)
 
 

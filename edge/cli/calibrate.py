@@ -8,9 +8,18 @@ from pathlib import Path
 import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.machine_id import normalize_machine_id
 from edge_asd.edge.calibrate.rules import DEFAULT_QUANTILE
-from edge_asd.edge.cli.options import accept_other_machines_option, gate_options, model_option, store_option, threads_option
+from edge_asd.edge.cli.options import (
+    accept_other_machines_option,
+    gate_options,
+    model_option,
+    sign_key_option,
+    store_option,
+    threads_option,
+    trust_dir_option,
+)
 
 
 def _history_lines(store: Path, machine_id: str | None) -> list[str]:
@@ -80,13 +89,15 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
                    "models never heard (median frame score over 3x the recordings' median); by default they are "
                    "named and left out (docs/calibration.md).")
 @click.option("--show", "show_history", is_flag=True, help="Print the phi history of the store (or of --machine-id) and exit.")
+@sign_key_option
+@trust_dir_option
 @threads_option("Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on_s, gate_min_off_s, quantile, margin,
          target_fpr, alarms_per_day, tail, n_boot, holdout, check_paths, maxima_out, votes, hysteresis,
-         accept_other_machines, no_oof, oof_all, show_history, threads, quiet):
+         accept_other_machines, no_oof, oof_all, show_history, sign_key, trust_dir, threads, quiet):
     """Score normal RECORDINGS (files or directories) and store phi for one machine ID.
 
     A window's score is its max frame score (Koizumi et al. 2019, eq. 11); the windows are edge-monitor's
@@ -104,6 +115,9 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
 
     File names decide what goes where: anomaly_* clips are refused as normal recordings, and clips whose
     DCASE / MIMII name says another machine ID or type are refused unless --accept-other-machines.
+
+    --sign-key KEY --trust-dir DIR: sign the new phi record with this device's key (the trust directory's root
+    must name it) so that edge-monitor --trust-dir accepts it (docs/releases.md).
     """
     setup_logging(quiet=quiet)
     from edge_asd.edge.calibrate.fit import (
@@ -132,8 +146,11 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
                          tail=tail, n_boot=n_boot),
         holdout=holdout, check=tuple(map(Path, check_paths)), maxima_out=maxima_out, threads=threads,
         accept_other_machines=accept_other_machines, use_oof=not no_oof, oof_all=oof_all, votes=votes, hysteresis=hysteresis)
+    signer = _signer(sign_key, trust_dir)
     done = calibrate_machine(options)
     record = done.record
+    if signer is not None:
+        signer(store, done.machine_id, record)
     if oof_line(done) is not None:
         click.echo(f"edge-calibrate: {oof_line(done)}", err=True)
     click.echo(f"edge-calibrate: {policy_line(record, done.hop_s)}", err=True)
@@ -144,6 +161,31 @@ def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on
            "window_s": record.window_s, "window_maxima": record.window_maxima, "alert": record.alert}
     out.update({k: getattr(record, k) for k in ("fit", "check", "oof_recordings", "oof_left_out") if getattr(record, k) is not None})
     click.echo(json.dumps(out))
+
+
+def _signer(sign_key: Path | None, trust_dir: Path | None):
+    """None, or a function (store, machine_id, record) that signs the stored record with the device key and
+    pins it in the trust directory; the key and the trust directory are checked before any scoring."""
+    if sign_key is None:
+        return None
+    if trust_dir is None:
+        raise EdgeAsdError("--sign-key needs --trust-dir (the device's trust directory, edge-release init)")
+    from edge_asd.core.signing import load_private_key
+    from edge_asd.edge.runtime import phi_store
+    from edge_asd.edge.runtime.trust import TrustDir
+
+    key, device = load_private_key(sign_key), TrustDir(trust_dir)
+    root = device.root()
+    if key.keyid not in root.roles["device"][0] | root.roles["operations"][0]:
+        raise EdgeAsdError(f"{sign_key}: the trusted root names this key neither as a device nor as an operations key "
+                           "(local calibration is not allowed with it)")
+
+    def sign(store, machine_id, record):
+        envelope = device.sign_local_phi(key, machine_id, record)
+        phi_store.attach_signature(store, machine_id, envelope.to_dict())
+        device.pin_phi(machine_id, envelope)
+
+    return sign
 
 
 if __name__ == "__main__":

@@ -9,7 +9,14 @@ import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.edge.cli.options import accept_other_machines_option, model_option, store_option, threads_option
+from edge_asd.edge.cli.options import (
+    accept_other_machines_option,
+    model_option,
+    sign_key_option,
+    store_option,
+    threads_option,
+    trust_dir_option,
+)
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -39,12 +46,14 @@ from edge_asd.edge.cli.options import accept_other_machines_option, model_option
                    "phi's realized false-alarm rate on them is printed and stored, as edge-calibrate --check does.")
 @click.option("--force", is_flag=True, help="Fine-tune even when the guard rail refuses, or without a phi to check against.")
 @click.option("--rollback", is_flag=True, help="Put back the model and phi in service before the last fine-tune.")
+@sign_key_option
+@trust_dir_option
 @threads_option("Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(recordings, model_path, machine_id, accept_other_machines, store, steps, minutes, lr, seed, something_else_dir,
-         reject_factor, max_rejected, phi_share, check_paths, force, rollback, threads, quiet):
+         reject_factor, max_rejected, phi_share, check_paths, force, rollback, sign_key, trust_dir, threads, quiet):
     """Continue BU training of the model in service on normal RECORDINGS (files or directories) of one
     machine, recalibrate its phi, and replace the model file atomically. Prints a JSON summary on stdout.
 
@@ -57,6 +66,10 @@ def main(recordings, model_path, machine_id, accept_other_machines, store, steps
     also checked on held-out normal recordings of the machine (the realized false-alarm rate, as
     edge-calibrate --check). File names decide what goes where: anomaly_* clips are refused, and clips
     whose DCASE / MIMII name says another machine ID or type are refused unless --accept-other-machines.
+
+    --trust-dir DIR --sign-key KEY (a device whose models are signed, docs/releases.md): only when the fleet
+    switched fine-tuning on (edge-release command finetune-on) and the model in service has a signed release;
+    the new model and phi are signed with the device key so that edge-monitor --trust-dir runs them.
     """
     setup_logging(quiet=quiet)
     from edge_asd.edge.calibrate.fit import check_line
@@ -64,10 +77,14 @@ def main(recordings, model_path, machine_id, accept_other_machines, store, steps
     from edge_asd.edge.finetune.adapt import rollback as roll_back
     from edge_asd.edge.finetune.workflow import FinetuneOptions, finetune_machine
     from edge_asd.edge.runtime import phi_store
+    from edge_asd.edge.runtime.trust import TrustDir
 
     store = store or phi_store.default_store_path()
+    signer = _signer(sign_key, trust_dir, model_path)
     if rollback:
         back = roll_back(model_path, store)
+        if trust_dir is not None and not TrustDir(trust_dir).pin_restored(back.machine_id, back.phi, "restored phi"):
+            click.echo("edge-finetune: the restored phi record is unsigned: edge-monitor --trust-dir refuses it", err=True)
         click.echo(json.dumps({"rolled_back": str(model_path), "machine_id": back.machine_id,
                                "model_sha256": back.model_sha256, "phi": None if back.phi is None else back.phi.phi}))
         return
@@ -83,6 +100,8 @@ def main(recordings, model_path, machine_id, accept_other_machines, store, steps
                               threads=threads, accept_other_machines=accept_other_machines)
     done = finetune_machine(options)
     summary, record = done.summary, done.record
+    if signer is not None:
+        signer(store, summary["machine_id"], record)
     if record.check is not None:
         click.echo(f"edge-finetune: {check_line(record.check)}", err=True)
     click.echo(json.dumps({**{k: summary[k] for k in ("machine_id", "steps", "train_seconds", "audio_seconds",
@@ -92,6 +111,33 @@ def main(recordings, model_path, machine_id, accept_other_machines, store, steps
                            "previous_phi": summary["previous_phi"], "rule": record.rule,
                            "window": record.window, "store": str(store),
                            **({"check": record.check} if record.check is not None else {})}))
+
+
+def _signer(sign_key: Path | None, trust_dir: Path | None, model_path: Path):
+    """None without --trust-dir; else checks that fine-tuning is allowed (before any training) and returns a
+    function (store, machine_id, record) that signs the fine-tuned model and its phi with the device key."""
+    if trust_dir is None:
+        if sign_key is not None:
+            raise EdgeAsdError("--sign-key needs --trust-dir (the device's trust directory, edge-release init)")
+        return None
+    if sign_key is None:
+        raise EdgeAsdError("--trust-dir needs --sign-key (the device key that signs the fine-tuned model and phi)")
+    from edge_asd.core.model_file import read_model_file, sha256_bytes
+    from edge_asd.core.signing import load_private_key
+    from edge_asd.edge.runtime import phi_store
+    from edge_asd.edge.runtime.trust import TrustDir
+
+    key, device = load_private_key(sign_key), TrustDir(trust_dir)
+    data = read_model_file(model_path)[0]
+    base = device.check_finetune(key, sha256_bytes(data), len(data))
+
+    def sign(store, machine_id, record):
+        device.sign_fine_tuned(key, base, read_model_file(model_path)[0], Path(model_path).name)
+        envelope = device.sign_local_phi(key, machine_id, record)
+        phi_store.attach_signature(store, machine_id, envelope.to_dict())
+        device.pin_phi(machine_id, envelope)
+
+    return sign
 
 
 if __name__ == "__main__":

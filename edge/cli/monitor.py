@@ -10,7 +10,15 @@ import click
 
 from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.edge.cli.options import FiniteRange, gate_options, model_option, phi_option, store_option, threads_option
+from edge_asd.edge.cli.options import (
+    FiniteRange,
+    gate_options,
+    model_option,
+    phi_option,
+    store_option,
+    threads_option,
+    trust_options,
+)
 from edge_asd.edge.runtime.health import HOLD_S, LEVEL_DRIFT_DB, SILENT_DBFS
 from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS, SourceSpec
 
@@ -80,13 +88,17 @@ def _list_devices(ctx, param, value):
               help="Input health: seconds of silence before the 'silent' health line.")
 @click.option("--level-drift-db", type=FiniteRange(min=0), default=LEVEL_DRIFT_DB, show_default=True,
               help="Input health: a 'level_drift' health line when the level leaves the calibrated range by this much, dB.")
+@trust_options
+@click.option("--allow-unsigned", is_flag=True,
+              help="Development mode: with --trust-dir, run an unsigned model or phi after a warning instead of refusing.")
 @threads_option("Inference threads per model.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(kit_version(), "--version")
 @user_errors
 def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_channels, pcm_framing, baud, window, gate_db,
          gate_min_on_s, gate_min_off_s, votes, hysteresis, events_path, events_max_mb, evidence_dir, evidence_seconds,
-         evidence_png, config_path, silent_dbfs, silent_s, level_drift_db, threads, quiet):
+         evidence_png, config_path, silent_dbfs, silent_s, level_drift_db, trust_dir, trusted_clock, allow_unsigned,
+         threads, quiet):
     """Stream audio through the model; print one JSON line per frame that pushes the running max over phi,
     one verdict line per closed operation window (eq. 11), an alarm line when the alarm goes on or off, and a
     summary line. With --votes K/N (or the phi record's policy) all of them judge the K-th largest score of
@@ -97,6 +109,9 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
     Lines (schema in docs/events.md) go to stdout, logs and the summary to stderr. SIGTERM or Ctrl-C end
     it cleanly (verdict and summary written). Exit status: 0 after a clean end of input or a stop, 1 on
     bad input. Every option can come from the environment: EDGE_ASD_MODEL, EDGE_ASD_CONFIG, ...
+
+    With --trust-dir (docs/releases.md) the model must have a signed release installed there and phi must
+    be the signed record last accepted; --allow-unsigned turns those refusals into warnings.
     """
     setup_logging(quiet=quiet)
     from edge_asd.edge.runtime.config import InputConfig, load_config
@@ -105,6 +120,10 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
     use_journald_format_if_under_systemd()
     if config_path is not None:
         configs = load_config(config_path)
+        for cfg in configs:  # the command line's trust options apply to every input of the file too
+            cfg.trust_dir = cfg.trust_dir or trust_dir
+            cfg.allow_unsigned = cfg.allow_unsigned or allow_unsigned
+            cfg.trusted_clock = cfg.trusted_clock or trusted_clock
     else:
         if model_path is None:
             raise EdgeAsdError("missing --model (or --config FILE listing the inputs)")
@@ -115,7 +134,8 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
                                gate_min_on_s=gate_min_on_s, gate_min_off_s=gate_min_off_s, votes=votes,
                                hysteresis=hysteresis, events=events_path, events_max_mb=events_max_mb,
                                evidence_dir=evidence_dir, evidence_before_s=evidence_seconds, evidence_after_s=evidence_seconds, evidence_png=evidence_png, threads=threads,
-                               silent_dbfs=silent_dbfs, silent_s=silent_s, level_drift_db=level_drift_db)]
+                               silent_dbfs=silent_dbfs, silent_s=silent_s, level_drift_db=level_drift_db,
+                               trust_dir=trust_dir, allow_unsigned=allow_unsigned, trusted_clock=trusted_clock)]
     from edge_asd.firmware_io.sinks import StdoutSink
 
     shutdown = Shutdown()

@@ -110,3 +110,28 @@ class PhiType(click.ParamType):
 def phi_option(help: str):
     """``--phi``: a threshold given by hand instead of the store's (:class:`PhiType`)."""
     return click.option("--phi", type=PhiType(), default=None, help=help)
+
+
+def trust_dir_option(fn):
+    """``--trust-dir`` (parameter ``trust_dir``, a Path or None; $EDGE_ASD_TRUST_DIR): the device's trust directory
+    (edge-release init, docs/releases.md)."""
+    return click.option("--trust-dir", type=click.Path(file_okay=False, path_type=Path), envvar="EDGE_ASD_TRUST_DIR",
+                        default=None, help="Trust directory (edge-release init): its root decides which models, phi "
+                                           "records and commands are accepted.")(fn)
+
+
+def trust_options(fn):
+    """:func:`trust_dir_option` and ``--trusted-clock`` (parameter ``trusted_clock``; $EDGE_ASD_TRUSTED_CLOCK=1):
+    expiry times are checked only on a device whose clock is trusted."""
+    fn = click.option("--trusted-clock", is_flag=True, envvar="EDGE_ASD_TRUSTED_CLOCK",
+                      help="The device clock is trusted (NTS, GPS or an RTC): refuse expired roots, releases and "
+                           "commands.")(fn)
+    return trust_dir_option(fn)
+
+
+def sign_key_option(fn):
+    """``--sign-key`` (parameter ``sign_key``, a Path or None): the device key (.key) that signs a phi record
+    set on the device; needs ``--trust-dir``."""
+    return click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help="Sign the new phi record with this device key (.key; the trust directory's root must "
+                             "name it); needs --trust-dir.")(fn)

@@ -35,7 +35,7 @@ from edge_asd.edge.runtime.health import HOLD_S, LEVEL_DRIFT_DB, SILENT_DBFS, He
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
 from edge_asd.firmware_io.sources import PCM_FRAMINGS, SourceSpec
 
-PATH_KEYS = ("model", "store", "events", "evidence_dir")
+PATH_KEYS = ("model", "store", "events", "evidence_dir", "trust_dir")
 
 
 @dataclass
@@ -75,6 +75,13 @@ class InputConfig:
     """Input health: seconds of silence before the ``silent`` health line."""
     level_drift_db: float = LEVEL_DRIFT_DB
     """Input health: tolerance of the level around the calibrated one, dB (``level_drift``)."""
+    trust_dir: Path | None = None
+    """Trust directory (docs/releases.md): the model needs a signed release installed there and phi a signed
+    record; None: no signature checks."""
+    allow_unsigned: bool = False
+    """Development mode: with ``trust_dir``, run an unsigned model or phi after a WARNING instead of refusing."""
+    trusted_clock: bool = False
+    """The clock is trusted: expired roots and releases are refused."""
 
     def health_limits(self) -> HealthLimits:
         """The input-health thresholds of this input (:mod:`edge_asd.edge.runtime.health`).

@@ -306,3 +306,20 @@ def lookup_phi(path: Path, machine_id: str | None, model_sha256: str) -> tuple[s
             f"phi for machine ID {machine_id!r} in {path} was calibrated for another model file; run edge-calibrate with this model"
         )
     return machine_id, record
+
+
+def attach_signature(path: Path, machine_id: str, envelope: dict) -> None:
+    """Store ``envelope`` (a signed phi document, :mod:`edge_asd.edge.runtime.trust`) as the ``signed`` key of
+    ``machine_id``'s record in service and of its last history entry, without adding a history entry.
+
+    Raises:
+        EdgeAsdError: ``machine_id`` has no record, or the store cannot be read or written.
+    """
+    data = load(path)
+    if machine_id not in data["machines"]:
+        raise EdgeAsdError(f"machine ID {machine_id!r}: no phi in {path} to sign")
+    data["machines"][machine_id]["signed"] = envelope
+    entries = data.get("history", {}).get(machine_id) or []
+    if entries and isinstance(entries[-1], dict):
+        entries[-1]["signed"] = envelope
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

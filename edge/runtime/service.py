@@ -102,6 +102,9 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
                 machine_id, record = phi_store.lookup_phi(cfg.store or phi_store.default_store_path(), machine_id,
                                                           scorer.sha256)
                 phi = float(record.phi)
+            if cfg.trust_dir is not None:
+                record = _check_signed(cfg, scorer, machine_id, record)
+                phi = float(record.phi) if record is not None else phi
             machine_id = machine_id or "unknown"
             feats = scorer.features
             windows = make_windows(cfg.window, feats.sample_rate, feats.hop_samples, cfg.gate_db, cfg.gate_min_on_s,
@@ -142,6 +145,40 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
         log.info("%s: %s (%s), machine ID %s, phi %.3f, window %s, votes %s", cfg.label, Path(cfg.model).name,
                  scorer.backend.name, detector.machine_id, detector.phi, cfg.window, detector.policy.describe())
     return monitors, list(file_sinks.values())
+
+
+def _check_signed(cfg: InputConfig, scorer, machine_id: str | None, record: PhiRecord | None) -> PhiRecord | None:
+    """With a trust directory: refuse a model without a signed release installed and a phi record that is not
+    the signed one last accepted (the signed copy replaces the store's); with ``allow_unsigned``, a WARNING
+    instead. Returns the phi record to use.
+
+    Raises:
+        EdgeAsdError: the refusals of :meth:`~edge_asd.edge.runtime.trust.TrustDir.check_model` and
+            :meth:`~edge_asd.edge.runtime.trust.TrustDir.phi_in_service`, or ``--phi`` given (an unsigned phi).
+    """
+    from edge_asd.edge.runtime.trust import TrustDir
+
+    device = TrustDir(cfg.trust_dir)
+
+    def refuse(reason) -> None:
+        if not cfg.allow_unsigned:
+            raise EdgeAsdError(f"{cfg.label}: {reason}")
+        log.warning("%s: --allow-unsigned (development mode): %s", cfg.label, reason)
+
+    try:
+        release = device.check_model(scorer.sha256, scorer.size_bytes, cfg.trusted_clock)
+        log.info("%s: signed release %d (cohort %s)", cfg.label, release.version, release.cohort)
+    except EdgeAsdError as e:
+        refuse(e)
+    if record is None:
+        if cfg.phi is not None:
+            refuse(f"--phi {cfg.phi:g} is an unsigned phi; a trust directory is configured (use the signed phi store)")
+        return None
+    try:
+        return device.phi_in_service(record, machine_id, scorer.sha256, "phi record")
+    except EdgeAsdError as e:
+        refuse(e)
+        return record
 
 
 def _check_heard(label: str, record: PhiRecord) -> None:
