@@ -66,10 +66,14 @@ def test_events_compare_without_clocks_and_paths():
     assert x86_events == arm_events and x86_events[0]["input"] == "normal_id_00_00000010.flac"
     assert "compute_s" not in x86_events[0]
     other = a.comparable_events([json.dumps({**arm, "max_score": 823.2930297851562})])
-    assert other != x86_events   # one float32 ulp in a score is a difference
+    assert other != x86_events   # one float32 ulp in a score is a difference...
+    assert a.same_but_rounding(other, x86_events)   # ...that rounding explains
+    later = a.comparable_events([json.dumps({**arm, "frames": 605})])
+    assert not a.same_but_rounding(later, x86_events) and not a.same_but_rounding(x86_events, x86_events * 2)
+    assert not a.same_but_rounding([{"score": 823.3}], [{"score": 823.4}]) and not a.same_but_rounding(1.0, "1.0")
 
 
-MAX_ULP = 8   # set below from the measured figure
+MAX_ULP = 8   # measured: 3 (frame scores), 2 (clip scores) with the cortex-a72 cpuinfo; 23 without XNNPACK
 
 
 def _root_ready() -> str | None:
@@ -94,5 +98,5 @@ def test_device_path_on_arm64_matches_x86(int8_model, data_root, tmp_path):
     assert got["commands_failed"] == [] and len(got["commands_ok"]) == 7, got
     assert got["xnnpack_arm"] and got["logmel_max_ulp"] == 0
     assert got["phi_arm"] == pytest.approx(got["phi_x86"], rel=1e-6)
-    assert got["max_ulp"] <= MAX_ULP and got["events_identical"], got
-    assert got["finetune_max_rel_diff"] <= 1e-3, got
+    assert got["max_ulp"] <= MAX_ULP and got["events_same_but_rounding"], got
+    assert got["finetune_max_rel_diff"] <= 1e-4, got   # measured 1.3e-6 (3 numpy updates, then int8)
