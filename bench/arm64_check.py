@@ -445,7 +445,7 @@ def main(argv=None) -> int:
             "logmel_max_ulp": c["logmel"]["max_ulp"], "events_identical": c["events_identical"],
             "events_same_but_rounding": c["events_same_but_rounding"],
             "events": c["events"][1], "finetune_max_abs_diff": c["finetuned"]["max_abs"],
-            "finetune_max_rel_diff": c["finetuned"]["max_rel"], "finetune_phi": list(c["finetune_phi"]),
+            "finetune_max_rel_diff": c["finetuned"]["max_rel"], "finetune_max_ulp": c["finetuned"]["max_ulp"], "finetune_phi": list(c["finetune_phi"]),
             "xnnpack_arm": arm.xnnpack, "hwcaps": hwcaps, "commands_ok": ok,
             "commands_failed": sorted(set(x86.ok) - set(ok)), "errors": {"x86": x86.errors, "arm": arm.errors},
             "timings": "none reported: qemu's are not a Pi's"}, indent=1) + "\n")
