@@ -9,7 +9,7 @@ DOCS_STAMP := $(VENV)/.edge-asd-docs-installed
 # An unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test docs install clean
+.PHONY: demo test docs install clean arm64
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ $(DOCS_STAMP): pyproject.toml Makefile
 ## The documentation site (mkdocs-material) into site/; --strict: a broken link or a warning fails.
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict $(DOCS_ARGS)
+
+## The device path on 64-bit ARM (qemu-user, Debian bookworm arm64) against x86: phi, scores, events,
+## fine-tune (docs/arm64.md). Root and network the first time: the arm64 root (~10 min) is cached in
+## ~/.cache/edge-asd/arm64-root. ARM64_ARGS="--cpu cortex-a76" for a Pi 5.
+arm64: $(STAMP)
+	$(PY) bench/arm64_check.py --json out/arm64/arm64.json $(ARM64_ARGS)
 
 clean:
 	rm -rf out build dist *.egg-info
