@@ -103,6 +103,9 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
     from edge_asd.edge.runtime.service import Shutdown, build_monitors, run_monitors, use_journald_format_if_under_systemd
 
     use_journald_format_if_under_systemd()
+    from edge_asd.edge.runtime.memory import tune_malloc
+
+    tune_malloc()  # before any monitor thread allocates: one arena, fixed mmap threshold (flat RSS for hours)
     if config_path is not None:
         configs = load_config(config_path)
     else:
