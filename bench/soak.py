@@ -214,8 +214,8 @@ def main(argv=None) -> int:
     same = {None: "not checked", True: "yes", False: "NO"}[r["events_identical"]]
     print(f"audio {r['audio_hours']:g} h in {r['wall_s']:.0f} s wall; RSS start {r['rss_start_mb']:.1f} MB, "
           f"peak {r['rss_peak_mb']:.1f} MB, end {r['rss_end_mb']:.1f} MB (growth {r['rss_growth_mb']:+.1f} MB); "
-          f"descriptors {r['fds_start']} -> {r['fds_end']} (peak {r['fds_peak']}); {r['events']} events ({r['lines']} lines, "
-          f"{r['evidence_clips']} evidence clips); identical to the straight run: {same}")
+          f"descriptors {r['fds_start']} -> {r['fds_end']} (peak {r['fds_peak']}); {r['events']} events "
+          f"({r['lines']} lines, {r['evidence_clips']} evidence clips); identical to the straight run: {same}")
     if args.json is not None:
         args.json.write_text(json.dumps(r, indent=1) + "\n")
     return 0 if r["events_identical"] is not False else 1
