@@ -73,3 +73,18 @@ def test_a_full_disk_leaves_whole_lines_whole_clips_and_a_torn_line_moved_aside_
     assert new.startswith("\n".join(whole) + "\n") and new.endswith("\n")
     restarted = [json.loads(line) for line in new.splitlines()[len(whole):]]
     assert restarted[0]["event"] == "start" and restarted[-1]["event"] == "summary"
+
+
+def test_a_torn_line_that_cannot_be_saved_stops_the_start_and_leaves_the_log_as_it_was(tmp_path, monkeypatch):
+    from edge_asd.core.errors import EdgeAsdError
+    from edge_asd.firmware_io import sinks
+
+    def disk_full(path, data):
+        raise EdgeAsdError(f"{path}: cannot write (No space left on device); the previous file is unchanged")
+
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(b'{"event": "start"}\n{"event": "anom')
+    monkeypatch.setattr(sinks, "atomic_write_bytes", disk_full)
+    with pytest.raises(EdgeAsdError, match="cut short and cannot be moved aside.*No space left"):
+        sinks.open_log_for_append(log)
+    assert log.read_bytes() == b'{"event": "start"}\n{"event": "anom' and list(tmp_path.iterdir()) == [log]
