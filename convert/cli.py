@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.core.commands import CONTEXT_SETTINGS, setup_logging, user_errors, version_option
 from edge_asd.core.errors import EdgeAsdError
 
 log = logging.getLogger("edge_asd")
@@ -46,7 +46,7 @@ log = logging.getLogger("edge_asd")
               help="Write the parity report (Markdown): parity, AUC, size, per-frame latency per runtime.")
 @click.option("--allow-degraded", is_flag=True, help="Exit 0 even when a parity or size target is missed.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
-@click.version_option(kit_version(), "--version")
+@version_option()
 @user_errors
 def main(int8: bool, allow_degraded: bool, quiet: bool, **options) -> None:
     """Convert an edge-train CHECKPOINT into model files that edge-monitor runs with no other file.

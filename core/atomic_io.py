@@ -6,7 +6,6 @@ A crash or a full disk at any point leaves either the old file or the new one, n
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from edge_asd.core.errors import EdgeAsdError
@@ -22,7 +21,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _new_temporary(path)
     except OSError as e:
         raise EdgeAsdError(f"{path.parent}: cannot write there ({e.strerror})") from None
     try:
@@ -40,6 +39,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _new_temporary(path: Path) -> tuple[int, str]:
+    """(fd, name) of a new file ``.<name>.<random>.tmp`` beside ``path``, opened for writing, mode 0600
+    (as tempfile.mkstemp; tempfile imports shutil, random, bz2 and lzma: memory a service keeps)."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{os.urandom(4).hex()}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), tmp
+        except FileExistsError:
+            continue
 
 
 def _mode_for(path: Path) -> int:

@@ -17,7 +17,6 @@ and per clip its file-digest prefix, fold, number of frames and float16 scores; 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -29,6 +28,7 @@ import numpy as np
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.features import standardize
 from edge_asd.core.presets import FeatureConfig
+from edge_asd.core.provenance import new_sha256
 
 METADATA_NAME = "edge_asd"
 DIGEST_KEY = "content_sha256"
@@ -79,7 +79,9 @@ class ModelInfo:
 
 
 def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    h = new_sha256()
+    h.update(data)
+    return h.hexdigest()
 
 
 def _digest_field(value: str) -> bytes:

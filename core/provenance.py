@@ -10,7 +10,7 @@ has probability about 2e-7; models trained on more than MAX_FILES files carry no
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 from pathlib import Path
 
 PREFIX_CHARS = 12
@@ -18,9 +18,23 @@ MAX_FILES = 2048
 """Longer lists are left out: the metadata travels in the model file (and in a microcontroller's flash)."""
 
 
+def new_sha256():
+    """A SHA-256 hasher (``update``, ``hexdigest``): CPython's own (module ``_sha2`` from 3.12, ``_sha256``
+    before) when present, else hashlib's. hashlib maps OpenSSL's libcrypto, about 3.5 MB of resident memory
+    on the device for the one digest per model load (docs/device.md, Memory)."""
+    for name in ("_sha2", "_sha256"):
+        try:
+            return importlib.import_module(name).sha256()
+        except ImportError:
+            pass
+    import hashlib
+
+    return hashlib.sha256()
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes (read in 1 MiB chunks). Raises OSError when it cannot be read."""
-    h = hashlib.sha256()
+    h = new_sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

@@ -10,32 +10,71 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
+
+from edge_asd.core.atomic_io import atomic_write_bytes
+from edge_asd.core.errors import EdgeAsdError
 
 log = logging.getLogger("edge_asd")
 
 
 def open_log_for_append(path: Path) -> TextIO:
     """``path`` opened to append lines (utf-8). A last line cut short (a full disk or a power cut while it
-    was written: no final newline) is kept, and a newline is added first so that the next line starts on
-    a line of its own instead of continuing the torn one (readers skip a torn line; they cannot skip a
-    torn line glued to a whole one)."""
-    stream = open(path, "a+b")
-    try:
-        size = stream.seek(0, os.SEEK_END)
-        if size:
-            stream.seek(size - 1)
-            if stream.read(1) != b"\n":
-                log.warning("%s: its last line was cut short (a full disk or a power cut?); it is kept, new lines "
-                            "start after it", path)
-                stream.write(b"\n")
-                stream.flush()
-                os.fsync(stream.fileno())
-    finally:
-        stream.close()
+    was written: no final newline) is moved aside first (:func:`move_torn_line_aside`), so the log holds
+    whole lines only and the next line starts on a line of its own.
+
+    Raises:
+        EdgeAsdError: the torn line cannot be saved (the disk is still full); the log is left as it was.
+    """
+    with open(path, "a+b") as stream:
+        move_torn_line_aside(path, stream)
     return open(path, "a", encoding="utf-8")
+
+
+def move_torn_line_aside(path: Path, stream: BinaryIO) -> Path | None:
+    """If ``stream`` (``path`` opened "a+b") does not end with a newline, write the bytes after its last newline
+    to ``<path>.torn-<UTC time>`` (whole or not at all), then cut them off ``path`` (fsynced) and warn with
+    one line naming that file. Returns that file, or None when the last line was whole (or the file empty).
+
+    Raises:
+        EdgeAsdError: the fragment cannot be written; nothing is cut off ``path``.
+    """
+    size = stream.seek(0, os.SEEK_END)
+    if size == 0:
+        return None
+    stream.seek(size - 1)
+    if stream.read(1) == b"\n":
+        return None
+    end = size  # the torn line starts after the last newline (or at 0); look back 64 KB at a time
+    while end > 0:
+        lo = max(0, end - 65536)
+        stream.seek(lo)
+        cut = stream.read(end - lo).rfind(b"\n")
+        if cut >= 0:
+            end = lo + cut + 1
+            break
+        end = lo
+    stream.seek(end)
+    fragment = stream.read(size - end)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.torn-{stamp}")
+    k = 1
+    while aside.exists():
+        k += 1
+        aside = path.with_name(f"{path.name}.torn-{stamp}-{k}")
+    try:
+        atomic_write_bytes(aside, fragment)
+    except EdgeAsdError as e:
+        raise EdgeAsdError(f"{path}: its last line was cut short and cannot be moved aside: {e}") from None
+    stream.truncate(end)
+    stream.flush()
+    os.fsync(stream.fileno())
+    log.warning("%s: its last line was cut short (a full disk or a power cut?): its %d bytes were moved to %s",
+                path, len(fragment), aside)
+    return aside
 
 
 class JsonLinesSink:

@@ -100,22 +100,24 @@ def test_report_from_an_event_log_alone(model, fan, clip_max, tmp_path, env):
     assert "incomplete" in proc.stderr
 
 
-def test_a_monitor_restarted_after_a_torn_line_starts_a_new_line_and_the_report_reads_both(model, fan, clip_max,
-                                                                                          tmp_path, env):
-    """A full disk or power cut left half a line; the next start must not glue its first line to it."""
+def test_a_monitor_restarted_after_a_torn_line_moves_it_aside_and_the_report_reads_whole_lines(model, fan, clip_max,
+                                                                                              tmp_path, env):
+    """A full disk or power cut left half a line; the next start moves it to events.jsonl.torn-<time> (named
+    in one warning) and appends whole lines after the last whole one."""
     anomaly = max(fan["test_anomaly"], key=clip_max)
     log = tmp_path / "events.jsonl"
     cli("edge-monitor", "--model", model, "--phi", "0", "--input", anomaly, "--events", log, env=env)
     first = log.read_text()
     log.write_text(first + '{"schema": 2, "event": "anom')
     proc = cli("edge-monitor", "--model", model, "--phi", "0", "--input", anomaly, "--events", log, env=env)
-    assert proc.returncode == 0 and "cut short" in proc.stderr, proc.stderr
-    lines = log.read_text().splitlines()
-    n_first = len(first.splitlines())
-    assert lines[n_first] == '{"schema": 2, "event": "anom'  # kept, on its own line
-    assert all(json.loads(line) for line in lines[:n_first] + lines[n_first + 1:])
+    torn = list(tmp_path.glob("events.jsonl.torn-*"))
+    assert proc.returncode == 0 and len(torn) == 1 and f"moved to {torn[0]}" in proc.stderr, proc.stderr
+    assert torn[0].read_text() == '{"schema": 2, "event": "anom'
+    text = log.read_text()
+    assert text.startswith(first) and text.endswith("\n") and len(text.splitlines()) == 2 * len(first.splitlines())
+    assert all(json.loads(line) for line in text.splitlines())
     report = cli("edge-report", "--events", log, "--out", tmp_path / "r", env=env)
-    assert report.returncode == 0 and f"line {n_first + 1} is incomplete" in report.stderr, report.stderr
+    assert report.returncode == 0 and "incomplete" not in report.stderr, report.stderr
 
 
 @pytest.mark.parametrize("args, words", [

@@ -1,6 +1,7 @@
 """The device install has no torch, onnx, librosa, jax or litert-torch: edge-monitor, edge-calibrate and
 edge-report on a .tflite file must not import them (a Raspberry Pi has neither the memory nor the
-wheels); the monitor does not import matplotlib or scipy either (the report and calibrate extras)."""
+wheels); the monitor does not import matplotlib or scipy either (the report and calibrate extras), nor
+OpenSSL (hashlib) or importlib.metadata, which a service would keep resident for nothing."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import sys
 
 HEAVY = ("torch", "onnx", "librosa", "jax", "litert_torch", "tensorflow", "edge_asd.train", "edge_asd.convert")
 OPTIONAL = ("matplotlib", "scipy", "sklearn")
+RESIDENT = ("_hashlib", "importlib.metadata")
+"""Kept out of the monitor for its memory (docs/device.md, Memory over hours): OpenSSL's libcrypto 3.6 MB,
+importlib.metadata and what it pulls 3.0 MB."""
 
 SNIPPET = """
 import json, sys
@@ -33,7 +37,7 @@ def run_in_fresh_python(module: str, args: list[str], env_store, heavy=HEAVY) ->
 def test_monitor_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path):
     loaded, proc = run_in_fresh_python(
         "cli.monitor", ["--model", int8_model[0], "--phi", "0", "--input", fan["test_anomaly"][0]], tmp_path / "s.json",
-        heavy=HEAVY + OPTIONAL)
+        heavy=HEAVY + OPTIONAL + RESIDENT)
     assert loaded == []
     # it really scored the clip (events on stdout with phi 0), so the whole path was exercised
     events = [e for line in proc.stdout.splitlines() if line.startswith("{") and (e := json.loads(line))["event"] == "anomaly"]

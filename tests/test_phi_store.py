@@ -274,7 +274,7 @@ def test_atomic_write_unwritable_folder_keeps_old_file(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(atomic_io.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(atomic_io, "_new_temporary", denied)
     with pytest.raises(EdgeAsdError, match="cannot write there"):
         atomic_write_text(target, "new\n")
     assert target.read_text() == "old\n"

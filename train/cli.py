@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.core.commands import CONTEXT_SETTINGS, setup_logging, user_errors, version_option
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.presets import PRESETS
 
@@ -105,7 +105,7 @@ from edge_asd.core.presets import PRESETS
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (.pt); next to it: .log.csv (per update), .epochs.csv, .curves.png, .state.pt.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; only warnings and errors.")
-@click.version_option(kit_version(), "--version")
+@version_option()
 @user_errors
 def main(quiet: bool, anr_min: float, anr_max: float, no_cache: bool, **options) -> None:
     """Train on the normal training clips of DATA_DIR (DCASE or MIMII layout) and write a checkpoint.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.core.commands import CONTEXT_SETTINGS, setup_logging, user_errors, version_option
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.machine_id import normalize_machine_id
 from edge_asd.edge.calibrate.rules import DEFAULT_QUANTILE
@@ -93,7 +93,7 @@ def _history_lines(store: Path, machine_id: str | None) -> list[str]:
 @trust_dir_option
 @threads_option("Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
-@click.version_option(kit_version(), "--version")
+@version_option()
 @user_errors
 def main(recordings, model_path, machine_id, store, window, gate_db, gate_min_on_s, gate_min_off_s, quantile, margin,
          target_fpr, alarms_per_day, tail, n_boot, holdout, check_paths, maxima_out, votes, hysteresis,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.core.commands import CONTEXT_SETTINGS, setup_logging, user_errors, version_option
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.cli.options import (
     accept_other_machines_option,
@@ -50,7 +50,7 @@ from edge_asd.edge.cli.options import (
 @trust_dir_option
 @threads_option("Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
-@click.version_option(kit_version(), "--version")
+@version_option()
 @user_errors
 def main(recordings, model_path, machine_id, accept_other_machines, store, steps, minutes, lr, seed, something_else_dir,
          reject_factor, max_rejected, phi_share, check_paths, force, rollback, sign_key, trust_dir, threads, quiet):

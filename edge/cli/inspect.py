@@ -8,7 +8,7 @@ import json
 
 import click
 
-from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.core.commands import CONTEXT_SETTINGS, setup_logging, user_errors, version_option
 from edge_asd.edge.cli.options import model_argument
 
 
@@ -16,7 +16,7 @@ from edge_asd.edge.cli.options import model_argument
 @model_argument
 @click.option("--json", "as_json", is_flag=True, help="Everything as one JSON object: metadata, operators, tensors.")
 @click.option("--all-scales", is_flag=True, help="Print every quantization scale, not a summary per tensor.")
-@click.version_option(kit_version(), "--version")
+@version_option()
 @user_errors
 def main(model_path, as_json, all_scales):
     """Print MODEL's metadata and tensor details; refuse (exit 1) a file the device would refuse."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.core.commands import CONTEXT_SETTINGS, setup_logging, user_errors, version_option
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.cli.options import (
     FiniteRange,
@@ -93,7 +93,7 @@ def _list_devices(ctx, param, value):
               help="Development mode: with --trust-dir, run an unsigned model or phi after a warning instead of refusing.")
 @threads_option("Inference threads per model.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
-@click.version_option(kit_version(), "--version")
+@version_option()
 @user_errors
 def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_channels, pcm_framing, baud, window, gate_db,
          gate_min_on_s, gate_min_off_s, votes, hysteresis, events_path, events_max_mb, evidence_dir, evidence_seconds,
@@ -118,6 +118,9 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
     from edge_asd.edge.runtime.service import Shutdown, build_monitors, run_monitors, use_journald_format_if_under_systemd
 
     use_journald_format_if_under_systemd()
+    from edge_asd.edge.runtime.memory import tune_malloc
+
+    tune_malloc()  # before any monitor thread allocates: one arena, fixed mmap threshold (flat RSS for hours)
     if config_path is not None:
         configs = load_config(config_path)
         for cfg in configs:  # the command line's trust options apply to every input of the file too

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from edge_asd.core import signing
-from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors, version_option
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.cli.options import MODEL_FILE, store_option, trust_options
 from edge_asd.edge.runtime import signed_docs, trust
@@ -37,7 +37,7 @@ def _echo(**fields) -> None:
 
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
-@click.version_option(kit_version(), "--version")
+@version_option()
 def main(quiet):
     """Sign and verify model releases, phi records and commands (Ed25519, DSSE envelopes, TUF-shaped roles).
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.core.commands import CONTEXT_SETTINGS, setup_logging, user_errors, version_option
 from edge_asd.edge.cli.options import accept_other_machines_option, model_option, phi_option, store_option, threads_option
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB
 
@@ -39,7 +39,7 @@ from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB
               help="Folder for the PNG files and index.html.")
 @threads_option("Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
-@click.version_option(kit_version(), "--version")
+@version_option()
 @user_errors
 def main(events_path, recording, normals, test_dir, model_path, machine_id, accept_other_machines, store, phi, window,
          gate_db, tail, out, threads, quiet):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors
+from edge_asd.core.commands import CONTEXT_SETTINGS, setup_logging, user_errors, version_option
 from edge_asd.core.metrics import DEFAULT_MAX_FPR
 from edge_asd.edge.cli.options import threads_option
 
@@ -32,7 +32,7 @@ from edge_asd.edge.cli.options import threads_option
                    "edge-monitor --votes K/N reports it (use the policy edge-calibrate stored: edge-calibrate --show).")
 @threads_option("Inference threads.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr (the summary stays).")
-@click.version_option(kit_version(), "--version")
+@version_option()
 @user_errors
 def main(paths, model_path, machine_id, out_path, as_json, max_fpr, votes, threads, quiet):
     """Score every clip in PATH... (audio files, or folders searched recursively) with the model.

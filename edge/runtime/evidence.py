@@ -5,7 +5,11 @@ Its path is known when the event happens and goes into the event line at once; t
 when the ``after_s`` seconds have arrived (or at the end of the stream, shorter). Events whose clips
 overlap share one clip, extended to cover the later event (at most ``max_clip_s`` seconds), so a
 long anomaly gives one file, not one per event. Samples lost in a Gap are simply absent from a clip.
-A clip that cannot be written (full disk) is logged as an error; monitoring goes on.
+A clip that cannot be written (full disk) is logged as an error; monitoring goes on. A clip is encoded in
+memory and written to a temporary name, then renamed: no path an event names ever holds a partial clip.
+
+Memory: the audio is kept as int16 (the clip's own samples), only as far back as a new clip may start
+(``before_s`` + one context vector) or the oldest pending clip starts; a clip is encoded block by block.
 
 PNG needs matplotlib (imported only when ``png=True``).
 """
@@ -28,8 +32,16 @@ from edge_asd.core.presets import FeatureConfig
 log = logging.getLogger("edge_asd")
 
 
+def to_pcm16(block: np.ndarray) -> np.ndarray:
+    """Float samples (full scale 1.0) -> int16 as the clip's 16-bit FLAC stores them: ``round(x * 32768)``,
+    clipped to [-32768, 32767] (libsndfile 1.2's float -> PCM_16 conversion, byte for byte; the inverse
+    of :func:`~edge_asd.firmware_io.audio_file.read_audio`'s ``/ 32768``). Half the memory of float32."""
+    scaled = np.rint(np.clip(block, -1.0, 1.0).astype(np.float32) * np.float32(32768))
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
+
+
 class EvidenceRecorder:
-    """Keeps the last ``before_s`` (+ one context vector) of audio and writes the clips of events.
+    """Keeps the last ``before_s`` (+ one context vector) of audio, as int16, and writes the clips of events.
 
     Args:
         folder: where clips go (created). prefix: start of each file name (input name, machine ID).
@@ -55,15 +67,15 @@ class EvidenceRecorder:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise EdgeAsdError(f"{self.folder}: cannot create the evidence folder ({e.strerror})") from None
-        self._blocks: deque[tuple[int, np.ndarray]] = deque()  # (absolute start sample, samples)
+        self._blocks: deque[tuple[int, np.ndarray]] = deque()  # (absolute start sample, int16 samples)
         self._pending: list[dict] = []  # clips waiting for their after_s: start, end, paths, event frames
         self.n_written = 0
         self.n_failed = 0
 
     def push(self, block: np.ndarray, start_sample: int) -> None:
         """Samples ``[start_sample, start_sample + len(block))`` of the stream (absolute indices)."""
-        self._blocks.append((start_sample, np.array(block, dtype=np.float32)))
-        keep_from = start_sample + len(block) - self.before - self.cfg.samples_per_vector - self.max_clip
+        self._blocks.append((start_sample, to_pcm16(block)))
+        keep_from = start_sample - self.before - self.cfg.samples_per_vector  # the earliest start of a new clip
         if self._pending:
             keep_from = min(keep_from, min(c["start"] for c in self._pending))
         while self._blocks and self._blocks[0][0] + len(self._blocks[0][1]) < keep_from:
@@ -91,22 +103,24 @@ class EvidenceRecorder:
         while self._pending and (final or self._pending[0]["end"] <= position):
             self._write(self._pending.pop(0))
 
-    def _clip(self, start: int, end: int) -> np.ndarray:
-        parts = [b[max(0, start - s):max(0, end - s)] for s, b in self._blocks if s < end and s + len(b) > start]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    def _parts(self, start: int, end: int) -> list[np.ndarray]:
+        """Views of the kept blocks covering samples ``[start, end)`` (lost samples absent), in order."""
+        return [b[max(0, start - s):max(0, end - s)] for s, b in self._blocks if s < end and s + len(b) > start]
 
     def _write(self, clip: dict) -> None:
         import soundfile as sf
 
-        audio = self._clip(clip["start"], clip["end"])
-        if len(audio) == 0:
+        parts = self._parts(clip["start"], clip["end"])
+        if not parts:
             return
         try:  # whole or not at all: a full disk never leaves a cut clip at the path the event names
-            buf = io.BytesIO()
-            sf.write(buf, np.clip(audio, -1.0, 1.0), self.rate, format="FLAC", subtype="PCM_16")
-            atomic_write_bytes(Path(clip["paths"]["audio"]), buf.getvalue())
+            buf = io.BytesIO()  # encoded block by block: no copy of the whole clip
+            with sf.SoundFile(buf, "w", self.rate, 1, "PCM_16", format="FLAC") as f:
+                for part in parts:
+                    f.write(part)
+            atomic_write_bytes(Path(clip["paths"]["audio"]), buf.getbuffer())
             if self.png:
-                self._write_png(clip, audio)
+                self._write_png(clip, np.concatenate(parts).astype(np.float32) / 32768)
             self.n_written += 1
         except (OSError, RuntimeError, EdgeAsdError) as e:  # full disk, folder gone: the events still stand
             self.n_failed += 1
