@@ -173,13 +173,18 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _positive_finite(value) -> bool:
-    """A number > 0 that a float holds (a JSON integer like 10**400 overflows float: refused, not a traceback;
-    phi <= 0 would make every frame an anomaly)."""
+def finite_number(value) -> bool:
+    """A JSON number (not a bool) that a float holds: not NaN, not infinite, and not an integer like 10**400,
+    which overflows float (refused, not a traceback)."""
     try:
-        return _number(value) and math.isfinite(float(value)) and value > 0
+        return _number(value) and math.isfinite(float(value))
     except OverflowError:
         return False
+
+
+def _positive_finite(value) -> bool:
+    """A finite number > 0 (phi <= 0 would make every frame an anomaly)."""
+    return finite_number(value) and value > 0
 
 
 def _check(test, what):
