@@ -69,6 +69,8 @@ class ModelInfo:
             std = np.asarray(meta["normalization"]["std"], dtype=np.float32)
         except (KeyError, TypeError, ValueError) as e:
             raise EdgeAsdError(f"{where}: edge-asd metadata is incomplete ({e})") from None
+        except EdgeAsdError as e:  # feature values out of range (FeatureConfig)
+            raise EdgeAsdError(f"{where}: {e}") from None
         if mean.shape != (features.n_mels,) or std.shape != (features.n_mels,) or not np.all(std > 0):
             raise EdgeAsdError(f"{where}: normalization statistics do not match {features.n_mels} mel bands")
         return cls(meta=meta, features=features, mean=mean, std=std)
