@@ -492,18 +492,26 @@ def run_case(case: Case, folder: Path) -> tuple[str, str]:
     return "tracebacks", "".join(traceback.format_exception(*result.exc_info))
 
 
-def _worker(conn, scratch: str) -> None:
+def _worker(conn, parent_end, scratch: str) -> None:
+    parent_end.close()  # so that the worker sees EOF (and ends) when the parent goes
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     logging.basicConfig(stream=open(os.devnull, "w"))  # before setup_logging, whose basicConfig is then a no-op
     resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
-    while (case := conn.recv()) is not None:
+    while (case := _receive(conn)) is not None:
         folder = Path(tempfile.mkdtemp(dir=scratch))
         try:
             conn.send(run_case(case, folder))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _receive(conn):
+    try:
+        return conn.recv()
+    except EOFError:  # the parent is gone
+        return None
 
 
 class Worker:
@@ -514,7 +522,7 @@ class Worker:
 
     def _start(self):
         self.conn, child = mp.get_context("fork").Pipe()
-        self.proc = mp.get_context("fork").Process(target=_worker, args=(child, self.scratch), daemon=True)
+        self.proc = mp.get_context("fork").Process(target=_worker, args=(child, self.conn, self.scratch), daemon=True)
         self.proc.start()
         child.close()
 

@@ -304,3 +304,19 @@ def test_feature_values_a_device_cannot_use_are_refused(int8_model, tmp_path, ke
 
     msg = _refused(_rewrite(int8_model, tmp_path, change), "feature config")
     assert words in msg, msg
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("mean", 10**400, "incomplete or damaged (int too large"),  # an OverflowError traceback (make fuzz)
+    ("std", 10**400, "incomplete or damaged"),
+    ("mean", float("nan"), "damaged normalization statistics"),
+    ("std", 1e300, "damaged normalization statistics"),  # inf as float32
+    ("std", 0.0, "damaged normalization statistics"),
+])
+def test_damaged_normalization_statistics_are_refused(int8_model, tmp_path, key, value, words):
+    """Re-sealed metadata with one normalization value that no float32 holds, NaN or a std <= 0: one line,
+    never a traceback, never a model whose every score is NaN."""
+    def change(meta):
+        meta["normalization"][key][3] = value
+
+    assert words in _refused(_rewrite(int8_model, tmp_path, change))
