@@ -106,17 +106,21 @@ class Seeds:
 
 
 def make_events(model: Path, store: Path, clip: Path, out: Path) -> Path:
-    """Write ``out`` (events.jsonl) with edge-monitor on ``clip`` at half the store's phi (so it holds anomaly
-    events, verdicts, an alarm and a summary)."""
+    """Write ``out`` (events.jsonl) with edge-monitor on ``clip`` in 1-s windows, phi at the clip's 90th
+    percentile frame score (so it holds anomaly events, verdicts, alarms and a summary whatever the model).
+    ``store`` is unused (kept for callers)."""
     from click.testing import CliRunner
 
     from edge_asd.edge.cli.monitor import main as monitor
+    from edge_asd.edge.runtime.scorer import Scorer
+    from edge_asd.firmware_io.audio_file import read_audio
 
-    phi = next(iter(json.loads(Path(store).read_text())["machines"].values()))["phi"]
-    result = CliRunner().invoke(monitor, ["--model", str(model), "--phi", str(phi / 2), "--input", str(clip),
+    scorer = Scorer(model)
+    phi = float(np.quantile(scorer.score_audio(read_audio(clip, scorer.features.sample_rate)), 0.9))
+    result = CliRunner().invoke(monitor, ["--model", str(model), "--phi", repr(phi), "--input", str(clip),
                                           "--window", "1", "--events", str(out), "-q"])
-    if result.exit_code != 0 or not out.exists():
-        raise RuntimeError(f"edge-monitor could not write the seed event log: {result.output}")
+    if result.exit_code != 0 or '"event": "anomaly"' not in out.read_text():
+        raise RuntimeError(f"edge-monitor wrote no seed event log with anomaly events: {result.output}")
     return out
 
 
@@ -462,15 +466,12 @@ TARGETS: dict[str, Target] = {
 
 # ---- running a case ------------------------------------------------------------------------------------
 
-def _commands():
-    """The commands a case runs, and every module they import on the way, imported here once: each forked
-    worker starts warm, and runs the code of the commit the run started at even if the tree changes."""
-    import matplotlib.pyplot  # noqa: F401
-    import soxr  # noqa: F401
+PRELOAD = ["matplotlib.pyplot", "soxr", "edge_asd.edge.report.build", "edge_asd.edge.runtime.service",
+           "edge_asd.firmware_io.pcm", "edge_asd.edge.cli.monitor", "edge_asd.edge.cli.report"]
+"""Modules the cases import, loaded once by the fork server: each worker starts warm."""
 
-    import edge_asd.edge.report.build  # noqa: F401
-    import edge_asd.edge.runtime.service  # noqa: F401
-    import edge_asd.firmware_io.pcm  # noqa: F401
+
+def _commands():
     from edge_asd.edge.cli.monitor import main as monitor
     from edge_asd.edge.cli.report import main as report
 
@@ -492,8 +493,7 @@ def run_case(case: Case, folder: Path) -> tuple[str, str]:
     return "tracebacks", "".join(traceback.format_exception(*result.exc_info))
 
 
-def _worker(conn, parent_end, scratch: str) -> None:
-    parent_end.close()  # so that the worker sees EOF (and ends) when the parent goes
+def _worker(conn, scratch: str) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
@@ -521,8 +521,12 @@ class Worker:
         self.scratch, self.proc = scratch, None
 
     def _start(self):
-        self.conn, child = mp.get_context("fork").Pipe()
-        self.proc = mp.get_context("fork").Process(target=_worker, args=(child, self.conn, self.scratch), daemon=True)
+        # forkserver, not fork: the caller may hold threads (pytest's session imports JAX), and a fork of a
+        # multithreaded process can deadlock; the server preloads the commands, so a new worker starts warm
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, self.scratch), daemon=True)
         self.proc.start()
         child.close()
 
@@ -672,7 +676,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("no real recordings found: pass --data or set EDGE_ASD_DATA")
     commit = _commit()
     seeds = build_seeds(a.seeds, Path(data)).load()
-    _commands()  # imported once here: each forked worker starts warm
     if a.repro.exists():
         shutil.rmtree(a.repro)
     rows = []
