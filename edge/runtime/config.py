@@ -114,6 +114,12 @@ RANGES = {  # key: (lowest, highest) a value may take, both included; every floa
 ``events_max_mb = -1`` rotated before every line, ``gate_db = nan`` gated everything off)."""
 
 
+def _show(value) -> str:
+    """``repr(value)``, cut to 40 characters (an integer of 400 digits stays a readable one-line error)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _check_range(key: str, value, where: str) -> None:
     """EdgeAsdError unless ``value`` is finite and within :data:`RANGES` for ``key``."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -121,7 +127,7 @@ def _check_range(key: str, value, where: str) -> None:
     if key in RANGES and value is not None:
         lo, hi = RANGES[key]
         if not lo <= value <= hi:
-            raise EdgeAsdError(f"{where}: {key} = {value!r} is out of range ({lo:g} to {hi:g})")
+            raise EdgeAsdError(f"{where}: {key} = {_show(value)} is out of range ({lo:g} to {hi:g})")
 
 
 def _coerce(key: str, value, where: str):
@@ -140,7 +146,12 @@ def _coerce(key: str, value, where: str):
         raise EdgeAsdError(f"{where}: {key} = {value!r} should be {kind.replace(' | None', '').replace('Path', 'a path')}")
     if key == "pcm_framing" and value not in PCM_FRAMINGS:
         raise EdgeAsdError(f"{where}: pcm_framing = {value!r} should be one of {', '.join(PCM_FRAMINGS)}")
-    return float(value) if kind.startswith("float") else value
+    if kind.startswith("float"):
+        try:
+            return float(value)
+        except OverflowError:  # a TOML integer like 10**400 (tomllib reads any size)
+            raise EdgeAsdError(f"{where}: {key} = {_show(value)} should be a finite number") from None
+    return value
 
 
 def _apply(cfg: InputConfig, table: dict, where: str, base: Path) -> None:
