@@ -123,7 +123,7 @@ class PhiRecord:
         for key, value in values.items():
             what = _CHECKS[key](value)
             if what is not None:
-                raise EdgeAsdError(f"{where}: damaged phi record ({key} is {value!r}, not {what}); {_AGAIN}")
+                raise EdgeAsdError(f"{where}: damaged phi record ({key} is {_show(value)}, not {what}); {_AGAIN}")
         for key in ("recordings", "heldout_recordings"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
@@ -162,6 +162,12 @@ class PhiRecord:
         """
         return record_settings({k: getattr(self, k) for k in ("window", "window_s", "gate_db", "gate_min_on_s",
                                                              "gate_min_off_s") if getattr(self, k) is not None})
+
+
+def _show(value) -> str:
+    """``repr(value)`` cut to 60 characters: a damaged value stays a one-line error."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _plain(value):
@@ -215,8 +221,9 @@ _CHECKS = {
     "oof_left_out": _check(lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of paths"),
     "fine_tuned": _check(lambda v: isinstance(v, dict), "an object"),
     "alert": _check(lambda v: isinstance(v, dict), "an object"),
-    "input_level": _check(lambda v: isinstance(v, dict) and all(_number(v.get(k)) for k in ("p5_dbfs", "p95_dbfs")),
-                          "an object with p5_dbfs and p95_dbfs"),
+    "input_level": _check(lambda v: isinstance(v, dict) and all(finite_number(v.get(k)) for k in ("p5_dbfs", "p95_dbfs"))
+                          and (v.get("high_band_share") is None or finite_number(v["high_band_share"])),
+                          "an object with finite p5_dbfs, p95_dbfs (and high_band_share)"),
 }
 
 
