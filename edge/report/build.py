@@ -104,8 +104,8 @@ def _damage(item: dict) -> str | None:
         return None if ok else f"state {repr(state)[:40]} / status {repr(status)[:40]}, not strings"
     for key in ("time_s", "score", "phi"):
         value = item.get(key)
-        if not phi_store.finite_number(value) or (key == "phi" and value <= 0):
-            return f"{key} is {repr(value)[:40]}, not a {'positive ' if key == 'phi' else ''}finite number"
+        if not phi_store.finite_number(value) or (key == "phi" and value < 0):  # phi 0: edge-monitor --phi 0
+            return f"{key} is {repr(value)[:40]}, not a {'non-negative ' if key == 'phi' else ''}finite number"
     return None
 
 
@@ -116,7 +116,7 @@ def read_events(path: Path, health: list[dict] | None = None) -> list[dict]:
 
     Raises:
         EdgeAsdError: no such file, not a JSONL event log, or an anomaly line whose ``time_s``, ``score`` or
-            ``phi`` is not a finite number (phi > 0), or a health line whose ``state`` or ``status`` is not a string.
+            ``phi`` is not a finite number (phi >= 0), or a health line whose ``state`` or ``status`` is not a string.
     """
     events = []
     try:
