@@ -67,10 +67,15 @@ class ModelInfo:
             features = FeatureConfig.from_dict(meta["features"]["config"])
             mean = np.asarray(meta["normalization"]["mean"], dtype=np.float32)
             std = np.asarray(meta["normalization"]["std"], dtype=np.float32)
-        except (KeyError, TypeError, ValueError) as e:
-            raise EdgeAsdError(f"{where}: edge-asd metadata is incomplete ({e})") from None
-        if mean.shape != (features.n_mels,) or std.shape != (features.n_mels,) or not np.all(std > 0):
+        except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: a JSON integer like 10**400
+            raise EdgeAsdError(f"{where}: edge-asd metadata is incomplete or damaged ({str(e)[:80]})") from None
+        except EdgeAsdError as e:  # feature values out of range (FeatureConfig)
+            raise EdgeAsdError(f"{where}: {e}") from None
+        if mean.shape != (features.n_mels,) or std.shape != (features.n_mels,):
             raise EdgeAsdError(f"{where}: normalization statistics do not match {features.n_mels} mel bands")
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+            raise EdgeAsdError(f"{where}: damaged normalization statistics (a mean or std that is not finite, or a "
+                               "std <= 0): every score would be NaN or infinite")
         return cls(meta=meta, features=features, mean=mean, std=std)
 
     def standardize(self, vectors: np.ndarray) -> np.ndarray:

@@ -8,12 +8,26 @@ change preprocessing, these values change with it).
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 
 from edge_asd.core.errors import EdgeAsdError
 
 LEVEL_NORMS = ("none", "context")
 """Allowed :attr:`FeatureConfig.level_norm` values."""
+INT_RANGES = {"sample_rate": (4000, 768000), "n_fft": (16, 65536), "hop_samples": (1, 65536), "n_mels": (1, 1024),
+              "n_context_frames": (1, 1024)}
+"""Integer fields and the values (inclusive) a device computes features with; a model file's metadata outside
+them is damaged or foreign (``n_fft = inf`` was an OverflowError traceback, ``hop_samples = 128.0`` loaded)."""
+
+
+def _finite(value) -> bool:
+    """A real number (not a bool) that a float holds: not NaN, not infinite, not 10**400."""
+    try:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -55,11 +69,21 @@ class FeatureConfig:
             raise EdgeAsdError(f"feature config: log must be 'ln' or 'db', not {self.log!r}")
         if self.level_norm not in LEVEL_NORMS:
             raise EdgeAsdError(f"feature config: level_norm must be one of {', '.join(LEVEL_NORMS)}, not {self.level_norm!r}")
-        for name in ("sample_rate", "n_fft", "hop_samples", "n_mels", "n_context_frames"):
-            if int(getattr(self, name)) <= 0:
-                raise EdgeAsdError(f"feature config: {name} must be positive")
+        for name, (lo, hi) in INT_RANGES.items():
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not lo <= value <= hi:
+                raise EdgeAsdError(f"feature config: {name} = {value!r} should be an integer from {lo} to {hi}")
         if self.hop_samples > self.n_fft:
             raise EdgeAsdError("feature config: hop_samples must not exceed n_fft")
+        for name in ("magnitude_power", "log_floor"):
+            value = getattr(self, name)
+            if not _finite(value) or value <= 0:
+                raise EdgeAsdError(f"feature config: {name} = {value!r} should be a finite number > 0")
+        nyquist = self.sample_rate / 2
+        fmax = nyquist if self.fmax_hz is None else self.fmax_hz
+        if not (_finite(self.fmin_hz) and _finite(fmax) and 0 <= self.fmin_hz < fmax <= nyquist):
+            raise EdgeAsdError(f"feature config: fmin_hz = {self.fmin_hz!r}, fmax_hz = {self.fmax_hz!r}: need "
+                               f"0 <= fmin_hz < fmax_hz <= sample_rate / 2 = {nyquist:g} Hz")
 
     @property
     def dim(self) -> int:

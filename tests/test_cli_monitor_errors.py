@@ -168,3 +168,20 @@ def test_monitor_without_model_or_config(env):
     proc = cli("edge-monitor", "--input", "-", env=env, input=b"")
     assert_one_line_error(proc)
     assert "--model" in proc.stderr and "--config" in proc.stderr
+
+
+@pytest.mark.parametrize("option, value", [("--silent-dbfs", "5"), ("--silent-dbfs", "nan"), ("--gate-min-on-s", "1e300"),
+                                           ("--evidence-seconds", "1e9"), ("--events-max-mb", "-1")])
+def test_monitor_options_take_the_ranges_of_their_config_keys(option, value):
+    """--silent-dbfs 5 (every frame 'silent', nothing scored) and --gate-min-on-s 1e300 (the gate never opens)
+    ran with exit 0, although monitor.toml refuses the same values: an option now refuses what its key does."""
+    from click.testing import CliRunner
+
+    from edge_asd.edge.cli.monitor import main
+    from edge_asd.edge.runtime.config import RANGES
+
+    result = CliRunner().invoke(main, ["--model", "m.tflite", option, value])
+    assert result.exit_code == 2 and not isinstance(result.exception, (TypeError, ValueError)), result.output
+    key = option[2:].replace("-", "_").replace("evidence_seconds", "evidence_before_s")
+    lo, hi = RANGES[key]
+    assert f"Invalid value for '{option}'" in result.output and (f"{lo:g}" in result.output or "finite" in result.output)

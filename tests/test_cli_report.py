@@ -160,3 +160,17 @@ def test_report_shows_the_input_health_of_the_log(model, fan, clip_max, tmp_path
     assert proc.returncode == 0, proc.stderr
     facts = json.loads(proc.stdout)
     assert facts["input health in log (states started)"] == "silent x1" and facts["events in log"] == 0
+
+
+@pytest.mark.parametrize("key, value", [("score", "x"), ("time_s", [1]), ("phi", None), ("phi", float("nan")),
+                                        ("phi", -5), ("score", 10**400)])
+def test_report_refuses_an_anomaly_line_with_a_damaged_number(tmp_path, env, key, value):
+    """A complete JSON line whose numbers are damaged (make fuzz: TypeError, KeyError and OverflowError
+    tracebacks from the plot and from phi) is refused as one line naming the line and the key."""
+    line = {"schema": 3, "event": "anomaly", "time_s": 1.5, "frame": 40, "score": 900.0, "running_max": None,
+            "phi": 812.5, "machine_id": "id_00", "model_sha256": "0" * 64, "window": 0, "input": "mic", "wall_time": "x"}
+    log = tmp_path / "events.jsonl"
+    log.write_text(json.dumps(line) + "\n" + json.dumps({**line, key: value}) + "\n")
+    proc = cli("edge-report", "--events", log, "--out", tmp_path / "r", env=env)
+    assert_one_line_error(proc)
+    assert f"line 2: damaged anomaly line ({key} is" in proc.stderr, proc.stderr

@@ -76,6 +76,10 @@ evidence_png = true
     ('[[input]]\nmodel = "a"\nevidence_before_s = -5\n', ["evidence_before_s = -5.0 is out of range"]),
     ('[[input]]\nmodel = "a"\ngate_db = nan\n', ["gate_db = nan should be a finite number"]),
     ('[[input]]\nmodel = "a"\nphi = -1\n', ["phi = -1.0 is out of range"]),
+    # make fuzz: a float key given an integer no float holds was an OverflowError traceback
+    ('[monitor]\ngate_min_off_s = 1' + '0' * 400 + '\n[[input]]\nmodel = "a"\n',
+     ["gate_min_off_s = 1" + "0" * 36 + "... should be a finite number"]),
+    ('[[input]]\nmodel = "a"\nthreads = 1' + '0' * 400 + '\n', ["threads = 1" + "0" * 36 + "... is out of range (1 to 64)"]),
 ])
 def test_mistakes_are_one_clear_error(tmp_path, text, words):
     path = write(tmp_path, text)

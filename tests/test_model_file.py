@@ -283,3 +283,40 @@ def test_metadata_changed_without_resealing_is_refused_as_damaged_before_it_is_i
     path = tmp_path / "changed.tflite"
     path.write_bytes(changed)
     _refused(path, "damaged model file")
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("n_fft", float("inf"), "n_fft = inf should be an integer"),  # was an OverflowError traceback (make fuzz)
+    ("hop_samples", 128.0, "hop_samples = 128.0 should be an integer"),
+    ("sample_rate", 1, "sample_rate = 1 should be an integer from 4000"),
+    ("n_mels", True, "n_mels = True"),
+    ("magnitude_power", float("nan"), "magnitude_power = nan should be a finite number > 0"),
+    ("log_floor", 0, "log_floor = 0 should be a finite number > 0"),
+    ("fmax_hz", 0, "need 0 <= fmin_hz < fmax_hz"),
+    ("fmax_hz", 16000.0, "need 0 <= fmin_hz < fmax_hz <= sample_rate / 2"),
+    ("fmin_hz", 10**400, "need 0 <= fmin_hz"),
+])
+def test_feature_values_a_device_cannot_use_are_refused(int8_model, tmp_path, key, value, words):
+    """Re-sealed metadata with feature values out of range or of the wrong type: one line naming the value
+    and the range, never a traceback, and never a model that loads and scores NaN."""
+    def change(meta):
+        meta["features"]["config"][key] = value
+
+    msg = _refused(_rewrite(int8_model, tmp_path, change), "feature config")
+    assert words in msg, msg
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("mean", 10**400, "incomplete or damaged (int too large"),  # an OverflowError traceback (make fuzz)
+    ("std", 10**400, "incomplete or damaged"),
+    ("mean", float("nan"), "damaged normalization statistics"),
+    ("std", 1e300, "damaged normalization statistics"),  # inf as float32
+    ("std", 0.0, "damaged normalization statistics"),
+])
+def test_damaged_normalization_statistics_are_refused(int8_model, tmp_path, key, value, words):
+    """Re-sealed metadata with one normalization value that no float32 holds, NaN or a std <= 0: one line,
+    never a traceback, never a model whose every score is NaN."""
+    def change(meta):
+        meta["normalization"][key][3] = value
+
+    assert words in _refused(_rewrite(int8_model, tmp_path, change))

@@ -175,7 +175,10 @@ def test_an_old_store_loads(tmp_path):
     ({"window_s": "ten"}, "window_s is 'ten', not a number"),
     ({"recordings_heard_by_model": True}, "not an integer"),
     ({"oof_recordings": "10"}, "oof_recordings is '10', not an integer"),
-    ({"input_level": {"median_dbfs": -44.0}}, "not an object with p5_dbfs and p95_dbfs"),
+    ({"input_level": {"median_dbfs": -44.0}}, "not an object with finite p5_dbfs, p95_dbfs"),
+    # make fuzz (phi_store target): tracebacks in the monitor's input-health checks
+    ({"input_level": {"p5_dbfs": 10**400, "p95_dbfs": -42.8}}, "not an object with finite p5_dbfs, p95_dbfs"),
+    ({"input_level": {"p5_dbfs": -45.5, "p95_dbfs": -42.8, "high_band_share": "1e999"}}, "(and high_band_share)"),
 ])
 def test_a_damaged_record_is_refused_in_one_line(tmp_path, damage, words):
     """(A phi of 10**400, valid JSON, overflowed float: a traceback in a probe; its test writes the JSON text.)"""

@@ -11,7 +11,7 @@ import click
 from edge_asd.core.commands import CONTEXT_SETTINGS, setup_logging, user_errors, version_option
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.cli.options import (
-    FiniteRange,
+    config_range,
     gate_options,
     model_option,
     phi_option,
@@ -71,22 +71,22 @@ def _list_devices(ctx, param, value):
                    "[default: the phi record's, else 1].")
 @click.option("--events", "events_path", envvar="EDGE_ASD_EVENTS", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also append every line to this JSONL file (flushed and fsynced per line).")
-@click.option("--events-max-mb", type=FiniteRange(min=0), default=0.0, show_default=True,
+@click.option("--events-max-mb", type=config_range("events_max_mb"), default=0.0, show_default=True,
               help="Rotate the events file beyond this size (MB; 0 = never): events.jsonl.1, .2, ...")
 @click.option("--evidence-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the audio around each event here (FLAC); its path goes into the event line.")
-@click.option("--evidence-seconds", type=FiniteRange(min=0), default=5.0, show_default=True,
+@click.option("--evidence-seconds", type=config_range("evidence_before_s"), default=5.0, show_default=True,
               help="Seconds of evidence audio before and after each event.")
 @click.option("--evidence-png", is_flag=True, help="Also a log-mel PNG per evidence clip (needs matplotlib).")
 @click.option("--config", "config_path", envvar="EDGE_ASD_CONFIG", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML file listing several inputs, each with its model, machine ID and phi store (see README).")
 @click.option("--list-devices", is_flag=True, expose_value=False, is_eager=True, callback=_list_devices,
               help="List the microphone input devices and exit.")
-@click.option("--silent-dbfs", type=float, default=SILENT_DBFS, show_default=True,
+@click.option("--silent-dbfs", type=config_range("silent_dbfs"), default=SILENT_DBFS, show_default=True,
               help="Input health: audio below this level is a dead input (not scored; a 'silent' health line), dBFS.")
-@click.option("--silent-s", type=FiniteRange(min=0), default=HOLD_S["silent"], show_default=True,
+@click.option("--silent-s", type=config_range("silent_s"), default=HOLD_S["silent"], show_default=True,
               help="Input health: seconds of silence before the 'silent' health line.")
-@click.option("--level-drift-db", type=FiniteRange(min=0), default=LEVEL_DRIFT_DB, show_default=True,
+@click.option("--level-drift-db", type=config_range("level_drift_db"), default=LEVEL_DRIFT_DB, show_default=True,
               help="Input health: a 'level_drift' health line when the level leaves the calibrated range by this much, dB.")
 @trust_options
 @click.option("--allow-unsigned", is_flag=True,

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from edge_asd.edge.runtime.backends import MAX_THREADS
+from edge_asd.edge.runtime.config import RANGES
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
 
 MODEL_FILE = click.Path(dir_okay=False, path_type=Path)
@@ -45,11 +46,11 @@ def gate_options(fn):
     --gate-min-off-s (s), with the defaults of :mod:`edge_asd.edge.runtime.windows` (edge-monitor and edge-calibrate
     take the same gate, so calibration windows are the monitor's)."""
     options = [
-        click.option("--gate-db", type=FiniteRange(-200, 0), default=DEFAULT_GATE_DB, show_default=True,
+        click.option("--gate-db", type=config_range("gate_db"), default=DEFAULT_GATE_DB, show_default=True,
                      help="Energy gate (--window gate): machine on at or above this level, dBFS (off 3 dB lower)."),
-        click.option("--gate-min-on-s", type=FiniteRange(min=0), default=DEFAULT_GATE_MIN_ON_S, show_default=True,
+        click.option("--gate-min-on-s", type=config_range("gate_min_on_s"), default=DEFAULT_GATE_MIN_ON_S, show_default=True,
                      help="Energy gate: seconds at or above --gate-db before the gate opens."),
-        click.option("--gate-min-off-s", type=FiniteRange(min=0), default=DEFAULT_GATE_MIN_OFF_S, show_default=True,
+        click.option("--gate-min-off-s", type=config_range("gate_min_off_s"), default=DEFAULT_GATE_MIN_OFF_S, show_default=True,
                      help="Energy gate: seconds below the off level before the gate closes."),
     ]
     for option in reversed(options):
@@ -81,6 +82,13 @@ class FiniteRange(click.FloatRange):
         if not math.isfinite(rv):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return rv
+
+
+def config_range(key: str) -> FiniteRange:
+    """The range of monitor.toml's ``key`` (:data:`edge_asd.edge.runtime.config.RANGES`) as an option type, so
+    that an option and its config key refuse the same values (``--silent-dbfs 5`` silenced every frame,
+    ``--gate-min-on-s 1e300`` never opened the gate)."""
+    return FiniteRange(*RANGES[key])
 
 
 class PhiType(click.ParamType):

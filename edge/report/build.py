@@ -96,13 +96,27 @@ class Report:
     """The numbers behind the figures, as shown in the page's table (label -> value)."""
 
 
+def _damage(item: dict) -> str | None:
+    """What makes an anomaly or health line unusable (``"score is 'x', not a finite number"``), or None."""
+    if item["event"] == "health":
+        state, status = item.get("state"), item.get("status")
+        ok = isinstance(state, str) and isinstance(status, str)
+        return None if ok else f"state {repr(state)[:40]} / status {repr(status)[:40]}, not strings"
+    for key in ("time_s", "score", "phi"):
+        value = item.get(key)
+        if not phi_store.finite_number(value) or (key == "phi" and value < 0):  # phi 0: edge-monitor --phi 0
+            return f"{key} is {repr(value)[:40]}, not a {'non-negative ' if key == 'phi' else ''}finite number"
+    return None
+
+
 def read_events(path: Path, health: list[dict] | None = None) -> list[dict]:
     """The anomaly events of an ``edge-monitor`` JSONL log (other line kinds are skipped; a line cut short by
     a power loss or a full disk, last or followed by the lines of a later start, is skipped with a warning). With a ``health`` list, the log's ``health`` lines (input
     health, :class:`edge_asd.edge.runtime.events.Health`) are appended to it.
 
     Raises:
-        EdgeAsdError: no such file, or not a JSONL event log.
+        EdgeAsdError: no such file, not a JSONL event log, or an anomaly line whose ``time_s``, ``score`` or
+            ``phi`` is not a finite number (phi >= 0), or a health line whose ``state`` or ``status`` is not a string.
     """
     events = []
     try:
@@ -124,6 +138,8 @@ def read_events(path: Path, health: list[dict] | None = None) -> list[dict]:
         if isinstance(item, dict) and isinstance(item.get("schema"), int) and item["schema"] > EVENT_SCHEMA:
             raise EdgeAsdError(f"{path}: line {n} has event schema {item['schema']}; this kit reads schemas up to "
                                f"{EVENT_SCHEMA}: update edge-asd")
+        if isinstance(item, dict) and item.get("event") in ("anomaly", "health") and (what := _damage(item)):
+            raise EdgeAsdError(f"{path}: line {n}: damaged {item['event']} line ({what})")
         if isinstance(item, dict) and item.get("event") == "anomaly" and "time_s" in item and "score" in item:
             events.append(item)
         elif health is not None and isinstance(item, dict) and item.get("event") == "health":

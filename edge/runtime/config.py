@@ -109,7 +109,7 @@ _TYPES = {**{key: f.type for key, f in SOURCE_KEYS.items()},
           **{f.name: f.type for f in dataclasses.fields(InputConfig) if f.name != "source"}}
 
 
-_RANGES = {  # key: (lowest, highest) a value may take, both included; every float must also be finite
+RANGES = {  # key: (lowest, highest) a value may take, both included; every float must also be finite
     "channel": (0, 63), "pcm_channels": (1, 64), "pcm_rate": (1000, 768000), "baud": (300, 100_000_000),
     "stall_s": (0.1, 3600.0), "buffer_s": (0.1, 3600.0), "phi": (1e-300, 1e300),
     "gate_db": (-200.0, 0.0), "gate_min_on_s": (0.0, 3600.0), "gate_min_off_s": (0.0, 3600.0),
@@ -117,18 +117,24 @@ _RANGES = {  # key: (lowest, highest) a value may take, both included; every flo
     "evidence_before_s": (0.0, 600.0), "evidence_after_s": (0.0, 600.0), "threads": (1, MAX_THREADS),
     "silent_dbfs": (-200.0, 0.0), "silent_s": (0.0, 3600.0), "level_drift_db": (0.0, 200.0),
 }
-"""Absurd values are refused where they are read (``threads = 100000`` exhausted the host's process IDs,
+"""Absurd values are refused where they are read (edge-monitor's options of the same names take the same ranges) (``threads = 100000`` exhausted the host's process IDs,
 ``events_max_mb = -1`` rotated before every line, ``gate_db = nan`` gated everything off)."""
 
 
+def _show(value) -> str:
+    """``repr(value)``, cut to 40 characters (an integer of 400 digits stays a readable one-line error)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _check_range(key: str, value, where: str) -> None:
-    """EdgeAsdError unless ``value`` is finite and within :data:`_RANGES` for ``key``."""
+    """EdgeAsdError unless ``value`` is finite and within :data:`RANGES` for ``key``."""
     if isinstance(value, float) and not math.isfinite(value):
         raise EdgeAsdError(f"{where}: {key} = {value} should be a finite number")
-    if key in _RANGES and value is not None:
-        lo, hi = _RANGES[key]
+    if key in RANGES and value is not None:
+        lo, hi = RANGES[key]
         if not lo <= value <= hi:
-            raise EdgeAsdError(f"{where}: {key} = {value!r} is out of range ({lo:g} to {hi:g})")
+            raise EdgeAsdError(f"{where}: {key} = {_show(value)} is out of range ({lo:g} to {hi:g})")
 
 
 def _coerce(key: str, value, where: str):
@@ -147,7 +153,12 @@ def _coerce(key: str, value, where: str):
         raise EdgeAsdError(f"{where}: {key} = {value!r} should be {kind.replace(' | None', '').replace('Path', 'a path')}")
     if key == "pcm_framing" and value not in PCM_FRAMINGS:
         raise EdgeAsdError(f"{where}: pcm_framing = {value!r} should be one of {', '.join(PCM_FRAMINGS)}")
-    return float(value) if kind.startswith("float") else value
+    if kind.startswith("float"):
+        try:
+            return float(value)
+        except OverflowError:  # a TOML integer like 10**400 (tomllib reads any size)
+            raise EdgeAsdError(f"{where}: {key} = {_show(value)} should be a finite number") from None
+    return value
 
 
 def _apply(cfg: InputConfig, table: dict, where: str, base: Path) -> None:

@@ -123,7 +123,7 @@ class PhiRecord:
         for key, value in values.items():
             what = _CHECKS[key](value)
             if what is not None:
-                raise EdgeAsdError(f"{where}: damaged phi record ({key} is {value!r}, not {what}); {_AGAIN}")
+                raise EdgeAsdError(f"{where}: damaged phi record ({key} is {_show(value)}, not {what}); {_AGAIN}")
         for key in ("recordings", "heldout_recordings"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
@@ -164,6 +164,12 @@ class PhiRecord:
                                                              "gate_min_off_s") if getattr(self, k) is not None})
 
 
+def _show(value) -> str:
+    """``repr(value)`` cut to 60 characters: a damaged value stays a one-line error."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _plain(value):
     """A JSON-ready copy: mappings as dicts (so a record's dict never shares its nested objects)."""
     return json.loads(json.dumps(value)) if isinstance(value, Mapping) else value
@@ -173,13 +179,18 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _positive_finite(value) -> bool:
-    """A number > 0 that a float holds (a JSON integer like 10**400 overflows float: refused, not a traceback;
-    phi <= 0 would make every frame an anomaly)."""
+def finite_number(value) -> bool:
+    """A JSON number (not a bool) that a float holds: not NaN, not infinite, and not an integer like 10**400,
+    which overflows float (refused, not a traceback)."""
     try:
-        return _number(value) and math.isfinite(float(value)) and value > 0
+        return _number(value) and math.isfinite(float(value))
     except OverflowError:
         return False
+
+
+def _positive_finite(value) -> bool:
+    """A finite number > 0 (phi <= 0 would make every frame an anomaly)."""
+    return finite_number(value) and value > 0
 
 
 def _check(test, what):
@@ -210,8 +221,9 @@ _CHECKS = {
     "oof_left_out": _check(lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of paths"),
     "fine_tuned": _check(lambda v: isinstance(v, dict), "an object"),
     "alert": _check(lambda v: isinstance(v, dict), "an object"),
-    "input_level": _check(lambda v: isinstance(v, dict) and all(_number(v.get(k)) for k in ("p5_dbfs", "p95_dbfs")),
-                          "an object with p5_dbfs and p95_dbfs"),
+    "input_level": _check(lambda v: isinstance(v, dict) and all(finite_number(v.get(k)) for k in ("p5_dbfs", "p95_dbfs"))
+                          and (v.get("high_band_share") is None or finite_number(v["high_band_share"])),
+                          "an object with finite p5_dbfs, p95_dbfs (and high_band_share)"),
 }
 
 
