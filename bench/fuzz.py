@@ -75,6 +75,9 @@ class Seeds:
     """A real fan id_00 recording (FLAC)."""
     events: Path
     """An events.jsonl edge-monitor wrote."""
+    signed: Path | None = None
+    """A folder with a trusted root (root.json, root key threshold 1), a release of ``model`` signed by the
+    release key (release.json), a device trust directory (trust/) and a signed set-phi command (cmd.json)."""
     config: Path = REPO / "examples" / "service" / "monitor.toml"
     blobs: dict = field(default_factory=dict)
 
@@ -145,7 +148,26 @@ def build_seeds(folder: Path, data: Path) -> Seeds:
     anomaly = sorted((data / "machines" / "fan" / "test").glob("anomaly_id_00_*.flac"))[0]
     if not events.exists():
         make_events(model, store, anomaly, events)
-    return Seeds(model=model, store=store, clip=clips[0], events=events)
+    signed = folder / "signed"
+    if not (signed / "cmd.json").exists():
+        make_signed(model, store, signed)
+    return Seeds(model=model, store=store, clip=clips[0], events=events, signed=signed)
+
+
+def make_signed(model: Path, store: Path, out: Path) -> None:
+    """The signed seeds (:attr:`Seeds.signed`), made with edge-release as docs/releases.md shows."""
+    release = Path(sys.executable).parent / "edge-release"
+    keys = out / "keys"
+    steps = [["keygen", "root", "release", "ops", "dev", "--out", keys],
+             ["root", "--root-key", keys / "root.pub", "--root-threshold", "1", "--release-key", keys / "release.pub",
+              "--operations-key", keys / "ops.pub", "--device-key", keys / "dev.pub", "--sign", keys / "root.key",
+              "--out", out / "root.json"],
+             ["sign", model, "--key", keys / "release.key", "--version", "1", "--cohort", "all", "--out", out / "release.json"],
+             ["init", "--trust-dir", out / "trust", "--root", out / "root.json", "--device", "dev"],
+             ["command", "set-phi", "--device", "dev", "--seq", "1", "--key", keys / "ops.key", "--store", store,
+              "--machine-id", "00", "--out", out / "cmd.json"]]
+    for step in steps:
+        subprocess.run([str(release), *map(str, step)], check=True, capture_output=True)
 
 
 # ---- mutations (hypothesis draws every choice) ----------------------------------------------------------
@@ -209,6 +231,9 @@ def _paths(doc, prefix=()):
 
 
 def _edit(doc, path, action, value, key):
+    import copy
+
+    value = copy.deepcopy(value)  # a value of INTERESTING_JSON is shared: an edit must never change it
     if not path:
         return value if action == "set" else doc
     parent = doc
@@ -263,7 +288,8 @@ class Case:
     files: dict = field(default_factory=dict)
     stdin: bytes | None = None
     damaged_model: bool = False
-    """The model file's bytes differ from the seed's and were not re-sealed: it must be refused."""
+    """Must be refused: the model file's bytes differ from the seed's and were not re-sealed, or a signed
+    document's payload or signature was changed without its key (counted as ``corrupted_model_accepted``)."""
 
 
 def _monitor(seeds: Seeds, *args: str, phi: bool = True) -> tuple[str, ...]:
@@ -444,6 +470,46 @@ def events_target(seeds: Seeds) -> st.SearchStrategy[Case]:
                                    {"events.jsonl": b}))
 
 
+def _envelope_edits(envelope: dict) -> st.SearchStrategy[tuple[bytes, bool]]:
+    """(file bytes, must be refused): the envelope's JSON edited (any change to the payload or a signature
+    without the key: refused), its payload decoded, edited and re-encoded unsigned (refused), or its bytes
+    mutated (whitespace may survive: not marked)."""
+    import base64
+
+    payload = json.loads(base64.b64decode(envelope["payload"]))
+    text = json.dumps(envelope).encode()
+
+    def forged(ops):
+        changed = edit_json(payload, ops)
+        doc = {**envelope, "payload": base64.b64encode(json.dumps(changed).encode()).decode()}
+        return json.dumps(doc).encode(), changed != payload
+
+    def edited(ops):
+        doc = edit_json(envelope, ops)
+        signed = {k: envelope[k] for k in ("payload", "signatures")}
+        same = isinstance(doc, dict) and {k: doc.get(k) for k in signed} == signed
+        return json.dumps(doc).encode(), not same and isinstance(doc, dict) and doc.get("payload") != envelope["payload"]
+    return st.one_of(json_edits(payload).map(forged), json_edits(envelope).map(edited),
+                     mutated(text, header=len(text)).map(lambda b: (b, False)))
+
+
+def release_target(seeds: Seeds) -> st.SearchStrategy[Case]:
+    """A release document (DSSE envelope): edge-release verify of the seed model against the trusted root."""
+    envelope = json.loads((seeds.signed / "release.json").read_text())
+    args = ("verify", str(seeds.model), "{dir}/release.json", "--root", str(seeds.signed / "root.json"))
+    return _envelope_edits(envelope).map(lambda t: Case("release", args, {"release.json": t[0]}, damaged_model=t[1]))
+
+
+def command_target(seeds: Seeds) -> st.SearchStrategy[Case]:
+    """A signed command (set-phi): edge-release apply on a fresh copy of the device's trust directory and store."""
+    envelope = json.loads((seeds.signed / "cmd.json").read_text())
+    trust = {f"trust/{p.relative_to(seeds.signed / 'trust')}": p.read_bytes()
+             for p in (seeds.signed / "trust").rglob("*") if p.is_file()}
+    args = ("apply", "{dir}/cmd.json", "--trust-dir", "{dir}/trust", "--store", "{dir}/phi.json")
+    return _envelope_edits(envelope).map(lambda t: Case(
+        "release", args, {**trust, "phi.json": seeds.blobs["store"].encode(), "cmd.json": t[0]}, damaged_model=t[1]))
+
+
 @dataclass(frozen=True)
 class Target:
     strategy: Callable[[Seeds], st.SearchStrategy[Case]]
@@ -460,22 +526,26 @@ TARGETS: dict[str, Target] = {
     "stdin_raw": Target(lambda s: stdin_target(s, "raw"), "raw PCM / WAV / other bytes on stdin (--input -)"),
     "stdin_framed": Target(lambda s: stdin_target(s, "framed"), "framed PCM on stdin (--pcm-framing framed)"),
     "event_log": Target(events_target, "event log (edge-report --events)"),
+    "release_doc": Target(release_target, "signed release document (edge-release verify)"),
+    "signed_command": Target(command_target, "signed command (edge-release apply)"),
 }
-"""Name -> what it fuzzes. Issue 18's release documents, signed commands and MQTT payloads go here."""
+"""Name -> what it fuzzes. MQTT payloads (issue 18) go here when they land."""
 
 
 # ---- running a case ------------------------------------------------------------------------------------
 
 PRELOAD = ["matplotlib.pyplot", "soxr", "edge_asd.edge.report.build", "edge_asd.edge.runtime.service",
-           "edge_asd.firmware_io.pcm", "edge_asd.edge.cli.monitor", "edge_asd.edge.cli.report"]
+           "edge_asd.firmware_io.pcm", "edge_asd.edge.cli.monitor", "edge_asd.edge.cli.report",
+           "edge_asd.edge.cli.release"]
 """Modules the cases import, loaded once by the fork server: each worker starts warm."""
 
 
 def _commands():
     from edge_asd.edge.cli.monitor import main as monitor
+    from edge_asd.edge.cli.release import main as release
     from edge_asd.edge.cli.report import main as report
 
-    return {"monitor": monitor, "report": report}
+    return {"monitor": monitor, "report": report, "release": release}
 
 
 def run_case(case: Case, folder: Path) -> tuple[str, str]:
@@ -484,6 +554,7 @@ def run_case(case: Case, folder: Path) -> tuple[str, str]:
     from click.testing import CliRunner
 
     for name, data in case.files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
     args = [a.replace("{dir}", str(folder)) for a in case.args]
     result = CliRunner().invoke(_commands()[case.command], args, input=case.stdin, catch_exceptions=True)
@@ -557,6 +628,7 @@ class Worker:
 def save_reproducer(folder: Path, case: Case, outcome: str, detail: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in case.files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
     if case.stdin is not None:
         (folder / "stdin.bin").write_bytes(case.stdin)

@@ -12,17 +12,19 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 INPUTS = 25
-"""Per target: 9 targets x 25 inputs, about 15 s on a busy 2-core VM."""
+"""Per target: 11 targets x 25 inputs, about 20 s on a busy 2-core VM."""
 
 
 @pytest.fixture(scope="module")
 def seeds(model, calibrated, fan, tmp_path_factory):
-    from fuzz import Seeds, make_events
+    from fuzz import Seeds, make_events, make_signed
 
     store, proc = calibrated
     assert proc.returncode == 0, proc.stderr
-    events = make_events(model, store, fan["test_anomaly"][0], tmp_path_factory.mktemp("fuzz") / "events.jsonl")
-    return Seeds(model=model, store=store, clip=fan["train"][0], events=events).load()
+    folder = tmp_path_factory.mktemp("fuzz")
+    events = make_events(model, store, fan["test_anomaly"][0], folder / "events.jsonl")
+    make_signed(model, store, folder / "signed")
+    return Seeds(model=model, store=store, clip=fan["train"][0], events=events, signed=folder / "signed").load()
 
 
 def test_seed_inputs_run_clean(seeds, tmp_path):
@@ -37,6 +39,13 @@ def test_seed_inputs_run_clean(seeds, tmp_path):
                                  phi=False)),
         Case("monitor", _monitor(seeds, "--model", str(seeds.model), "--input", "-"), stdin=seeds.blobs["pcm"]),
         Case("report", ("--events", str(seeds.events), "--out", "{dir}/report", "-q")),
+    ]
+    signed = seeds.signed
+    trust = {f"trust/{p.relative_to(signed / 'trust')}": p.read_bytes() for p in (signed / "trust").rglob("*") if p.is_file()}
+    cases += [
+        Case("release", ("verify", str(seeds.model), str(signed / "release.json"), "--root", str(signed / "root.json"))),
+        Case("release", ("apply", str(signed / "cmd.json"), "--trust-dir", "{dir}/trust", "--store", "{dir}/phi.json"),
+             {**trust, "phi.json": seeds.blobs["store"].encode()}),
     ]
     for case in cases:
         assert run_case(case, tmp_path) == ("exit0", ""), case.args
