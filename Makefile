@@ -43,6 +43,12 @@ $(DOCS_STAMP): pyproject.toml Makefile
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict $(DOCS_ARGS)
 
+## One report of the counts (docs/reliability.md): make fuzz's targets, SIGKILLs while logging, a full disk,
+## an 8-hour-equivalent memory soak, and the arm64 check (run when its root is cached, else its last result).
+## About an hour on 2 cores; RELIABILITY_ARGS="--fuzz-inputs 1000 --soak-hours 1" for a shorter one.
+reliability: $(STAMP)
+	$(PY) bench/reliability.py $(RELIABILITY_ARGS)
+
 ## The device path on 64-bit ARM (qemu-user, Debian bookworm arm64) against x86: phi, scores, events,
 ## fine-tune (docs/arm64.md). Root and network the first time: the arm64 root (~10 min) is cached in
 ## ~/.cache/edge-asd/arm64-root. ARM64_ARGS="--cpu cortex-a76" for a Pi 5.
