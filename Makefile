@@ -50,7 +50,7 @@ reliability: $(STAMP)
 	$(PY) bench/reliability.py $(RELIABILITY_ARGS)
 
 ## The device path on 64-bit ARM (qemu-user, Debian bookworm arm64) against x86: phi, scores, events,
-## fine-tune (docs/arm64.md). Root and network the first time: the arm64 root (~10 min) is cached in
+## fine-tune (docs/arm64.md). Root and network the first time: the arm64 root (~15 min: debootstrap ~10, pip ~4) is cached in
 ## ~/.cache/edge-asd/arm64-root. ARM64_ARGS="--cpu cortex-a76" for a Pi 5.
 arm64: $(STAMP)
 	$(PY) bench/arm64_check.py --json out/arm64/arm64.json $(ARM64_ARGS)

@@ -734,6 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replay", type=Path, default=None, help="rerun one saved reproducer folder and print its outcome")
     a = ap.parse_args(argv)
     if a.replay:
+        if not (a.replay / "case.json").is_file():
+            ap.error(f"{a.replay}: not a saved reproducer (no case.json); make fuzz saves them under out/fuzz/repro "
+                     "only when an input fails")
         outcome, detail = replay(a.replay)
         print(outcome, detail, sep="\n")
         return 0 if outcome in ("exit0", "clean_errors") else 1

@@ -14,7 +14,7 @@ Runs, on real fan id_00 recordings and one small model it trains once (``out/rel
 4. ``bench/soak.py``: an accelerated 8-hour-equivalent stream with 1-s windows, events and evidence: RSS and
    open descriptors at start and end, events identical to a straight run;
 5. ``bench/arm64_check.py``: the device commands in an emulated bookworm arm64 root against this machine's
-   run, when the root is cached (``make arm64`` builds it, about 10 minutes); else its last saved result.
+   run, when the root is cached (``make arm64`` builds it, about 15 minutes); else its last saved result.
 
 Each part's figures go to ``out/reliability/<part>.json``; the report (Markdown) to stdout and
 ``out/reliability/report.md``. Exit 1 when a target is missed (a traceback, hang or crash; an event lost;
@@ -50,16 +50,15 @@ def sh(*cmd, log: Path | None = None) -> int:
 def small_model(out: Path, data: Path) -> tuple[Path, Path]:
     """(model, phi store): a BU model of fan id_00 (2 x 50 updates: enough to score, not to detect), int8, and
     phi calibrated on the ID's normal training clips; made once."""
-    model, store = out / "fan.tflite", out / "phi.json"
-    if not (model.exists() and store.exists()):
-        ckpt = out / "fan.pt"
-        for cmd in ([BIN / "edge-train", data, "--machine-type", "fan", "--machine-id", "id_00", "--epochs", "2",
-                     "--batches-per-epoch", "50", "--out", ckpt, "-q"],
-                    [BIN / "edge-convert", ckpt, "--to", "tflite", "--int8", "--calibration", data, "--out", model, "-q"],
-                    [BIN / "edge-calibrate", "--model", model, "--machine-id", "id_00", "--store", store,
-                     "--votes", "1/1", "-q", data / "machines" / "fan" / "train"]):
-            if sh(*cmd, log=out / f"{Path(str(cmd[0])).name}.log") != 0:
-                sys.exit(f"reliability: {Path(str(cmd[0])).name} failed (its log: {out})")
+    ckpt, model, store = out / "fan.pt", out / "fan.tflite", out / "phi.json"
+    steps = [(ckpt, [BIN / "edge-train", data, "--machine-type", "fan", "--machine-id", "id_00", "--epochs", "2",
+                     "--batches-per-epoch", "50", "--out", ckpt, "-q"]),
+             (model, [BIN / "edge-convert", ckpt, "--to", "tflite", "--int8", "--calibration", data, "--out", model, "-q"]),
+             (store, [BIN / "edge-calibrate", "--model", model, "--machine-id", "id_00", "--store", store, "--votes", "1/1",
+                      "-q", *sorted((data / "machines" / "fan" / "train").glob("normal_id_00_*"))])]
+    for made, cmd in steps:
+        if not made.exists() and sh(*cmd, log=out / f"{Path(str(cmd[0])).name}.log") != 0:
+            sys.exit(f"reliability: {Path(str(cmd[0])).name} failed (its log: {out})")
     return model, store
 
 
@@ -83,9 +82,34 @@ def read(path: Path) -> dict | None:
         return None
 
 
-def report(parts: dict) -> tuple[str, list[str]]:
-    """The Markdown report and the targets missed."""
+def service_exposure() -> dict | None:
+    """``{"exposure"}``: systemd's exposure score (0 locked down .. 10) of examples/service's unit, installed
+    with this environment's edge-monitor; None without systemd-analyze."""
+    import re
+    import shutil
+    import tempfile
+
+    if shutil.which("systemd-analyze") is None:
+        return None
+    unit = REPO / "examples" / "service" / "edge-asd-monitor.service"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / unit.name
+        path.write_text(re.sub(r"^ExecStart=.*$", f"ExecStart={BIN / 'edge-monitor'}", unit.read_text(), flags=re.M))
+        out = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=100", str(path)],
+                             capture_output=True, text=True).stdout
+    found = re.search(r"Overall exposure level for \S+: ([\d.]+)", out)
+    return {"exposure": float(found.group(1))} if found else None
+
+
+def report(parts: dict, skipped: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """The Markdown report and the targets missed (a part left out with ``skipped`` is said, not missed)."""
     lines, missed = ["# edge-asd reliability report", ""], []
+
+    def absent(name: str, title: str) -> None:
+        lines.extend([title, "", "left out (--skip)." if name in skipped else "no result (see its log).", ""])
+        if name not in skipped:
+            missed.append(f"{name}: no result")
+
     fuzz = parts.get("fuzz")
     if fuzz:
         lines += ["## 1. Fuzzing (bench/fuzz.py)", "",
@@ -97,28 +121,32 @@ def report(parts: dict) -> tuple[str, list[str]]:
             bad = t["tracebacks"] + t["hangs"] + t["crashes"] + t.get("corrupted_model_accepted", 0)
             if bad:
                 missed.append(f"fuzz {t['target']}: {bad} tracebacks, hangs, crashes or corrupted models accepted")
-        lines.append("")
+        lines += [f"\n{sum(t['inputs'] for t in fuzz['targets'])} inputs tried.", ""]
     else:
-        missed.append("fuzz: no result")
+        absent("fuzz", "## 1. Fuzzing (bench/fuzz.py)")
     faults = parts.get("faults")
     if faults:
-        lines += ["## 2. Faults injected (bench/faults.py, tests/test_disk_full.py)", "",
-                  "| fault | injected | recovered | torn lines | events lost |", "|---|---|---|---|---|",
-                  f"| SIGKILL while logging | {faults['kills']} | {faults['recoveries']} | {faults['torn_lines']} | "
-                  f"{faults['events_lost']} |"]
-        disk = parts.get("disk_full")
-        if disk is not None:
-            lines.append(f"| disk full while logging (tmpfs) | {disk['tests']} | {disk['passed']} | checked | 0 if passed |")
-            if disk["passed"] != disk["tests"]:
-                missed.append("disk full: a test failed (out/reliability/disk_full.log)")
-        lines.append("")
+        lines += ["## 2. SIGKILL while logging (bench/faults.py)", "",
+                  "| faults injected | recoveries | torn lines | events lost | lines |", "|---|---|---|---|---|",
+                  f"| {faults['kills']} | {faults['recoveries']} | {faults['torn_lines']} | {faults['events_lost']} | "
+                  f"{faults.get('lines', '')} |", ""]
         if faults["events_lost"] or faults["recoveries"] != faults["kills"]:
             missed.append(f"faults: {faults['events_lost']} events lost, {faults['recoveries']}/{faults['kills']} recovered")
     else:
-        missed.append("faults: no result")
+        absent("faults", "## 2. SIGKILL while logging (bench/faults.py)")
+    disk = parts.get("disk_full")
+    if disk:
+        lines += ["## 3. A full disk while logging (tests/test_disk_full.py, a 256 KiB tmpfs)", "",
+                  f"{disk['passed']} of {disk['tests']} checks passed: the disk filled during logging, one-line error, "
+                  "every written line whole, no partial evidence clip, the torn line moved aside and clean appends "
+                  "after a restart.", ""]
+        if disk["passed"] != disk["tests"] or not disk["tests"]:
+            missed.append("disk full: a check failed or was skipped (disk_full.log)")
+    else:
+        absent("disk_full", "## 3. A full disk while logging (tests/test_disk_full.py)")
     soak = parts.get("soak")
     if soak:
-        lines += ["## 3. Bounded memory (bench/soak.py)", "",
+        lines += ["## 4. Bounded memory (bench/soak.py)", "",
                   "| audio h | RSS start MB | RSS peak MB | RSS end MB | fds start | fds end | events | identical |",
                   "|---|---|---|---|---|---|---|---|",
                   f"| {soak['audio_hours']} | {soak['rss_start_mb']} | {soak['rss_peak_mb']} | {soak['rss_end_mb']} | "
@@ -127,9 +155,9 @@ def report(parts: dict) -> tuple[str, list[str]]:
             missed.append(f"soak: RSS peak {soak['rss_peak_mb']} MB (target {RSS_TARGET_MB}), fds "
                           f"{soak['fds_start']} -> {soak['fds_end']}, events identical {soak['events_identical']}")
     else:
-        missed.append("soak: no result")
+        absent("soak", "## 4. Bounded memory (bench/soak.py)")
     arm = parts.get("arm64")
-    lines += ["## 4. 64-bit ARM under qemu (bench/arm64_check.py)", ""]
+    lines += ["## 5. 64-bit ARM under qemu (bench/arm64_check.py)", ""]
     if arm:
         lines += [f"{'the last make arm64, ' + arm['saved'] if arm.get('saved') else 'run now'}: cpu {arm.get('cpu')}, "
                   f"phi x86 {arm.get('phi_x86')} / arm64 {arm.get('phi_arm')}, largest score difference "
@@ -140,7 +168,12 @@ def report(parts: dict) -> tuple[str, list[str]]:
         if arm.get("commands_failed") or not arm.get("events_same_but_rounding"):
             missed.append("arm64: a command failed or the events differ beyond float32 rounding")
     else:
-        lines += ["not run: `make arm64` builds the emulated root once (about 10 minutes), then this report runs it.", ""]
+        lines += ["left out (--skip)." if "arm64" in skipped else
+                  "not run: `make arm64` builds the emulated root once (about 15 minutes), then this report runs it.", ""]
+    service = parts.get("service")
+    lines += ["## 6. The service (examples/service/edge-asd-monitor.service)", "",
+              f"systemd's exposure score {service['exposure']} (0 locked down .. 10 unprotected; a bare unit 9.6)."
+              if service else "not rated: systemd-analyze is not installed.", ""]
     lines += ["Targets: 0 tracebacks, 0 hangs, 0 crashes, 0 corrupted models accepted, 0 events lost, "
               f"RSS <= {RSS_TARGET_MB:g} MB. " + ("All met." if not missed else "Missed: " + "; ".join(missed) + ".")]
     return "\n".join(lines) + "\n", missed
@@ -191,7 +224,8 @@ def main(model_path, store_path, out, fuzz_inputs, kills, soak_hours, skip):
             parts["arm64"] = read(out / "arm64.json")
         elif read(saved):  # the last `make arm64` result, said as such
             parts["arm64"] = {**read(saved), "saved": f"{saved} ({time.ctime(saved.stat().st_mtime)})"}
-    text, missed = report(parts)
+    parts["service"] = service_exposure()
+    text, missed = report(parts, skip)
     text += f"\nWall time {time.monotonic() - t0:.0f} s on this machine; logs in {out}.\n"
     (out / "report.md").write_text(text)
     click.echo(text)

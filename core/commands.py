@@ -20,9 +20,11 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix":
 
 def script_help(doc: str) -> str:
     """A script's module docstring as its ``--help`` text: click rewraps paragraphs, so each indented block (an
-    example command) is marked with click's no-rewrap marker and printed as written."""
+    example command) and each list (lines starting ``* ``, ``- `` or ``1. ``) is marked with click's no-rewrap
+    marker and printed as written."""
     blocks = re.split(r"\n\s*\n", doc.strip("\n"))
-    return "\n\n".join("\b\n" + b if b.startswith("    ") else b for b in blocks)
+    keep = re.compile(r"^(    |\s*[*-] |\s*\d+\. )", re.M)
+    return "\n\n".join("\b\n" + b if keep.search(b) else b for b in blocks)
 
 
 def kit_version() -> str:

@@ -24,7 +24,7 @@ def test_a_clean_run_meets_every_target():
     text, missed = reliability.report(PARTS)
     assert missed == [] and "All met." in text
     assert "| model | 100 | 90 | 10 | 0 | 0 | 0 | 0 |" in text and "| 8 | 55.3 | 58.8 | 58.3 | 4 | 4 | 91776 | True |" in text
-    assert "not run: `make arm64`" in text
+    assert "2 of 2 checks passed" in text and "not run: `make arm64`" in text
 
 
 def test_each_missed_target_is_named():
@@ -34,12 +34,14 @@ def test_each_missed_target_is_named():
            "soak": {**PARTS["soak"], "rss_peak_mb": 61.0},
            "arm64": {"cpu": "cortex-a72", "commands_failed": ["edge-monitor"], "events_same_but_rounding": True}}
     _, missed = reliability.report(bad)
-    assert [m.split(":")[0] for m in missed] == ["fuzz model", "disk full", "faults", "soak", "arm64"]
+    assert [m.split(":")[0] for m in missed] == ["fuzz model", "faults", "disk full", "soak", "arm64"]
 
 
-def test_a_part_without_a_result_is_a_miss():
+def test_a_part_without_a_result_is_a_miss_unless_it_was_left_out():
     _, missed = reliability.report({})
-    assert {m.split(":")[0] for m in missed} == {"fuzz", "faults", "soak"}
+    assert {m.split(":")[0] for m in missed} == {"fuzz", "faults", "disk_full", "soak"}
+    text, missed = reliability.report({}, skipped=("fuzz", "faults", "disk_full", "soak", "arm64"))
+    assert missed == [] and text.count("left out (--skip).") == 5
 
 
 def test_junit_counts_read_a_pytest_report(tmp_path):
