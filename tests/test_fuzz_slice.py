@@ -17,7 +17,7 @@ INPUTS = 25
 
 @pytest.fixture(scope="module")
 def seeds(model, calibrated, fan, tmp_path_factory):
-    from fuzz import Seeds, make_events, make_signed
+    from fuzz_seeds import Seeds, make_events, make_signed
 
     store, proc = calibrated
     assert proc.returncode == 0, proc.stderr
@@ -30,7 +30,8 @@ def seeds(model, calibrated, fan, tmp_path_factory):
 def test_seed_inputs_run_clean(seeds, tmp_path):
     """The unmutated seeds pass (else every mutant would fail for the wrong reason): the monitor scores the
     seed WAV, the seed config and the seed store; edge-report reads the seed log."""
-    from fuzz import Case, _monitor, run_case, seed_config, to_toml
+    from fuzz import run_case
+    from fuzz_targets import Case, _monitor, seed_config, to_toml
 
     cases = [
         Case("monitor", _monitor(seeds, "--model", str(seeds.model), "--input", "{dir}/clip.wav"), {"clip.wav": seeds.blobs["wav"]}),
@@ -52,7 +53,8 @@ def test_seed_inputs_run_clean(seeds, tmp_path):
 
 
 def test_fuzz_slice_no_traceback_hang_crash_or_accepted_damage(seeds, tmp_path):
-    from fuzz import TARGETS, fuzz_target
+    from fuzz import fuzz_target
+    from fuzz_targets import TARGETS
 
     rows = [fuzz_target(name, seeds, INPUTS, seed=19, timeout_s=20, repro_dir=tmp_path) for name in TARGETS]
     for row in rows:
