@@ -232,10 +232,10 @@ def main(model_path, store_path, out, fuzz_inputs, kills, soak_hours, skip):
         parts["soak"] = read(out / "soak.json")
     if "arm64" not in skip:
         sys.path.insert(0, str(REPO / "bench"))
-        import arm64_check
+        import arm64_root
 
-        root, saved = Path(arm64_check.DEFAULT_ROOT), REPO / "out" / "arm64" / "arm64.json"
-        if (root / arm64_check.DEBOOTSTRAP_DONE).exists() and (root / arm64_check.DEPS_DONE).exists():
+        root, saved = Path(arm64_root.DEFAULT_ROOT), REPO / "out" / "arm64" / "arm64.json"
+        if (root / arm64_root.DEBOOTSTRAP_DONE).exists() and (root / arm64_root.DEPS_DONE).exists():
             sh(py, "bench/arm64_check.py", "--model", model, "--json", out / "arm64.json", log=out / "arm64.log")
             parts["arm64"] = read(out / "arm64.json")
         elif read(saved):  # the last `make arm64` result, said as such

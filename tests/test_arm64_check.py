@@ -19,20 +19,21 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import arm64_check as a  # noqa: E402
+import arm64_root as r  # noqa: E402
 
 
 def test_cpuinfo_is_the_pi_kernels_for_each_core():
-    text = a.cpuinfo_text("cortex-a72")
+    text = r.cpuinfo_text("cortex-a72")
     blocks = [b for b in text.split("\n\n") if b]
     assert len(blocks) == 4 and [b.splitlines()[0] for b in blocks] == [f"processor\t: {i}" for i in range(4)]
     fields = dict(line.split(":", 1) for line in blocks[0].splitlines())
     fields = {k.strip(): v.strip() for k, v in fields.items()}
     assert fields["CPU implementer"] == "0x41" and fields["CPU part"] == "0xd08" and fields["CPU architecture"] == "8"
     assert "asimd" in fields["Features"].split() and "atomics" not in fields["Features"].split()  # ARMv8.0
-    pi5 = a.cpuinfo_text("cortex-a76", cores=1)
+    pi5 = r.cpuinfo_text("cortex-a76", cores=1)
     assert "CPU part\t: 0xd0b" in pi5 and "asimddp" in pi5 and pi5.count("processor") == 1
     with pytest.raises(ValueError, match="cortex-a72"):
-        a.cpuinfo_text("cortex-a53")
+        r.cpuinfo_text("cortex-a53")
 
 
 def test_ulp_distance_counts_float32_steps_across_zero():
@@ -78,12 +79,12 @@ MAX_ULP = 8   # measured: 3 (frame scores), 2 (clip scores) with the cortex-a72 
 
 
 def _root_ready() -> str | None:
-    root = Path(os.environ.get("EDGE_ASD_ARM64_ROOT", a.DEFAULT_ROOT))
+    root = Path(os.environ.get("EDGE_ASD_ARM64_ROOT", r.DEFAULT_ROOT))
     if os.environ.get("EDGE_ASD_ARM64") != "1":
         return "the arm64 check runs on request: EDGE_ASD_ARM64=1 (or make arm64)"
     if os.geteuid() != 0:
         return "needs root (chroot, bind mounts)"
-    if not (root / a.DEBOOTSTRAP_DONE).exists() or not (root / a.DEPS_DONE).exists():
+    if not (root / r.DEBOOTSTRAP_DONE).exists() or not (root / r.DEPS_DONE).exists():
         return f"no cached arm64 root at {root} (make arm64 builds it, ~10 min)"
     return None
 
@@ -92,7 +93,7 @@ def _root_ready() -> str | None:
 @pytest.mark.skipif(_root_ready() is not None, reason=str(_root_ready()))
 def test_device_path_on_arm64_matches_x86(int8_model, data_root, tmp_path):
     out = tmp_path / "arm64.json"
-    root = os.environ.get("EDGE_ASD_ARM64_ROOT", str(a.DEFAULT_ROOT))
+    root = os.environ.get("EDGE_ASD_ARM64_ROOT", str(r.DEFAULT_ROOT))
     proc = subprocess.run([sys.executable, str(BENCH / "arm64_check.py"), "--model", str(int8_model[0]),
                            "--data", str(data_root), "--root", root, "--work", str(tmp_path), "--json", str(out)],
                           capture_output=True, text=True, timeout=1800)
