@@ -28,7 +28,7 @@ import numpy as np
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.features import standardize
 from edge_asd.core.presets import FeatureConfig
-from edge_asd.core.provenance import new_sha256
+from edge_asd.core.provenance import sha256_bytes
 
 METADATA_NAME = "edge_asd"
 DIGEST_KEY = "content_sha256"
@@ -81,12 +81,6 @@ class ModelInfo:
     def standardize(self, vectors: np.ndarray) -> np.ndarray:
         """(n, D) context vectors -> standardized per mel band, float32 (the model's input)."""
         return standardize(vectors, self.mean, self.std)
-
-
-def sha256_bytes(data: bytes) -> str:
-    h = new_sha256()
-    h.update(data)
-    return h.hexdigest()
 
 
 def _digest_field(value: str) -> bytes:

@@ -32,6 +32,13 @@ def new_sha256():
     return hashlib.sha256()
 
 
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data`` (:func:`new_sha256`)."""
+    h = new_sha256()
+    h.update(data)
+    return h.hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes (read in 1 MiB chunks). Raises OSError when it cannot be read."""
     h = new_sha256()

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.provenance import sha256_bytes
 
 KEYTYPE = "ed25519"
 MAX_ENVELOPE_BYTES = 1 << 20
@@ -48,7 +48,7 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 def keyid_of(public: bytes) -> str:
     """sha256 hex of the raw 32-byte Ed25519 public key."""
-    return hashlib.sha256(public).hexdigest()
+    return sha256_bytes(public)
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,6 @@ def _signer(sign_key: Path | None, trust_dir: Path | None):
     if trust_dir is None:
         raise EdgeAsdError("--sign-key needs --trust-dir (the device's trust directory, edge-release init)")
     from edge_asd.core.signing import load_private_key
-    from edge_asd.edge.runtime import phi_store
     from edge_asd.edge.runtime.trust import TrustDir
 
     key, device = load_private_key(sign_key), TrustDir(trust_dir)
@@ -181,9 +180,7 @@ def _signer(sign_key: Path | None, trust_dir: Path | None):
                            "(local calibration is not allowed with it)")
 
     def sign(store, machine_id, record):
-        envelope = device.sign_local_phi(key, machine_id, record)
-        phi_store.attach_signature(store, machine_id, envelope.to_dict())
-        device.pin_phi(machine_id, envelope)
+        device.sign_phi_record(key, store, machine_id, record)
 
     return sign
 

@@ -122,9 +122,9 @@ def _signer(sign_key: Path | None, trust_dir: Path | None, model_path: Path):
         return None
     if sign_key is None:
         raise EdgeAsdError("--trust-dir needs --sign-key (the device key that signs the fine-tuned model and phi)")
-    from edge_asd.core.model_file import read_model_file, sha256_bytes
+    from edge_asd.core.model_file import read_model_file
+    from edge_asd.core.provenance import sha256_bytes
     from edge_asd.core.signing import load_private_key
-    from edge_asd.edge.runtime import phi_store
     from edge_asd.edge.runtime.trust import TrustDir
 
     key, device = load_private_key(sign_key), TrustDir(trust_dir)
@@ -133,9 +133,7 @@ def _signer(sign_key: Path | None, trust_dir: Path | None, model_path: Path):
 
     def sign(store, machine_id, record):
         device.sign_fine_tuned(key, base, read_model_file(model_path)[0], Path(model_path).name)
-        envelope = device.sign_local_phi(key, machine_id, record)
-        phi_store.attach_signature(store, machine_id, envelope.to_dict())
-        device.pin_phi(machine_id, envelope)
+        device.sign_phi_record(key, store, machine_id, record)
 
     return sign
 

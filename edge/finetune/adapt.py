@@ -24,7 +24,7 @@ import numpy as np
 
 from edge_asd.core.atomic_io import atomic_write_bytes, atomic_write_text
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.core.model_file import sha256_bytes
+from edge_asd.core.provenance import sha256_bytes
 from edge_asd.edge.finetune.autoencoder import AMSGrad, flat_params, loss_and_grads
 from edge_asd.edge.finetune.tflite_weights import read_layers, write_layers
 from edge_asd.edge.runtime import phi_store

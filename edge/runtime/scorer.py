@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_asd.core.features import StreamingFeatures, extract
-from edge_asd.core.model_file import read_model_file, sha256_bytes
+from edge_asd.core.model_file import read_model_file
+from edge_asd.core.provenance import sha256_bytes
 from edge_asd.edge.runtime.backends import make_backend
 
 

@@ -20,7 +20,6 @@ A new root is accepted only when signed by the threshold of the old root's root 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from datetime import datetime, timezone
 
 from edge_asd.core import signing
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.provenance import sha256_bytes
 from edge_asd.core.signing import Envelope
 from edge_asd.edge.runtime.phi_store import PhiRecord
 
@@ -189,7 +189,7 @@ def parse_release(payload: bytes, where: str = "release") -> Release:
 
 def release_document(version: int, name: str, model: bytes, min_kit_version: str, cohort: str,
                      expires: str | None = None, base_sha256: str | None = None) -> bytes:
-    doc = {"_type": "release", "version": version, "model": {"name": name, "sha256": hashlib.sha256(model).hexdigest(),
+    doc = {"_type": "release", "version": version, "model": {"name": name, "sha256": sha256_bytes(model),
            "size": len(model)}, "min_kit_version": min_kit_version, "expires": expires, "cohort": cohort,
            "issued_at": _now().isoformat(timespec="seconds")}
     if base_sha256 is not None:
@@ -310,7 +310,7 @@ def verify_release(root: Root, envelope: Envelope, model: bytes, where: str, tru
         EdgeAsdError: any of those not met (the version rule is the trust directory's: :meth:`TrustDir.install`).
     """
     release = signed_release(root, envelope, where)
-    if len(model) != release.size or hashlib.sha256(model).hexdigest() != release.sha256:
+    if len(model) != release.size or sha256_bytes(model) != release.sha256:
         raise EdgeAsdError(f"{where}: the model file does not match the release (sha256 or size mismatch: "
                            f"{len(model)} bytes, release says {release.size})")
     check_expiry(release.expires, trusted_clock, where)

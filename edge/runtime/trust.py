@@ -14,14 +14,15 @@ at a time (the installer, edge-release, edge-calibrate or edge-finetune on the d
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from edge_asd.core import signing
 from edge_asd.core.atomic_io import atomic_write_bytes, atomic_write_text
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.provenance import sha256_bytes
 from edge_asd.core.signing import Envelope
+from edge_asd.edge.runtime import phi_store
 from edge_asd.edge.runtime.phi_store import PhiRecord
 from edge_asd.edge.runtime.signed_docs import (
     COMMAND_TYPE,
@@ -221,7 +222,7 @@ class TrustDir:
         """Remember ``envelope`` (verified) as the phi record in service for ``machine_id``: an older signed
         record put back into the phi store is then refused."""
         state = self.state()
-        state.setdefault("phi", {})[machine_id] = hashlib.sha256(envelope.payload).hexdigest()
+        state.setdefault("phi", {})[machine_id] = sha256_bytes(envelope.payload)
         self.save_state(state)
 
     def pin_restored(self, machine_id: str, record: PhiRecord | None, where: str) -> bool:
@@ -246,6 +247,13 @@ class TrustDir:
         self.verify_phi(envelope, machine_id, f"phi record signed by {key.name}")
         return envelope
 
+    def sign_phi_record(self, key: signing.PrivateKey, store: Path, machine_id: str, record: PhiRecord) -> None:
+        """Sign the record just stored for ``machine_id`` with this device's key (:meth:`sign_local_phi`), attach
+        the envelope to it in the phi store ``store`` and pin it as the record in service (:meth:`pin_phi`)."""
+        envelope = self.sign_local_phi(key, machine_id, record)
+        phi_store.attach_signature(store, machine_id, envelope.to_dict())
+        self.pin_phi(machine_id, envelope)
+
     def verify_phi(self, envelope: Envelope, machine_id: str, where: str) -> SignedPhi:
         """A phi record signed for this device and ``machine_id`` (:func:`verify_phi_envelope`)."""
         phi = verify_phi_envelope(self.root(), envelope, where)
@@ -269,7 +277,7 @@ class TrustDir:
                                "edge-calibrate --sign-key or send it with edge-release command set-phi)")
         envelope = signing.envelope_from_dict(raw, where)
         phi = self.verify_phi(envelope, machine_id, where)
-        if self.state().get("phi", {}).get(machine_id) != hashlib.sha256(envelope.payload).hexdigest():
+        if self.state().get("phi", {}).get(machine_id) != sha256_bytes(envelope.payload):
             raise EdgeAsdError(f"{where}: not the phi record this device last accepted for {machine_id!r} "
                                "(an older or foreign signed record)")
         if phi.record.model_sha256 != model_sha256:
