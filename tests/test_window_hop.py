@@ -154,6 +154,10 @@ def test_the_commands_need_nothing_new(window_model, fan, tmp_path, env):
     for t in [v["start_s"] for v in verdicts] + [v["end_s"] for v in verdicts] + [summary["max_time_s"]]:
         assert (t - 2.016) / 0.992 == pytest.approx(round((t - 2.016) / 0.992), abs=1e-6)  # stamped at window ends
     assert phi
+    proc = cli("edge-score", "--model", path, "--machine-id", "00", *fan["test_anomaly"][:2], env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split(",") for line in proc.stdout.splitlines()[1:]]
+    assert len(rows) == 2 and all(r[4] == "9" for r in rows), proc.stdout  # 9 window scores per 10-s clip
 
 
 def test_unsupported_head_file_is_refused_cleanly(window_model, tmp_path, env):
