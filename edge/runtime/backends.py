@@ -109,9 +109,9 @@ class TFLiteBackend(Backend):
 
     def _resize(self, n: int) -> None:
         if n != self._batch:
+            self._batch = n  # first: when allocating fails, the fallback's _resize(1) must resize back
             self._it.resize_tensor_input(self._in, [n, self._dim])
             self._it.allocate_tensors()
-            self._batch = n
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """Outputs of standardized vectors, (n, D) float32 -> (n,) float32 (or (n, E)): up to :attr:`batch_size` vectors
