@@ -90,3 +90,145 @@ def test_trunk_equals_float_onnx_layers(layer, yamnet, float_session, fan_audio)
             got = trunk.feature_map(torch.from_numpy(p.reshape(1, -1))).numpy()
         np.testing.assert_allclose(got, ref, atol=1e-4)
         assert ref.max() > 0.1  # not a dead layer
+
+
+# --- head, comparators, end to end ---------------------------------------------------------------------------
+
+from edge_asd.train.transfer_metric import comparators  # noqa: E402
+from edge_asd.train.transfer_metric.head import EPS, HeadConfig, Phi, fit_head, initial_centre, svdd_loss, svdd_scores  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    import os
+
+    old = os.environ.get("EDGE_ASD_CACHE_DIR")
+    os.environ["EDGE_ASD_CACHE_DIR"] = str(tmp_path_factory.mktemp("tm_cache"))
+    yield os.environ["EDGE_ASD_CACHE_DIR"]
+    if old is None:
+        del os.environ["EDGE_ASD_CACHE_DIR"]
+    else:
+        os.environ["EDGE_ASD_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def fan_embeddings(fan, cache_env):
+    """yamnet:layer10 patch embeddings of fan id_00: (train clips, test clips, test labels)."""
+    from edge_asd.train.transfer_metric.compare import embeddings
+
+    test = fan["test_normal"] + fan["test_anomaly"]
+    train_e, test_e = embeddings(fan["train"], test)
+    return train_e, test_e, np.array([0] * len(fan["test_normal"]) + [1] * len(fan["test_anomaly"]))
+
+
+def test_svdd_loss_and_centre_by_hand():
+    """Ruff et al. 2018 eq. 4 without weight decay: (1/n) sum_i sum_j (z_ij - c_j)^2; c = mean of phi at
+    initialisation with |c_j| < eps pushed to +-eps; phi has no bias (no trivial constant solution)."""
+    rng = np.random.default_rng(0)
+    z, c = rng.normal(size=(5, 3)), rng.normal(size=3)
+    hand = sum(sum((z[i, j] - c[j]) ** 2 for j in range(3)) for i in range(5)) / 5
+    assert float(svdd_loss(torch.tensor(z), torch.tensor(c))) == pytest.approx(hand, rel=1e-12)
+    phi = Phi(np.zeros(4), np.ones(4), hidden=8, z=32)
+    assert all(m.bias is None for m in phi.net if isinstance(m, torch.nn.Linear))
+    e = torch.from_numpy(rng.normal(size=(20, 4)).astype(np.float32))
+    centre = initial_centre(phi, e)
+    with torch.no_grad():
+        mean = phi(e).mean(0)
+    small = mean.abs() < EPS
+    np.testing.assert_allclose(centre[~small], mean[~small])
+    assert small.any()
+    np.testing.assert_allclose(centre[small].numpy(), np.where(mean[small].numpy() < 0, -EPS, EPS))
+
+
+def test_head_gathers_normal_embeddings(fan_embeddings):
+    """After training, held-out normal test patches lie nearer c than anomalous ones (clip AUC), and the
+    training objective fell below its value at initialisation."""
+    from sklearn.metrics import roc_auc_score
+
+    train, test, labels = fan_embeddings
+    phi, centre, record = fit_head(train, HeadConfig(max_epochs=20), seed=0)
+    assert 1 <= record["epochs"] <= 20 and len(record["heldout_curve"]) == 20
+    x = np.concatenate(train)
+    untrained = Phi(x.mean(0), np.maximum(x.std(0), 1e-3))
+    c0 = initial_centre(untrained, torch.from_numpy(x)).numpy()
+    assert svdd_scores(phi, centre, x).mean() < svdd_scores(untrained, c0, x).mean()
+    clip = [svdd_scores(phi, centre, e).mean() for e in test]
+    assert roc_auc_score(labels, clip) >= 0.7  # 0.88 at 60 epochs (docs/transfer-metric.md)
+
+
+def test_mahalanobis_equals_scikit_learn(fan_embeddings):
+    """LedoitWolf + squared Mahalanobis distance = scikit-learn's LedoitWolf().mahalanobis."""
+    from sklearn.covariance import LedoitWolf
+
+    train, test, _ = fan_embeddings
+    x, y = np.concatenate(train).astype(np.float64), np.concatenate(test).astype(np.float64)
+    mean, precision = comparators.fit_mahalanobis(x)
+    np.testing.assert_allclose(comparators.mahalanobis_scores(mean, precision, y), LedoitWolf().fit(x).mahalanobis(y), rtol=1e-6)
+
+
+def test_knn_cosine_by_hand():
+    bank, e = np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([[1.0, 1.0], [3.0, 0.0]])
+    np.testing.assert_allclose(comparators.knn_cosine_scores(bank, e), [1 - 1 / np.sqrt(2), 0.0], atol=1e-12)
+
+
+def test_compare_hooks_smoke(fan, data_root, cache_env):
+    """The contract's fit_score functions: one finite float64 score per test clip."""
+    from edge_asd.train.transfer_metric import compare
+
+    test = fan["test_normal"][:2] + fan["test_anomaly"][:2]
+    for fn in (compare.fit_score, compare.fit_score_mahalanobis, compare.fit_score_vae, compare.fit_score_knn):
+        s = fn(data_dir=data_root, machine_type="fan", machine_id="00", train_clips=fan["train"][:3], test_clips=test,
+               something_else_dir=None, seed=0, budget="smoke")
+        assert s.dtype == np.float64 and s.shape == (4,) and np.all(np.isfinite(s))
+
+
+@pytest.fixture(scope="module")
+def tm_checkpoint(data_root, cache_env, tmp_path_factory):
+    from tests.conftest import cli
+
+    out = tmp_path_factory.mktemp("tm") / "fan_tm.pt"
+    proc = cli("edge-train", data_root, "--machine-type", "fan", "--machine-id", "00", "--method", "transfer-metric",
+               "--out", out, "-q", env={"EDGE_ASD_CACHE_DIR": cache_env})
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_train_and_onnx_end_to_end(tm_checkpoint, data_root, fan, tmp_path):
+    """edge-train --method transfer-metric, then edge-convert --to onnx: the file carries the head entry
+    {"kind": "centre"}, takes (1, 6144) and its ||embedding||^2 is the checkpoint's Deep SVDD score."""
+    from edge_asd.core.model_file import read_onnx_metadata
+    from edge_asd.train.checkpoint import load_checkpoint
+    from edge_asd.train.transfer_metric.extractor import load_extractor
+    from edge_asd.train.transfer_metric.features import patches
+    from edge_asd.firmware_io.audio_file import read_audio
+    from tests.conftest import cli
+
+    out = tmp_path / "fan_tm.onnx"
+    proc = cli("edge-convert", tm_checkpoint, "--to", "onnx", "--out", out, "-q")
+    assert proc.returncode == 0, proc.stderr
+    data = out.read_bytes()
+    meta = read_onnx_metadata(data, str(out))
+    assert meta["head"]["kind"] == "centre" and meta["features"]["preset"] == "yamnet"
+    assert meta["normalization"]["mean"] == [0.0] * 64 and meta["normalization"]["std"] == [1.0] * 64
+    ckpt = load_checkpoint(tm_checkpoint)
+    x = patches(logmel(read_audio(fan["test_anomaly"][0], 16000), YAMNET))[:4]
+    session = ort.InferenceSession(data)
+    e = np.concatenate([session.run(None, {session.get_inputs()[0].name: row[None]})[0] for row in x])
+    h = ckpt["head"]
+    phi = Phi(np.zeros(h["in_dim"]), np.ones(h["in_dim"]), h["hidden"], h["z"])
+    phi.load_state_dict(h["phi_state"])
+    ref = svdd_scores(phi.eval(), np.asarray(h["centre"]), load_extractor(ckpt["extractor"])(x))
+    np.testing.assert_allclose((e.astype(np.float64) ** 2).sum(1), ref, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_int8_tflite_parity(tm_checkpoint, data_root, tmp_path):
+    """edge-convert --to tflite --int8: float32 input and output, and patch scores ranked as the float graph's."""
+    from tests.conftest import cli
+
+    out = tmp_path / "fan_tm.tflite"
+    proc = cli("edge-convert", tm_checkpoint, "--to", "tflite", "--int8", "--calibration", data_root, "--something-else",
+               data_root / "something_else" / "train", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    spearman = float(proc.stdout.split("Spearman ")[1].split(",")[0])
+    assert spearman > 0.95, proc.stdout

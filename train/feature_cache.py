@@ -68,6 +68,10 @@ class FeatureCache:
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
         return self._get(f"logmel/{self.digest(Path(path))}-{key}.npy", lambda: logmel(samples, cfg, fn))
 
+    def cached(self, name: str, compute) -> np.ndarray:
+        """Any array under ``name`` (a relative .npy path keyed by its inputs), ``compute()`` on a miss."""
+        return self._get(name, compute)
+
     def _get(self, name: str, compute) -> np.ndarray:
         path = self.root / name
         if path.is_file():
