@@ -28,6 +28,7 @@ from torch import nn
 from edge_asd.core.atomic_io import atomic_write_bytes
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.features import logmel
+from edge_asd.core.heads import centre_head, mahalanobis_head
 from edge_asd.core.model_file import seal, write_tflite_metadata
 from edge_asd.core.presets import get_preset
 from edge_asd.datasets.layout import assign_mimii_split, scan
@@ -70,11 +71,11 @@ def embedding_model(ckpt: dict, head: str = "centre") -> nn.Module:
 
 
 def head_meta(ckpt: dict, head: str = "centre") -> dict:
-    """The model file's ``head`` entry (contract: edge_asd.core.heads)."""
+    """The model file's ``head`` entry (:mod:`edge_asd.core.heads`)."""
     if head == "mahalanobis":
         m = ckpt["mahalanobis"]
-        return {"kind": "mahalanobis", "mean": np.asarray(m["mean"]).tolist(), "precision": np.asarray(m["precision"]).tolist()}
-    return {"kind": "centre", "centre": [0.0] * int(ckpt["head"]["z"])}  # c is folded into the graph
+        return mahalanobis_head(np.asarray(m["mean"]), np.asarray(m["precision"])).to_meta()
+    return centre_head(np.zeros(int(ckpt["head"]["z"]))).to_meta()  # c is folded into the graph
 
 
 def metadata(ckpt: dict, target: str, quantization: dict, head: str) -> dict:

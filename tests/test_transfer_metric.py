@@ -8,6 +8,8 @@ it was trained on. The torch rebuild of YAMNet's layers is checked against the f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -183,42 +185,49 @@ def test_compare_hooks_smoke(fan, data_root, cache_env):
 
 
 @pytest.fixture(scope="module")
-def tm_checkpoint(data_root, cache_env, tmp_path_factory):
-    from tests.conftest import cli
+def tm_checkpoint(data_root, fan_embeddings, cache_env, tmp_path_factory):
+    """What edge-train --method transfer-metric writes (smoke budget; the embeddings come from the cache)."""
+    from edge_asd.train.transfer_metric.run import train_transfer_metric
 
     out = tmp_path_factory.mktemp("tm") / "fan_tm.pt"
-    proc = cli("edge-train", data_root, "--machine-type", "fan", "--machine-id", "00", "--method", "transfer-metric",
-               "--out", out, "-q", env={"EDGE_ASD_CACHE_DIR": cache_env})
-    assert proc.returncode == 0, proc.stderr
+    train_transfer_metric(data_root, "fan", ("00",), out, cache_dir=Path(cache_env), budget="smoke")
     return out
 
 
+def test_cli_method_option_errors(data_root, tmp_path):
+    """edge-train --method transfer-metric with an unknown extractor: one-line error, no traceback."""
+    from tests.conftest import assert_one_line_error, cli
+
+    proc = cli("edge-train", data_root, "--machine-type", "fan", "--method", "transfer-metric", "--extractor",
+               "yamnet:layer99", "--out", tmp_path / "x.pt")
+    assert_one_line_error(proc)
+    assert "layer1 .. layer14" in proc.stderr
+
+
 def test_train_and_onnx_end_to_end(tm_checkpoint, data_root, fan, tmp_path):
-    """edge-train --method transfer-metric, then edge-convert --to onnx: the file carries the head entry
-    {"kind": "centre"}, takes (1, 6144) and its ||embedding||^2 is the checkpoint's Deep SVDD score."""
-    from edge_asd.core.model_file import read_onnx_metadata
+    """edge-train --method transfer-metric, then edge-convert --to onnx: the device's Scorer (head entry
+    "centre", one score per 0.48-s window) gives the checkpoint's Deep SVDD scores of the clip's patches."""
+    from edge_asd.convert.run import ConvertOptions, write_model_files
+    from edge_asd.edge.runtime.scorer import Scorer
+    from edge_asd.firmware_io.audio_file import read_audio
     from edge_asd.train.checkpoint import load_checkpoint
     from edge_asd.train.transfer_metric.extractor import load_extractor
     from edge_asd.train.transfer_metric.features import patches
-    from edge_asd.firmware_io.audio_file import read_audio
-    from tests.conftest import cli
 
     out = tmp_path / "fan_tm.onnx"
-    proc = cli("edge-convert", tm_checkpoint, "--to", "onnx", "--out", out, "-q")
-    assert proc.returncode == 0, proc.stderr
-    data = out.read_bytes()
-    meta = read_onnx_metadata(data, str(out))
-    assert meta["head"]["kind"] == "centre" and meta["features"]["preset"] == "yamnet"
-    assert meta["normalization"]["mean"] == [0.0] * 64 and meta["normalization"]["std"] == [1.0] * 64
+    write_model_files(ConvertOptions(tm_checkpoint, "onnx", out))  # what edge-convert --to onnx calls
+    scorer = Scorer(out)
+    assert scorer.head is not None and scorer.meta["head"]["kind"] == "centre"
+    assert scorer.features.vector_hop_s == pytest.approx(0.48) and scorer.features.dim == 96 * 64
+    samples = read_audio(fan["test_anomaly"][0], 16000)
+    got = scorer.score_audio(samples)
     ckpt = load_checkpoint(tm_checkpoint)
-    x = patches(logmel(read_audio(fan["test_anomaly"][0], 16000), YAMNET))[:4]
-    session = ort.InferenceSession(data)
-    e = np.concatenate([session.run(None, {session.get_inputs()[0].name: row[None]})[0] for row in x])
     h = ckpt["head"]
     phi = Phi(np.zeros(h["in_dim"]), np.ones(h["in_dim"]), h["hidden"], h["z"])
     phi.load_state_dict(h["phi_state"])
-    ref = svdd_scores(phi.eval(), np.asarray(h["centre"]), load_extractor(ckpt["extractor"])(x))
-    np.testing.assert_allclose((e.astype(np.float64) ** 2).sum(1), ref, rtol=1e-4)
+    ref = svdd_scores(phi.eval(), np.asarray(h["centre"]), load_extractor(ckpt["extractor"])(patches(logmel(samples, YAMNET))))
+    assert len(got) == len(ref) == 19  # a 10-s clip: 1 + (997 - 96) // 48 windows
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
 
 
 @pytest.mark.slow

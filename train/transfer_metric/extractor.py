@@ -16,6 +16,7 @@ first output is ``(n, C)`` or ``(n, C, H, W)`` (pooled over H, W); it runs throu
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import io
 import re
@@ -189,6 +190,7 @@ def parse_extractor(spec: str) -> tuple[str, str]:
     raise EdgeAsdError(f"--extractor {spec!r}: use yamnet:layer6, yamnet:layer10, yamnet:layer14 or onnx:PATH")
 
 
+@functools.lru_cache(maxsize=4)
 def load_extractor(spec: str):
     """A callable (n, 6144) float32 patches -> (n, C) float32 embeddings for ``spec`` (:func:`parse_extractor`)."""
     kind, arg = parse_extractor(spec)

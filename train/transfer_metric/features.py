@@ -14,21 +14,19 @@ from pathlib import Path
 import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.core.features import LOGMEL_VERSION
+from edge_asd.core.features import LOGMEL_VERSION, stack_context
 from edge_asd.core.presets import get_preset
 from edge_asd.train.feature_cache import FeatureCache
 
 PRESET = "yamnet"
-PATCH_HOP_FRAMES = 48
-"""Patch hop K, frames (0.48 s): YAMNet's own."""
+PATCH_HOP_FRAMES = get_preset(PRESET).context_hop_frames
+"""Patch hop K, frames (48, 0.48 s): YAMNet's own."""
 
 
 def patches(psi: np.ndarray, n_frames: int = 96, hop_frames: int = PATCH_HOP_FRAMES) -> np.ndarray:
-    """Log-mel frames (T, M) -> patches (1 + (T - n_frames) // hop_frames, n_frames * M) float32, patch i =
+    """:func:`edge_asd.core.features.stack_context` (what the device computes): log-mel frames (T, M) -> patches (1 + (T - n_frames) // hop_frames, n_frames * M) float32, patch i =
     frames [i * hop_frames, i * hop_frames + n_frames); (0, n_frames * M) when T < n_frames."""
-    starts = range(0, len(psi) - n_frames + 1, hop_frames)
-    out = [np.asarray(psi[s:s + n_frames], np.float32).ravel() for s in starts]
-    return np.stack(out) if out else np.zeros((0, n_frames * psi.shape[1]), np.float32)
+    return stack_context(np.asarray(psi, np.float32), n_frames, hop_frames)
 
 
 def clip_embeddings(paths: list[Path], spec: str, extractor, cache: FeatureCache | None = None) -> list[np.ndarray]:
