@@ -142,14 +142,14 @@ def test_svdd_loss_and_centre_by_hand():
     np.testing.assert_allclose(centre[small].numpy(), np.where(mean[small].numpy() < 0, -EPS, EPS))
 
 
-def test_head_gathers_normal_embeddings(fan_embeddings):
+def test_head_gathers_normal_embeddings(fan_embeddings, one_torch_thread):
     """After training, held-out normal test patches lie nearer c than anomalous ones (clip AUC), and the
     training objective fell below its value at initialisation."""
     from sklearn.metrics import roc_auc_score
 
     train, test, labels = fan_embeddings
-    phi, centre, record = fit_head(train, HeadConfig(max_epochs=20), seed=0)
-    assert 1 <= record["epochs"] <= 20 and len(record["heldout_curve"]) == 20
+    phi, centre, record = fit_head(train, HeadConfig(max_epochs=10), seed=0)
+    assert 1 <= record["epochs"] <= 10 and len(record["heldout_curve"]) == 10
     x = np.concatenate(train)
     untrained = Phi(x.mean(0), np.maximum(x.std(0), 1e-3))
     c0 = initial_centre(untrained, torch.from_numpy(x)).numpy()
@@ -173,7 +173,7 @@ def test_knn_cosine_by_hand():
     np.testing.assert_allclose(comparators.knn_cosine_scores(bank, e), [1 - 1 / np.sqrt(2), 0.0], atol=1e-12)
 
 
-def test_compare_hooks_smoke(fan, data_root, cache_env):
+def test_compare_hooks_smoke(fan, data_root, cache_env, one_torch_thread):
     """The contract's fit_score functions: one finite float64 score per test clip."""
     from edge_asd.train.transfer_metric import compare
 
@@ -241,3 +241,23 @@ def test_int8_tflite_parity(tm_checkpoint, data_root, tmp_path):
     assert proc.returncode == 0, proc.stderr
     spearman = float(proc.stdout.split("Spearman ")[1].split(",")[0])
     assert spearman > 0.95, proc.stdout
+
+
+def test_mahalanobis_model_file(tm_checkpoint, fan, tmp_path):
+    """The Ledoit-Wolf comparator ships as a "mahalanobis" head on the pooled YAMNet features: the device's
+    scores equal comparators.mahalanobis_scores of the checkpoint."""
+    from edge_asd.convert.transfer_metric import write_model
+    from edge_asd.edge.runtime.scorer import Scorer
+    from edge_asd.firmware_io.audio_file import read_audio
+    from edge_asd.train.checkpoint import load_checkpoint
+    from edge_asd.train.transfer_metric.extractor import load_extractor
+    from edge_asd.train.transfer_metric.features import patches
+
+    ckpt = load_checkpoint(tm_checkpoint)
+    scorer = Scorer(write_model(ckpt, "onnx", tmp_path / "fan_maha.onnx", head="mahalanobis"))
+    assert scorer.meta["head"]["kind"] == "mahalanobis"
+    samples = read_audio(fan["test_normal"][0], 16000)
+    e = load_extractor(ckpt["extractor"])(patches(logmel(samples, YAMNET)))
+    m = ckpt["mahalanobis"]
+    ref = comparators.mahalanobis_scores(np.asarray(m["mean"]), np.asarray(m["precision"]), e)
+    np.testing.assert_allclose(scorer.score_audio(samples), ref, rtol=1e-3)
