@@ -261,3 +261,15 @@ def test_mahalanobis_model_file(tm_checkpoint, fan, tmp_path):
     m = ckpt["mahalanobis"]
     ref = comparators.mahalanobis_scores(np.asarray(m["mean"]), np.asarray(m["precision"]), e)
     np.testing.assert_allclose(scorer.score_audio(samples), ref, rtol=1e-3)
+
+
+def test_convert_refuses_what_it_cannot_write(tm_checkpoint, tmp_path):
+    """A transfer-metric checkpoint converts to tflite (float32, int8) or float ONNX; the rest is a user error."""
+    from edge_asd.convert.run import ConvertOptions, write_model_files
+    from edge_asd.core.errors import EdgeAsdError
+
+    for target, quantize in (("all", None), ("onnx", "int8-static"), ("tflite", "int8-dynamic")):
+        with pytest.raises(EdgeAsdError, match="transfer-metric checkpoint converts"):
+            write_model_files(ConvertOptions(tm_checkpoint, target, tmp_path / "x", quantize=quantize))
+    with pytest.raises(EdgeAsdError, match="--calibration"):
+        write_model_files(ConvertOptions(tm_checkpoint, "tflite", tmp_path / "x.tflite", quantize="int8-static"))

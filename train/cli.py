@@ -21,7 +21,7 @@ from edge_asd.core.presets import PRESETS
 @click.option("--machine-id", "machine_ids", multiple=True,
               help="Train on this machine ID (00, id_00, section_00); repeatable. Default: every ID with normal training clips.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="koizumi2019", show_default=True,
-              help="Feature preset: koizumi2019 (paper FCN64, D=1344) or dcase2020 (D=640).")
+              help="Feature preset: koizumi2019 (paper FCN64, D=1344) or dcase2020 (D=640); yamnet (YAMNet log-mel patches, D=6144) is what --method transfer-metric uses.")
 @click.option("--arch", type=click.Choice(["fcn-small", "fcn-large", "dcase2020"]), default="fcn-small", show_default=True,
               help="Sec. 4.2.2: fcn-small H=2, U=128, Z=40; fcn-large H=4, U=512, Z=128. dcase2020: the DCASE 2020 "
                    "baseline AE (128 x 4, Z=8, BatchNorm; use with --preset dcase2020 --loss re).")
