@@ -196,7 +196,7 @@ def tm_checkpoint(data_root, fan_embeddings, cache_env, tmp_path_factory):
 
 def test_cli_method_option_errors(data_root, tmp_path):
     """edge-train --method transfer-metric with an unknown extractor: one-line error, no traceback."""
-    from tests.conftest import assert_one_line_error, cli
+    from conftest import assert_one_line_error, cli
 
     proc = cli("edge-train", data_root, "--machine-type", "fan", "--method", "transfer-metric", "--extractor",
                "yamnet:layer99", "--out", tmp_path / "x.pt")
