@@ -233,7 +233,7 @@ def test_train_and_onnx_end_to_end(tm_checkpoint, data_root, fan, tmp_path):
 @pytest.mark.slow
 def test_int8_tflite_parity(tm_checkpoint, data_root, tmp_path):
     """edge-convert --to tflite --int8: float32 input and output, and patch scores ranked as the float graph's."""
-    from tests.conftest import cli
+    from conftest import cli
 
     out = tmp_path / "fan_tm.tflite"
     proc = cli("edge-convert", tm_checkpoint, "--to", "tflite", "--int8", "--calibration", data_root, "--something-else",
