@@ -127,12 +127,14 @@ class FleetDb:
                          site, device))
 
     def heartbeat(self, site: str, device: str, body: dict, now: float) -> None:
-        """A heartbeat: the device is online under its boot; its figures replace the stored ones."""
+        """A heartbeat: its figures replace the stored ones. A heartbeat of a new boot means the device is online
+        (its birth may come later); one of the current boot leaves online / offline to the state messages (a
+        clean stop sends its last heartbeat just before its ``offline``)."""
         with self._transaction():
             self._touch(site, device, now)
-            row = self.db.execute("SELECT boot, online FROM devices WHERE site = ? AND device = ?", (site, device)).fetchone()
+            row = self.db.execute("SELECT boot FROM devices WHERE site = ? AND device = ?", (site, device)).fetchone()
             boot = str(body.get("boot"))
-            if row[0] != boot or not row[1]:
+            if row[0] != boot:
                 self.db.execute("UPDATE devices SET boot = ?, online = 1, reason = NULL, status_since = ? "
                                 "WHERE site = ? AND device = ?", (boot, now, site, device))
             self._status_fields(site, device, body)

@@ -4,11 +4,12 @@ paho's network thread runs the connection and reconnects with a back-off; its ca
 happened on a queue. One worker thread of ours does everything else: it publishes the retained birth on
 every connect, sends the outbox's lines in batches of at most ``batch`` with at most ``window`` batches
 unacknowledged and at most ``rate_batches_s`` batches a second (so a backlog after a reconnect does not
-flood the broker), sends a heartbeat every ``heartbeat_s`` and removes what the ingest acknowledges. A batch whose
-acknowledgement is late is sent again (only that batch); after a reconnect, paho resends the batches the
-broker had not taken, and the link those the broker took but whose ack was lost. So at most the in-flight
-window is duplicated per outage, and a consumer de-duplicates by (device, boot, seq). The broker being down never blocks the monitor: lines wait
-in the outbox (:mod:`.outbox`).
+flood the broker), sends a heartbeat every ``heartbeat_s`` and removes what the ingest acknowledges.
+
+A batch whose acknowledgement is late is sent again (only that batch); after a reconnect, paho resends the
+batches the broker had not taken, and the link those the broker took but whose ack was lost. So about one
+in-flight window is duplicated per outage, and a consumer de-duplicates by (device, boot, seq). The broker
+being down never blocks the monitor: lines wait in the outbox (:mod:`.outbox`).
 """
 
 from __future__ import annotations
@@ -71,15 +72,17 @@ class FleetLink:
     Args:
         settings: the broker and the limits.
         status: called by the worker thread for the heartbeat's device fields (a dict, JSON-able).
-    ``start()`` opens the outbox (a new boot id) and connects in the background; ``add(line)`` stores a line
-    and wakes the worker; ``stop()`` sends what it can within ``drain_s``, publishes the retained
-    ``offline`` state and closes.
+    The constructor opens the outbox under a new boot id; ``start()`` connects in the background;
+    ``add(line)`` stores a line and wakes the worker; ``stop()`` sends what it can within ``drain_s``,
+    publishes a last heartbeat and the retained ``offline`` state, and closes.
+
+    Raises:
+        EdgeAsdError: paho-mqtt 2.x missing, TLS files unreadable, or the outbox cannot be opened.
     """
 
     def __init__(self, settings: LinkSettings, status: Callable[[], dict] = dict):
         self.settings, self.status = settings, status
         self.boot = new_boot_id()
-        self.outbox = Outbox(settings.outbox, self.boot)
         self.started = time.time()
         self.connected = False
         self._events: queue.Queue = queue.Queue()
@@ -90,6 +93,7 @@ class FleetLink:
         self._ack_delay_s = 0.0
         self._next_hb = 0.0
         self._client = _client(settings, self.boot, self._state("offline", "connection lost"))
+        self.outbox = Outbox(settings.outbox, self.boot)
         self._client.on_connect = lambda c, u, flags, rc, props: self._events.put(("connect", rc))
         self._client.on_disconnect = lambda c, u, flags, rc, props: self._events.put(("disconnect", rc))
         self._client.on_message = lambda c, u, msg: self._events.put(("message", msg.topic, msg.payload))
@@ -132,14 +136,17 @@ class FleetLink:
                 **self.status()}
 
     def stop(self, drain_s: float = 2.0) -> None:
-        """Send what the outbox holds for up to ``drain_s`` seconds, then publish ``offline`` and close."""
+        """Send what the outbox holds for up to ``drain_s`` seconds, then publish a last heartbeat and the
+        retained ``offline`` state, and close."""
         end = time.monotonic() + drain_s
         while self.connected and self.outbox.depth() and time.monotonic() < end:
             time.sleep(0.05)
         self._stop.set()
         self._thread.join(5)
-        if self.connected:
-            info = self._client.publish(self._topic("state"), self._state("offline", "stopped", outbox=self.outbox.depth()), qos=1, retain=True)
+        if self.connected:  # a last heartbeat (the final counts), then the retained offline
+            self._client.publish(self._topic("hb"), json.dumps(self.heartbeat(), sort_keys=True).encode(), qos=1)
+            info = self._client.publish(self._topic("state"), self._state("offline", "stopped", outbox=self.outbox.depth()),
+                                        qos=1, retain=True)
             try:
                 info.wait_for_publish(2)
             except (RuntimeError, ValueError):
