@@ -78,7 +78,11 @@ class FleetDb:
 
     @contextlib.contextmanager
     def _transaction(self):
-        """One transaction, one fsync (the connection is in autocommit mode, where ``with db`` is none)."""
+        """One transaction, one fsync (the connection is in autocommit mode, where ``with db`` is none); inside
+        :meth:`transaction`, part of that one."""
+        if self.db.in_transaction:
+            yield
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -91,6 +95,10 @@ class FleetDb:
         self.db.execute("INSERT OR IGNORE INTO devices (site, device, first_seen) VALUES (?, ?, ?)", (site, device, now))
         self.db.execute("UPDATE devices SET last_seen = ?, first_seen = COALESCE(first_seen, ?) WHERE site = ? AND device = ?",
                         (now, now, site, device))
+
+    def transaction(self):
+        """Several messages in one transaction (one fsync): ``with db.transaction(): ...``; committed on leaving."""
+        return self._transaction()
 
     def expect(self, site: str, device: str) -> None:
         """List a device that should report (``never seen`` until it does)."""

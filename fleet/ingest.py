@@ -4,8 +4,8 @@
 Subscriptions (MQTT 5): ``asd/v1/+/+/state`` as an ordinary subscription (retained messages are not sent to
 shared subscriptions, and every member should know every device's state), ``$share/<group>/asd/v1/+/+/hb``
 and ``.../evt`` as shared subscriptions, so several ingest processes of one group split the load and take
-over from each other. paho's callbacks only enqueue; one worker thread writes the database and publishes
-the acks. With a clean start, it re-subscribes on every connect.
+over from each other. paho's callbacks only enqueue; one worker thread writes the database (what queued up
+meanwhile in one transaction) and then publishes the acks. With a clean start, it re-subscribes on every connect.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from edge_asd.edge.runtime.fleet.topics import PREFIX, BrokerUrl, parse_topic, s
 from edge_asd.fleet.db import FleetDb
 
 log = logging.getLogger("edge_asd")
+MAX_BATCH = 200
+"""Queued messages stored in one transaction at most (one fsync for a burst, acks sent after it)."""
 
 
 class Ingest:
@@ -92,29 +94,38 @@ class Ingest:
         try:
             while not self._stop.is_set():
                 try:
-                    item = self._events.get(timeout=0.1)
+                    items = [self._events.get(timeout=0.1)]
                 except queue.Empty:
                     continue
-                try:
-                    self._handle(db, item)
-                except Exception:  # noqa: BLE001 - one bad message must not stop the ingest
-                    log.exception("fleet ingest: unexpected error")
+                while len(items) < MAX_BATCH and not self._events.empty():
+                    items.append(self._events.get_nowait())
+                acks = []
+                with db.transaction():  # one commit for what arrived meanwhile
+                    for item in items:
+                        try:
+                            acks.extend(self._handle(db, item))
+                        except Exception:  # noqa: BLE001 - one bad message must not stop the ingest
+                            log.exception("fleet ingest: unexpected error")
+                for name, body in acks:  # only once their lines are committed
+                    self._client.publish(name, body, qos=1)
+                    self.counts["acks"] += 1
         finally:
             db.close()
 
-    def _handle(self, db: FleetDb, item: tuple) -> None:
+    def _handle(self, db: FleetDb, item: tuple) -> list[tuple[str, bytes]]:
+        """Store one queued item; the acks (topic, payload) to send once the transaction is committed."""
         if item[0] == "connect":
             if item[1].is_failure:
                 log.warning("fleet ingest: %s refused the connection: %s", self.broker, item[1])
-                return
+                return []
             self._client.subscribe(self.subscriptions)
             self.connected.set()
             log.info("fleet ingest: connected to %s (group %s)", self.broker, self.group)
-            return
+            return []
         if item[0] == "disconnect":
             self.connected.clear()
             log.warning("fleet ingest: lost %s (%s)", self.broker, item[1])
-            return
+            return []
         name, payload = item[1], item[2]
         where = parse_topic(name)
         try:
@@ -136,11 +147,12 @@ class Ingest:
                 self.counts["new"] += new
                 self.counts["duplicates"] += dup
                 ack = {"boot": boot, "first": min(int(e["seq"]) for e in events), "last": max(int(e["seq"]) for e in events)}
-                self._client.publish(topic(site, device, "ack"), json.dumps(ack).encode(), qos=1)
-                self.counts["acks"] += 1
+                self.counts[kind] += 1
+                return [(topic(site, device, "ack"), json.dumps(ack).encode())]
             else:
-                return
+                return []
             self.counts[kind] += 1
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             self.counts["damaged"] += 1
             log.warning("fleet ingest: ignored a damaged message on %s: %s", name, e)
+        return []
