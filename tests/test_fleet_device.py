@@ -100,3 +100,30 @@ def test_fleet_options_are_checked(model, fan, tmp_path):
     proc = cli("edge-monitor", "--config", toml)
     assert_one_line_error(proc)
     assert "unknown key 'batchsize'" in proc.stderr
+
+
+def test_the_link_replaces_a_stale_will_and_takes_commands(broker, tmp_path):
+    """A retained 'offline' of the device's own boot while it is connected (a will from a half-open connection)
+    is replaced by its birth at once; {"cmd": "hb"} gets a heartbeat without waiting for the interval."""
+    from edge_asd.edge.runtime.fleet.sink import open_fleet
+
+    seen = Collector(broker.url, "asd/v1/plant/pi-2/#")
+    link = open_fleet(settings({"broker": broker.url, "site": "plant", "device": "pi-2", "heartbeat_s": 3600},
+                               tmp_path / "outbox.sqlite"), {}).link.start()
+    try:
+        _until(lambda: [s["status"] for s in seen.of("state")] == ["online"] and len(seen.of("hb")) == 1)
+        seen.client.publish("asd/v1/plant/pi-2/state", json.dumps({"status": "offline", "boot": link.boot}), qos=1,
+                            retain=True)
+        _until(lambda: [s["status"] for s in seen.of("state")] == ["online", "offline", "online"])
+        seen.client.publish("asd/v1/plant/pi-2/cmd", json.dumps({"cmd": "hb"}), qos=1)
+        _until(lambda: len(seen.of("hb")) == 2)
+    finally:
+        link.stop(drain_s=0)
+        seen.close()
+
+
+def _until(condition, timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
