@@ -223,3 +223,22 @@ def oof_model(oof_checkpoint, work) -> Path:
     proc = cli("edge-convert", oof_checkpoint[0], "--to", "tflite", "--out", out, "-q")
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+# The fleet tests' real broker ---------------------------------------------------------------------
+
+@pytest.fixture
+def broker(tmp_path):
+    """mosquitto on a free loopback port (tests/mqtt_broker.py), stopped after the test; skips without
+    mosquitto or paho-mqtt, fails instead under CI=true."""
+    from mqtt_broker import Broker, missing
+
+    try:
+        import paho.mqtt.client  # noqa: F401
+    except ImportError:
+        missing("paho-mqtt (pip install 'edge-asd[mqtt]')")
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    b = Broker(folder).start()
+    yield b
+    b.stop()

@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("torch", "onnx", "librosa", "jax", "litert_torch", "tensorflow", "edge_asd.train", "edge_asd.convert")
 OPTIONAL = ("matplotlib", "scipy", "sklearn")
 RESIDENT = ("_hashlib", "importlib.metadata")
@@ -43,6 +45,19 @@ def test_monitor_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path):
     events = [e for line in proc.stdout.splitlines() if line.startswith("{") and (e := json.loads(line))["event"] == "anomaly"]
     assert len(events) >= 1 and events[0]["frame"] == 0
     assert "604 frames" in proc.stderr
+
+
+def test_monitor_with_mqtt_imports_no_training_stack(int8_model, fan, tmp_path):
+    """edge-monitor --mqtt adds paho-mqtt and sqlite3, nothing heavy (the broker is down: lines stay in the outbox)."""
+    from mqtt_broker import free_port
+
+    pytest.importorskip("paho.mqtt")
+    loaded, proc = run_in_fresh_python(
+        "cli.monitor", ["--model", int8_model[0], "--phi", "0", "--input", fan["test_anomaly"][0], "--mqtt",
+                        f"mqtt://127.0.0.1:{free_port()}", "--mqtt-outbox", tmp_path / "outbox.sqlite"],
+        tmp_path / "s.json", heavy=HEAVY + OPTIONAL)
+    assert loaded == []
+    assert "fleet: mqtt://127.0.0.1" in proc.stderr
 
 
 def test_calibrate_on_tflite_imports_no_training_stack(int8_model, fan, tmp_path):

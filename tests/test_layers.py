@@ -8,6 +8,7 @@ Layers, lowest first (a module may import its own layer and the ones below it, n
     edge.runtime  model file -> scores -> windows -> events; the phi store
     edge.calibrate, then edge.finetune and edge.report   (the device's library)
     edge.cli      the device commands
+    fleet         the fleet's ingest of the devices' MQTT messages and edge-fleet (next to the broker)
     train         the desktop trainer (torch)
     convert       checkpoint -> model files
 
@@ -25,15 +26,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # folder in the repository -> package when installed (pyproject.toml's package-dir)
 FOLDERS = {"core": "core", "firmware_io": "firmware_io", "datasets": "datasets", "edge": "edge",
-           "train": "train", "convert": "convert"}
+           "fleet": "fleet", "train": "train", "convert": "convert"}
 LAYERS = ["core", "firmware_io", "datasets", "edge.runtime", "edge.calibrate", "edge.finetune", "edge.report",
-          "edge.evaluate", "edge.model_inspect", "edge.cli", "train", "convert"]
+          "edge.evaluate", "edge.model_inspect", "edge.cli", "fleet", "train", "convert"]
 # library packages of one layer that do not import each other (their rank is the same)
 RANK = {name: rank for rank, name in enumerate(LAYERS)}
 RANK["edge.report"] = RANK["edge.finetune"]
 RANK["edge.evaluate"] = RANK["edge.finetune"]
 RANK["edge.model_inspect"] = RANK["edge.finetune"]
-COMMAND_MODULES = ("edge_asd.edge.cli.", "edge_asd.train.cli", "edge_asd.convert.cli", "edge_asd.datasets.cli")
+COMMAND_MODULES = ("edge_asd.edge.cli.", "edge_asd.train.cli", "edge_asd.convert.cli", "edge_asd.datasets.cli",
+                   "edge_asd.fleet.cli")
 
 
 def module_name(path: Path) -> str:

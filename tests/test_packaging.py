@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ["edge_asd.edge", "edge_asd.train", "edge_asd.convert", "edge_asd.firmware_io", "edge_asd.datasets"]
+PACKAGES = ["edge_asd.edge", "edge_asd.train", "edge_asd.convert", "edge_asd.firmware_io", "edge_asd.datasets",
+            "edge_asd.edge.runtime.fleet", "edge_asd.fleet"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,9 @@ def test_extras_keep_the_device_install_light(wheel):
     assert any(r.startswith("cryptography") for r in edge)  # edge-release, edge-monitor --trust-dir
     assert any(r.startswith("torch") for r in requires if "extra == \"train\"" in r)
     scripts = [ln for ln in zipfile.ZipFile(wheel).read(meta.replace("METADATA", "entry_points.txt")).decode().splitlines()]
-    for name in ("edge-train", "edge-convert", "edge-calibrate", "edge-monitor", "edge-data", "edge-inspect", "edge-release"):
+    assert any(r.startswith("paho-mqtt") for r in requires if "extra == \"mqtt\"" in r)  # edge-monitor --mqtt, edge-fleet
+    for name in ("edge-train", "edge-convert", "edge-calibrate", "edge-monitor", "edge-data", "edge-inspect", "edge-release",
+                 "edge-fleet"):
         assert any(s.startswith(f"{name} =") for s in scripts)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edge_asd.core.commands import CONTEXT_SETTINGS, setup_logging, user_errors, version_option
+from edge_asd.core.commands import CONTEXT_SETTINGS, kit_version, setup_logging, user_errors, version_option
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.cli.options import (
     config_range,
@@ -23,6 +23,38 @@ from edge_asd.edge.runtime.health import HOLD_S, LEVEL_DRIFT_DB, SILENT_DBFS
 from edge_asd.firmware_io.sources import DEFAULT_BAUD, PCM_FRAMINGS, SourceSpec
 
 log = logging.getLogger("edge_asd")
+FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+def mqtt_options(fn):
+    """The fleet link's options (docs/fleet.md); each also from EDGE_ASD_MQTT* or monitor.toml's [fleet]."""
+    options = [
+        click.option("--mqtt", "mqtt", envvar="EDGE_ASD_MQTT", metavar="URL", default=None,
+                     help="Also send every line to the fleet through this MQTT 5 broker: mqtt://HOST[:PORT] or "
+                          "mqtts://HOST[:PORT] (TLS); lines wait in an outbox while it is down (docs/fleet.md)."),
+        click.option("--mqtt-site", envvar="EDGE_ASD_MQTT_SITE", default=None,
+                     help="Site in the topics asd/v1/SITE/DEVICE/... [default: default]."),
+        click.option("--mqtt-device", envvar="EDGE_ASD_MQTT_DEVICE", default=None,
+                     help="Device name in the topics [default: the host name]."),
+        click.option("--mqtt-username", envvar="EDGE_ASD_MQTT_USERNAME", default=None,
+                     help="Broker user name (the password: $EDGE_ASD_MQTT_PASSWORD or --mqtt-password-file)."),
+        click.option("--mqtt-password-file", envvar="EDGE_ASD_MQTT_PASSWORD_FILE", type=FILE, default=None,
+                     help="File holding the broker password."),
+        click.option("--mqtt-ca", envvar="EDGE_ASD_MQTT_CA", type=FILE, default=None,
+                     help="CA certificates of the broker (mqtts) [default: the system's]."),
+        click.option("--mqtt-cert", envvar="EDGE_ASD_MQTT_CERT", type=FILE, default=None,
+                     help="Client certificate for mutual TLS (with --mqtt-key)."),
+        click.option("--mqtt-key", envvar="EDGE_ASD_MQTT_KEY", type=FILE, default=None, help="Client key for mutual TLS."),
+        click.option("--mqtt-outbox", envvar="EDGE_ASD_MQTT_OUTBOX", type=FILE, default=None,
+                     help="Outbox file (SQLite) [default: outbox.sqlite in the user data dir]."),
+        click.option("--mqtt-keepalive", envvar="EDGE_ASD_MQTT_KEEPALIVE", type=click.IntRange(1, 65535), default=None,
+                     help="MQTT keep-alive, s: the broker marks the device offline after 1.5 times it [default: 30]."),
+        click.option("--heartbeat-s", envvar="EDGE_ASD_HEARTBEAT_S", type=click.FloatRange(0.1, 86400), default=None,
+                     help="Seconds between heartbeats to the fleet [default: 30]."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 def _list_devices(ctx, param, value):
@@ -88,6 +120,7 @@ def _list_devices(ctx, param, value):
               help="Input health: seconds of silence before the 'silent' health line.")
 @click.option("--level-drift-db", type=config_range("level_drift_db"), default=LEVEL_DRIFT_DB, show_default=True,
               help="Input health: a 'level_drift' health line when the level leaves the calibrated range by this much, dB.")
+@mqtt_options
 @trust_options
 @click.option("--allow-unsigned", is_flag=True,
               help="Development mode: with --trust-dir, run an unsigned model or phi after a warning instead of refusing.")
@@ -97,8 +130,9 @@ def _list_devices(ctx, param, value):
 @user_errors
 def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_channels, pcm_framing, baud, window, gate_db,
          gate_min_on_s, gate_min_off_s, votes, hysteresis, events_path, events_max_mb, evidence_dir, evidence_seconds,
-         evidence_png, config_path, silent_dbfs, silent_s, level_drift_db, trust_dir, trusted_clock, allow_unsigned,
-         threads, quiet):
+         evidence_png, config_path, silent_dbfs, silent_s, level_drift_db, mqtt, mqtt_site, mqtt_device, mqtt_username,
+         mqtt_password_file, mqtt_ca, mqtt_cert, mqtt_key, mqtt_outbox, mqtt_keepalive, heartbeat_s, trust_dir,
+         trusted_clock, allow_unsigned, threads, quiet):
     """Stream audio through the model; print one JSON line per frame that pushes the running max over phi,
     one verdict line per closed operation window (eq. 11), an alarm line when the alarm goes on or off, and a
     summary line. With --votes K/N (or the phi record's policy) all of them judge the K-th largest score of
@@ -112,6 +146,10 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
 
     With --trust-dir (docs/releases.md) the model must have a signed release installed there and phi must
     be the signed record last accepted; --allow-unsigned turns those refusals into warnings.
+
+    With --mqtt (or monitor.toml's [fleet] table) every line also goes to the fleet over MQTT 5 (docs/fleet.md):
+    stored in an outbox first, sent in batches, removed when the fleet's ingest acknowledges it; a retained
+    state, heartbeats and a last will tell the fleet whether the device is online.
     """
     setup_logging(quiet=quiet)
     from edge_asd.edge.runtime.config import InputConfig, load_config
@@ -141,14 +179,28 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
                                trust_dir=trust_dir, allow_unsigned=allow_unsigned, trusted_clock=trusted_clock)]
     from edge_asd.firmware_io.sinks import StdoutSink
 
+    fleet = _open_fleet(config_path, configs, dict(
+        broker=mqtt, site=mqtt_site, device=mqtt_device, username=mqtt_username, password_file=mqtt_password_file,
+        ca=mqtt_ca, cert=mqtt_cert, key=mqtt_key, outbox=mqtt_outbox, keepalive_s=mqtt_keepalive, heartbeat_s=heartbeat_s))
     shutdown = Shutdown()
-    monitors, file_sinks = build_monitors(configs, StdoutSink(sys.stdout, on_closed=shutdown.reader_gone))
+    try:
+        monitors, file_sinks = build_monitors(configs, StdoutSink(sys.stdout, on_closed=shutdown.reader_gone),
+                                              extra_sinks=[fleet] if fleet else [])
+    except BaseException:
+        if fleet is not None:
+            fleet.link.outbox.close()
+        raise
+    if fleet is not None:
+        fleet.frames = lambda: {m.name: m.frames for m in monitors}
+        fleet.link.start()
     try:
         with shutdown:
             summaries, error = run_monitors(monitors, shutdown)
     finally:
         for s in file_sinks:
             s.close()
+        if fleet is not None:
+            fleet.link.stop()
     for m, s in zip(monitors, summaries):
         prefix = "" if len(monitors) == 1 else f"{m.name}: "
         click.echo(f"edge-monitor: {prefix}{s.line(m.detector.phi)}", err=True)
@@ -159,6 +211,35 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
             raise EdgeAsdError(f"{m.name}: the input was digital silence (all samples 0); check the microphone or file")
         if s.frames == 0 and s.reason == "end of input":
             raise EdgeAsdError(f"{m.name}: too short to score (needs {m.cfg.samples_per_vector} samples)")
+
+
+def _open_fleet(config_path: Path | None, configs: list, options: dict):
+    """The fleet sink (:mod:`edge_asd.edge.runtime.fleet`) when a broker is given by an option, the environment
+    or the config's [fleet] table (options win), else None."""
+    import os
+
+    from edge_asd.edge.runtime.config import load_fleet_table
+
+    values = load_fleet_table(config_path) if config_path is not None else {}
+    values.update({k: v for k, v in options.items() if v is not None})
+    if values.get("broker") is None:
+        return None
+    from platformdirs import user_data_dir
+
+    from edge_asd.edge.runtime.fleet.settings import settings
+    from edge_asd.edge.runtime.fleet.sink import open_fleet
+    from edge_asd.edge.runtime.trust import TrustDir
+
+    inputs = {}
+    for cfg in configs:
+        version = TrustDir(cfg.trust_dir).state().get("release_version") if cfg.trust_dir else None
+        source = "option" if cfg.phi is not None else "signed" if cfg.trust_dir else "store"
+        inputs[cfg.label] = {"model_version": version, "phi_source": source}
+    link_settings = settings(values, Path(user_data_dir("edge-asd")) / "outbox.sqlite",
+                             os.environ.get("EDGE_ASD_MQTT_PASSWORD"))
+    sink = open_fleet(link_settings, inputs)
+    sink.kit_version = kit_version()  # importlib.metadata: loaded only with --mqtt
+    return sink
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@
 Every key may appear in ``[monitor]`` or in an ``[[input]]`` (which wins): the fields of
 :class:`InputConfig`, where ``source`` and the keys of where audio comes from (``channel``, ``pcm_channels``,
 ``pcm_rate``, ``pcm_framing``, ``baud``, ``stall_s``, ``buffer_s``) fill its
-:class:`~edge_asd.firmware_io.sources.SourceSpec`. Relative paths are relative to the TOML file's folder.
+:class:`~edge_asd.firmware_io.sources.SourceSpec`. An optional ``[fleet]`` table sends the lines to an MQTT
+broker too (:func:`load_fleet_table`, docs/fleet.md). Relative paths are relative to the TOML file's folder.
 Unknown keys and wrong types are refused.
 """
 
@@ -182,22 +183,11 @@ def load_config(path: str | Path) -> list[InputConfig]:
         EdgeAsdError: unreadable or invalid TOML, unknown keys or tables, wrong types, no input, an input
             without ``model``, or two inputs with the same name.
     """
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        raise EdgeAsdError("--config needs Python 3.11 or newer (tomllib)")
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EdgeAsdError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise EdgeAsdError(f"{path}: cannot read ({e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise EdgeAsdError(f"{path}: not valid TOML ({e})") from None
-    unknown = set(data) - {"monitor", "input"}
+    data = _read_toml(path)
+    unknown = set(data) - {"monitor", "input", "fleet"}
     if unknown:
-        raise EdgeAsdError(f"{path}: unknown table(s) {', '.join(sorted(unknown))} (use [monitor] and [[input]])")
+        raise EdgeAsdError(f"{path}: unknown table(s) {', '.join(sorted(unknown))} (use [monitor], [[input]] and [fleet])")
     defaults, inputs = data.get("monitor", {}), data.get("input", [])
     if not isinstance(defaults, dict) or not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
         raise EdgeAsdError(f"{path}: [monitor] must be a table and [[input]] an array of tables")
@@ -219,3 +209,35 @@ def load_config(path: str | Path) -> list[InputConfig]:
     if sum(c.source.spec == "-" for c in out) > 1:
         raise EdgeAsdError(f"{path}: only one input can read stdin (-)")
     return out
+
+
+def _read_toml(path: Path) -> dict:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        raise EdgeAsdError("--config needs Python 3.11 or newer (tomllib)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeAsdError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgeAsdError(f"{path}: cannot read ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise EdgeAsdError(f"{path}: not valid TOML ({e})") from None
+    return data
+
+
+def load_fleet_table(path: str | Path) -> dict:
+    """The ``[fleet]`` table of a monitor.toml (docs/fleet.md), types checked, paths relative to the file's
+    folder; {} when there is none.
+
+    Raises:
+        EdgeAsdError: unreadable TOML, a ``fleet`` that is not a table, an unknown key or a wrong type.
+    """
+    from edge_asd.edge.runtime.fleet.settings import check_table
+
+    path = Path(path)
+    table = _read_toml(path).get("fleet", {})
+    if not isinstance(table, dict):
+        raise EdgeAsdError(f"{path}: [fleet] must be a table")
+    return check_table(table, f"{path} [fleet]", path.resolve().parent)

@@ -75,8 +75,9 @@ class Shutdown:
             signal.signal(sig, old)
 
 
-def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None) -> tuple[list, list]:
-    """(monitors, file sinks) for the inputs; every source is open when this returns.
+def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None, extra_sinks=()) -> tuple[list, list]:
+    """(monitors, file sinks) for the inputs; every source is open when this returns. ``extra_sinks`` get every
+    input's lines after its events file and before stdout (the fleet's outbox, :mod:`.fleet.sink`).
 
     Raises:
         EdgeAsdError: a model, phi, window or source problem (what was opened is closed again).
@@ -123,6 +124,7 @@ def build_monitors(configs: list[InputConfig], stdout_sink, pyaudio_module=None)
                 if key not in file_sinks:
                     file_sinks[key] = RotatingJsonLinesFile(cfg.events, int(cfg.events_max_mb * 1e6), cfg.events_backups)
                 sinks.append(file_sinks[key])
+            sinks.extend(extra_sinks)
             sinks.append(stdout_sink)
             request = SourceRequest(cfg.source, feats.sample_rate, _block_samples(cfg.source.spec, feats.hop_samples))
             health = HealthChecker(feats.sample_rate, feats.hop_samples, cfg.health_limits(),

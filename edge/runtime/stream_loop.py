@@ -72,6 +72,11 @@ class Monitor:
         self._samples = 0
         self._dropped = 0
 
+    @property
+    def frames(self) -> int:
+        """Context vectors scored so far."""
+        return self._frame
+
     def _line(self, record: dict) -> dict:
         return event_line(record, self.name)
 

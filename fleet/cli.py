@@ -1,0 +1,177 @@
+"""``edge-fleet``: the fleet's side of MQTT messaging (docs/fleet.md): ``serve`` ingests every device's state,
+heartbeats and events into a SQLite database and acknowledges them; ``ls``, ``show`` and ``export`` read it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from edge_asd.core.commands import CONTEXT_SETTINGS, setup_logging, user_errors, version_option
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.runtime.fleet.topics import BrokerUrl, check_name
+from edge_asd.fleet.db import COLUMNS, FleetDb
+
+log = logging.getLogger("edge_asd")
+FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+def db_option(fn):
+    return click.option("--db", type=FILE, envvar="EDGE_ASD_FLEET_DB", default=Path("fleet.sqlite"), show_default=True,
+                        help="The fleet database (SQLite; $EDGE_ASD_FLEET_DB).")(fn)
+
+
+def _open(db: Path) -> FleetDb:
+    if not db.exists():
+        raise EdgeAsdError(f"{db}: no fleet database (edge-fleet serve --db {db} makes it)")
+    return FleetDb(db)
+
+
+def _device(name: str) -> tuple[str, str]:
+    site, _, device = name.partition("/")
+    if not device:
+        raise EdgeAsdError(f"{name!r}: give SITE/DEVICE")
+    return check_name(site, "site"), check_name(device, "device")
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@version_option()
+def main(quiet):
+    """The fleet: ingest the devices' MQTT messages (serve) and list, show or export what they reported."""
+    setup_logging(quiet=quiet)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--broker", envvar="EDGE_ASD_FLEET_BROKER", required=True, metavar="URL",
+              help="The MQTT 5 broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] ($EDGE_ASD_FLEET_BROKER).")
+@db_option
+@click.option("--group", default="ingest", show_default=True,
+              help="Shared-subscription group: ingest processes of one group split the devices' messages.")
+@click.option("--username", envvar="EDGE_ASD_MQTT_USERNAME", default=None,
+              help="Broker user name (the password: $EDGE_ASD_MQTT_PASSWORD or --password-file).")
+@click.option("--password-file", type=FILE, default=None, help="File holding the broker password.")
+@click.option("--ca", type=FILE, default=None, help="CA certificates of the broker (mqtts).")
+@click.option("--cert", type=FILE, default=None, help="Client certificate for mutual TLS (with --key).")
+@click.option("--key", type=FILE, default=None, help="Client key for mutual TLS.")
+@click.option("--keepalive", type=click.IntRange(1, 65535), default=30, show_default=True, help="MQTT keep-alive, s.")
+@click.option("--expect", type=FILE, default=None,
+              help="File listing the devices that should report, one SITE/DEVICE a line ('never seen' until they do).")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
+              help="Stop after this many seconds [default: until SIGTERM or Ctrl-C].")
+@user_errors
+def serve(broker, db, group, username, password_file, ca, cert, key, keepalive, expect, duration):
+    """Subscribe to every device's state, heartbeats and event batches; keep one row per device and the
+    events de-duplicated by (device, boot, seq) in --db; acknowledge each batch once it is stored."""
+    from edge_asd.fleet.ingest import Ingest
+
+    password = os.environ.get("EDGE_ASD_MQTT_PASSWORD")
+    if password is None and password_file is not None:
+        password = password_file.read_text(encoding="utf-8").strip()
+    devices = []
+    if expect is not None:
+        devices = [_device(line.strip()) for line in expect.read_text(encoding="utf-8").splitlines()
+                   if line.strip() and not line.startswith("#")]
+    check_name(group, "group")
+    ingest = Ingest(BrokerUrl.parse(broker), db, group, username, password, ca, cert, key, keepalive, devices).start()
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    log.info("edge-fleet: ingesting from %s into %s (group %s)", BrokerUrl.parse(broker), db, group)
+    try:
+        stop.wait(duration)
+    finally:
+        ingest.stop()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    click.echo(f"edge-fleet: {json.dumps(ingest.counts, sort_keys=True)}", err=True)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a device instead of a table.")
+@user_errors
+def ls(db, as_json):
+    """One line per device: status (operational, degraded, offline, never seen), last seen, boot, kit and
+    model versions, phi and its source, events and anomalies in the last hour and day, outbox depth."""
+    rows = _open(db).devices()
+    if as_json:
+        for d in rows:
+            click.echo(json.dumps({c: d[c] for c in COLUMNS}, sort_keys=True))
+        return
+    shown = ("site", "device", "status", "last_seen", "boot", "phi", "phi_source", "events_1h", "events_24h",
+             "anomalies_1h", "anomalies_24h", "outbox")
+    table = [[_cell(c, d[c]) for c in shown] for d in rows]
+    widths = [max([len(c)] + [len(r[k]) for r in table]) for k, c in enumerate(shown)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(shown, widths)))
+    for r in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return "-"
+    if column == "last_seen":
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+    return str(value)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("name", metavar="SITE/DEVICE")
+@db_option
+@click.option("--last", type=click.IntRange(0), default=10, show_default=True, help="Also show this many latest events.")
+@user_errors
+def show(name, db, last):
+    """Everything stored about one device (JSON), with its latest events."""
+    site, device = _device(name)
+    fleet = _open(db)
+    found = [d for d in fleet.devices() if d["site"] == site and d["device"] == device]
+    if not found:
+        raise EdgeAsdError(f"{name}: no such device in {db}")
+    events = list(fleet.event_rows(site, device))[-last:] if last else []
+    click.echo(json.dumps({**found[0], "latest_events": [json.loads(e["line"]) for e in events]}, indent=2, sort_keys=True))
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("what", type=click.Choice(["devices", "events"]))
+@db_option
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option("--since-hours", type=click.FloatRange(0, min_open=True), default=None, help="Events of the last hours only.")
+@click.option("--out", type=FILE, default=None, help="Write here instead of stdout.")
+@user_errors
+def export(what, db, fmt, since_hours, out):
+    """The devices (the columns of ls) or the stored events (one row per event, de-duplicated), as CSV or
+    JSON lines."""
+    fleet = _open(db)
+    if what == "devices":
+        rows = [{c: d[c] for c in COLUMNS} for d in fleet.devices()]
+        columns = list(COLUMNS)
+    else:
+        since = time.time() - since_hours * 3600 if since_hours else None
+        rows = list(fleet.event_rows(since=since))
+        columns = ["site", "device", "boot", "seq", "kind", "input", "time", "received", "line"]
+    stream = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout
+    try:
+        if fmt == "jsonl":
+            for r in rows:
+                if "line" in r:
+                    r = {**r, "line": json.loads(r["line"])}
+                stream.write(json.dumps(r, sort_keys=True) + "\n")
+        else:
+            writer = csv.DictWriter(stream, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    finally:
+        if out:
+            stream.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The device side of fleet messaging (docs/fleet.md): the topic scheme, the SQLite outbox, and edge-monitor
+--mqtt on a real fan clip against a real broker (mosquitto), up and down."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import pytest
+
+from conftest import assert_one_line_error, cli
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.runtime.fleet.outbox import Outbox
+from edge_asd.edge.runtime.fleet.settings import settings
+from edge_asd.edge.runtime.fleet.topics import BrokerUrl, parse_topic, shared, topic
+from mqtt_broker import Collector, free_port
+
+
+def test_broker_urls_and_topics():
+    assert BrokerUrl.parse("mqtt://broker.plant") == BrokerUrl(False, "broker.plant", 1883)
+    assert BrokerUrl.parse("mqtts://u:p%40ss@10.0.0.2:8884") == BrokerUrl(True, "10.0.0.2", 8884, "u", "p@ss")
+    for bad in ("http://x", "mqtt://", "mqtt://h:99999", "mqtt://h/path", "h:1883"):
+        with pytest.raises(EdgeAsdError):
+            BrokerUrl.parse(bad)
+    assert topic("plant-1", "pi-07", "evt") == "asd/v1/plant-1/pi-07/evt"
+    assert parse_topic("asd/v1/plant-1/pi-07/state") == ("plant-1", "pi-07", "state")
+    assert parse_topic("asd/v2/plant-1/pi-07/state") is None and parse_topic("asd/v1/a/b/c/evt") is None
+    assert shared("ingest", "evt") == "$share/ingest/asd/v1/+/+/evt"
+    with pytest.raises(EdgeAsdError, match="site"):
+        settings({"broker": "mqtt://h", "site": "a/b"}, "o.sqlite")
+    with pytest.raises(EdgeAsdError, match="window"):
+        settings({"broker": "mqtt://h", "window": 0}, "o.sqlite")
+
+
+def test_outbox_keeps_lines_across_boots(tmp_path):
+    """Lines leave only when acknowledged; a new boot restarts seq at 1 and the old boot's lines keep theirs."""
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path, "boot-a")
+    assert [box.add({"event": "anomaly", "k": k}) for k in range(3)] == [1, 2, 3]
+    assert box.ack("boot-a", 1, 1) == 1 and box.ack("boot-x", 2, 3) == 0
+    box.close()
+    box = Outbox(path, "boot-b")
+    assert box.add({"event": "verdict"}) == 1 and box.depth() == 3
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    boot, rows = box.batch(0, 10)  # a batch never mixes boots
+    assert boot == "boot-a" and [seq for _, seq, _ in rows] == [2, 3]
+    assert json.loads(rows[0][2]) == {"event": "anomaly", "k": 1}
+    boot, rows = box.batch(rows[-1][0], 10)
+    assert boot == "boot-b" and [seq for _, seq, _ in rows] == [1]
+    assert box.batch(rows[-1][0], 10) == ("", [])
+
+
+def _monitor(model, clip, tmp_path, url, *extra):
+    return cli("edge-monitor", "--model", model, "--phi", "0", "--input", clip, "--events", tmp_path / "events.jsonl",
+               "--mqtt", url, "--mqtt-site", "plant", "--mqtt-device", "pi-1", "--mqtt-outbox", tmp_path / "outbox.sqlite",
+               "--heartbeat-s", "0.2", *extra, timeout=120)
+
+
+def test_monitor_publishes_every_line(broker, model, fan, tmp_path):
+    """Every line of the events file reaches the broker in seq order under one boot, between a retained
+    birth and a clean 'offline'; acknowledged, it leaves the outbox."""
+    seen = Collector(broker.url, "asd/v1/plant/pi-1/#", ack=True)
+    proc = _monitor(model, fan["test_anomaly"][0], tmp_path, broker.url)
+    assert proc.returncode == 0, proc.stderr
+    time.sleep(0.3)
+    seen.close()
+    lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert len(lines) > 10 and lines[-1]["event"] == "summary"
+    states = seen.of("state")
+    boot = states[0]["boot"]
+    assert states[0]["status"] == "online" and states[-1] == {**states[-1], "status": "offline", "reason": "stopped"}
+    assert {s["boot"] for s in states} == {boot}
+    batches = seen.of("evt")
+    sent = [(e["seq"], e["line"]) for b in batches for e in b["events"]]
+    assert {b["boot"] for b in batches} == {boot}
+    assert [s for s, _ in sent] == list(range(1, len(lines) + 1))
+    assert [line for _, line in sent] == lines
+    assert max(len(b["events"]) for b in batches) <= 50
+    hb = seen.of("hb")[-1]
+    assert hb["boot"] == boot and hb["inputs"][0]["phi_source"] == "option" and hb["inputs"][0]["phi"] == 0.0
+    assert hb["inputs"][0]["model_sha256"] == lines[0]["model_sha256"] and hb["frames"] > 0
+    assert Outbox(tmp_path / "outbox.sqlite", "check").depth() == 0
+
+
+def test_monitor_works_with_the_broker_down(model, fan, tmp_path):
+    """No broker listening: the monitor scores the clip, writes its events file and keeps every line in the
+    outbox for later."""
+    proc = _monitor(model, fan["test_anomaly"][0], tmp_path, f"mqtt://127.0.0.1:{free_port()}")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    n = len((tmp_path / "events.jsonl").read_text().splitlines())
+    assert n > 10 and Outbox(tmp_path / "outbox.sqlite", "check").depth() == n
+
+
+def test_fleet_options_are_checked(model, fan, tmp_path):
+    assert_one_line_error(_monitor(model, fan["test_anomaly"][0], tmp_path, "http://broker"))
+    toml = tmp_path / "monitor.toml"
+    toml.write_text(f'[fleet]\nbroker = "mqtt://127.0.0.1:1"\nbatchsize = 3\n[[input]]\nsource = "{fan["test_anomaly"][0]}"\n'
+                    f'model = "{model}"\nphi = 1.0\n')
+    proc = cli("edge-monitor", "--config", toml)
+    assert_one_line_error(proc)
+    assert "unknown key 'batchsize'" in proc.stderr
+
+
+def test_the_link_replaces_a_stale_will_and_takes_commands(broker, tmp_path):
+    """A retained 'offline' of the device's own boot while it is connected (a will from a half-open connection)
+    is replaced by its birth at once; {"cmd": "hb"} gets a heartbeat without waiting for the interval."""
+    from edge_asd.edge.runtime.fleet.sink import open_fleet
+
+    seen = Collector(broker.url, "asd/v1/plant/pi-2/#")
+    link = open_fleet(settings({"broker": broker.url, "site": "plant", "device": "pi-2", "heartbeat_s": 3600},
+                               tmp_path / "outbox.sqlite"), {}).link.start()
+    try:
+        _until(lambda: [s["status"] for s in seen.of("state")] == ["online"] and len(seen.of("hb")) == 1)
+        seen.client.publish("asd/v1/plant/pi-2/state", json.dumps({"status": "offline", "boot": link.boot}), qos=1,
+                            retain=True)
+        _until(lambda: [s["status"] for s in seen.of("state")] == ["online", "offline", "online"])
+        seen.client.publish("asd/v1/plant/pi-2/cmd", json.dumps({"cmd": "hb"}), qos=1)
+        _until(lambda: len(seen.of("hb")) == 2)
+    finally:
+        link.stop(drain_s=0)
+        seen.close()
+
+
+def _until(condition, timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)

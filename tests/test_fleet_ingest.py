@@ -1,0 +1,112 @@
+"""The fleet's ingest and edge-fleet (docs/fleet.md) against a real broker (mosquitto): device rows and their
+status, de-duplication by (device, boot, seq), acks, stale last wills; then serve / ls / show / export on
+the lines of a real edge-monitor --mqtt run on a fan clip."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import subprocess
+import time
+
+from conftest import BIN, cli
+from edge_asd.edge.runtime.fleet.topics import BrokerUrl
+from edge_asd.fleet.db import FleetDb
+from edge_asd.fleet.ingest import Ingest
+from mqtt_broker import Collector
+
+
+def _until(condition, timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def _row(db_path, device: str) -> dict:
+    db = FleetDb(db_path)
+    try:
+        return next(d for d in db.devices() if d["device"] == device)
+    finally:
+        db.close()
+
+
+def test_ingest_rows_dedup_acks_and_stale_wills(broker, tmp_path):
+    db_path = tmp_path / "fleet.sqlite"
+    ingest = Ingest(BrokerUrl.parse(broker.url), db_path, expect=[("plant", "ghost")]).start()
+    device = Collector(broker.url, "asd/v1/plant/pi-1/ack")
+    base = "asd/v1/plant/pi-1/"
+
+    def send(kind, body, **kw):
+        device.client.publish(base + kind, json.dumps(body), qos=1, **kw).wait_for_publish(5)
+
+    try:
+        _until(ingest.connected.is_set)
+        send("state", {"status": "online", "boot": "A", "heartbeat_s": 30, "health": "ok"}, retain=True)
+        batch = {"boot": "A", "events": [{"seq": s, "line": {"event": "anomaly" if s < 3 else "verdict", "input": "mic",
+                                                             "wall_time": "2026-12-01T10:00:00.000Z"}} for s in (1, 2, 3)]}
+        send("evt", batch)
+        send("evt", batch)  # resent after a lost ack: stored once, acknowledged again
+        _until(lambda: len(device.of("ack")) == 2)
+        assert device.of("ack") == [{"boot": "A", "first": 1, "last": 3}] * 2
+        row = _row(db_path, "pi-1")
+        assert (row["status"], row["received"], row["duplicates"], row["boot"]) == ("operational", 6, 3, "A")
+        send("hb", {"boot": "A", "health": "degraded", "problems": [{"input": "mic", "state": "silent"}], "outbox": 7,
+                    "heartbeat_s": 30})
+        _until(lambda: _row(db_path, "pi-1")["status"] == "degraded")
+        assert _row(db_path, "pi-1")["outbox"] == 7
+        # a reboot: the new boot's birth, then the old boot's last will arrives late: stale, ignored
+        send("state", {"status": "online", "boot": "B", "health": "ok"}, retain=True)
+        send("state", {"status": "offline", "boot": "A", "reason": "connection lost"}, retain=True)
+        _until(lambda: ingest.counts["stale"] == 1)
+        assert _row(db_path, "pi-1")["status"] == "operational"
+        send("state", {"status": "offline", "boot": "B", "reason": "connection lost"}, retain=True)
+        _until(lambda: _row(db_path, "pi-1")["status"] == "offline")
+        send("evt", {"boot": "B", "events": "nonsense"})
+        _until(lambda: ingest.counts["damaged"] == 1)
+    finally:
+        device.close()
+        ingest.stop()
+    db = FleetDb(db_path)
+    assert [(e["boot"], e["seq"], e["kind"]) for e in db.event_rows()] == [("A", 1, "anomaly"), ("A", 2, "anomaly"),
+                                                                         ("A", 3, "verdict")]
+    ghost = next(d for d in db.devices() if d["device"] == "ghost")
+    assert ghost["status"] == "never seen"
+
+
+def test_edge_fleet_on_a_monitor_run(broker, model, fan, tmp_path):
+    """edge-fleet serve ingests a real edge-monitor --mqtt run; ls, show and export give back its lines."""
+    db_path = tmp_path / "fleet.sqlite"
+    serve = subprocess.Popen([str(BIN / "edge-fleet"), "serve", "--broker", broker.url, "--db", str(db_path)],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        while "connected" not in serve.stderr.readline():
+            assert serve.poll() is None
+        events = tmp_path / "events.jsonl"
+        proc = cli("edge-monitor", "--model", model, "--phi", "0", "--input", fan["test_anomaly"][1], "--events", events,
+                   "--mqtt", broker.url, "--mqtt-site", "plant", "--mqtt-device", "pi-1", "--mqtt-outbox",
+                   tmp_path / "outbox.sqlite", timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        tail = serve.communicate(timeout=20)[1]
+    counts = json.loads(tail.strip().splitlines()[-1].split("edge-fleet: ", 1)[1])
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    assert counts["new"] == len(lines) and counts["duplicates"] == 0
+    exported = cli("edge-fleet", "export", "events", "--db", db_path, "--format", "jsonl")
+    assert exported.returncode == 0, exported.stderr
+    assert [json.loads(x)["line"] for x in exported.stdout.splitlines()] == lines
+    listed = cli("edge-fleet", "ls", "--db", db_path, "--json")
+    row = json.loads(listed.stdout)
+    anomalies = sum(line["event"] == "anomaly" for line in lines)
+    assert (row["device"], row["status"], row["phi_source"], row["outbox"]) == ("pi-1", "offline", "option", 0)
+    assert row["events_24h"] == len(lines) and row["anomalies_24h"] == anomalies > 0
+    assert row["models"].startswith(lines[0]["model_sha256"][:12]) and row["kit_version"]
+    shown = json.loads(cli("edge-fleet", "show", "plant/pi-1", "--db", db_path, "--last", "2").stdout)
+    assert shown["reason"] == "stopped" and shown["latest_events"][-1]["event"] == "summary"
+    table = list(csv.DictReader(io.StringIO(cli("edge-fleet", "export", "devices", "--db", db_path).stdout)))
+    assert table[0]["status"] == "offline" and int(table[0]["events_24h"]) == len(lines)
+    missing = cli("edge-fleet", "ls", "--db", tmp_path / "none.sqlite")
+    assert missing.returncode == 1 and "no fleet database" in missing.stderr
