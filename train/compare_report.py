@@ -75,7 +75,7 @@ def summarize_draws(runs: list[dict], sets: dict, n_boot: int = 1000) -> list[di
     per_draw: dict[tuple, list[tuple[float, float]]] = {}
     ids: dict[tuple, set] = {}
     counts: dict[tuple, tuple[int, int]] = {}
-    for (method, mtype, mid, draw), group in sorted(_grouped(runs, ("method", "machine_type", "machine_id", "draw")).items()):
+    for (method, mtype, mid, _draw), group in sorted(_grouped(runs, ("method", "machine_type", "machine_id", "draw")).items()):
         scores = np.array([g["scores"] for g in group], np.float64)
         for name, (items, labels) in sets[(mtype, mid)].items():
             y = np.asarray(labels, bool)
