@@ -9,7 +9,7 @@ DOCS_STAMP := $(VENV)/.edge-asd-docs-installed
 # An unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test docs install clean arm64 fuzz reliability
+.PHONY: demo test docs install clean arm64 fuzz reliability compare
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ reliability: $(STAMP)
 ## ~/.cache/edge-asd/arm64-root. ARM64_ARGS="--cpu cortex-a76" for a Pi 5.
 arm64: $(STAMP)
 	$(PY) bench/arm64_check.py --json out/arm64/arm64.json $(ARM64_ARGS)
+
+## Compare the detectors on the same clips (examples/compare_methods.py, docs/compare.md): RE, SNP, BU, the DCASE
+## 2020 baseline AE, serial OE and transfer + metric learning where installed, and the loudness reference, on every
+## machine ID with training clips, 3 seeds; tables in out/compare/. COMPARE_ARGS="--quick --budget smoke" for a CI-sized run.
+compare: $(STAMP)
+	$(PY) examples/compare_methods.py $(COMPARE_ARGS)
 
 clean:
 	rm -rf out build dist *.egg-info
