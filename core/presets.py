@@ -17,7 +17,7 @@ from edge_asd.core.errors import EdgeAsdError
 LEVEL_NORMS = ("none", "context")
 """Allowed :attr:`FeatureConfig.level_norm` values."""
 INT_RANGES = {"sample_rate": (4000, 768000), "n_fft": (16, 65536), "hop_samples": (1, 65536), "n_mels": (1, 1024),
-              "n_context_frames": (1, 1024)}
+              "n_context_frames": (1, 1024), "context_hop_frames": (1, 1024)}
 """Integer fields and the values (inclusive) a device computes features with; a model file's metadata outside
 them is damaged or foreign (``n_fft = inf`` was an OverflowError traceback, ``hop_samples = 128.0`` loaded)."""
 
@@ -63,6 +63,9 @@ class FeatureConfig:
     """"none": the context vector as stacked; "context": each context vector minus the mean of its L x M
     log-mel values, before the per-band standardization, so a constant input gain cancels exactly (a gain
     of g dB adds g ln(10)/20 to every ln value, g to every dB value). Files without the key: "none"."""
+    context_hop_frames: int = 1
+    """K, frames between consecutive context vectors (windows): window i stacks frames [i K, i K + L). Files
+    without the key: 1."""
 
     def __post_init__(self) -> None:
         if self.log not in ("ln", "db"):
@@ -132,6 +135,15 @@ PRESETS: dict[str, FeatureConfig] = {
     "dcase2020": FeatureConfig(
         sample_rate=16000, n_fft=1024, hop_samples=512, n_mels=128, n_context_frames=5,
         magnitude_power=2.0, log="db", log_floor=2.220446049250313e-16,
+    ),
+    # Serial outlier exposure (Kuroyanagi et al. 2022; docs/serial-oe.md): 224 mel bands, 50-7800 Hz, at 16 kHz;
+    # one window = L = 59 frames = 31 744 samples (1.98 s, the paper's 2-s crops), one score per K = 31 frames
+    # (15 872 samples, 0.99 s). n_fft 2048 so that every one of the 224 bands holds at least two FFT bins (1024
+    # leaves 26 with one). ln of the magnitude mel spectrum: a deviation from the paper's linear magnitude, whose
+    # dynamic range quantizes badly to int8.
+    "serial-oe": FeatureConfig(
+        sample_rate=16000, n_fft=2048, hop_samples=512, n_mels=224, n_context_frames=59, context_hop_frames=31,
+        magnitude_power=1.0, log="ln", log_floor=1e-8, fmin_hz=50.0, fmax_hz=7800.0,
     ),
 }
 
