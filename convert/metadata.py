@@ -48,6 +48,11 @@ def model_metadata(ckpt: dict, target: str, quantization: dict) -> dict:
         "quantization": quantization,
         DIGEST_KEY: unsealed_digest(),  # filled in by edge.model_file.seal once the file's bytes exist
     }
+    if ckpt.get("head") is not None:  # an embedding model (serial-oe): the head turns e into the anomaly score
+        meta["head"] = ckpt["head"]
+        meta["method"] = ckpt.get("method")
+        meta["io"]["output"] = (f"embedding e, shape (1, {len(ckpt['head']['mean'])}), float32; anomaly score = "
+                                f"the '{ckpt['head']['kind']}' head of e (edge_asd.core.heads)")
     oof = out_of_fold(ckpt["oof"]) if ckpt.get("oof") else None
     if oof is not None:
         meta["oof"] = oof

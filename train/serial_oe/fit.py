@@ -200,3 +200,18 @@ def train_serial_oe(o: SerialOEOptions, out_path: Path) -> dict:
     save_checkpoint(ckpt, out_path)
     write_history_csv(ckpt["history"], Path(out_path).with_suffix(".log.csv"))
     return ckpt
+
+
+def window_scorer(embedder: torch.nn.Module, head: dict, mean: np.ndarray, std: np.ndarray, features):
+    """A function: mono audio (N,) -> the float model's window anomaly scores (n_windows,) float32."""
+
+    def scores(samples: np.ndarray) -> np.ndarray:
+        return score(head, embed_batches(embedder, windows(samples, features, mean, std))).astype(np.float32)
+
+    return scores
+
+
+def embed_batches(embedder: torch.nn.Module, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """``embedder``'s output for standardized windows (n, D), in batches: (n, K E) float32."""
+    with torch.no_grad():
+        return np.concatenate([embedder(torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, len(x), batch)])

@@ -1,0 +1,92 @@
+"""Serial outlier exposure (train/serial_oe): the losses, mixup, the inlier models and the leakage rule, on hand
+computations, scikit-learn and the real recordings."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_asd.core.errors import EdgeAsdError
+from edge_asd.train.serial_oe.data import SOMETHING_ELSE, training_sets
+from edge_asd.train.serial_oe.inlier import fit_gmm, fit_mahalanobis, score, stack_mahalanobis
+from edge_asd.train.serial_oe.losses import PRODUCT_WEIGHT, total_loss
+from edge_asd.train.serial_oe.mixup import mix, mixup_probability
+
+
+def bce(z: float, y: float) -> float:
+    """-[y log sigma(z) + (1 - y) log(1 - sigma(z))], by hand."""
+    p = 1 / (1 + math.exp(-z))
+    return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+
+def test_losses_equal_a_hand_computation():
+    logit = torch.tensor([2.0, -1.0, 0.5])
+    logits = torch.tensor([[1.0, -2.0], [0.0, 3.0], [-1.0, -1.0]])
+    y_m = torch.tensor([1.0, 0.0, 0.3])  # the last one mixed
+    y_p = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.3, 0.0]])
+    total, lm, lp = total_loss(logit, logits, y_m, y_p)
+    want_m = sum(bce(z, y) for z, y in zip(logit.tolist(), y_m.tolist())) / 3
+    want_p = sum(bce(z, y) for zs, ys in zip(logits.tolist(), y_p.tolist()) for z, y in zip(zs, ys)) / 6
+    assert lm.item() == pytest.approx(want_m, rel=1e-6)
+    assert lp.item() == pytest.approx(want_p, rel=1e-6)
+    assert total.item() == pytest.approx(want_m + PRODUCT_WEIGHT * want_p, rel=1e-6)
+    assert PRODUCT_WEIGHT == 10.0
+
+
+def test_mixup_mixes_waves_and_labels_alike():
+    rng = np.random.default_rng(0)
+    waves = rng.standard_normal((3, 8)).astype(np.float32)
+    y_m = np.array([1, 0, 0], np.float32)
+    y_p = np.array([[1, 0], [0, 0], [0, 0]], np.float32)
+    lam, perm = np.array([0.25, 0.5, 1.0]), np.array([1, 2, 0])
+    w, (m, p) = mix(waves, [y_m, y_p], rng, lam, perm)
+    np.testing.assert_allclose(w[0], 0.25 * waves[0] + 0.75 * waves[1], rtol=1e-6)
+    np.testing.assert_allclose(w[2], waves[2])
+    np.testing.assert_allclose(m, [0.25, 0.0, 0.0])
+    np.testing.assert_allclose(p, [[0.25, 0], [0, 0], [0, 0]])
+    # drawn lambdas: Beta(0.2, 0.2) is U-shaped (most mass near 0 and 1), mean 1/2
+    lams = np.random.default_rng(1).beta(0.2, 0.2, 20000)
+    w, (m,) = mix(np.ones((2, 4), np.float32), [np.array([1.0, 0.0], np.float32)], np.random.default_rng(1))
+    assert 0 <= m[0] <= 1 and m[0] + m[1] == pytest.approx(1.0)  # a pair swapped: lam and 1 - lam
+    assert abs(lams.mean() - 0.5) < 0.01 and ((lams < 0.1) | (lams > 0.9)).mean() > 0.5
+    assert [mixup_probability(s, 100) for s in (0, 25, 50, 99)] == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_inlier_models_agree_with_scikit_learn():
+    from sklearn.covariance import LedoitWolf
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(0)
+    train = np.concatenate([rng.normal(0, 1, (200, 6)), rng.normal(4, 0.5, (200, 6))])
+    test = rng.normal(1, 2, (50, 6))
+    head = fit_mahalanobis(train)
+    np.testing.assert_allclose(score(head, test), LedoitWolf().fit(train).mahalanobis(test), rtol=1e-8)
+    gmm = fit_gmm(train, seed=0)
+    assert len(gmm["weights"]) == 2  # BIC finds the two clusters
+    ref = GaussianMixture(2, covariance_type="full", random_state=0).fit(train)
+    np.testing.assert_allclose(score(gmm, test), -ref.score_samples(test), rtol=1e-6)
+    # two networks side by side: the stacked head's score is the sum of theirs
+    other = fit_mahalanobis(train[:, :3] * 2)
+    both = stack_mahalanobis([head, other])
+    np.testing.assert_allclose(score(both, np.hstack([test, test[:, :3]])),
+                               score(head, test) + score(other, test[:, :3]), rtol=1e-8)
+
+
+def test_leakage_rule_on_the_real_folders(data_root):
+    machines = data_root / "machines"
+    sets = training_sets(machines, "fan", data_root / "something_else" / "train")
+    assert all("/fan/" not in str(p) for p in sets.negatives)  # fan's own clips are never negatives
+    assert all(Path(p).parent.name == "train" for p in sets.positives + sets.negatives)  # no test clip trains
+    assert {"slider", "valve", SOMETHING_ELSE} <= set(sets.negative_kinds)
+    assert sets.ids == ["id_00", "section_00"] and len(sets.positives) == 12
+    # a test folder given as something-else sounds, or the target type's own clips: refused
+    for bad in (machines / "slider" / "test", machines / "fan" / "train"):
+        with pytest.raises(EdgeAsdError, match="would train|cannot be a negative"):
+            training_sets(machines, "fan", bad)
+    # excluded clips (a comparison's test clips) train nothing
+    first = sets.positives[0]
+    assert first not in training_sets(machines, "fan", exclude=[first]).positives
