@@ -90,7 +90,7 @@ def mix_in(normal: np.ndarray, sound: np.ndarray, start: int, anr_db: float) -> 
 
 def overlapping_vectors(n_vectors: int, span: tuple[int, int], cfg: FeatureConfig) -> np.ndarray:
     """Boolean mask of the context vectors whose samples overlap ``span`` = [start, stop)."""
-    first = np.arange(n_vectors) * cfg.hop_samples
+    first = np.arange(n_vectors) * cfg.vector_hop_samples
     last = first + cfg.samples_per_vector  # exclusive
     return (first < span[1]) & (last > span[0])
 

@@ -99,13 +99,15 @@ def frame_signal(samples: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     return _strided(samples, (n_frames, n_fft), (hop * step, step))
 
 
-def stack_context(psi: np.ndarray, n_context_frames: int) -> np.ndarray:
-    """Context vectors from log-mel frames: (T, M) -> (T - L + 1, L * M), oldest frame first."""
+def stack_context(psi: np.ndarray, n_context_frames: int, context_hop_frames: int = 1) -> np.ndarray:
+    """Context vectors from log-mel frames: (T, M) -> (1 + (T - L) // K, L * M), oldest frame first; vector i
+    stacks frames ``[i K, i K + L)`` (L = ``n_context_frames``, K = ``context_hop_frames``)."""
     psi = np.ascontiguousarray(psi)
-    n_vectors = max(0, psi.shape[0] - n_context_frames + 1)
-    # consecutive rows of a C-contiguous array are contiguous: vector i is the flat run from row i
+    n_vectors = 1 + (psi.shape[0] - n_context_frames) // context_hop_frames if psi.shape[0] >= n_context_frames else 0
+    # consecutive rows of a C-contiguous array are contiguous: vector i is the flat run from row i K
     # (itemsize, not strides[1]: numpy may give a length-1 axis any stride)
-    return _strided(psi, (n_vectors, n_context_frames * psi.shape[1]), (psi.strides[0], psi.itemsize)).copy()
+    return _strided(psi, (n_vectors, n_context_frames * psi.shape[1]),
+                    (context_hop_frames * psi.strides[0], psi.itemsize)).copy()
 
 
 def logmel(samples: np.ndarray, cfg: FeatureConfig, logmel_fn: LogMel | None = None) -> np.ndarray:
@@ -128,20 +130,21 @@ def frame_means(psi: np.ndarray) -> np.ndarray:
 
 def context_vectors(psi: np.ndarray, cfg: FeatureConfig, means: np.ndarray | None = None,
                     std: np.ndarray | None = None) -> np.ndarray:
-    """Context vectors of log-mel frames as the model sees them, (T, M) -> (T - L + 1, L * M) float32.
+    """Context vectors of log-mel frames as the model sees them, (T, M) -> (1 + (T - L) // K, L * M) float32.
 
-    The frames are stacked (:func:`stack_context`). With ``cfg.level_norm == "context"`` each vector then
+    The frames are stacked, every K = ``cfg.context_hop_frames`` frames (:func:`stack_context`). With ``cfg.level_norm == "context"`` each vector then
     loses the mean m_i of its L x M raw log-mel values (a constant input gain cancels exactly); m_i comes
     from the raw frames' ``means`` (:func:`frame_means`; None: taken from ``psi``, which must then be raw).
     When ``psi`` is already standardized per band, ``(psi - mean[band]) / std[band]``, pass ``std``
     (n_mels,): m_i / std[band] is subtracted, which equals :func:`standardize` of the mean-removed raw
     vectors up to float rounding.
     """
-    out = stack_context(psi, cfg.n_context_frames)
+    out = stack_context(psi, cfg.n_context_frames, cfg.context_hop_frames)
     if cfg.level_norm != "context" or len(out) == 0:
         return out
     means = frame_means(psi) if means is None else means
-    m = np.lib.stride_tricks.sliding_window_view(means, cfg.n_context_frames).mean(axis=1)  # (n,) float64
+    windows = np.lib.stride_tricks.sliding_window_view(means, cfg.n_context_frames)[::cfg.context_hop_frames]
+    m = windows.mean(axis=1)  # (n,) float64
     if std is None:
         out -= m[:, None].astype(np.float32)
     else:
@@ -153,8 +156,8 @@ def context_vectors(psi: np.ndarray, cfg: FeatureConfig, means: np.ndarray | Non
 def extract(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """Context vectors of a whole recording, ``shape = (n_vectors, cfg.dim)``, float32.
 
-    Vector ``i`` stacks frames ``i .. i + L - 1``; it covers samples
-    ``[i * hop, i * hop + cfg.samples_per_vector)``. With ``cfg.level_norm == "context"`` each vector is
+    Vector ``i`` stacks frames ``i K .. i K + L - 1`` (K = ``cfg.context_hop_frames``); it covers samples
+    ``[i * cfg.vector_hop_samples, i * cfg.vector_hop_samples + cfg.samples_per_vector)``. With ``cfg.level_norm == "context"`` each vector is
     then centred on the mean of its own values (:func:`context_vectors`).
     """
     return context_vectors(logmel(samples, cfg), cfg)
@@ -163,14 +166,14 @@ def extract(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 def standardized_vectors(psi: np.ndarray, cfg: FeatureConfig, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """The model's input from raw log-mel frames (T, M): each frame standardized per band once, then
     :func:`context_vectors`; equal to ``standardize(context_vectors(psi, cfg), mean, std)`` up to float
-    rounding, at 1/L of its cost. (T - L + 1, L * M) float32."""
+    rounding, at 1/L of its cost. (1 + (T - L) // K, L * M) float32."""
     means = frame_means(psi) if cfg.level_norm == "context" else None
     return context_vectors(((psi - mean) / std).astype(np.float32), cfg, means, None if means is None else std)
 
 
 def n_vectors(n_samples: int, cfg: FeatureConfig) -> int:
     """How many context vectors :func:`extract` gives for ``n_samples`` samples (0 when fewer than one vector's)."""
-    return 0 if n_samples < cfg.samples_per_vector else 1 + (n_samples - cfg.samples_per_vector) // cfg.hop_samples
+    return 0 if n_samples < cfg.samples_per_vector else 1 + (n_samples - cfg.samples_per_vector) // cfg.vector_hop_samples
 
 
 def standardize(vectors: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -182,7 +185,7 @@ def standardize(vectors: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nd
 
 def vector_end_s(index: np.ndarray | int, cfg: FeatureConfig) -> np.ndarray | float:
     """Time (s from stream start) at which context vector ``index`` becomes complete."""
-    return (np.asarray(index) * cfg.hop_samples + cfg.samples_per_vector) / cfg.sample_rate
+    return (np.asarray(index) * cfg.vector_hop_samples + cfg.samples_per_vector) / cfg.sample_rate
 
 
 class StreamingFeatures:
@@ -204,7 +207,7 @@ class StreamingFeatures:
 
     def reset(self) -> None:
         self._samples = np.zeros(0, dtype=np.float64)  # not yet framed: fewer than n_fft or the overlap
-        self._psi = np.zeros((0, self.cfg.n_mels), dtype=np.float32)  # last L - 1 log-mel frames
+        self._psi = np.zeros((0, self.cfg.n_mels), dtype=np.float32)  # log-mel frames from the next vector's first on
         self._means = np.zeros(0, dtype=np.float64)  # their raw means over the bands (level_norm "context")
         self.n_vectors = 0  # context vectors emitted since reset
 
@@ -221,11 +224,13 @@ class StreamingFeatures:
         means = None
         if cfg.level_norm == "context":
             means = np.concatenate([self._means, frame_means(fresh)])
-            self._means = means[max(0, len(means) - (cfg.n_context_frames - 1)):]
         if self._norm is not None:
             fresh = (fresh - self._norm[0]) / self._norm[1]
         psi = np.concatenate([self._psi, fresh])
         out = context_vectors(psi, cfg, means, None if self._norm is None else self._norm[1])
-        self._psi = psi[max(0, len(psi) - (cfg.n_context_frames - 1)):]
+        used = len(out) * cfg.context_hop_frames  # frames before the next vector's first
+        self._psi = psi[used:]
+        if means is not None:
+            self._means = means[used:]
         self.n_vectors += len(out)
         return out

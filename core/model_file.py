@@ -8,6 +8,10 @@ fingerprint, machine type, schema and kit versions. TFLite keeps it in the flatb
 ``metadata`` table (read and written with ``ai_edge_litert.schema_py_generated`` + ``flatbuffers``);
 ONNX in ``metadata_props``. ``edge-monitor --model fan.tflite`` needs no other file.
 
+A model whose graph outputs an embedding, ``shape = (1, E)``, carries the inlier model that scores it as the
+``head`` entry (:mod:`edge_asd.core.heads`): the device's anomaly score is ``head.score(graph(x))``. The features'
+``context_hop_frames`` declares how far apart its windows are (one score per window with that hop).
+
 Optional entries: ``training_data.file_sha256_prefixes`` (short digests of the training files,
 :mod:`edge_asd.core.provenance`), ``fine_tuning`` (one record per on-device fine-tune) and ``oof``, the
 out-of-fold frame scores of the training clips from ``edge-train --oof-folds K`` (folds, seed, encoding,
@@ -27,6 +31,7 @@ import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.features import standardize
+from edge_asd.core.heads import Head
 from edge_asd.core.presets import FeatureConfig
 from edge_asd.core.provenance import sha256_bytes
 
@@ -52,6 +57,8 @@ class ModelInfo:
     """Per-mel-band mean of psi over the training frames, shape (n_mels,), float32."""
     std: np.ndarray
     """Per-mel-band standard deviation, shape (n_mels,), float32, > 0."""
+    head: Head | None = None
+    """The inlier model that scores the graph's embedding; None: the graph outputs the anomaly score."""
 
     @classmethod
     def from_meta(cls, meta: dict, where: str) -> ModelInfo:
@@ -76,7 +83,8 @@ class ModelInfo:
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
             raise EdgeAsdError(f"{where}: damaged normalization statistics (a mean or std that is not finite, or a "
                                "std <= 0): every score would be NaN or infinite")
-        return cls(meta=meta, features=features, mean=mean, std=std)
+        head = Head.from_meta(meta["head"], where) if meta.get("head") is not None else None
+        return cls(meta=meta, features=features, mean=mean, std=std, head=head)
 
     def standardize(self, vectors: np.ndarray) -> np.ndarray:
         """(n, D) context vectors -> standardized per mel band, float32 (the model's input)."""

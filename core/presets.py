@@ -64,8 +64,9 @@ class FeatureConfig:
     log-mel values, before the per-band standardization, so a constant input gain cancels exactly (a gain
     of g dB adds g ln(10)/20 to every ln value, g to every dB value). Files without the key: "none"."""
     context_hop_frames: int = 1
-    """K, frames between consecutive context vectors (windows): window i stacks frames [i K, i K + L). Files
-    without the key: 1."""
+    """K, log-mel frames between the starts of consecutive context vectors (windows): vector i stacks frames
+    ``[i K, i K + L)``. 1 (the autoencoders): one anomaly score per frame hop; a classifier that scores 2-s
+    windows every second has L = 2 s and K = 1 s of frames. Files without the key: 1."""
 
     def __post_init__(self) -> None:
         if self.log not in ("ln", "db"):
@@ -76,6 +77,8 @@ class FeatureConfig:
             value = getattr(self, name)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not lo <= value <= hi:
                 raise EdgeAsdError(f"feature config: {name} = {value!r} should be an integer from {lo} to {hi}")
+        if self.context_hop_frames > self.n_context_frames:
+            raise EdgeAsdError("feature config: context_hop_frames must not exceed n_context_frames (frames would be skipped)")
         if self.hop_samples > self.n_fft:
             raise EdgeAsdError("feature config: hop_samples must not exceed n_fft")
         for name in ("magnitude_power", "log_floor"):
@@ -100,6 +103,16 @@ class FeatureConfig:
     @property
     def hop_s(self) -> float:
         return self.hop_samples / self.sample_rate
+
+    @property
+    def vector_hop_samples(self) -> int:
+        """The score hop, samples: between the starts (and the ends) of consecutive context vectors."""
+        return self.context_hop_frames * self.hop_samples
+
+    @property
+    def vector_hop_s(self) -> float:
+        """The score hop, s."""
+        return self.vector_hop_samples / self.sample_rate
 
     @property
     def samples_per_vector(self) -> int:

@@ -76,7 +76,8 @@ class Stream:
     def __init__(self, scorer: Scorer, samples: np.ndarray):
         cfg = scorer.features
         self.scores = scorer.score_audio(samples)
-        self.scored = recording_health(samples, cfg.sample_rate, cfg.hop_samples, cfg.samples_per_vector).scored[
+        self.scored = recording_health(samples, cfg.sample_rate, cfg.hop_samples, cfg.samples_per_vector,
+                                       vector_hop_samples=cfg.vector_hop_samples).scored[
             :len(self.scores)]
         self.times_s = frame_stamps(0, len(self.scores), cfg) / cfg.sample_rate
         self.seconds = len(samples) / cfg.sample_rate
@@ -115,7 +116,7 @@ def evaluate(model: Path, calibration: list[Path], normals: list[Path], anomalie
     the module docstring); with ``stored`` (a PhiRecord), its phi and policy as one more row."""
     scorer = Scorer(model)
     cfg = scorer.features
-    hop_s = cfg.hop_samples / cfg.sample_rate
+    hop_s = cfg.vector_hop_s
     rule = {"quantile": DEFAULT_QUANTILE, "margin": DEFAULT_MARGIN}
     chosen, grid = None, []
     if calibration:

@@ -57,7 +57,7 @@ def test_batch_scoring_equals_streaming(fixture, request, fan_audio):
     """Calibration and evaluation score batches; the device streams one frame at a time: same scores."""
     scorer = Scorer(request.getfixturevalue(fixture)[0])
     x = scorer.info.standardize(extract(fan_audio, scorer.features))[:300]  # 256 + a remainder chunk
-    one = np.array([scorer.backend.score_one(v[None]) for v in x], np.float32)
+    one = np.concatenate([scorer.backend.score_one(v[None]) for v in x])
     np.testing.assert_allclose(scorer.backend.score(x), one, rtol=1e-5)
 
 

@@ -157,7 +157,7 @@ class Calibration:
     recordings: list[Path]
     """The recordings phi was set on."""
     hop_s: float = 0.016
-    """The model's hop, s (a vote of n frames spans n hops)."""
+    """The model's score hop, s (a vote of n scores spans n hops)."""
     oof_folds: int | None = None
     """K of the model file's out-of-fold scores when they were used (None: the model has none, or ``use_oof``
     is off); ``record.oof_recordings`` counts the recordings phi was set on with them."""
@@ -243,7 +243,7 @@ def calibrate_machine(options: CalibrateOptions) -> Calibration:
                  f", bootstrap 90% interval [{boot['phi_p5']:.4g}, {boot['phi_p95']:.4g}]" if boot else "")
     phi_store.save_phi(options.store, machine_id, record)
     cfg = scorer.features
-    return Calibration(machine_id, record, fit_windows, held_windows, files, cfg.hop_samples / cfg.sample_rate,
+    return Calibration(machine_id, record, fit_windows, held_windows, files, cfg.vector_hop_s,
                        oof.folds if oof is not None else None, sum(f in known for f in held_files))
 
 

@@ -76,7 +76,7 @@ def choose(scorer, files: list, scored: list, settings: dict, rule: dict, hyster
         EdgeAsdError: the rule cannot be applied (as for one policy).
     """
     cfg = scorer.features
-    hop_s = cfg.hop_samples / cfg.sample_rate
+    hop_s = cfg.vector_hop_s
     first, durations, _ = recordings_window_maxima(scorer, files, **settings, scored=scored, quiet=True)
     max_n = min(w.frames for w in first if w.complete) if any(w.complete for w in first) else 1
     rows = []

@@ -104,7 +104,8 @@ def score_clip(scorer: Scorer, path: Path, policy: AlertPolicy = EQ11) -> ClipRe
     if len(scores) == 0:
         raise EdgeAsdError(f"{path}: shorter than one context window ({cfg.samples_per_vector} samples)")
     machine_type, machine_id, label = name_fields(path)
-    health = recording_health(samples, cfg.sample_rate, cfg.hop_samples, cfg.samples_per_vector)
+    health = recording_health(samples, cfg.sample_rate, cfg.hop_samples, cfg.samples_per_vector,
+                              vector_hop_samples=cfg.vector_hop_samples)
     healthy = scores[health.scored[:len(scores)]]
     votes, ok = policy_scores(scores, policy, health.scored[:len(scores)])
     flags = ";".join(f"{state}:{n}" for state, n in sorted(health.states.items())) or "ok"

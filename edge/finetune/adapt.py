@@ -83,7 +83,7 @@ def guard(scorer, clips: list[np.ndarray], limit: float | None, policy: AlertPol
         n_rejected += int((~ok).sum())
         edges = np.flatnonzero(np.diff(np.concatenate([[0], ok.astype(np.int8), [0]])))
         for first, stop in zip(edges[::2], edges[1::2]):  # accepted vectors [first, stop)
-            runs.append(clip[first * cfg.hop_samples:(stop - 1) * cfg.hop_samples + cfg.samples_per_vector])
+            runs.append(clip[first * cfg.vector_hop_samples:(stop - 1) * cfg.vector_hop_samples + cfg.samples_per_vector])
     return Guarded(runs, n_frames, n_rejected, limit)
 
 

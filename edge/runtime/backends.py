@@ -21,16 +21,24 @@ far more threads only slow inference down, and 100 000 of them exhausted a host'
 
 
 class Backend:
-    """Runs a model file whose graph maps (1, D) float32 -> (1,) float32 anomaly score."""
+    """Runs a model file whose graph maps (1, D) float32 -> its output: the anomaly score, (1,) float32, or an
+    embedding, (1, E) float32, that the model's head scores (:mod:`edge_asd.core.heads`)."""
 
     name = "?"
+    out_dim = 1
+    """Values per input vector: 1 (a score) or E (an embedding)."""
 
-    def score_one(self, x: np.ndarray) -> float:  # pragma: no cover - interface
+    def score_one(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        """The graph's output for one vector (1, D): (out_dim,) float32."""
         raise NotImplementedError
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        """Scores of standardized vectors ``x``, shape (n, D) float32 -> (n,) float32."""
-        return np.fromiter((self.score_one(v[None]) for v in x), dtype=np.float32, count=len(x))
+        """Outputs of standardized vectors ``x``, shape (n, D) float32 -> (n,) float32 scores, or (n, E)
+        embeddings when :attr:`out_dim` is E > 1."""
+        out = np.zeros((len(x), self.out_dim), dtype=np.float32)
+        for i, v in enumerate(x):
+            out[i] = self.score_one(v[None])
+        return out[:, 0] if self.out_dim == 1 else out
 
 
 def _tflite_interpreter_cls():
@@ -55,7 +63,7 @@ class TFLiteBackend(Backend):
     batch_size = 256
     """Largest batch :meth:`score` resizes to; longer inputs go in chunks."""
 
-    def __init__(self, data: bytes, dim: int, num_threads: int = 1, where: str = "model"):
+    def __init__(self, data: bytes, dim: int, num_threads: int = 1, where: str = "model", out_dim: int = 1):
         cls, self.name = _tflite_interpreter_cls()
         try:
             self._it = cls(model_content=data, num_threads=num_threads)
@@ -66,18 +74,20 @@ class TFLiteBackend(Backend):
         if len(inputs) != 1 or len(outputs) != 1 or tuple(inputs[0]["shape"]) != (1, dim):
             shapes = [tuple(d["shape"]) for d in inputs]
             raise EdgeAsdError(f"{where}: model input {shapes} disagrees with its metadata (1, {dim})")
-        if int(np.prod(outputs[0]["shape"])) != 1:
-            raise EdgeAsdError(f"{where}: model output {tuple(outputs[0]['shape'])} is not one anomaly score")
+        if int(np.prod(outputs[0]["shape"])) != out_dim:
+            what = "one anomaly score" if out_dim == 1 else f"an embedding of {out_dim} (its head's dimension)"
+            raise EdgeAsdError(f"{where}: model output {tuple(outputs[0]['shape'])} is not {what}")
+        self.out_dim = out_dim
         self.input_dtype = inputs[0]["dtype"]
         self._in, self._out = inputs[0]["index"], outputs[0]["index"]
         self._dim, self._batch, self._batchable = dim, 1, True
         log.info("backend: %s (%d thread%s)", self.name, num_threads, "" if num_threads == 1 else "s")
 
-    def score_one(self, x: np.ndarray) -> float:
+    def score_one(self, x: np.ndarray) -> np.ndarray:
         self._resize(1)
         self._it.set_tensor(self._in, x)
         self._it.invoke()
-        return float(self._it.get_tensor(self._out).reshape(-1)[0])
+        return self._it.get_tensor(self._out).reshape(-1).astype(np.float32)
 
     def _resize(self, n: int) -> None:
         if n != self._batch:
@@ -86,7 +96,7 @@ class TFLiteBackend(Backend):
             self._batch = n
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        """Scores of standardized vectors, (n, D) float32 -> (n,) float32: up to :attr:`batch_size` vectors
+        """Outputs of standardized vectors, (n, D) float32 -> (n,) float32 (or (n, E)): up to :attr:`batch_size` vectors
         per invoke, the batch-1 graph resized to the batch (LiteRT ``resize_tensor_input``; kept until the
         size changes); one invoke per vector for a graph that cannot be resized."""
         if len(x) <= 1 or not self._batchable:
@@ -101,20 +111,21 @@ class TFLiteBackend(Backend):
             self._it.set_tensor(self._in, np.ascontiguousarray(x, dtype=np.float32))
             self._it.invoke()
             out = self._it.get_tensor(self._out).reshape(-1)
-            if out.size != len(x):
-                raise ValueError(f"batch {len(x)} gave {out.size} scores")
+            if out.size != len(x) * self.out_dim:
+                raise ValueError(f"batch {len(x)} gave {out.size} outputs")
         except (ValueError, RuntimeError) as e:
             log.info("backend: no batched invoke for this graph (%s); one vector per invoke", e)
             self._batchable = False
             self._resize(1)
             return super().score(x)
-        return out.astype(np.float32, copy=True)
+        out = out.astype(np.float32, copy=True)
+        return out if self.out_dim == 1 else out.reshape(len(x), self.out_dim)
 
 
 class OnnxBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, data: bytes, dim: int, num_threads: int = 1, where: str = "model"):
+    def __init__(self, data: bytes, dim: int, num_threads: int = 1, where: str = "model", out_dim: int = 1):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -126,19 +137,25 @@ class OnnxBackend(Backend):
         if inp.shape[-1] != dim:
             raise EdgeAsdError(f"{where}: model input {inp.shape} disagrees with its metadata (n, {dim})")
         self._in, self._out = inp.name, outs[0].name
+        self.out_dim = out_dim
         log.info("backend: onnxruntime (%d thread%s)", num_threads, "" if num_threads == 1 else "s")
 
-    def score_one(self, x: np.ndarray) -> float:
-        return float(self._sess.run([self._out], {self._in: x})[0].reshape(-1)[0])
+    def score_one(self, x: np.ndarray) -> np.ndarray:
+        return self._sess.run([self._out], {self._in: x})[0].reshape(-1).astype(np.float32)
 
     def score(self, x: np.ndarray) -> np.ndarray:
         if len(x) == 0:
-            return np.zeros(0, dtype=np.float32)
-        return self._sess.run([self._out], {self._in: x})[0].reshape(-1).astype(np.float32)
+            return np.zeros(0 if self.out_dim == 1 else (0, self.out_dim), dtype=np.float32)
+        out = self._sess.run([self._out], {self._in: x})[0].astype(np.float32)
+        if out.size != len(x) * self.out_dim:
+            raise EdgeAsdError(f"model output of {out.size} values for {len(x)} vectors; expected {self.out_dim} each")
+        return out.reshape(-1) if self.out_dim == 1 else out.reshape(len(x), self.out_dim)
 
 
-def make_backend(kind: str, data: bytes, dim: int, num_threads: int = 1, where: str = "model") -> Backend:
-    """The backend for a model file's ``kind`` (``tflite`` or ``onnx``), with ``num_threads`` inference threads.
+def make_backend(kind: str, data: bytes, dim: int, num_threads: int = 1, where: str = "model",
+                 out_dim: int = 1) -> Backend:
+    """The backend for a model file's ``kind`` (``tflite`` or ``onnx``), with ``num_threads`` inference threads;
+    its graph maps (1, ``dim``) to ``out_dim`` values (1: a score; E: an embedding for the model's head).
 
     Raises:
         EdgeAsdError: an unknown kind, a thread count outside 1..:data:`MAX_THREADS`, or a model the backend
@@ -147,7 +164,7 @@ def make_backend(kind: str, data: bytes, dim: int, num_threads: int = 1, where: 
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or not 1 <= num_threads <= MAX_THREADS:
         raise EdgeAsdError(f"threads = {num_threads!r}: use 1 to {MAX_THREADS} inference threads per model")
     if kind == "tflite":
-        return TFLiteBackend(data, dim, num_threads, where)
+        return TFLiteBackend(data, dim, num_threads, where, out_dim)
     if kind == "onnx":
-        return OnnxBackend(data, dim, num_threads, where)
+        return OnnxBackend(data, dim, num_threads, where, out_dim)
     raise EdgeAsdError(f"{where}: unknown model kind {kind!r}")

@@ -367,20 +367,24 @@ class RecordingHealth:
 
 
 def recording_health(samples: np.ndarray, sample_rate: int, hop_samples: int, samples_per_vector: int,
-                     reference: dict | None = None, block_samples: int = 4096) -> RecordingHealth:
+                     reference: dict | None = None, block_samples: int = 4096,
+                     vector_hop_samples: int | None = None) -> RecordingHealth:
     """Check a whole recording as edge-monitor does (what edge-score should call per clip: take the max
     score over ``scored`` frames only, and report ``states`` as the clip's health flags).
 
     Args:
         samples: (N,) mono float, full scale 1, at ``sample_rate`` Hz. hop_samples, samples_per_vector: the
-            model's hop and context-vector length, samples. reference: a phi record's ``input_level``, or None.
+            model's frame hop (the checks' resolution) and context-vector length, samples. reference: a phi
+            record's ``input_level``, or None.
         block_samples: how much is pushed at a time (the result does not depend on it).
+        vector_hop_samples: the score hop, samples (``FeatureConfig.vector_hop_samples``); None: ``hop_samples``.
     Returns:
-        :class:`RecordingHealth` for the ``1 + (N - samples_per_vector) // hop_samples`` frames (0 if shorter).
+        :class:`RecordingHealth` for the ``1 + (N - samples_per_vector) // vector_hop_samples`` windows (0 if shorter).
     """
     h = HealthChecker(sample_rate, hop_samples, reference=reference)
-    n_frames = 1 + (len(samples) - samples_per_vector) // hop_samples if len(samples) >= samples_per_vector else 0
-    ends = samples_per_vector + hop_samples * np.arange(n_frames, dtype=np.int64)
+    step = vector_hop_samples or hop_samples
+    n_frames = 1 + (len(samples) - samples_per_vector) // step if len(samples) >= samples_per_vector else 0
+    ends = samples_per_vector + step * np.arange(n_frames, dtype=np.int64)
     lines, reasons = [], []
     for i in range(0, len(samples), block_samples):
         lines += h.push(samples[i:i + block_samples])

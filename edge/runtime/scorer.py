@@ -1,4 +1,5 @@
-"""Anomaly scores from a model file: features -> standardization -> backend."""
+"""Anomaly scores from a model file: features -> standardization -> backend (-> the file's head, for a network
+that outputs an embedding)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ class Scorer:
         data, self.kind, self.info = read_model_file(self.path)
         self.sha256 = sha256_bytes(data)
         self.size_bytes = len(data)
-        self.backend = make_backend(self.kind, data, self.info.features.dim, num_threads, str(self.path))
+        self.head = self.info.head
+        self.backend = make_backend(self.kind, data, self.info.features.dim, num_threads, str(self.path),
+                                    1 if self.head is None else self.head.dim)
 
     @property
     def features(self):
@@ -40,10 +43,16 @@ class Scorer:
         return self.info.meta
 
     def score_vectors(self, vectors: np.ndarray) -> np.ndarray:
-        """Anomaly scores (eq. 5) of raw context vectors, (n, D) float32 -> (n,) float32."""
-        if len(vectors) == 0:
-            return np.zeros(0, dtype=np.float32)
-        return self.backend.score(self.info.standardize(vectors))
+        """Anomaly scores of raw context vectors, (n, D) float32 -> (n,) float32 (an autoencoder's: eq. 5 of
+        Koizumi et al. 2019; an embedding network's: its head's, :mod:`edge_asd.core.heads`)."""
+        return self.score_inputs(self.info.standardize(vectors) if len(vectors) else vectors)
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """The graph's raw output for standardized vectors: (n, D) float32 -> (n, E) float32 embeddings ((n, 1)
+        for a graph that outputs scores)."""
+        if len(x) == 0:
+            return np.zeros((0, self.backend.out_dim), dtype=np.float32)
+        return self.backend.score(x).reshape(len(x), -1)
 
     def stream(self) -> StreamingFeatures:
         """Streaming features for this model whose vectors are already standardized: its input for
@@ -55,9 +64,11 @@ class Scorer:
         in one model call."""
         if len(x) == 0:
             return np.zeros(0, dtype=np.float32)
-        return self.backend.score(x)
+        out = self.backend.score(x)
+        return out if self.head is None else self.head.score(out)
 
     def score_audio(self, samples: np.ndarray) -> np.ndarray:
-        """Frame scores of a whole mono recording at the model's sample rate, (N,) -> (n_vectors,)."""
+        """Window scores of a whole mono recording at the model's sample rate, (N,) -> (n_vectors,) float32, one
+        per ``features.vector_hop_samples``."""
         return self.score_vectors(extract(samples, self.info.features))
 

@@ -10,7 +10,7 @@ stream the "recording" is an operation window, and each new window restarts the 
 
 **Time stamp of a frame score** (the one convention of edge-monitor, edge-calibrate and edge-report):
 the score of context vector ``i`` is stamped at the *end* of its vector, the absolute sample
-``start + i * hop + samples_per_vector`` (exclusive end; ``start`` is where the features last
+``start + i * vector_hop_samples + samples_per_vector`` (exclusive end; ``start`` is where the features last
 (re)started), i.e. the moment the score becomes available. For ``koizumi2019`` the first score of a
 stream is stamped 5632 samples = 0.352 s after its start, so window 0 of ``--window W`` holds the
 scores stamped in ``[0.352, W)`` s and every later window the scores whose vectors *end* inside it
@@ -193,11 +193,12 @@ def frame_stamps(first_frame: int, n_frames: int, cfg, start_sample: int = 0) ->
     """Time stamps of frame scores ``first_frame .. first_frame + n_frames - 1``, absolute samples, (n_frames,) int64.
 
     The score of context vector ``i`` (counted from ``start_sample``, where the features last (re)started)
-    is stamped at the end of its vector: ``start_sample + i * hop_samples + samples_per_vector`` (divide
-    by ``cfg.sample_rate`` for seconds). ``cfg``: the model's FeatureConfig.
+    is stamped at the end of its vector: ``start_sample + i * vector_hop_samples + samples_per_vector``
+    (divide by ``cfg.sample_rate`` for seconds; the score hop is the frame hop for the autoencoders, a
+    window hop for models with ``context_hop_frames`` > 1). ``cfg``: the model's FeatureConfig.
     """
     index = first_frame + np.arange(n_frames, dtype=np.int64)
-    return start_sample + index * cfg.hop_samples + cfg.samples_per_vector
+    return start_sample + index * cfg.vector_hop_samples + cfg.samples_per_vector
 
 
 def recording_windows(windows, samples: np.ndarray, n_frames: int, cfg) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +208,7 @@ def recording_windows(windows, samples: np.ndarray, n_frames: int, cfg) -> tuple
     Args:
         windows: a fresh WholeStream, FixedWindows or EnergyGate (nothing pushed yet).
         samples: the recording, mono, shape (N,), at ``cfg.sample_rate`` (the energy gate hears it).
-        n_frames: its number of frame scores (context vectors), ``1 + (N - samples_per_vector) // hop``.
+        n_frames: its number of frame scores (context vectors), ``1 + (N - samples_per_vector) // vector_hop_samples``.
     Returns:
         (stamps, window): :func:`frame_stamps` of the frames (absolute samples, int64) and their window
         index (int64; OFF = -1 outside every window), shapes (n_frames,).
