@@ -181,9 +181,11 @@ class Conversion:
         """The torch float model's frame (window) scores of each held-out clip."""
         if self._float_scores is None:
             if self.ae is None:
+                from edge_asd.core.heads import Head
                 from edge_asd.train.serial_oe.fit import window_scorer
 
-                score = window_scorer(self.score_model, self.ckpt["head"], self.mean, self.std, self.features)
+                head = Head.from_meta(self.ckpt["head"], str(self.checkpoint))
+                score = window_scorer(self.score_model, head, self.mean, self.std, self.features)
             else:
                 score = torch_frame_scorer(self.ae, self.mean, self.std, self.features)
             self._float_scores = [score(self.audio[p]) for p in self.parity_paths]

@@ -24,7 +24,8 @@ from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.presets import get_preset
 from edge_asd.train.data import band_statistics, fingerprint, load_clips
 from edge_asd.train.serial_oe.data import CropSampler, inlier_clips, training_sets, windows
-from edge_asd.train.serial_oe.inlier import fit_inlier, fit_mahalanobis, score, stack_mahalanobis
+from edge_asd.core.heads import Head
+from edge_asd.train.serial_oe.inlier import fit_inlier, fit_mahalanobis, stack_mahalanobis
 from edge_asd.train.serial_oe.network import BACKBONES, EMBEDDING_DIM, Embedder, SerialOENet
 from edge_asd.train.serial_oe.trainer import BUDGETS, NetConfig, embed, train_network
 
@@ -72,7 +73,7 @@ class Fitted:
     """The trained networks, their stacked inlier head and what the windows need."""
 
     nets: list[SerialOENet]
-    head: dict
+    head: Head
     features: object
     mean: np.ndarray
     std: np.ndarray
@@ -84,7 +85,7 @@ class Fitted:
     def window_scores(self, audio: np.ndarray) -> np.ndarray:
         """Float anomaly scores (n_windows,) float64 of one recording."""
         x = windows(audio, self.features, self.mean, self.std)
-        return score(self.head, np.concatenate([embed(n, x) for n in self.nets], axis=1))
+        return self.head.score(np.concatenate([embed(n, x) for n in self.nets], axis=1)).astype(np.float64)
 
 
 def fit_serial_oe(o: SerialOEOptions) -> Fitted:
@@ -160,9 +161,9 @@ def checkpoint(fitted: Fitted, o: SerialOEOptions) -> dict:
         "normalization": {"axis": "mel_band", "mean": fitted.mean.tolist(), "std": fitted.std.tolist()},
         "loss": {"name": "serial-oe", "params": {"l_machine": 1.0, "l_product": 10.0, "mixup_alpha": 0.2,
                                                  "product_classes": info["classes"]}},
-        "head": fitted.head,
+        "head": fitted.head.to_meta(),
         "inlier": {"folds": len(fitted.nets), "fold_clips": info["folds"], "windows": info["inlier_windows"],
-                   "kind": fitted.head["kind"]},
+                   "kind": fitted.head.kind},
         "machine_type": o.machine_type,
         "machine_ids": info["inlier_ids"],
         "train_config": {**cfg, "budget": o.budget, "inlier_folds": o.inlier_folds},
@@ -202,11 +203,11 @@ def train_serial_oe(o: SerialOEOptions, out_path: Path) -> dict:
     return ckpt
 
 
-def window_scorer(embedder: torch.nn.Module, head: dict, mean: np.ndarray, std: np.ndarray, features):
+def window_scorer(embedder: torch.nn.Module, head: Head, mean: np.ndarray, std: np.ndarray, features):
     """A function: mono audio (N,) -> the float model's window anomaly scores (n_windows,) float32."""
 
     def scores(samples: np.ndarray) -> np.ndarray:
-        return score(head, embed_batches(embedder, windows(samples, features, mean, std))).astype(np.float32)
+        return head.score(embed_batches(embedder, windows(samples, features, mean, std)))
 
     return scores
 

@@ -9,72 +9,53 @@ The rule, fixed before any test score was seen (docs/serial-oe.md):
   concatenated embedding with a block-diagonal precision.
 - one network (K = 1, the authors' way: the inlier model sees the network's own training clips): Ledoit-Wolf
   Mahalanobis below :data:`GMM_MIN_WINDOWS` windows, else a full-covariance Gaussian mixture of 1-4 components
-  chosen by BIC (scikit-learn ``GaussianMixture``), anomaly score -log p(e).
+  chosen by BIC (scikit-learn ``GaussianMixture``), anomaly score -log p(e) (shifted to >= 0 by core.heads).
 
-Parameters are stored as the model file's ``head`` entry (``edge_asd.core.heads`` layout).
+Every fit returns an :class:`edge_asd.core.heads.Head`; ``Head.to_meta()`` is the model file's ``head`` entry.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from edge_asd.core.heads import Head, gmm_head, mahalanobis_head
+
 GMM_MIN_WINDOWS = 300
 """Fewest windows for a GMM inlier model (K = 1 only); fewer: Ledoit-Wolf Mahalanobis."""
 GMM_COMPONENTS = (1, 2, 3, 4)
 
 
-def fit_mahalanobis(emb: np.ndarray) -> dict:
-    """Ledoit-Wolf mean and precision of embeddings (n, E): the ``mahalanobis`` head entry, float64 lists."""
+def fit_mahalanobis(emb: np.ndarray) -> Head:
+    """Ledoit-Wolf mean and precision of embeddings (n, E): a ``mahalanobis`` head."""
     from sklearn.covariance import LedoitWolf
 
     lw = LedoitWolf().fit(np.asarray(emb, np.float64))
-    return {"kind": "mahalanobis", "mean": lw.location_.tolist(), "precision": lw.precision_.tolist()}
+    return mahalanobis_head(lw.location_, lw.precision_)
 
 
-def fit_gmm(emb: np.ndarray, seed: int = 0) -> dict:
-    """Full-covariance GMM of 1-4 components, the lowest BIC: the ``gmm`` head entry (weights, means,
-    precisions_cholesky as scikit-learn stores them)."""
+def fit_gmm(emb: np.ndarray, seed: int = 0) -> Head:
+    """Full-covariance GMM of 1-4 components, the lowest BIC: a ``gmm`` head (scikit-learn's weights, means,
+    precisions_cholesky)."""
     from sklearn.mixture import GaussianMixture
 
     x = np.asarray(emb, np.float64)
     fits = [GaussianMixture(k, covariance_type="full", random_state=seed).fit(x) for k in GMM_COMPONENTS if k < len(x)]
     best = min(fits, key=lambda g: g.bic(x))
-    return {"kind": "gmm", "weights": best.weights_.tolist(), "means": best.means_.tolist(),
-            "precisions_cholesky": best.precisions_cholesky_.tolist()}
+    return gmm_head(best.weights_, best.means_, best.precisions_cholesky_)
 
 
-def fit_inlier(emb: np.ndarray, seed: int = 0) -> dict:
+def fit_inlier(emb: np.ndarray, seed: int = 0) -> Head:
     """The rule of the module docstring for one network fitted on its own clips (K = 1)."""
     return fit_gmm(emb, seed) if len(emb) >= GMM_MIN_WINDOWS else fit_mahalanobis(emb)
 
 
-def stack_mahalanobis(blocks: list[dict]) -> dict:
+def stack_mahalanobis(blocks: list[Head]) -> Head:
     """One Mahalanobis head over concatenated embeddings from per-network ones: means concatenated, precisions on
     the block diagonal, so its score is the sum of the blocks' scores."""
-    dims = [len(b["mean"]) for b in blocks]
+    dims = [b.dim for b in blocks]
     precision = np.zeros((sum(dims), sum(dims)))
     at = 0
     for b, d in zip(blocks, dims):
-        precision[at:at + d, at:at + d] = b["precision"]
+        precision[at:at + d, at:at + d] = b.params["precision"]
         at += d
-    return {"kind": "mahalanobis", "mean": np.concatenate([b["mean"] for b in blocks]).tolist(),
-            "precision": precision.tolist()}
-
-
-def score(head: dict, emb: np.ndarray) -> np.ndarray:
-    """Anomaly scores (n,) float64 of embeddings (n, E) under a head entry: (e - m)^T P (e - m) for
-    ``mahalanobis``, -log p(e) for ``gmm``, ||e - c||^2 for ``centre``."""
-    e = np.asarray(emb, np.float64)
-    if head["kind"] == "mahalanobis":
-        d = e - np.asarray(head["mean"])
-        return np.einsum("ni,ij,nj->n", d, np.asarray(head["precision"]), d)
-    if head["kind"] == "centre":
-        return ((e - np.asarray(head["centre"])) ** 2).sum(1)
-    # GMM: log N(e; mu_k, P_k) with P_k = L_k L_k^T, L_k = precisions_cholesky (scikit-learn's parameterisation)
-    logs = []
-    for w, mu, chol in zip(head["weights"], np.asarray(head["means"]), np.asarray(head["precisions_cholesky"])):
-        y = (e - mu) @ chol
-        logs.append(np.log(w) + np.log(np.diag(chol)).sum() - 0.5 * (y ** 2).sum(1) - 0.5 * e.shape[1] * np.log(2 * np.pi))
-    logs = np.stack(logs, 1)
-    top = logs.max(1, keepdims=True)
-    return -(top[:, 0] + np.log(np.exp(logs - top).sum(1)))
+    return mahalanobis_head(np.concatenate([b.params["mean"] for b in blocks]), precision)
