@@ -57,7 +57,7 @@ def export_onnx(score_model: torch.nn.Module, dim: int, meta: dict, calibration:
                 calibrate_method: str = "minmax", embedding: bool = False) -> bytes:
     """Serialized .onnx: input ``context_vectors`` (n, dim) float32 -> ``anomaly_score`` (n,) float32, or with
     ``embedding=True`` (a model whose metadata carries a ``head``) -> ``embedding`` (n, E) float32, its
-    convolutions quantized to int8 as well as its Gemm/MatMul.
+    convolutions quantized to int8 and its Linear (Gemm) layers left in float, as the TFLite export does.
 
     Args:
         meta: the ``edge_asd`` metadata, stored in ``metadata_props``.
@@ -68,7 +68,7 @@ def export_onnx(score_model: torch.nn.Module, dim: int, meta: dict, calibration:
 
     model = _float_graph(score_model, dim, EMBEDDING_NAME if embedding else OUTPUT_NAME)
     if calibration is not None:
-        ops = ("Conv", "Gemm", "MatMul") if embedding else ("Gemm", "MatMul")
+        ops = ("Conv",) if embedding else ("Gemm", "MatMul")  # an embedding network: its Linear layers stay float
         model = _quantize_int8(model, calibration, calibrate_method, op_types=ops)
     del model.metadata_props[:]
     entry = model.metadata_props.add()

@@ -64,9 +64,10 @@ def _static_quantizer(float_output_layer: bool):
             (out,) = [n for n in model.graph.nodes if n.op == "output"]
             last = out.args[0][0] if isinstance(out.args[0], (tuple, list)) else out.args[0]
             if last.target == torch.ops.aten.cat.default:  # an embedding model (several networks side by side):
-                # the concatenation and each network's last linear run in float, so the output stays float32
+                # the concatenation and the embedding layers (every linear) run in float, so the output stays
+                # float32 and the int8 rounding is that of the convolutions only
                 last.meta.pop("quantization_annotation", None)
-                for n in last.args[0]:
+                for n in model.graph.nodes:
                     if n.target == torch.ops.aten.linear.default:
                         n.meta.pop("quantization_annotation", None)
             return model
