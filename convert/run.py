@@ -110,6 +110,10 @@ def write_model_files(options: ConvertOptions) -> ConvertResult:
             checkpoint, unreadable audio, tflite-micro and LiteRT disagreeing by more than 1 LSB (c-array).
     """
     o = options
+    if _is_transfer_metric(o.checkpoint):
+        from edge_asd.convert.transfer_metric import write_model_files as transfer_metric_files
+
+        return ConvertResult([], transfer_metric_files(o), o.report_path)
     jobs = plan_jobs(o.target, o.quantize)
     if any(q == "int8-static" for _, _, q in jobs) and o.calibration_dir is None:
         raise EdgeAsdError("int8-static (--int8, --to all, --to c-array) needs --calibration DATA_DIR: "
@@ -128,6 +132,13 @@ def write_model_files(options: ConvertOptions) -> ConvertResult:
                    f"{quantization.describe()}."] + [f"- {line}" for line in extra]
         atomic_write_bytes(o.report_path, render(rows, f"edge-convert parity report: {o.checkpoint.name}", context).encode())
     return ConvertResult(rows, extra, o.report_path)
+
+
+def _is_transfer_metric(checkpoint: Path) -> bool:
+    """An ``edge-train --method transfer-metric`` checkpoint (its files: edge_asd.train.transfer_metric)."""
+    from edge_asd.train.checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint).get("method") == "transfer-metric"
 
 
 def _held_out_vectors(conversion: Conversion, n: int = 64) -> np.ndarray:

@@ -36,11 +36,31 @@ def mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return np.where(mel >= min_log_mel, log_part, _SLANEY_F_SP * mel)
 
 
-def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
-    """Triangular mel filters, ``shape = (n_mels, n_fft // 2 + 1)``, float64, Slaney-normalised.
+def htk_mel(hz: np.ndarray) -> np.ndarray:
+    """HTK mel scale, ``1127 ln(1 + f / 700)``, as ``tf.signal``'s ``_hertz_to_mel``."""
+    return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
 
-    Same construction as ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax)`` (its defaults).
+
+def tf_mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
+    """Triangular mel filters as ``tf.signal.linear_to_mel_weight_matrix(n_mels, n_freqs, sample_rate, fmin,
+    fmax)``, transposed: ``shape = (n_mels, n_fft // 2 + 1)``, float64. Triangles are linear in HTK mel, peak 1,
+    not area-normalised; the DC bin gets no weight."""
+    fmax = cfg.sample_rate / 2 if cfg.fmax_hz is None else cfg.fmax_hz
+    bins_mel = htk_mel(np.linspace(0.0, cfg.sample_rate / 2, cfg.n_freqs))[1:, None]  # (n_freqs - 1, 1)
+    edges = np.linspace(htk_mel(cfg.fmin_hz), htk_mel(fmax), cfg.n_mels + 2)
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    weights = np.maximum(0.0, np.minimum((bins_mel - lower) / (centre - lower), (upper - bins_mel) / (upper - centre)))
+    return np.concatenate([np.zeros((1, cfg.n_mels)), weights]).T
+
+
+def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
+    """Triangular mel filters, ``shape = (n_mels, n_fft // 2 + 1)``, float64.
+
+    ``cfg.mel_scale == "slaney"``: same construction as ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax)``
+    (its defaults: Slaney scale, area-normalised); ``"htk-tf"``: :func:`tf_mel_filterbank`.
     """
+    if cfg.mel_scale == "htk-tf":
+        return tf_mel_filterbank(cfg)
     fmax = cfg.sample_rate / 2 if cfg.fmax_hz is None else cfg.fmax_hz
     fft_hz = np.linspace(0.0, cfg.sample_rate / 2, cfg.n_freqs)
     edges_hz = mel_to_hz(np.linspace(hz_to_mel(cfg.fmin_hz), hz_to_mel(fmax), cfg.n_mels + 2))
@@ -62,8 +82,9 @@ class LogMel:
 
     def __init__(self, cfg: FeatureConfig):
         self.cfg = cfg
-        n = np.arange(cfg.n_fft)
-        self.window = 0.5 - 0.5 * np.cos(2 * np.pi * n / cfg.n_fft)  # periodic Hann, as scipy/librosa
+        win = cfg.win_samples or cfg.n_fft
+        self.window = np.zeros(cfg.n_fft)  # periodic Hann of win samples, zero-padded to n_fft (tf.signal.stft)
+        self.window[:win] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)
         # float64 throughout, rounded to float32 once at the end: a float32 product or logarithm would be
         # faster (2x for the dcase2020 preset's 513 x 128 product), but BLAS sums a 1-frame block (the stream)
         # and a 600-frame one (a whole file) in different orders, and the two must give the same bits; and any

@@ -16,6 +16,8 @@ from edge_asd.core.errors import EdgeAsdError
 
 LEVEL_NORMS = ("none", "context")
 """Allowed :attr:`FeatureConfig.level_norm` values."""
+MEL_SCALES = ("slaney", "htk-tf")
+"""Allowed :attr:`FeatureConfig.mel_scale` values."""
 INT_RANGES = {"sample_rate": (4000, 768000), "n_fft": (16, 65536), "hop_samples": (1, 65536), "n_mels": (1, 1024),
               "n_context_frames": (1, 1024), "context_hop_frames": (1, 1024)}
 """Integer fields and the values (inclusive) a device computes features with; a model file's metadata outside
@@ -67,6 +69,14 @@ class FeatureConfig:
     """K, log-mel frames between the starts of consecutive context vectors (windows): vector i stacks frames
     ``[i K, i K + L)``. 1 (the autoencoders): one anomaly score per frame hop; a classifier that scores 2-s
     windows every second has L = 2 s and K = 1 s of frames. Files without the key: 1."""
+    win_samples: int | None = None
+    """Hann window length, samples, at the start of each ``n_fft`` frame (the rest zero: the frame is
+    zero-padded to the FFT length, as ``tf.signal.stft(frame_length=win, fft_length=n_fft)``); None = n_fft.
+    Frames still step over ``n_fft`` samples, so the last ``n_fft - win_samples`` of a recording start no frame."""
+    mel_scale: str = "slaney"
+    """"slaney": librosa's default (Slaney scale, area-normalised triangles); "htk-tf": HTK scale
+    1127 ln(1 + f/700), unnormalised triangles in mel, DC bin zero, as ``tf.signal.linear_to_mel_weight_matrix``
+    (YAMNet, VGGish). Files without the key: "slaney"."""
 
     def __post_init__(self) -> None:
         if self.log not in ("ln", "db"):
@@ -79,6 +89,11 @@ class FeatureConfig:
                 raise EdgeAsdError(f"feature config: {name} = {value!r} should be an integer from {lo} to {hi}")
         if self.context_hop_frames > self.n_context_frames:
             raise EdgeAsdError("feature config: context_hop_frames must not exceed n_context_frames (frames would be skipped)")
+        if self.mel_scale not in MEL_SCALES:
+            raise EdgeAsdError(f"feature config: mel_scale must be one of {', '.join(MEL_SCALES)}, not {self.mel_scale!r}")
+        win = self.win_samples
+        if win is not None and (not isinstance(win, numbers.Integral) or isinstance(win, bool) or not 2 <= win <= self.n_fft):
+            raise EdgeAsdError(f"feature config: win_samples = {win!r} should be an integer from 2 to n_fft = {self.n_fft}")
         if self.hop_samples > self.n_fft:
             raise EdgeAsdError("feature config: hop_samples must not exceed n_fft")
         for name in ("magnitude_power", "log_floor"):
@@ -157,6 +172,14 @@ PRESETS: dict[str, FeatureConfig] = {
     "serial-oe": FeatureConfig(
         sample_rate=16000, n_fft=2048, hop_samples=512, n_mels=224, n_context_frames=59, context_hop_frames=31,
         magnitude_power=1.0, log="ln", log_floor=1e-8, fmin_hz=50.0, fmax_hz=7800.0,
+    ),
+    # YAMNet's front-end (tensorflow/models research/audioset/yamnet, params.py and features.py): 25 ms periodic
+    # Hann window in a 512-point FFT, hop 10 ms, |STFT|, 64 HTK mel bands 125-7500 Hz
+    # (tf.signal.linear_to_mel_weight_matrix), ln(mel + 0.001); patches of 96 frames (0.96 s) every 48 (0.48 s).
+    "yamnet": FeatureConfig(
+        sample_rate=16000, n_fft=512, hop_samples=160, n_mels=64, n_context_frames=96,
+        magnitude_power=1.0, log="ln", log_floor=0.001, fmin_hz=125.0, fmax_hz=7500.0,
+        win_samples=400, mel_scale="htk-tf", context_hop_frames=48,
     ),
 }
 

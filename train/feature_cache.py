@@ -65,8 +65,16 @@ class FeatureCache:
             return logmel(samples, cfg, fn)
         spec = {**cfg.to_dict(), "logmel_version": LOGMEL_VERSION}
         spec.pop("level_norm")  # psi does not depend on it: the entries written before it existed stay valid
+        spec.pop("context_hop_frames")  # nor on this
+        for name, default in (("win_samples", None), ("mel_scale", "slaney")):  # psi does; their defaults are the old psi
+            if spec[name] == default:
+                spec.pop(name)
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
         return self._get(f"logmel/{self.digest(Path(path))}-{key}.npy", lambda: logmel(samples, cfg, fn))
+
+    def cached(self, name: str, compute) -> np.ndarray:
+        """Any array under ``name`` (a relative .npy path keyed by its inputs), ``compute()`` on a miss."""
+        return self._get(name, compute)
 
     def _get(self, name: str, compute) -> np.ndarray:
         path = self.root / name

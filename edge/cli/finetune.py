@@ -56,6 +56,8 @@ def main(recordings, model_path, machine_id, accept_other_machines, store, steps
          reject_factor, max_rejected, phi_share, check_paths, force, rollback, sign_key, trust_dir, threads, quiet):
     """Continue BU training of the model in service on normal RECORDINGS (files or directories) of one
     machine, recalibrate its phi, and replace the model file atomically. Prints a JSON summary on stdout.
+    A model that scores embeddings with an inlier model (serial OE, transfer + metric learning) keeps its
+    network frozen: its inlier model is refitted on the recordings' windows instead (head_refit in the summary).
 
     The recordings are first scored with the current model: frames above phi are rejected (they may be
     the fault the model should catch); more than --max-rejected of them and the command refuses. The last
@@ -110,7 +112,8 @@ def main(recordings, model_path, machine_id, accept_other_machines, store, steps
                            "model_sha256": record.model_sha256, "phi": record.phi,
                            "previous_phi": summary["previous_phi"], "rule": record.rule,
                            "window": record.window, "store": str(store),
-                           **({"check": record.check} if record.check is not None else {})}))
+                           **({"check": record.check} if record.check is not None else {}),
+                           **({"head_refit": summary["head_refit"]} if "head_refit" in summary else {})}))
 
 
 def _signer(sign_key: Path | None, trust_dir: Path | None, model_path: Path):

@@ -5,6 +5,7 @@ phi (set on recordings kept out of training, by the rule of the phi in service) 
 Python use::
 
     from edge_asd.edge.finetune.adapt import FinetuneConfig
+from edge_asd.edge.finetune.head_refit import refit_head, with_head
     from edge_asd.edge.finetune.workflow import FinetuneOptions, finetune_machine
 
     done = finetune_machine(FinetuneOptions(model_path=Path("fan.tflite"), machine_id="04", store=Path("phi.json"),
@@ -30,6 +31,7 @@ from edge_asd.edge.calibrate.fit import calibrate_like
 from edge_asd.edge.calibrate.recordings import split_holdout
 from edge_asd.edge.finetune import adapt as ft
 from edge_asd.edge.finetune.adapt import FinetuneConfig
+from edge_asd.edge.finetune.head_refit import refit_head, with_head
 from edge_asd.edge.runtime import phi_store
 from edge_asd.edge.runtime.alert import AlertPolicy
 from edge_asd.edge.runtime.phi_store import PhiRecord
@@ -156,6 +158,33 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
                 f"or pass --force")
         log.warning("--force: training on all %d frames, %d of them above the limit", guarded.n_frames, guarded.n_rejected)
         guarded = ft.Guarded(train_clips, guarded.n_frames, guarded.n_rejected, limit)
+    if scorer.head is None:
+        summary, new_model = _train_autoencoder(scorer, model_path, guarded, cfg, something_else_dir)
+    else:
+        summary, new_model = _refit_head(scorer, guarded, cfg)
+    summary = {**ft.summary_record(machine_id, cfg, summary.pop("history"), summary.pop("seconds"), len(files), audio_s,
+                                   guarded, scorer.sha256), **summary}
+    summary.update(recordings_trained=len(train_files), recordings_phi=len(phi_files))
+    short = provenance.prefixes(provenance.file_sha256(f) for f in train_files)
+    if short is not None:  # edge-calibrate warns when given these recordings later
+        summary["file_sha256_prefixes"] = short
+    new_model = new_model(summary)
+    record = recalibrate(new_model, model_path, phi_files, phi_clips, previous, threads, held_files, held_clips)
+    record = dataclasses.replace(record, fine_tuned={k: summary[k] for k in ("steps", "rejected_frames", "base_sha256",
+                                                                            "finetuned_at")})
+    summary["previous_phi"] = None if previous is None else previous.phi
+    ft.install(Path(model_path), new_model, store, machine_id, record, previous,
+               {**summary, "model_sha256": record.model_sha256, "previous_sha256": scorer.sha256})
+    what = f"{summary['steps']} updates" if scorer.head is None else f"inlier model refit: {summary['head_refit']['head']}"
+    log.info("fine-tuned in %.1f s (%s); phi %s -> %.1f; previous model kept in %s", summary["train_seconds"], what,
+             "none" if previous is None else f"{previous.phi:.1f}", record.phi, ft.previous_path(Path(model_path)).name)
+    return Finetuned(summary, record)
+
+
+def _train_autoencoder(scorer, model_path: Path, guarded, cfg: FinetuneConfig, something_else_dir: Path | None):
+    """An autoencoder's fine-tune: its dense layers trained in numpy on the accepted audio (:mod:`.adapt`).
+    Returns ({"history", "seconds"}, a function from the summary record to the new model's bytes)."""
+    sr = scorer.features.sample_rate
     something_else = [read_audio(p, sr) for p in audio_files(something_else_dir)] if something_else_dir else None
     data = Path(model_path).read_bytes()
     layers, _ = ft.read_layers(data, str(model_path))
@@ -167,22 +196,23 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     t0 = time.perf_counter()
     layers, history = ft.train_layers(layers, scorer.info, guarded.runs, cfg, something_else, progress)
     seconds = time.perf_counter() - t0
-    summary = ft.summary_record(machine_id, cfg, history, seconds, len(files), audio_s, guarded, scorer.sha256)
-    summary.update(recordings_trained=len(train_files), recordings_phi=len(phi_files))
-    short = provenance.prefixes(provenance.file_sha256(f) for f in train_files)
-    if short is not None:  # edge-calibrate warns when given these recordings later
-        summary["file_sha256_prefixes"] = short
     calibration = ft.calibration_sample(scorer.info, guarded.runs, cfg.calibration_frames, cfg.seed)
-    new_model = ft.write_layers(data, layers, ft.new_metadata(scorer.meta, summary), calibration, str(model_path))
-    record = recalibrate(new_model, model_path, phi_files, phi_clips, previous, threads, held_files, held_clips)
-    record = dataclasses.replace(record, fine_tuned={k: summary[k] for k in ("steps", "rejected_frames", "base_sha256",
-                                                                            "finetuned_at")})
-    summary["previous_phi"] = None if previous is None else previous.phi
-    ft.install(Path(model_path), new_model, store, machine_id, record, previous,
-               {**summary, "model_sha256": record.model_sha256, "previous_sha256": scorer.sha256})
-    log.info("fine-tuned in %.1f s (%d updates); phi %s -> %.1f; previous model kept in %s", seconds, len(history),
-             "none" if previous is None else f"{previous.phi:.1f}", record.phi, ft.previous_path(Path(model_path)).name)
-    return Finetuned(summary, record)
+    return ({"history": history, "seconds": seconds},
+            lambda summary: ft.write_layers(data, layers, ft.new_metadata(scorer.meta, summary), calibration,
+                                            str(model_path)))
+
+
+def _refit_head(scorer, guarded, cfg: FinetuneConfig):
+    """An embedding model's fine-tune: the network frozen, its inlier model refitted on the accepted audio's
+    windows (:mod:`.head_refit`); the graph's bytes are kept, only the metadata changes."""
+    t0 = time.perf_counter()
+    head, what = refit_head(scorer, guarded.runs)
+    seconds = time.perf_counter() - t0
+    log.info("inlier model refit on %d windows of this machine (network frozen): %s%s", what["windows"], what["head"],
+             "" if what["shrinkage"] is None else f", Ledoit-Wolf shrinkage {what['shrinkage']:.3f}")
+    return ({"history": [], "seconds": seconds, "head_refit": what},
+            lambda summary: with_head(scorer.path.read_bytes(), {**ft.new_metadata(scorer.meta, summary),
+                                                                 "quantization": scorer.meta.get("quantization")}, head))
 
 
 def split_for_phi(files: list[Path], clips: list, share: float) -> tuple[list, list, list, list]:

@@ -79,21 +79,39 @@ class TFLiteBackend(Backend):
             raise EdgeAsdError(f"{where}: model output {tuple(outputs[0]['shape'])} is not {what}")
         self.out_dim = out_dim
         self.input_dtype = inputs[0]["dtype"]
+        self._qin = _int_quantization(inputs[0])  # a full-int8 graph: its float input and output scales
+        self._qout = _int_quantization(outputs[0])
         self._in, self._out = inputs[0]["index"], outputs[0]["index"]
         self._dim, self._batch, self._batchable = dim, 1, True
         log.info("backend: %s (%d thread%s)", self.name, num_threads, "" if num_threads == 1 else "s")
 
     def score_one(self, x: np.ndarray) -> np.ndarray:
         self._resize(1)
-        self._it.set_tensor(self._in, x)
+        self._it.set_tensor(self._in, self._input(x))
         self._it.invoke()
-        return self._it.get_tensor(self._out).reshape(-1).astype(np.float32)
+        return self._output().reshape(-1)
+
+    def _input(self, x: np.ndarray) -> np.ndarray:
+        """Float32 vectors as the graph's input tensor: quantized when the graph's input is integer."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self._qin is None:
+            return x
+        (scale, zero), info = self._qin, np.iinfo(self.input_dtype)
+        return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(self.input_dtype)
+
+    def _output(self) -> np.ndarray:
+        """The output tensor as float32 (dequantized when the graph's output is integer)."""
+        out = self._it.get_tensor(self._out)
+        if self._qout is None:
+            return out.astype(np.float32)
+        scale, zero = self._qout
+        return ((out.astype(np.float32) - zero) * scale).astype(np.float32)
 
     def _resize(self, n: int) -> None:
         if n != self._batch:
+            self._batch = n  # first: when allocating fails, the fallback's _resize(1) must resize back
             self._it.resize_tensor_input(self._in, [n, self._dim])
             self._it.allocate_tensors()
-            self._batch = n
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """Outputs of standardized vectors, (n, D) float32 -> (n,) float32 (or (n, E)): up to :attr:`batch_size` vectors
@@ -108,9 +126,9 @@ class TFLiteBackend(Backend):
             return super().score(x)
         try:
             self._resize(len(x))
-            self._it.set_tensor(self._in, np.ascontiguousarray(x, dtype=np.float32))
+            self._it.set_tensor(self._in, self._input(x))
             self._it.invoke()
-            out = self._it.get_tensor(self._out).reshape(-1)
+            out = self._output().reshape(-1)
             if out.size != len(x) * self.out_dim:
                 raise ValueError(f"batch {len(x)} gave {out.size} outputs")
         except (ValueError, RuntimeError) as e:
@@ -120,6 +138,16 @@ class TFLiteBackend(Backend):
             return super().score(x)
         out = out.astype(np.float32, copy=True)
         return out if self.out_dim == 1 else out.reshape(len(x), self.out_dim)
+
+
+def _int_quantization(detail: dict) -> tuple[float, int] | None:
+    """(scale, zero point) of an integer input or output tensor (a full-int8 graph), None for a float one."""
+    if not np.issubdtype(detail["dtype"], np.integer):
+        return None
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if not scale:
+        raise EdgeAsdError(f"model tensor {detail.get('name')!r} is {np.dtype(detail['dtype']).name} without a scale")
+    return float(scale), int(zero)
 
 
 class OnnxBackend(Backend):
