@@ -149,3 +149,13 @@ def test_edge_train_serial_oe_and_edge_convert_end_to_end(data_root, fan, tmp_pa
         else:
             # a 2-update network: no parity target (docs/serial-oe.md measures the trained one), the same ranking trend
             assert np.all(np.isfinite(got)) and np.corrcoef(got, want)[0, 1] > 0.5, (got, want)
+
+
+def test_edge_train_serial_oe_without_negatives_is_a_one_line_error(data_root, tmp_path):
+    from conftest import assert_one_line_error, cli
+
+    (tmp_path / "fan").mkdir()
+    (tmp_path / "fan" / "train").symlink_to(data_root / "machines" / "fan" / "train")
+    proc = cli("edge-train", tmp_path, "--machine-type", "fan", "--method", "serial-oe", "--out", tmp_path / "x.pt")
+    assert_one_line_error(proc)
+    assert "needs negatives" in proc.stderr and "--something-else" in proc.stderr
