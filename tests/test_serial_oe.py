@@ -159,3 +159,17 @@ def test_edge_train_serial_oe_without_negatives_is_a_one_line_error(data_root, t
     proc = cli("edge-train", tmp_path, "--machine-type", "fan", "--method", "serial-oe", "--out", tmp_path / "x.pt")
     assert_one_line_error(proc)
     assert "needs negatives" in proc.stderr and "--something-else" in proc.stderr
+
+
+def test_backbones_give_the_embedding_and_efficientnet_loads_every_imagenet_weight():
+    from edge_asd.train.serial_oe.network import EfficientNetLite0, SerialOENet, imagenet_weights
+
+    cfg = get_preset("serial-oe")
+    x = torch.randn(2, cfg.dim)
+    for backbone in ("cnn-small", "efficientnet-lite0"):
+        net = SerialOENet(backbone, cfg.n_context_frames, cfg.n_mels, n_ids=3).eval()
+        with torch.no_grad():
+            logit, logits, e = net(x)
+        assert logit.shape == (2,) and logits.shape == (2, 3) and e.shape == (2, 128)
+    stem = EfficientNetLite0(cfg.n_context_frames, cfg.n_mels).net._conv_stem.weight
+    assert torch.equal(stem, imagenet_weights()["_conv_stem.weight"])  # strict load: none missing, none unexpected
