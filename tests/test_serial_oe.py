@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.train.serial_oe.data import SOMETHING_ELSE, training_sets
 from edge_asd.core.features import extract, standardize
 from edge_asd.core.heads import Head
 from edge_asd.core.presets import get_preset
+from edge_asd.train.serial_oe.data import SOMETHING_ELSE, training_sets
 from edge_asd.train.serial_oe.inlier import fit_gmm, fit_mahalanobis, stack_mahalanobis
 from edge_asd.train.serial_oe.losses import PRODUCT_WEIGHT, total_loss
 from edge_asd.train.serial_oe.mixup import mix, mixup_probability
@@ -111,7 +111,6 @@ def test_edge_train_serial_oe_and_edge_convert_end_to_end(data_root, fan, tmp_pa
     """edge-train --method serial-oe (smallest budget) on fan with slider as the other type, then edge-convert: sealed
     model files whose Scorer gives the float model's window scores (float32 exactly, int8 in rank)."""
     from conftest import cli
-
     from edge_asd.convert.pipeline import Conversion, Options
     from edge_asd.edge.runtime.scorer import Scorer
     from edge_asd.firmware_io.audio_file import read_audio

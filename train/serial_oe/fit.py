@@ -21,10 +21,10 @@ import torch
 
 from edge_asd.core.commands import kit_version
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.core.heads import Head
 from edge_asd.core.presets import get_preset
 from edge_asd.train.data import band_statistics, fingerprint, load_clips
 from edge_asd.train.serial_oe.data import CropSampler, inlier_clips, training_sets, windows
-from edge_asd.core.heads import Head
 from edge_asd.train.serial_oe.inlier import fit_inlier, fit_mahalanobis, stack_mahalanobis
 from edge_asd.train.serial_oe.network import BACKBONES, EMBEDDING_DIM, Embedder, SerialOENet
 from edge_asd.train.serial_oe.trainer import BUDGETS, NetConfig, embed, train_network
