@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from edge_asd.core.commands import kit_version
+from edge_asd.core.heads import Head
 from edge_asd.core.model_file import DIGEST_KEY, FORMAT, SCHEMA_VERSION, unsealed_digest
 from edge_asd.core.oof import ENCODING, encode_scores
 from edge_asd.core.provenance import PREFIX_CHARS, prefixes
@@ -48,6 +49,12 @@ def model_metadata(ckpt: dict, target: str, quantization: dict) -> dict:
         "quantization": quantization,
         DIGEST_KEY: unsealed_digest(),  # filled in by edge.model_file.seal once the file's bytes exist
     }
+    if ckpt.get("head") is not None:  # an embedding model (serial-oe): the head turns e into the anomaly score
+        meta["head"] = ckpt["head"]
+        meta["method"] = ckpt.get("method")
+        head = Head.from_meta(ckpt["head"], "checkpoint")
+        meta["io"]["output"] = (f"embedding e, shape (1, {head.dim}), float32; anomaly score = the {head.kind} head "
+                                "of e (edge_asd.core.heads)")
     oof = out_of_fold(ckpt["oof"]) if ckpt.get("oof") else None
     if oof is not None:
         meta["oof"] = oof

@@ -14,21 +14,22 @@ import numpy as np
 import torch
 
 OPSET = 17
-INPUT_NAME, OUTPUT_NAME = "context_vectors", "anomaly_score"
+INPUT_NAME, OUTPUT_NAME, EMBEDDING_NAME = "context_vectors", "anomaly_score", "embedding"
 CALIBRATE_METHODS = ("minmax", "entropy", "percentile", "distribution")
 
 
-def _float_graph(score_model: torch.nn.Module, dim: int):
+def _float_graph(score_model: torch.nn.Module, dim: int, output: str = OUTPUT_NAME):
     import onnx
 
     buf = io.BytesIO()
     torch.onnx.export(score_model.eval(), (torch.zeros(1, dim),), buf, input_names=[INPUT_NAME],
-                      output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "n"}, OUTPUT_NAME: {0: "n"}},
+                      output_names=[output], dynamic_axes={INPUT_NAME: {0: "n"}, output: {0: "n"}},
                       opset_version=OPSET, dynamo=False)
     return onnx.load_from_string(buf.getvalue())
 
 
-def _quantize_int8(model, calibration: np.ndarray, calibrate_method: str, batch: int = 64):
+def _quantize_int8(model, calibration: np.ndarray, calibrate_method: str, batch: int = 64,
+                   op_types: tuple[str, ...] = ("Gemm", "MatMul")):
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -46,15 +47,17 @@ def _quantize_int8(model, calibration: np.ndarray, calibrate_method: str, batch:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
         onnx.save(model, src)
-        quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Gemm", "MatMul"],
+        quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
                         per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=method, extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         return onnx.load(dst)
 
 
 def export_onnx(score_model: torch.nn.Module, dim: int, meta: dict, calibration: np.ndarray | None = None,
-                calibrate_method: str = "minmax") -> bytes:
-    """Serialized .onnx: input ``context_vectors`` (n, dim) float32 -> ``anomaly_score`` (n,) float32.
+                calibrate_method: str = "minmax", embedding: bool = False) -> bytes:
+    """Serialized .onnx: input ``context_vectors`` (n, dim) float32 -> ``anomaly_score`` (n,) float32, or with
+    ``embedding=True`` (a model whose metadata carries a ``head``) -> ``embedding`` (n, E) float32, its
+    convolutions quantized to int8 and its Linear (Gemm) layers left in float, as the TFLite export does.
 
     Args:
         meta: the ``edge_asd`` metadata, stored in ``metadata_props``.
@@ -63,9 +66,10 @@ def export_onnx(score_model: torch.nn.Module, dim: int, meta: dict, calibration:
     """
     import onnx
 
-    model = _float_graph(score_model, dim)
+    model = _float_graph(score_model, dim, EMBEDDING_NAME if embedding else OUTPUT_NAME)
     if calibration is not None:
-        model = _quantize_int8(model, calibration, calibrate_method)
+        ops = ("Conv",) if embedding else ("Gemm", "MatMul")  # an embedding network: its Linear layers stay float
+        model = _quantize_int8(model, calibration, calibrate_method, op_types=ops)
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key, entry.value = "edge_asd", json.dumps(meta, sort_keys=True)

