@@ -36,6 +36,7 @@ from edge_asd.firmware_io.audio_file import audio_files, read_audio
 from edge_asd.train.transfer_metric.extractor import Trunk
 from edge_asd.train.transfer_metric.features import PRESET, patches
 from edge_asd.train.transfer_metric.head import Phi
+
 HEADS = ("centre", "mahalanobis")
 
 

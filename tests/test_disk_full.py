@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from conftest import assert_one_line_error, cli
 
 

@@ -6,10 +6,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 UNIT = Path(__file__).resolve().parents[1] / "examples" / "service" / "edge-asd-monitor.service"
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
