@@ -41,7 +41,7 @@ from edge_asd.core.commands import csv_list, script_help, setup_logging, user_er
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.train.compare import AE_METHODS, BUDGETS, HOOKS, REFERENCE, few_shot_draws, method_names, resolve_methods
 from edge_asd.train.compare_report import per_seed, resolution, summarize, summarize_draws, table
-from edge_asd.train.experiment import evenly, find_machines, sound_dir
+from edge_asd.train.experiment import check_settings, evenly, find_machines, sound_dir
 from edge_asd.train.mixtures import PAPER_ANRS_DB, anomaly_sound_files, mix_at_anr, plan_mixtures
 
 log = logging.getLogger("edge_asd")
@@ -105,17 +105,6 @@ def main(data, machine_types, ids, methods, seeds, budget, few_shot, draws, some
     tests = {key: test_items(machines[key], sounds, out / "mixtures" / f"{key[0]}_{key[1]}") for key in wanted}
     runs = run_all(found, splits, tests, seeds, data, se_dir, budget, out / "runs.jsonl")
     report(runs, {k: t["sets"] for k, t in tests.items()}, list(found), missing, settings, seeds, n_boot, out)
-
-
-def check_settings(path: Path, settings: dict) -> None:
-    """Runs of one output folder share their settings; a folder with other settings is refused."""
-    if path.is_file():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-        if diff:
-            raise EdgeAsdError(f"{path.parent} holds runs with other settings {diff} (old, new); use another --out")
-    else:
-        path.write_text(json.dumps(settings, indent=1) + "\n")
 
 
 def anomaly_sounds_of(folder: Path | None, most: int | None) -> list[Path]:

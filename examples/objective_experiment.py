@@ -33,7 +33,7 @@ import click
 
 from edge_asd.core.commands import csv_list, script_help, setup_logging, user_errors
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.train.experiment import evenly, find_machines, item_levels, sound_dir
+from edge_asd.train.experiment import check_settings, evenly, find_machines, item_levels, sound_dir
 
 log = logging.getLogger("edge_asd")
 RUNS = "runs.jsonl"
@@ -143,17 +143,6 @@ def validation_text(settings: dict, runs: list[dict]) -> str:
     kept = sorted({r["validation"]["kept_epoch"] for r in runs if r.get("validation")})
     return (f"validation split {settings['val_fraction']} of the normal training clips, {settings['epochs']} epochs, "
             f"patience {settings['patience']}, keep {settings['keep']} (kept epochs {kept}); ")
-
-
-def check_settings(path: Path, settings: dict) -> None:
-    """Runs of one output folder share their settings; a folder with other settings is refused."""
-    if path.is_file():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-        if diff:
-            raise EdgeAsdError(f"{path.parent} holds runs with other settings {diff} (old, new); use another --out")
-    else:
-        path.write_text(json.dumps(settings, indent=1) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict]:

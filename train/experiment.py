@@ -20,6 +20,7 @@ item's. Clip score = max of the frame scores (eq. 11), and the mean.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -340,3 +341,14 @@ def item_levels(prep, test_normal: dict, test_anomaly: dict, sounds: dict | None
     levels = [clip_level_dbfs(a) for a in audio]
     levels += [clip_level_dbfs(mix_at_anr(audio[c], waves[m.sound_index], m.anr_db, m.start)) for c, m, _ in prep.patches]
     return {name: [round(levels[i], 3) for i in ts.items] for name, ts in prep.sets.items()}
+
+
+def check_settings(path: Path, settings: dict) -> None:
+    """Runs of one output folder share their settings; a folder with other settings is refused."""
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise EdgeAsdError(f"{path.parent} holds runs with other settings {diff} (old, new); use another --out")
+    else:
+        path.write_text(json.dumps(settings, indent=1) + "\n")
