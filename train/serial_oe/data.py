@@ -69,6 +69,11 @@ def training_sets(data_dir: Path, machine_type: str, something_else_dir: Path | 
     if something_else_dir and not sounds:
         raise EdgeAsdError(f"{something_else_dir}: no .wav/.flac files for --something-else")
     sounds = [p for p in sounds if Path(p).resolve() not in skip]
+    tested = [p for p in sounds if _in_test_folder(Path(p), Path(something_else_dir))]
+    if tested:
+        raise EdgeAsdError(f"--something-else {something_else_dir}: {tested[0]} is in a test/ folder (test anomalies, "
+                           "the sounds evaluation mixes in); negatives must come from train/ folders, e.g. "
+                           "something_else/train")
     if not neg and not sounds:
         raise EdgeAsdError(f"serial outlier exposure needs negatives: {data_dir} holds no other machine type's training "
                            "clips; add --something-else DIR (everyday sounds)")
@@ -76,6 +81,12 @@ def training_sets(data_dir: Path, machine_type: str, something_else_dir: Path | 
                         [c.path for c in neg] + list(sounds), [c.machine_type for c in neg] + [SOMETHING_ELSE] * len(sounds))
     check_leakage(sets, machine_type, clips + (_clips(something_else_dir) if something_else_dir else []), exclude)
     return sets
+
+
+def _in_test_folder(path: Path, root: Path) -> bool:
+    """Whether ``path`` (a file under ``root``) lies in a folder named ``test``: ``root`` itself or one below it."""
+    parts = [root.resolve().name, *path.resolve().relative_to(root.resolve()).parts[:-1]]
+    return any(part.lower() == "test" for part in parts)
 
 
 def check_leakage(sets: TrainingSets, machine_type: str, known: list[Clip], exclude: list[Path] = ()) -> None:
