@@ -27,14 +27,14 @@ log = logging.getLogger("edge_asd")
               help="float32 (default); int8-dynamic: int8 weights, float activations (TFLite); int8-static: "
                    "full-integer int8, calibrated (needs --calibration).")
 @click.option("--int8", is_flag=True, help="Same as --quantize int8-static.")
-@click.option("--calibration", "calibration_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--calibration", "calibration_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Recordings to calibrate int8 on (normal training clips) and measure parity on (held-out test "
                    "clips): a DCASE/MIMII folder or any folder of audio.")
 @click.option("--calibration-frames", default=2000, show_default=True, help="Context frames for int8 calibration.")
 @click.option("--pseudo-fraction", default=0.25, show_default=True, type=click.FloatRange(0, 1),
               help="Share of calibration frames that are pseudo-anomalous (normal + something-else sound, eq. 8), "
                    "so int8 ranges cover anomalous scores too. 0: normal frames only.")
-@click.option("--something-else", "something_else_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--something-else", "something_else_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Sounds for the pseudo-anomalous frames. Default: the checkpoint's, else "
                    "CALIBRATION/something_else/train, else coloured noise.")
 @click.option("--calibrate-method", type=click.Choice(["minmax", "entropy", "percentile", "distribution"]),

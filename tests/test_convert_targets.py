@@ -114,3 +114,19 @@ def test_onnx_histogram_calibration_method(checkpoint, tmp_path):
     import onnx
 
     assert "QuantizeLinear" in [n.op_type for n in onnx.load_from_string(data).graph.node]
+
+
+@pytest.mark.parametrize("damage", [{"method": "bogus"}, {"method": "serial-oe"}, {"method": "transfer-metric"},
+                                    {"loss": None}])
+def test_damaged_checkpoint_is_one_line_error(checkpoint, tmp_path, env, damage):
+    """A checkpoint naming an unknown method, or lacking an entry its method needs, is refused before anything
+    is written (a damaged serial-oe checkpoint was a KeyError traceback after its .onnx was written)."""
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    bad = tmp_path / "bad.pt"
+    torch.save({**ckpt, **damage}, bad)
+    out = tmp_path / "bad.onnx"
+    proc = cli("edge-convert", bad, "--to", "onnx", "--out", out, env=env)
+    assert_one_line_error(proc)
+    assert "checkpoint" in proc.stderr and not out.exists()

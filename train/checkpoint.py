@@ -44,6 +44,14 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
+METHOD_KEYS = {
+    "autoencoder": ("arch", "features", "normalization", "loss"),
+    "serial-oe": ("arch", "features", "normalization", "loss", "head", "machine_type"),
+    "transfer-metric": ("arch", "features", "normalization", "head", "extractor", "machine_type"),
+}
+"""Entries every checkpoint of each ``edge-train --method`` holds (a checkpoint without ``method``: an autoencoder)."""
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint written by edge-train; EdgeAsdError for missing, damaged or foreign files."""
     path = Path(path)
@@ -55,6 +63,12 @@ def load_checkpoint(path: str | Path) -> dict:
         raise EdgeAsdError(f"{path}: not a readable edge-asd checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("schema") != CHECKPOINT_SCHEMA or "model_state" not in ckpt:
         raise EdgeAsdError(f"{path}: not an edge-asd checkpoint (schema {CHECKPOINT_SCHEMA})")
+    method = ckpt.get("method", "autoencoder")
+    if method not in METHOD_KEYS:
+        raise EdgeAsdError(f"{path}: unknown training method {method!r} (this kit converts {', '.join(METHOD_KEYS)})")
+    missing = [k for k in METHOD_KEYS[method] if not ckpt.get(k)]
+    if missing:
+        raise EdgeAsdError(f"{path}: damaged {method} checkpoint (no {', '.join(missing)}); train it again")
     return ckpt
 
 
