@@ -149,12 +149,12 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
                              limit)
     share = guarded.n_rejected / max(1, guarded.n_frames)
     log.info("guard rail: %d of %d frames (%.1f %%) score above %s", guarded.n_rejected, guarded.n_frames, 100 * share,
-             "nothing (no phi)" if limit is None else f"{limit:.1f} = {cfg.reject_factor} x phi")
+             "nothing (no phi)" if limit is None else f"{limit:.4g} = {cfg.reject_factor} x phi")
     if share > cfg.max_rejected:
         if not force:
             raise EdgeAsdError(
                 f"{guarded.n_rejected} of {guarded.n_frames} frames ({100 * share:.0f} %) already score as anomalous "
-                f"(above {limit:.1f}); fine-tuning on them would teach the model the fault. Check the recordings, "
+                f"(above {limit:.4g}); fine-tuning on them would teach the model the fault. Check the recordings, "
                 f"or pass --force")
         log.warning("--force: training on all %d frames, %d of them above the limit", guarded.n_frames, guarded.n_rejected)
         guarded = ft.Guarded(train_clips, guarded.n_frames, guarded.n_rejected, limit)
@@ -176,8 +176,8 @@ def finetune_model(model_path: Path, machine_id: str, store: Path, files: list[P
     ft.install(Path(model_path), new_model, store, machine_id, record, previous,
                {**summary, "model_sha256": record.model_sha256, "previous_sha256": scorer.sha256})
     what = f"{summary['steps']} updates" if scorer.head is None else f"inlier model refit: {summary['head_refit']['head']}"
-    log.info("fine-tuned in %.1f s (%s); phi %s -> %.1f; previous model kept in %s", summary["train_seconds"], what,
-             "none" if previous is None else f"{previous.phi:.1f}", record.phi, ft.previous_path(Path(model_path)).name)
+    log.info("fine-tuned in %.1f s (%s); phi %s -> %.4g; previous model kept in %s", summary["train_seconds"], what,
+             "none" if previous is None else f"{previous.phi:.4g}", record.phi, ft.previous_path(Path(model_path)).name)
     return Finetuned(summary, record)
 
 
