@@ -20,7 +20,7 @@ from mqtt_broker import Collector, free_port
 def test_broker_urls_and_topics():
     assert BrokerUrl.parse("mqtt://broker.plant") == BrokerUrl(False, "broker.plant", 1883)
     assert BrokerUrl.parse("mqtts://u:p%40ss@10.0.0.2:8884") == BrokerUrl(True, "10.0.0.2", 8884, "u", "p@ss")
-    for bad in ("http://x", "mqtt://", "mqtt://h:99999", "mqtt://h/path", "h:1883"):
+    for bad in ("http://x", "mqtt://", "mqtt://h:99999", "mqtt://h:0", "mqtt://h/path", "h:1883"):
         with pytest.raises(EdgeAsdError):
             BrokerUrl.parse(bad)
     assert topic("plant-1", "pi-07", "evt") == "asd/v1/plant-1/pi-07/evt"
@@ -31,6 +31,22 @@ def test_broker_urls_and_topics():
         settings({"broker": "mqtt://h", "site": "a/b"}, "o.sqlite")
     with pytest.raises(EdgeAsdError, match="window"):
         settings({"broker": "mqtt://h", "window": 0}, "o.sqlite")
+
+
+def test_an_outbox_belongs_to_one_device(tmp_path):
+    """Lines left waiting are sent under the outbox owner's name, so another device name is refused; the default
+    outbox is one file per site and device."""
+    from edge_asd.edge.runtime.fleet.settings import settings
+
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path, "boot-a", "plant-1/pi-07")
+    box.add({"event": "anomaly"})
+    box.close()
+    with pytest.raises(EdgeAsdError, match="outbox of plant-1/pi-07.*own --mqtt-outbox"):
+        Outbox(path, "boot-b", "plant-1/pi-08")
+    assert Outbox(path, "boot-c", "plant-1/pi-07").depth() == 1
+    link = settings({"broker": "mqtt://h", "site": "plant-1", "device": "pi-08"}, tmp_path / "outbox.sqlite")
+    assert link.outbox == tmp_path / "outbox-plant-1-pi-08.sqlite"
 
 
 def test_outbox_keeps_lines_across_boots(tmp_path):

@@ -46,7 +46,7 @@ def mqtt_options(fn):
                      help="Client certificate for mutual TLS (with --mqtt-key)."),
         click.option("--mqtt-key", envvar="EDGE_ASD_MQTT_KEY", type=FILE, default=None, help="Client key for mutual TLS."),
         click.option("--mqtt-outbox", envvar="EDGE_ASD_MQTT_OUTBOX", type=FILE, default=None,
-                     help="Outbox file (SQLite) [default: outbox.sqlite in the user data dir]."),
+                     help="Outbox file (SQLite) [default: outbox-SITE-DEVICE.sqlite in the user data dir]."),
         click.option("--mqtt-keepalive", envvar="EDGE_ASD_MQTT_KEEPALIVE", type=click.IntRange(1, 65535), default=None,
                      help="MQTT keep-alive, s: the broker marks the device offline after 1.5 times it [default: 30]."),
         click.option("--heartbeat-s", envvar="EDGE_ASD_HEARTBEAT_S", type=click.FloatRange(0.1, 86400), default=None,

@@ -93,7 +93,7 @@ class FleetLink:
         self._ack_delay_s = 0.0
         self._next_hb = 0.0
         self._client = _client(settings, self.boot, self._state("offline", "connection lost"))
-        self.outbox = Outbox(settings.outbox, self.boot)
+        self.outbox = Outbox(settings.outbox, self.boot, f"{settings.site}/{settings.device}")
         self._client.on_connect = lambda c, u, flags, rc, props: self._events.put(("connect", rc))
         self._client.on_disconnect = lambda c, u, flags, rc, props: self._events.put(("disconnect", rc))
         self._client.on_message = lambda c, u, msg: self._events.put(("message", msg.topic, msg.payload))

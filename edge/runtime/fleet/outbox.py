@@ -23,17 +23,21 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER NOT NULL,
     line TEXT NOT NULL,
     UNIQUE (boot, seq)
-)"""
+);
+CREATE TABLE IF NOT EXISTS owner (device TEXT NOT NULL)"""
 
 
 class Outbox:
     """The outbox file at ``path`` for the boot ``boot`` (sequence numbers start at 1 for each boot).
 
+    ``owner`` (``site/device``): the device whose lines the file holds, recorded by its first user; lines left
+    by an earlier boot are sent under this name, so another device name is refused.
+
     Raises:
-        EdgeAsdError: the file cannot be opened or is not an outbox.
+        EdgeAsdError: the file cannot be opened, is not an outbox, or belongs to another device.
     """
 
-    def __init__(self, path: str | Path, boot: str):
+    def __init__(self, path: str | Path, boot: str, owner: str | None = None):
         self.path, self.boot, self.seq = Path(path), boot, 0
         self._lock = threading.Lock()
         try:
@@ -41,9 +45,20 @@ class Outbox:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(SCHEMA)
+            self._db.executescript(SCHEMA)
+            if owner is not None:
+                self._claim(owner)
         except (sqlite3.Error, OSError) as e:
             raise EdgeAsdError(f"{self.path}: cannot open the outbox ({e})") from None
+
+    def _claim(self, owner: str) -> None:
+        row = self._db.execute("SELECT device FROM owner").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO owner (device) VALUES (?)", (owner,))
+        elif row[0] != owner:
+            self._db.close()
+            raise EdgeAsdError(f"{self.path}: the outbox of {row[0]}, whose waiting lines would be sent as {owner}'s; "
+                               "give this device its own --mqtt-outbox")
 
     def add(self, record: dict) -> int:
         """Store one event line (committed and synced when this returns); its sequence number."""

@@ -83,7 +83,8 @@ def check_table(table: dict, where: str, base: Path) -> dict:
 
 def settings(values: dict, default_outbox: Path, password: str | None = None) -> LinkSettings:
     """:class:`LinkSettings` from ``values`` (the keys of :data:`KEYS`; None = not given): the device name
-    defaults to the host name, the site to ``default``, the outbox to ``default_outbox``; the password comes
+    defaults to the host name, the site to ``default``, the outbox to ``default_outbox`` with ``-<site>-<device>``
+    added to its name (each device name its own outbox: waiting lines are sent under their owner's); the password comes
     from ``password`` or ``password_file``.
 
     Raises:
@@ -98,8 +99,9 @@ def settings(values: dict, default_outbox: Path, password: str | None = None) ->
             raise EdgeAsdError(f"{file}: cannot read the MQTT password ({e.strerror})") from None
     broker = BrokerUrl.parse(v.pop("broker"))
     fields = {f.name for f in dataclasses.fields(LinkSettings)}
-    return LinkSettings(broker=broker, site=v.pop("site", "default"), device=v.pop("device", host_device_name()),
-                        outbox=Path(v.pop("outbox", default_outbox)), password=password,
+    site, device = check_name(v.pop("site", "default"), "site"), check_name(v.pop("device", host_device_name()), "device")
+    own = Path(default_outbox).with_name(f"{Path(default_outbox).stem}-{site}-{device}{Path(default_outbox).suffix}")
+    return LinkSettings(broker=broker, site=site, device=device, outbox=Path(v.pop("outbox", own)), password=password,
                         **{k: x for k, x in v.items() if k in fields})
 
 

@@ -71,9 +71,11 @@ class BrokerUrl:
         if parts.scheme not in DEFAULT_PORTS:
             raise EdgeAsdError(f"broker {url!r}: use mqtt://host[:port] or mqtts://host[:port]")
         try:
-            port = parts.port or DEFAULT_PORTS[parts.scheme]
+            port = DEFAULT_PORTS[parts.scheme] if parts.port is None else parts.port
         except ValueError:
             raise EdgeAsdError(f"broker {url!r}: bad port") from None
+        if port == 0:
+            raise EdgeAsdError(f"broker {url!r}: bad port 0 (a broker listens on 1..65535)")
         if not parts.hostname or parts.path not in ("", "/") or parts.query:
             raise EdgeAsdError(f"broker {url!r}: give only host and port (mqtt://host[:port])")
         user = unquote(parts.username) if parts.username else None
