@@ -50,6 +50,10 @@ def main(quiet):
     setup_logging(quiet=quiet)
 
 
+CONNECT_WARN_S = 5.0
+"""edge-fleet serve warns when it has not reached the broker this long after starting."""
+
+
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--broker", envvar="EDGE_ASD_FLEET_BROKER", required=True, metavar="URL",
               help="The MQTT 5 broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] ($EDGE_ASD_FLEET_BROKER).")
@@ -86,7 +90,12 @@ def serve(broker, db, group, username, password_file, ca, cert, key, keepalive, 
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     log.info("edge-fleet: ingesting from %s into %s (group %s)", BrokerUrl.parse(broker), db, group)
     try:
-        stop.wait(duration)
+        first = CONNECT_WARN_S if duration is None else min(CONNECT_WARN_S, duration)
+        if not stop.wait(first) and not ingest.connected.is_set():  # paho retries on its own; say it is waiting
+            log.warning("edge-fleet: no connection to %s after %g s; still trying (is the broker running?)",
+                        BrokerUrl.parse(broker), first)
+        if not stop.is_set():
+            stop.wait(None if duration is None else max(0.0, duration - first))
     finally:
         ingest.stop()
         for s, handler in old.items():
