@@ -133,6 +133,12 @@ def summary_lines(meta: dict) -> list[str]:
     if oof_summary(meta) is not None:
         lines.append(oof_summary(meta))
     for ft in meta.get("fine_tuning") or []:
+        refit = ft.get("head_refit")
+        if isinstance(refit, dict):
+            lines.append(f"fine-tuned {ft.get('finetuned_at')}: machine ID {ft.get('machine_id')}, inlier model refit "
+                         f"({refit.get('head')}) on {refit.get('windows')} windows of {ft.get('recordings_trained')} "
+                         f"recordings, network frozen, base sha256 {str(ft.get('base_sha256'))[:12]}")
+            continue
         lines.append(f"fine-tuned {ft.get('finetuned_at')}: machine ID {ft.get('machine_id')}, {ft.get('steps')} updates on "
                      f"{ft.get('recordings_trained', ft.get('recordings'))} recordings, {ft.get('rejected_frames')} frames "
                      f"rejected, base sha256 {str(ft.get('base_sha256'))[:12]}" + _listed(ft))

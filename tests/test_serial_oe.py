@@ -173,3 +173,16 @@ def test_backbones_give_the_embedding_and_efficientnet_loads_every_imagenet_weig
         assert logit.shape == (2,) and logits.shape == (2, 3) and e.shape == (2, 128)
     stem = EfficientNetLite0(cfg.n_context_frames, cfg.n_mels).net._conv_stem.weight
     assert torch.equal(stem, imagenet_weights()["_conv_stem.weight"])  # strict load: none missing, none unexpected
+
+
+def test_options_a_method_does_not_read_are_named(tmp_path):
+    """--oof-folds or --loss with --method serial-oe (or --backbone with the autoencoder) is said to be ignored,
+    before anything runs; here the data folder is missing, so the command then stops with its one-line error."""
+    from conftest import assert_one_line_error, cli
+
+    proc = cli("edge-train", tmp_path / "none", "--machine-type", "fan", "--method", "serial-oe", "--oof-folds", "5",
+               "--loss", "snp", "--updates", "3", "--out", tmp_path / "x.pt")
+    assert "--method serial-oe does not use --loss, --oof-folds: ignored" in proc.stderr, proc.stderr
+    assert_one_line_error(proc)
+    proc = cli("edge-train", tmp_path / "none", "--machine-type", "fan", "--backbone", "cnn-small", "--out", tmp_path / "y.pt")
+    assert "--method autoencoder does not use --backbone: ignored" in proc.stderr, proc.stderr

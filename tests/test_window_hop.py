@@ -198,6 +198,8 @@ def test_finetune_refits_the_head_with_rollback(window_model, fan, tmp_path, env
     lw = LedoitWolf().fit(emb.astype(np.float64))  # the device's numpy fit is scikit-learn's
     np.testing.assert_allclose(new.head.params["mean"], lw.location_, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(new.head.score(emb[:5]), lw.mahalanobis(emb[:5]), rtol=1e-4)
+    inspect = cli("edge-inspect", model, env=env)
+    assert "inlier model refit (mahalanobis -> mahalanobis) on 63 windows of" in inspect.stdout, inspect.stdout
     back = cli("edge-finetune", "--model", model, "--store", store, "--rollback", env=env)
     assert back.returncode == 0, back.stderr
     assert model.read_bytes() == before

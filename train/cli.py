@@ -8,6 +8,7 @@ prints the checkpoint's path.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -15,6 +16,8 @@ import click
 from edge_asd.core.commands import CONTEXT_SETTINGS, setup_logging, user_errors, version_option
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.presets import PRESETS
+
+log = logging.getLogger("edge_asd")
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -143,6 +146,7 @@ def main(quiet: bool, anr_min: float, anr_max: float, no_cache: bool, method: st
     sound mixed in at a random ANR; frames that contain it are the pseudo-anomalies x^(a).
     """
     setup_logging(quiet=quiet)
+    _warn_unused_options(method)
     if method == "serial-oe":
         from edge_asd.train.serial_oe.fit import SerialOEOptions, train_serial_oe
 
@@ -170,6 +174,25 @@ def main(quiet: bool, anr_min: float, anr_max: float, no_cache: bool, method: st
                  if opts.state_path.is_file() else "nothing was saved")
         raise EdgeAsdError(f"interrupted: {saved}") from None
     click.echo(str(opts.out_path))
+
+
+_COMMON = {"data_dir", "machine_type", "machine_ids", "out_path", "quiet", "method", "seed"}
+USED_BY = {"serial-oe": _COMMON | {"something_else_dir", "backbone", "updates", "batch_size", "lr", "inlier_folds",
+                                   "threads"},
+           "transfer-metric": _COMMON | {"extractor", "cache_dir", "no_cache"}}
+"""The options each non-autoencoder method reads; the autoencoder reads all but these methods' own."""
+_OWN = {"backbone", "updates", "batch_size", "inlier_folds", "extractor"}
+
+
+def _warn_unused_options(method: str) -> None:
+    """One warning naming the options given (command line or environment) that ``method`` does not read."""
+    ctx = click.get_current_context()
+    given = [p for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name) in
+             (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)]
+    used = USED_BY.get(method)
+    unused = [p.opts[0] for p in given if (p.name not in used if used else p.name in _OWN)]
+    if unused:
+        log.warning("--method %s does not use %s: ignored", method, ", ".join(unused))
 
 
 if __name__ == "__main__":

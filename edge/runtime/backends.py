@@ -72,11 +72,11 @@ class TFLiteBackend(Backend):
             raise EdgeAsdError(f"{where}: the TFLite interpreter cannot load it ({e})") from None
         inputs, outputs = self._it.get_input_details(), self._it.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1 or tuple(inputs[0]["shape"]) != (1, dim):
-            shapes = [tuple(d["shape"]) for d in inputs]
+            shapes = [tuple(int(n) for n in d["shape"]) for d in inputs]
             raise EdgeAsdError(f"{where}: model input {shapes} disagrees with its metadata (1, {dim})")
         if int(np.prod(outputs[0]["shape"])) != out_dim:
             what = "one anomaly score" if out_dim == 1 else f"an embedding of {out_dim} (its head's dimension)"
-            raise EdgeAsdError(f"{where}: model output {tuple(outputs[0]['shape'])} is not {what}")
+            raise EdgeAsdError(f"{where}: model output {tuple(int(n) for n in outputs[0]['shape'])} is not {what}")
         self.out_dim = out_dim
         self.input_dtype = inputs[0]["dtype"]
         self._qin = _int_quantization(inputs[0])  # a full-int8 graph: its float input and output scales

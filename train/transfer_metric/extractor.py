@@ -181,8 +181,8 @@ class OnnxExtractor:
 
 def parse_extractor(spec: str) -> tuple[str, str]:
     """``yamnet:layer10`` -> ("yamnet", "layer10"); ``onnx:PATH`` -> ("onnx", PATH). EdgeAsdError otherwise."""
-    kind, _, arg = spec.partition(":")
-    if kind == "yamnet":
+    kind, colon, arg = spec.partition(":")
+    if kind == "yamnet" and not (colon and not arg):  # "yamnet" is layer10; "yamnet:" names no layer
         _layer_number(arg or "layer10")
         return kind, arg or "layer10"
     if kind == "onnx" and arg:
