@@ -110,6 +110,9 @@ def write_model_files(options: ConvertOptions) -> ConvertResult:
             checkpoint, unreadable audio, tflite-micro and LiteRT disagreeing by more than 1 LSB (c-array).
     """
     o = options
+    from edge_asd.train.checkpoint import check_complete, load_checkpoint
+
+    check_complete(load_checkpoint(o.checkpoint), o.checkpoint)
     if _is_transfer_metric(o.checkpoint):
         from edge_asd.convert.transfer_metric import write_model_files as transfer_metric_files
 

@@ -33,8 +33,8 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(relativeCreated)d ms: %(message)s")
     s = settings({"broker": a.url, "site": a.site, "device": a.device, "keepalive_s": a.keepalive,
-                  "ack_timeout_s": a.ack_timeout, "rate_batches_s": a.rate_batches, "heartbeat_s": a.heartbeat},
-                 a.outbox)
+                  "ack_timeout_s": a.ack_timeout, "rate_batches_s": a.rate_batches, "heartbeat_s": a.heartbeat,
+                  "outbox": a.outbox}, a.outbox)
     sink = open_fleet(s, {"mic": {"phi_source": "store", "model_version": 3}})
     sink.link.start()
     print("boot", sink.link.boot, flush=True)

@@ -63,6 +63,12 @@ def load_checkpoint(path: str | Path) -> dict:
         raise EdgeAsdError(f"{path}: not a readable edge-asd checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("schema") != CHECKPOINT_SCHEMA or "model_state" not in ckpt:
         raise EdgeAsdError(f"{path}: not an edge-asd checkpoint (schema {CHECKPOINT_SCHEMA})")
+    return ckpt
+
+
+def check_complete(ckpt: dict, path: str | Path) -> dict:
+    """``ckpt`` when it names a known method and holds every entry that method's conversion reads
+    (:data:`METHOD_KEYS`; a training state file holds fewer); EdgeAsdError otherwise."""
     method = ckpt.get("method", "autoencoder")
     if method not in METHOD_KEYS:
         raise EdgeAsdError(f"{path}: unknown training method {method!r} (this kit converts {', '.join(METHOD_KEYS)})")
