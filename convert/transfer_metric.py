@@ -144,24 +144,11 @@ def calibration_patches(data_dir: Path, ckpt: dict, something_else_dir: Path | N
     return np.concatenate(out)
 
 
-def _file_embeddings(data: bytes, fmt: str, x: np.ndarray) -> np.ndarray:
-    if fmt == "onnx":
-        import onnxruntime as ort
+def _file_embeddings(data: bytes, fmt: str, x: np.ndarray, out_dim: int) -> np.ndarray:
+    """The model file's embeddings of patches ``x`` (n, D), run as the device runs it (the runtime's backend)."""
+    from edge_asd.edge.runtime.backends import make_backend
 
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return np.concatenate([session.run(None, {name: row[None]})[0] for row in x])
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=data)
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
-    rows = []
-    for row in x:
-        it.set_tensor(inp, row[None])
-        it.invoke()
-        rows.append(it.get_tensor(out).copy())
-    return np.concatenate(rows)
+    return make_backend(fmt, data, x.shape[1], out_dim=out_dim).score(np.ascontiguousarray(x, np.float32))
 
 
 def _scores(ckpt: dict, e: np.ndarray, head: str) -> np.ndarray:
@@ -187,8 +174,9 @@ def parity(ckpt: dict, data: bytes, fmt: str, data_dir: Path, head: str = "centr
     for c in test:
         x = patches(logmel(read_audio(c.path, cfg.sample_rate), cfg))
         with torch.no_grad():
-            ref = _scores(ckpt, model(torch.from_numpy(x)).numpy(), head)
-        got = _scores(ckpt, _file_embeddings(data, fmt, x), head)
+            ref_e = model(torch.from_numpy(x)).numpy()
+        ref = _scores(ckpt, ref_e, head)
+        got = _scores(ckpt, _file_embeddings(data, fmt, x, ref_e.shape[1]), head)
         ref_all.append(ref), got_all.append(got), ref_clip.append(ref.mean()), got_clip.append(got.mean())
     ref_all, got_all = np.concatenate(ref_all), np.concatenate(got_all)
     lines = [f"parity ({len(test)} test clips, {len(ref_all)} patches): patch-score Spearman "
