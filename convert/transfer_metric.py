@@ -202,7 +202,9 @@ def write_model_files(options) -> list[str]:
     if quant == "int8-static":
         if o.calibration_dir is None:
             raise EdgeAsdError("--int8 needs --calibration DATA_DIR: int8 ranges are calibrated on normal recordings")
-        calibration = calibration_patches(o.calibration_dir, ckpt, o.something_else_dir)
+        default = Path(o.calibration_dir) / "something_else" / "train"  # edge-convert's default, as for autoencoders
+        calibration = calibration_patches(o.calibration_dir, ckpt,
+                                          o.something_else_dir or (default if default.is_dir() else None))
     data = model_bytes(ckpt, o.target, quant, calibration)
     atomic_write_bytes(Path(o.out_path), data)
     lines = [f"wrote {o.out_path} ({len(data) / 1024:.0f} KiB, {o.target}-{quant}, head centre)"]
