@@ -171,7 +171,8 @@ def test_monitor_without_model_or_config(env):
 
 
 @pytest.mark.parametrize("option, value", [("--silent-dbfs", "5"), ("--silent-dbfs", "nan"), ("--gate-min-on-s", "1e300"),
-                                           ("--evidence-seconds", "1e9"), ("--events-max-mb", "-1")])
+                                           ("--evidence-seconds", "1e9"), ("--events-max-mb", "-1"),
+                                           ("--events-max-mb", "0.0001")])
 def test_monitor_options_take_the_ranges_of_their_config_keys(option, value):
     """--silent-dbfs 5 (every frame 'silent', nothing scored) and --gate-min-on-s 1e300 (the gate never opens)
     ran with exit 0, although monitor.toml refuses the same values: an option now refuses what its key does."""
@@ -184,4 +185,5 @@ def test_monitor_options_take_the_ranges_of_their_config_keys(option, value):
     assert result.exit_code == 2 and not isinstance(result.exception, (TypeError, ValueError)), result.output
     key = option[2:].replace("-", "_").replace("evidence_seconds", "evidence_before_s")
     lo, hi = RANGES[key]
-    assert f"Invalid value for '{option}'" in result.output and (f"{lo:g}" in result.output or "finite" in result.output)
+    assert f"Invalid value for '{option}'" in result.output
+    assert f"{lo:g}" in result.output or "finite" in result.output or "is below 0.1 (0 turns it off)" in result.output

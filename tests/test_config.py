@@ -71,6 +71,8 @@ evidence_png = true
     ('[[input]]\nmodel = "a"\nevidence_after_s = inf\n', ["evidence_after_s = inf should be a finite number"]),
     ('[[input]]\nmodel = "a"\nevents_max_mb = nan\n', ["events_max_mb = nan should be a finite number"]),
     ('[[input]]\nmodel = "a"\nevents_max_mb = -1\n', ["events_max_mb = -1.0 is out of range"]),
+    # 0.0001 MB rotated the events file on every line: the backups kept the last 5 lines, the rest was deleted
+    ('[[input]]\nmodel = "a"\nevents_max_mb = 0.0001\n', ["events_max_mb = 0.0001 is below 0.1 (0 turns it off)"]),
     ('[[input]]\nmodel = "a"\nthreads = 100000\n', ["threads = 100000 is out of range (1 to 64)"]),
     ('[[input]]\nmodel = "a"\npcm_channels = 0\n', ["pcm_channels = 0 is out of range"]),
     ('[[input]]\nmodel = "a"\nevidence_before_s = -5\n', ["evidence_before_s = -5.0 is out of range"]),

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from edge_asd.edge.runtime.backends import MAX_THREADS
-from edge_asd.edge.runtime.config import RANGES
+from edge_asd.edge.runtime.config import RANGES, ZERO_OR_AT_LEAST
 from edge_asd.edge.runtime.windows import DEFAULT_GATE_DB, DEFAULT_GATE_MIN_OFF_S, DEFAULT_GATE_MIN_ON_S
 
 MODEL_FILE = click.Path(dir_okay=False, path_type=Path)
@@ -75,12 +75,19 @@ def threads_option(help: str = "Inference threads."):
 
 class FiniteRange(click.FloatRange):
     """click's FloatRange that also refuses NaN and infinity (FloatRange lets NaN through every bound:
-    ``--gate-db nan`` gated everything off, 0 events, exit 0)."""
+    ``--gate-db nan`` gated everything off, 0 events, exit 0). ``floor``: values between 0 and it are refused too
+    (0 means off)."""
+
+    def __init__(self, *args, floor: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.floor = floor
 
     def convert(self, value, param, ctx):
         rv = super().convert(value, param, ctx)
         if not math.isfinite(rv):
             self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.floor is not None and 0 < rv < self.floor:
+            self.fail(f"{rv:g} is below {self.floor:g} (0 turns it off)", param, ctx)
         return rv
 
 
@@ -88,7 +95,7 @@ def config_range(key: str) -> FiniteRange:
     """The range of monitor.toml's ``key`` (:data:`edge_asd.edge.runtime.config.RANGES`) as an option type, so
     that an option and its config key refuse the same values (``--silent-dbfs 5`` silenced every frame,
     ``--gate-min-on-s 1e300`` never opened the gate)."""
-    return FiniteRange(*RANGES[key])
+    return FiniteRange(*RANGES[key], floor=ZERO_OR_AT_LEAST.get(key))
 
 
 class PhiType(click.ParamType):

@@ -121,6 +121,10 @@ RANGES = {  # key: (lowest, highest) a value may take, both included; every floa
 """Absurd values are refused where they are read (edge-monitor's options of the same names take the same ranges) (``threads = 100000`` exhausted the host's process IDs,
 ``events_max_mb = -1`` rotated before every line, ``gate_db = nan`` gated everything off)."""
 
+ZERO_OR_AT_LEAST = {"events_max_mb": 0.1}
+"""Keys whose 0 means "off" and whose other values must reach this floor: ``events_max_mb = 0.0001`` rotated
+the events file on every line, so the backups held the last few lines and every earlier one was deleted."""
+
 
 def _show(value) -> str:
     """``repr(value)``, cut to 40 characters (an integer of 400 digits stays a readable one-line error)."""
@@ -136,6 +140,9 @@ def _check_range(key: str, value, where: str) -> None:
         lo, hi = RANGES[key]
         if not lo <= value <= hi:
             raise EdgeAsdError(f"{where}: {key} = {_show(value)} is out of range ({lo:g} to {hi:g})")
+        floor = ZERO_OR_AT_LEAST.get(key)
+        if floor is not None and 0 < value < floor:
+            raise EdgeAsdError(f"{where}: {key} = {_show(value)} is below {floor:g} (0 turns it off)")
 
 
 def _coerce(key: str, value, where: str):
