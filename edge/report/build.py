@@ -118,14 +118,20 @@ def read_events(path: Path, health: list[dict] | None = None) -> list[dict]:
         EdgeAsdError: no such file, not a JSONL event log, or an anomaly line whose ``time_s``, ``score`` or
             ``phi`` is not a finite number (phi >= 0), or a health line whose ``state`` or ``status`` is not a string.
     """
-    events = []
     try:
-        lines = Path(path).read_text().splitlines()
+        with open(path, encoding="utf-8") as stream:  # line by line: a month's log is not held in memory
+            return _read_lines(path, stream, health)
     except FileNotFoundError:
         raise EdgeAsdError(f"{path}: no such event log") from None
+    except IsADirectoryError:
+        raise EdgeAsdError(f"{path}: a folder, not an event log") from None
     except UnicodeDecodeError:
         raise EdgeAsdError(f"{path}: not a JSONL event log") from None
-    for n, line in enumerate(lines, 1):
+
+
+def _read_lines(path: Path, stream, health: list[dict] | None) -> list[dict]:
+    events = []
+    for n, line in enumerate(stream, 1):
         if not line.strip():
             continue
         try:
