@@ -18,7 +18,7 @@ import click
 from edge_asd.core.commands import CONTEXT_SETTINGS, setup_logging, user_errors, version_option
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.runtime.fleet.topics import BrokerUrl, check_name
-from edge_asd.fleet.db import COLUMNS, FleetDb
+from edge_asd.fleet.db import COLUMNS, FleetDb, columns, iso_utc
 
 log = logging.getLogger("edge_asd")
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -77,9 +77,7 @@ def serve(broker, db, group, username, password_file, ca, cert, key, keepalive, 
     events de-duplicated by (device, boot, seq) in --db; acknowledge each batch once it is stored."""
     from edge_asd.fleet.ingest import Ingest
 
-    password = os.environ.get("EDGE_ASD_MQTT_PASSWORD")
-    if password is None and password_file is not None:
-        password = password_file.read_text(encoding="utf-8").strip()
+    password = _password(password_file)
     devices = []
     if expect is not None:
         devices = [_device(line.strip()) for line in expect.read_text(encoding="utf-8").splitlines()
@@ -103,20 +101,29 @@ def serve(broker, db, group, username, password_file, ca, cert, key, keepalive, 
     click.echo(f"edge-fleet: {json.dumps(ingest.counts, sort_keys=True)}", err=True)
 
 
+def _password(password_file: Path | None) -> str | None:
+    password = os.environ.get("EDGE_ASD_MQTT_PASSWORD")
+    if password is None and password_file is not None:
+        password = password_file.read_text(encoding="utf-8").strip()
+    return password
+
+
 @main.command(context_settings=CONTEXT_SETTINGS)
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a device instead of a table.")
 @user_errors
 def ls(db, as_json):
-    """One line per device: status (operational, degraded, offline, never seen), last seen, boot, kit and
-    model versions, phi and its source, events and anomalies in the last hour and day, outbox depth."""
-    rows = _open(db).devices()
+    """One line per device: status (operational, degraded, offline, never seen), last seen, boot, rollout
+    cohort, desired release (the cohort's, on the broker) vs current and trial release (per input), the
+    latest rollout of its cohort (id:status:stage), the last rollback, phi and its source, events and
+    anomalies in the last hour and day, outbox depth."""
+    rows = [columns(d) for d in _open(db).devices()]
     if as_json:
         for d in rows:
-            click.echo(json.dumps({c: d[c] for c in COLUMNS}, sort_keys=True))
+            click.echo(json.dumps(d, sort_keys=True))
         return
-    shown = ("site", "device", "status", "last_seen", "boot", "phi", "phi_source", "events_1h", "events_24h",
-             "anomalies_1h", "anomalies_24h", "outbox")
+    shown = ("site", "device", "status", "last_seen", "boot", "cohort", "desired", "current", "trial", "rollout",
+             "last_rollback", "phi", "phi_source", "events_1h", "events_24h", "anomalies_1h", "anomalies_24h", "outbox")
     table = [[_cell(c, d[c]) for c in shown] for d in rows]
     widths = [max([len(c)] + [len(r[k]) for r in table]) for k, c in enumerate(shown)]
     click.echo("  ".join(c.ljust(w) for c, w in zip(shown, widths)))
@@ -124,12 +131,25 @@ def ls(db, as_json):
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)))
 
 
+LS_REASON_CHARS = 40
+"""ls cuts a last rollback's reason to this many characters (show and export give all of it)."""
+
+
 def _cell(column: str, value) -> str:
-    if value is None:
+    if value is None or value == "":
         return "-"
-    if column == "last_seen":
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+    if column == "phi":  # 4 significant digits, per input
+        return ";".join(_sig4(v) for v in str(value).split(";"))
+    if column == "last_rollback" and len(value) > LS_REASON_CHARS:
+        return value[:LS_REASON_CHARS - 3] + "..."
     return str(value)
+
+
+def _sig4(text: str) -> str:
+    try:
+        return f"{float(text):.4g}"
+    except ValueError:
+        return text
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -138,14 +158,16 @@ def _cell(column: str, value) -> str:
 @click.option("--last", type=click.IntRange(0), default=10, show_default=True, help="Also show this many latest events.")
 @user_errors
 def show(name, db, last):
-    """Everything stored about one device (JSON), with its latest events."""
+    """Everything stored about one device (JSON, times in ISO 8601 UTC), with its latest events, its cohort's
+    latest rollout (and why it stopped) and its last rollback."""
     site, device = _device(name)
     fleet = _open(db)
     found = [d for d in fleet.devices() if d["site"] == site and d["device"] == device]
     if not found:
         raise EdgeAsdError(f"{name}: no such device in {db}")
     events = list(fleet.event_rows(site, device))[-last:] if last else []
-    click.echo(json.dumps({**found[0], "latest_events": [json.loads(e["line"]) for e in events]}, indent=2, sort_keys=True))
+    row = {**found[0], **{k: iso_utc(found[0][k]) for k in ("first_seen", "last_seen", "status_since")}}
+    click.echo(json.dumps({**row, "latest_events": [json.loads(e["line"]) for e in events]}, indent=2, sort_keys=True))
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -160,12 +182,12 @@ def export(what, db, fmt, since_hours, out):
     JSON lines."""
     fleet = _open(db)
     if what == "devices":
-        rows = [{c: d[c] for c in COLUMNS} for d in fleet.devices()]
-        columns = list(COLUMNS)
+        rows = [columns(d) for d in fleet.devices()]
+        names = list(COLUMNS)
     else:
         since = time.time() - since_hours * 3600 if since_hours else None
         rows = list(fleet.event_rows(since=since))
-        columns = ["site", "device", "boot", "seq", "kind", "input", "time", "received", "line"]
+        names = ["site", "device", "boot", "seq", "kind", "input", "time", "received", "line"]
     stream = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout
     try:
         if fmt == "jsonl":
@@ -174,7 +196,7 @@ def export(what, db, fmt, since_hours, out):
                     r = {**r, "line": json.loads(r["line"])}
                 stream.write(json.dumps(r, sort_keys=True) + "\n")
         else:
-            writer = csv.DictWriter(stream, fieldnames=columns)
+            writer = csv.DictWriter(stream, fieldnames=names)
             writer.writeheader()
             writer.writerows(rows)
     finally:
