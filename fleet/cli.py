@@ -46,7 +46,8 @@ def _device(name: str) -> tuple[str, str]:
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @version_option()
 def main(quiet):
-    """The fleet: ingest the devices' MQTT messages (serve) and list, show or export what they reported."""
+    """The fleet: ingest the devices' MQTT messages (serve), list, show or export what they reported, and
+    roll a signed release out cohort by cohort (rollout)."""
     setup_logging(quiet=quiet)
 
 
@@ -99,6 +100,58 @@ def serve(broker, db, group, username, password_file, ca, cert, key, keepalive, 
         for s, handler in old.items():
             signal.signal(s, handler)
     click.echo(f"edge-fleet: {json.dumps(ingest.counts, sort_keys=True)}", err=True)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("model_path", metavar="MODEL", type=FILE)
+@click.argument("release", type=FILE)
+@click.option("--stages", required=True, metavar="C1,C2,...",
+              help="The cohorts in rollout order, e.g. canary,wave1,wave2,wave3 (each device reports its cohort).")
+@db_option
+@click.option("--mqtt", "broker", envvar="EDGE_ASD_FLEET_BROKER", required=True, metavar="URL",
+              help="The MQTT 5 broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] ($EDGE_ASD_FLEET_BROKER).")
+@click.option("--mqtt-site", "site", envvar="EDGE_ASD_MQTT_SITE", default="default", show_default=True,
+              help="The devices' site ($EDGE_ASD_MQTT_SITE).")
+@click.option("--url", default=None, help="Publish this file:// or https:// URL of MODEL instead of the model itself.")
+@click.option("--promote-after", type=click.IntRange(1), default=None,
+              help="Devices of a stage that must pass before the next stage [default: all of them that are online].")
+@click.option("--abort-failures", type=click.IntRange(1), default=1, show_default=True,
+              help="Failed devices in the current stage that abort the rollout...")
+@click.option("--min-reports", type=click.IntRange(1), default=1, show_default=True,
+              help="...once at least this many of its devices reported.")
+@click.option("--stage-timeout", type=click.FloatRange(0, min_open=True), default=3600.0, show_default=True,
+              help="Abort when a stage has not passed within this many seconds.")
+@click.option("--poll", type=click.FloatRange(0.05), default=2.0, show_default=True, help="Read --db every this many seconds.")
+@click.option("--username", envvar="EDGE_ASD_MQTT_USERNAME", default=None,
+              help="Broker user name (the password: $EDGE_ASD_MQTT_PASSWORD or --password-file).")
+@click.option("--password-file", type=FILE, default=None, help="File holding the broker password.")
+@click.option("--ca", type=FILE, default=None, help="CA certificates of the broker (mqtts).")
+@click.option("--cert", type=FILE, default=None, help="Client certificate for mutual TLS (with --key).")
+@click.option("--key", type=FILE, default=None, help="Client key for mutual TLS.")
+@user_errors
+def rollout(model_path, release, stages, db, broker, site, url, promote_after, abort_failures, min_reports,
+            stage_timeout, poll, username, password_file, ca, cert, key):
+    """Roll RELEASE (signed with --cohort all) out stage by stage: publish it as each --stages cohort's
+    desired release, promote when enough of the stage's devices passed their health gate, abort when too many
+    failed (clearing the desired release of the stages not complete). Reads what `edge-fleet serve` stores
+    in --db; its state is kept there, so the same command resumes an interrupted rollout. Exit 0: complete;
+    1: aborted (one line saying why); 130: interrupted."""
+    from edge_asd.edge.runtime.fleet.publish import Connection
+    from edge_asd.fleet.rollout import Criteria, Rollout
+
+    connection = Connection(BrokerUrl.parse(broker), username, _password(password_file), ca, cert, key)
+    criteria = Criteria(promote_after, abort_failures, min_reports, stage_timeout, poll)
+    job = Rollout(_open(db), connection, site, model_path, release, [s.strip() for s in stages.split(",")], criteria, url)
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        status, why = job.run(stop)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    click.echo(f"edge-fleet rollout: {why}", err=status != "complete")
+    if status != "complete":
+        sys.exit(1 if status == "aborted" else 130)
 
 
 def _password(password_file: Path | None) -> str | None:
