@@ -140,8 +140,10 @@ def run(url: str, folder: Path, devices: int = 100, workers: int = 10, seconds: 
         at_t0 = dict(ingest.counts)
         time.sleep(max(0.0, t0 + seconds / 2 - time.time()))
         signals = {"KILL": [signal.SIGKILL], "STOP": [signal.SIGSTOP], "both": [signal.SIGKILL, signal.SIGSTOP]}[how]
+        how_killed = {}  # device -> the signal's name
         for k, p in enumerate(procs[: len(killed)]):
             p.send_signal(signals[k % len(signals)])
+            how_killed.update(dict.fromkeys(killed[k], signals[k % len(signals)].name))
         kill_at = time.time()
         offline_s: dict[str, float] = {}
         by_will = set()
@@ -194,9 +196,16 @@ def run(url: str, folder: Path, devices: int = 100, workers: int = 10, seconds: 
             "lines_written_by_survivors": sum(sum(o["written"].values()) for o in outs), "missing": missing,
             "duplicates": ingest.counts["duplicates"],
             "latency_p50_s": round(delays[len(delays) // 2], 3), "latency_p99_s": round(delays[int(0.99 * (len(delays) - 1))], 3),
-            "latency_max_s": round(delays[-1], 3), "offline_after_kill_s": {"min": round(min(offline_s.values(), default=-1), 2),
-                                                                            "max": round(max(offline_s.values(), default=-1), 2)},
+            "latency_max_s": round(delays[-1], 3), "offline_after_kill_s": _spread(offline_s, how_killed),
             "offline_by_will": len(by_will), "offline_limit_s": limit, "export_rows": len(rows), "failures": failures}
+
+
+def _spread(offline_s: dict[str, float], how_killed: dict[str, str]) -> dict:
+    """{signal name: [min, max] seconds from the kill to offline in the fleet view}."""
+    out: dict[str, list[float]] = {}
+    for name, seconds in offline_s.items():
+        out.setdefault(how_killed[name], []).append(seconds)
+    return {k: [round(min(v), 2), round(max(v), 2)] for k, v in sorted(out.items())}
 
 
 def main() -> None:
@@ -224,6 +233,8 @@ def main() -> None:
         figures = run(f"mqtt://127.0.0.1:{port}", folder, a.devices, a.workers, a.seconds, a.rate, a.kill, a.keepalive,
                       a.heartbeat or a.keepalive / 2, a.signal)
         figures["broker_rss_mb"] = round(rss_mb(broker.pid), 1)
+    except ValueError as e:
+        raise SystemExit(f"fleet_load: {e}") from None
     finally:
         broker.terminate()
         broker.wait(10)
