@@ -4,7 +4,9 @@
 Subscriptions (MQTT 5): ``asd/v1/+/+/state`` as an ordinary subscription (retained messages are not sent to
 shared subscriptions, and every member should know every device's state), ``$share/<group>/asd/v1/+/+/hb``
 and ``.../evt`` as shared subscriptions, so several ingest processes of one group split the load and take
-over from each other. paho's callbacks only enqueue; one worker thread writes the database (what queued up
+over from each other; and ``asd/v1/+/_cohort/+/release``, the cohorts' retained desired releases
+(``edge-release publish``, ``edge-fleet rollout``), so ``edge-fleet ls`` shows desired vs current release.
+paho's callbacks only enqueue; one worker thread writes the database (what queued up
 meanwhile in one transaction) and then publishes the acks. With a clean start, it re-subscribes on every connect.
 """
 
@@ -18,8 +20,10 @@ import ssl
 import threading
 import time
 
+from edge_asd.core import signing
 from edge_asd.core.errors import EdgeAsdError
-from edge_asd.edge.runtime.fleet.topics import PREFIX, BrokerUrl, parse_topic, shared, topic
+from edge_asd.edge.runtime.fleet.topics import PREFIX, BrokerUrl, cohort_topic, parse_topic, shared, topic
+from edge_asd.edge.runtime.signed_docs import parse_release
 from edge_asd.fleet.db import FleetDb
 
 log = logging.getLogger("edge_asd")
@@ -42,8 +46,9 @@ class Ingest:
         except ImportError:
             raise EdgeAsdError("edge-fleet needs paho-mqtt 2.x: pip install 'edge-asd[mqtt]'") from None
         self.broker, self.db_path, self.group, self.expect = broker, db_path, group, list(expect)
-        self.subscriptions = [(f"{PREFIX}/+/+/state", 1), (shared(group, "hb"), 0), (shared(group, "evt"), 1)]
-        self.counts = {"state": 0, "hb": 0, "evt": 0, "new": 0, "duplicates": 0, "acks": 0, "damaged": 0, "stale": 0}
+        self.subscriptions = [(f"{PREFIX}/+/+/state", 1), (shared(group, "hb"), 0), (shared(group, "evt"), 1),
+                              (cohort_topic("+", "+"), 1)]
+        self.counts = {"state": 0, "hb": 0, "evt": 0, "release": 0, "new": 0, "duplicates": 0, "acks": 0, "damaged": 0, "stale": 0}
         self.connected = threading.Event()
         self._events: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -129,6 +134,15 @@ class Ingest:
         name, payload = item[1], item[2]
         where = parse_topic(name)
         try:
+            parts = name.split("/")
+            if where is None and len(parts) == 6 and name == cohort_topic(parts[2], parts[4]):
+                release = None
+                if payload:  # an empty retained message: the cohort's desired release was cleared
+                    envelope = signing.envelope_from_dict(json.loads(payload)["release"], name)
+                    release = parse_release(envelope.payload, name)
+                db.desired(parts[2], parts[4], release, time.time())
+                self.counts["release"] += 1
+                return []
             body = json.loads(payload)
             if where is None or not isinstance(body, dict):
                 raise ValueError("not a JSON object on a fleet topic")
@@ -152,7 +166,7 @@ class Ingest:
             else:
                 return []
             self.counts[kind] += 1
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, EdgeAsdError) as e:
             self.counts["damaged"] += 1
             log.warning("fleet ingest: ignored a damaged message on %s: %s", name, e)
         return []

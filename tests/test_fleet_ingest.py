@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import signal
 import subprocess
 import time
@@ -110,3 +111,47 @@ def test_edge_fleet_on_a_monitor_run(broker, model, fan, tmp_path):
     assert table[0]["status"] == "offline" and int(table[0]["events_24h"]) == len(lines)
     missing = cli("edge-fleet", "ls", "--db", tmp_path / "none.sqlite")
     assert missing.returncode == 1 and "no fleet database" in missing.stderr
+
+
+def test_rollout_fields_desired_vs_current_and_export_formats(broker, tmp_path):
+    """The ingest keeps a heartbeat's cohort and per-input release, a rollout event's failure and the cohort's
+    desired release retained on the broker; ls, show and export give them, times in ISO 8601 UTC."""
+    from edge_asd.core import signing
+    from edge_asd.edge.runtime import signed_docs
+
+    db_path = tmp_path / "fleet.sqlite"
+    ingest = Ingest(BrokerUrl.parse(broker.url), db_path).start()
+    device = Collector(broker.url, "asd/v1/plant/pi-1/ack")
+    payload = signed_docs.release_document(7, "fan.tflite", b"model bytes", "0.1.0", "all")
+    envelope = signing.sign(signed_docs.RELEASE_TYPE, payload, [signing.generate("release")]).to_dict()
+    sha = "ab" * 32
+    release = {"current": 6, "trial": 7, "state": "trial", "last_failure": None}
+    failed = {"event": "rollout", "input": "mic", "release_version": 7, "sha256": sha, "result": "failed",
+              "reason": "alarm rate 14.0/h over 3 x 2.0/h + 1 alarm in the trial", "time": "2026-12-02T03:00:00Z"}
+
+    def send(name, body, **kw):
+        device.client.publish(name, body if isinstance(body, bytes) else json.dumps(body), qos=1, **kw).wait_for_publish(5)
+
+    try:
+        _until(ingest.connected.is_set)
+        send("asd/v1/plant/_cohort/canary/release", {"release": envelope, "model_b64": "bW9kZWwgYnl0ZXM="}, retain=True)
+        send("asd/v1/plant/pi-1/hb", {"boot": "A", "cohort": "canary", "heartbeat_s": 30, "health": "ok", "inputs": [
+            {"input": "mic", "phi": 1120.123456, "phi_source": "signed", "model_sha256": sha, "release": release}]})
+        send("asd/v1/plant/pi-1/evt", {"boot": "A", "events": [{"seq": 1, "line": failed}]})
+        _until(lambda: ingest.counts["evt"] == 1 and ingest.counts["release"] == 1)
+        row = json.loads(cli("edge-fleet", "ls", "--db", db_path, "--json").stdout)
+        assert (row["cohort"], row["desired"], row["current"], row["trial"]) == ("canary", 7, "6", "7")
+        assert row["last_rollback"] == "7: " + failed["reason"] and row["models"] == sha[:12]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row["last_seen"])
+        table = cli("edge-fleet", "ls", "--db", db_path).stdout.splitlines()
+        assert "1120 " in table[1] and "1120.1" not in table[1] and ("7: " + failed["reason"])[:37] + "..." in table[1]
+        exported = next(csv.DictReader(io.StringIO(cli("edge-fleet", "export", "devices", "--db", db_path).stdout)))
+        assert exported["last_seen"] == row["last_seen"] and exported["desired"] == "7"
+        shown = json.loads(cli("edge-fleet", "show", "plant/pi-1", "--db", db_path).stdout)
+        assert shown["last_rollback"]["reason"] == failed["reason"] and shown["latest_events"] == [failed]
+        send("asd/v1/plant/_cohort/canary/release", b"", retain=True)  # cleared
+        _until(lambda: ingest.counts["release"] == 2)
+        assert json.loads(cli("edge-fleet", "ls", "--db", db_path, "--json").stdout)["desired"] is None
+    finally:
+        device.close()
+        ingest.stop()

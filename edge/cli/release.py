@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import click
@@ -41,7 +42,7 @@ def _echo(**fields) -> None:
 def main(quiet):
     """Sign and verify model releases, phi records and commands (Ed25519, DSSE envelopes, TUF-shaped roles).
 
-    Desktop and fleet server: keygen, root, cosign, sign, command. Device: init, update-root, verify,
+    Desktop and fleet server: keygen, root, cosign, sign, command, publish. Device: init, update-root, verify,
     install, apply. Each prints one JSON line on stdout; a refusal is one line on stderr and exit 1.
     """
     setup_logging(quiet=quiet)
@@ -219,6 +220,36 @@ def command(action, device, seq, key_paths, store, machine_id, expires, out):
     payload = signed_docs.command_document(device, seq, action, args, expires)
     _write_envelope(signing.sign(signed_docs.COMMAND_TYPE, payload, keys), out)
     _echo(command=str(out), action=action, device=device, seq=seq)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("model_path", metavar="[MODEL", type=MODEL_FILE, required=False)
+@click.argument("release", metavar="RELEASE]", type=FILE, required=False)
+@click.option("--cohort", required=True, help="The rollout cohort whose desired release this is (canary, wave1, all, ...).")
+@click.option("--mqtt", "broker", envvar="EDGE_ASD_MQTT", required=True, metavar="URL",
+              help="The MQTT 5 broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] ($EDGE_ASD_MQTT).")
+@click.option("--mqtt-site", "site", envvar="EDGE_ASD_MQTT_SITE", default="default", show_default=True,
+              help="The devices' site ($EDGE_ASD_MQTT_SITE).")
+@click.option("--url", default=None,
+              help="Send this file:// or https:// URL of the model instead of the model itself (base64 in the message).")
+@click.option("--clear", is_flag=True, help="Remove the cohort's desired release (an empty retained message).")
+@click.option("--mqtt-ca", "ca", type=FILE, default=None, help="CA certificates of the broker (mqtts).")
+@click.option("--mqtt-cert", "cert", type=FILE, default=None, help="Client certificate for mutual TLS (with --mqtt-key).")
+@click.option("--mqtt-key", "key", type=FILE, default=None, help="Client key for mutual TLS.")
+@user_errors
+def publish(model_path, release, cohort, broker, site, url, clear, ca, cert, key):
+    """Set the desired release of a --cohort: a retained QoS-1 message on asd/v1/SITE/_cohort/COHORT/release
+    holding RELEASE and MODEL (base64) or --url; --clear removes it. A MODEL that is not RELEASE's (sha256,
+    size) or a release for another cohort is refused before anything is published. The broker's user name
+    and password: in the URL or $EDGE_ASD_MQTT_USERNAME and $EDGE_ASD_MQTT_PASSWORD."""
+    from edge_asd.edge.runtime.fleet.publish import Connection, publish_release
+    from edge_asd.edge.runtime.fleet.topics import BrokerUrl
+
+    if clear and (model_path or release or url):
+        raise EdgeAsdError("--clear takes no MODEL, RELEASE or --url")
+    connection = Connection(BrokerUrl.parse(broker), os.environ.get("EDGE_ASD_MQTT_USERNAME"),
+                            os.environ.get("EDGE_ASD_MQTT_PASSWORD"), ca, cert, key)
+    _echo(**publish_release(connection, site, cohort, model_path, release, url, clear))
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)

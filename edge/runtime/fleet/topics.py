@@ -9,6 +9,11 @@ Topics, one set per device::
     asd/v1/<site>/<device>/ack     QoS 1, from the fleet's ingest: {"boot": ..., "first": ..., "last": ...}
     asd/v1/<site>/<device>/cmd     QoS 1, to the device: {"cmd": "hb"} (heartbeat now) or {"cmd": "resend"}
 
+and one per rollout cohort (6 levels, so :func:`parse_topic` ignores it; ``_cohort`` is no device name)::
+
+    asd/v1/<site>/_cohort/<cohort>/release   retained, QoS 1: the cohort's desired release
+                                             {"release": <envelope>, "model_b64": ... | "url": ...}; empty: none
+
 ``v1`` changes only when a payload changes incompatibly; new keys may be added within v1.
 """
 
@@ -38,6 +43,11 @@ def topic(site: str, device: str, kind: str) -> str:
     """``asd/v1/<site>/<device>/<kind>``, kind one of :data:`KINDS`."""
     assert kind in KINDS, kind
     return f"{PREFIX}/{site}/{device}/{kind}"
+
+
+def cohort_topic(site: str, cohort: str) -> str:
+    """``asd/v1/<site>/_cohort/<cohort>/release``: the retained desired release of a rollout cohort."""
+    return f"{PREFIX}/{site}/_cohort/{cohort}/release"
 
 
 def parse_topic(name: str) -> tuple[str, str, str] | None:
