@@ -159,8 +159,9 @@ class Conversion:
         calibration = None
         if quantization == "int8-static":
             calibration, described = self.representative()
-            quant.update(described, weights="per-channel symmetric int8", activations="per-tensor int8",
-                         error_computation="float32")
+            quant.update(described, weights="per-channel symmetric int8", activations="per-tensor int8")
+            if self.ae is not None:
+                quant["error_computation"] = "float32"
         elif quantization == "int8-dynamic":
             quant.update(weights="per-channel symmetric int8", activations="float32, quantized per inference inside FC")
         if fmt == "onnx":
@@ -168,11 +169,15 @@ class Conversion:
 
             if calibration is not None:
                 quant["calibrate_method"] = opt.calibrate_method
+                if self.ae is None:
+                    quant.update(embedding_quantization("onnx"))
             return seal(export_onnx(self.score_model, self.features.dim, model_metadata(self.ckpt, "onnx", quant),
                                     calibration, opt.calibrate_method, embedding=self.ae is None))
         from edge_asd.convert.tflite_export import export_tflite
 
-        if quantization == "int8-static":
+        if quantization == "int8-static" and self.ae is None:
+            quant.update(embedding_quantization("tflite"))
+        elif quantization == "int8-static":
             quant["output_layer"] = "float32" if opt.float_output_layer else "int8"
         data = export_tflite(self.score_model, self.features.dim, calibration, quantization, opt.float_output_layer)
         return seal(write_tflite_metadata(data, model_metadata(self.ckpt, "tflite", quant)))
@@ -196,6 +201,15 @@ class Conversion:
         if not self.parity_paths:
             return None
         return parity(self.float_scores(), [scorer.score_audio(self.audio[p]) for p in self.parity_paths], self.labels)
+
+
+def embedding_quantization(fmt: str) -> dict:
+    """What int8 covers in an embedding network's file (serial OE), for the metadata's ``quantization`` entry:
+    its convolutions are int8, its Linear embedding layers and the embedding output float32, and the head scores
+    the float embedding in numpy (``edge_asd.core.heads``)."""
+    layers = ("convolutions int8 except the first (fed the float input); Linear embedding layers float32"
+              if fmt == "tflite" else "convolutions int8 (QDQ); Linear (Gemm) embedding layers float32")
+    return {"layers": layers, "output": "float32 embedding; the head scores it in numpy"}
 
 
 def write_model(conversion: Conversion, fmt: str, quantization: str, out_path: Path) -> Scorer:
