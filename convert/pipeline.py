@@ -74,6 +74,8 @@ class Options:
     """ONNX int8 only: onnxruntime CalibrationMethod (minmax, entropy, percentile, distribution)."""
     float_output_layer: bool = False
     """TFLite int8-static only: keep the decoder's last layer in float."""
+    float_pooling: bool = False
+    """TFLite int8-static only: an embedding network's global average pooling in float (on dequantized maps)."""
     something_else_dir: Path | None = None
     """Sounds for pseudo-anomalies; None: the checkpoint's, else DATA_DIR/something_else/train, else coloured noise."""
     seed: int = 0
@@ -179,7 +181,8 @@ class Conversion:
             quant.update(embedding_quantization("tflite"))
         elif quantization == "int8-static":
             quant["output_layer"] = "float32" if opt.float_output_layer else "int8"
-        data = export_tflite(self.score_model, self.features.dim, calibration, quantization, opt.float_output_layer)
+        data = export_tflite(self.score_model, self.features.dim, calibration, quantization, opt.float_output_layer,
+                             float_pooling=opt.float_pooling)
         return seal(write_tflite_metadata(data, model_metadata(self.ckpt, "tflite", quant)))
 
     def float_scores(self) -> list[np.ndarray]:
