@@ -183,7 +183,7 @@ class Conversion:
         elif quantization == "int8-static":
             quant["output_layer"] = "float32" if opt.float_output_layer else "int8"
         data = export_tflite(self.score_model, self.features.dim, calibration, quantization, opt.float_output_layer,
-                             float_pooling=opt.float_pooling and self.ae is None)
+                             float_linears=self.ae is None, float_pooling=opt.float_pooling and self.ae is None)
         return seal(write_tflite_metadata(data, model_metadata(self.ckpt, "tflite", quant)))
 
     def float_scores(self) -> list[np.ndarray]:
