@@ -50,9 +50,9 @@ def model_metadata(ckpt: dict, target: str, quantization: dict) -> dict:
         DIGEST_KEY: unsealed_digest(),  # filled in by edge.model_file.seal once the file's bytes exist
     }
     if ckpt.get("head") is not None:  # an embedding model (serial-oe): the head turns e into the anomaly score
-        meta["head"] = ckpt["head"]
-        meta["method"] = ckpt.get("method")
         head = Head.from_meta(ckpt["head"], "checkpoint")
+        meta["head"] = head.to_meta()  # float32 base64, also for checkpoints that hold JSON lists
+        meta["method"] = ckpt.get("method")
         meta["io"]["output"] = (f"embedding e, shape (1, {head.dim}), float32; anomaly score = the {head.kind} head "
                                 "of e (edge_asd.core.heads)")
     oof = out_of_fold(ckpt["oof"]) if ckpt.get("oof") else None

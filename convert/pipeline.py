@@ -74,6 +74,9 @@ class Options:
     """ONNX int8 only: onnxruntime CalibrationMethod (minmax, entropy, percentile, distribution)."""
     float_output_layer: bool = False
     """TFLite int8-static only: keep the decoder's last layer in float."""
+    float_pooling: bool = True
+    """TFLite int8-static only: an embedding network's global average pooling in float, on the dequantized feature
+    maps (docs/serial-oe.md: window-score Spearman 0.99837 -> 0.99904 on fan id_00)."""
     something_else_dir: Path | None = None
     """Sounds for pseudo-anomalies; None: the checkpoint's, else DATA_DIR/something_else/train, else coloured noise."""
     seed: int = 0
@@ -159,8 +162,9 @@ class Conversion:
         calibration = None
         if quantization == "int8-static":
             calibration, described = self.representative()
-            quant.update(described, weights="per-channel symmetric int8", activations="per-tensor int8",
-                         error_computation="float32")
+            quant.update(described, weights="per-channel symmetric int8", activations="per-tensor int8")
+            if self.ae is not None:
+                quant["error_computation"] = "float32"
         elif quantization == "int8-dynamic":
             quant.update(weights="per-channel symmetric int8", activations="float32, quantized per inference inside FC")
         if fmt == "onnx":
@@ -168,13 +172,18 @@ class Conversion:
 
             if calibration is not None:
                 quant["calibrate_method"] = opt.calibrate_method
+                if self.ae is None:
+                    quant.update(embedding_quantization("onnx"))
             return seal(export_onnx(self.score_model, self.features.dim, model_metadata(self.ckpt, "onnx", quant),
                                     calibration, opt.calibrate_method, embedding=self.ae is None))
         from edge_asd.convert.tflite_export import export_tflite
 
-        if quantization == "int8-static":
+        if quantization == "int8-static" and self.ae is None:
+            quant.update(embedding_quantization("tflite", opt.float_pooling))
+        elif quantization == "int8-static":
             quant["output_layer"] = "float32" if opt.float_output_layer else "int8"
-        data = export_tflite(self.score_model, self.features.dim, calibration, quantization, opt.float_output_layer)
+        data = export_tflite(self.score_model, self.features.dim, calibration, quantization, opt.float_output_layer,
+                             float_linears=self.ae is None, float_pooling=opt.float_pooling and self.ae is None)
         return seal(write_tflite_metadata(data, model_metadata(self.ckpt, "tflite", quant)))
 
     def float_scores(self) -> list[np.ndarray]:
@@ -196,6 +205,18 @@ class Conversion:
         if not self.parity_paths:
             return None
         return parity(self.float_scores(), [scorer.score_audio(self.audio[p]) for p in self.parity_paths], self.labels)
+
+
+def embedding_quantization(fmt: str, float_pooling: bool = True) -> dict:
+    """What int8 covers in an embedding network's file (serial OE), for the metadata's ``quantization`` entry:
+    its convolutions are int8, its pooling (TFLite: when ``float_pooling``; ONNX: always, only Conv is quantized),
+    Linear embedding layers and the embedding output float32, and the head scores the float embedding in numpy
+    (``edge_asd.core.heads``)."""
+    pooling = "float32" if float_pooling else "int8"
+    layers = (f"convolutions int8 except the first (fed the float input); global pooling {pooling}; Linear embedding "
+              "layers float32" if fmt == "tflite" else "convolutions int8 (QDQ); pooling and Linear (Gemm) embedding "
+              "layers float32")
+    return {"layers": layers, "output": "float32 embedding; the head scores it in numpy"}
 
 
 def write_model(conversion: Conversion, fmt: str, quantization: str, out_path: Path) -> Scorer:

@@ -46,7 +46,10 @@ def _serialize(edge_model) -> bytes:
         os.unlink(tmp)
 
 
-def _static_quantizer(float_output_layer: bool):
+POOLS = (torch.ops.aten.mean.dim, torch.ops.aten.adaptive_avg_pool2d.default)
+
+
+def _static_quantizer(float_output_layer: bool, float_linears: bool = False, float_pooling: bool = False):
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
 
     class Quantizer(PT2EQuantizer):
@@ -61,9 +64,12 @@ def _static_quantizer(float_output_layer: bool):
                 if n.target == torch.ops.aten.conv2d.default and src is not None and src.target in RESHAPES \
                         and src.args[0].op == "placeholder":
                     n.meta.pop("quantization_annotation", None)
+            for n in model.graph.nodes if float_pooling else []:  # global pooling on dequantized activations
+                if n.target in POOLS:
+                    n.meta.pop("quantization_annotation", None)
             (out,) = [n for n in model.graph.nodes if n.op == "output"]
             last = out.args[0][0] if isinstance(out.args[0], (tuple, list)) else out.args[0]
-            if last.target == torch.ops.aten.cat.default:  # an embedding model (several networks side by side):
+            if float_linears or last.target == torch.ops.aten.cat.default:  # an embedding model (several networks side by side):
                 # the concatenation and the embedding layers (every linear) run in float, so the output stays
                 # float32 and the int8 rounding is that of the convolutions only
                 last.meta.pop("quantization_annotation", None)
@@ -84,13 +90,19 @@ def _dynamic_int8(float_tflite: bytes) -> bytes:
 
 
 def export_tflite(score_model: torch.nn.Module, dim: int, calibration: np.ndarray | None = None,
-                  mode: str | None = None, float_output_layer: bool = False) -> bytes:
+                  mode: str | None = None, float_output_layer: bool = False, float_linears: bool = False,
+                  float_pooling: bool = False) -> bytes:
     """Serialized .tflite of ``score_model`` ((1, dim) float32 -> (1,) float32).
 
     Args:
         calibration: standardized representative vectors, (n, dim) float32; needed for ``int8-static``.
         mode: one of :data:`MODES`; default ``int8-static`` when ``calibration`` is given, else ``float32``.
         float_output_layer: int8-static only, keep the decoder's output layer in float.
+        float_linears: int8-static only, keep every Linear layer in float (an int8 convolutional body with a
+            float head; the graph's own output is then float32 too).
+        float_pooling: int8-static only, run the global average pooling in float on the dequantized feature map
+            (its output, one value per channel, then needs no per-tensor int8 scale across channels of
+            different ranges).
     """
     import litert_torch
 
@@ -109,7 +121,7 @@ def export_tflite(score_model: torch.nn.Module, dim: int, calibration: np.ndarra
         from torchao.quantization.pt2e import move_exported_model_to_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        quantizer = _static_quantizer(float_output_layer)
+        quantizer = _static_quantizer(float_output_layer, float_linears, float_pooling)
         # calibrated in batches (a dynamic batch axis): the observers see the same values as row by row,
         # 20x faster; litert-torch re-exports the quantized graph at batch 1 below
         batch = torch.export.Dim("n")

@@ -10,10 +10,16 @@ scikit-learn, on the desktop); the device only scores. Every score is higher = m
   lower bound ``b = -log sum_k w_k peak_k``, ``peak_k = (2 pi)^(-E/2) det(U_k)`` the k-th density's maximum,
   so that every score is >= 0 as the kit's phi and records require;
 - ``centre``: ``||e - c||^2``, the Deep SVDD score (Ruff et al., ICML 2018, eq. 3 / 4).
+
+In the metadata each parameter is ``{"dtype": "float32", "shape": [...], "base64": "..."}``, the array's
+little-endian float32 bytes in base64 (:func:`encode_array`): a 256 x 256 precision takes 350 KB instead of about
+1.2 MB of JSON numbers. Entries written as JSON lists of numbers (kit versions before this encoding) still load.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from dataclasses import dataclass
 
@@ -27,11 +33,37 @@ MAX_EMBEDDING = 4096
 MAX_COMPONENTS = 64
 
 
+def encode_array(a: np.ndarray) -> dict:
+    """An array as the metadata stores it: ``{"dtype": "float32", "shape": [...], "base64": ...}``, the bytes of
+    ``a`` as little-endian float32 (C order). float64 parameters are rounded to float32 here."""
+    a = np.ascontiguousarray(a, dtype="<f4")
+    return {"dtype": "float32", "shape": list(a.shape), "base64": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def decode_array(value: dict) -> np.ndarray:
+    """The inverse of :func:`encode_array`, float64. ValueError when the entry is damaged (dtype, shape, base64 or
+    byte count)."""
+    if value.get("dtype") != "float32":
+        raise ValueError(f"dtype {value.get('dtype')!r}, expected 'float32'")
+    shape = value.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"shape {shape!r}")
+    try:
+        raw = base64.b64decode(value.get("base64", ""), validate=True)
+    except (binascii.Error, TypeError):
+        raise ValueError("base64 text is damaged") from None
+    if len(raw) != 4 * math.prod(shape):
+        raise ValueError(f"{len(raw)} bytes for shape {shape}")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float64).reshape(shape)
+
+
 def _array(value, shape_rank: int, name: str, where: str) -> np.ndarray:
     try:
+        if isinstance(value, dict):
+            value = decode_array(value)
         a = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError):
-        raise EdgeAsdError(f"{where}: head {name} is not an array of numbers") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise EdgeAsdError(f"{where}: head {name} is not an array of numbers ({str(e)[:60]})") from None
     if a.ndim != shape_rank or a.size == 0 or not np.all(np.isfinite(a)):
         raise EdgeAsdError(f"{where}: head {name} is damaged (shape {a.shape}, or a value that is not finite)")
     return a
@@ -69,8 +101,8 @@ class Head:
         return out.astype(np.float32)
 
     def to_meta(self) -> dict:
-        """The ``head`` metadata entry (JSON: lists of floats)."""
-        return {"kind": self.kind, **{k: v.tolist() for k, v in self.params.items()}}
+        """The ``head`` metadata entry: the kind and each parameter as :func:`encode_array` (float32, base64)."""
+        return {"kind": self.kind, **{k: encode_array(v) for k, v in self.params.items()}}
 
     @classmethod
     def from_meta(cls, d: dict, where: str = "model") -> Head:

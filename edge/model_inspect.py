@@ -142,9 +142,20 @@ def summary_lines(meta: dict) -> list[str]:
         lines.append(f"fine-tuned {ft.get('finetuned_at')}: machine ID {ft.get('machine_id')}, {ft.get('steps')} updates on "
                      f"{ft.get('recordings_trained', ft.get('recordings'))} recordings, {ft.get('rejected_frames')} frames "
                      f"rejected, base sha256 {str(ft.get('base_sha256'))[:12]}" + _listed(ft))
-    lines += ["quantization: " + ", ".join(f"{k}={v}" for k, v in meta.get("quantization", {}).items()),
+    lines += [quantization_line(meta),
               f"content sha256 (sealed): {meta.get('content_sha256')}"]
     return lines
+
+
+def quantization_line(meta: dict) -> str:
+    """The ``quantization`` entry. For an embedding model (a ``head``) the graph's output is a float32 embedding
+    that the head scores in numpy: files written before the kit said so carry ``output_layer=int8``, which
+    described the autoencoders' last layer (and ``error_computation``, their squared error): shown as what it is."""
+    q = dict(meta.get("quantization") or {})
+    if meta.get("head") is not None and "output_layer" in q:
+        q.pop("output_layer"), q.pop("error_computation", None)
+        q["output"] = "float32 embedding; the head scores it in numpy"
+    return "quantization: " + ", ".join(f"{k}={v}" for k, v in q.items())
 
 
 def windows_line(cfg: FeatureConfig) -> str:

@@ -149,6 +149,8 @@ def test_edge_train_serial_oe_and_edge_convert_end_to_end(data_root, fan, tmp_pa
         else:
             # a 2-update network: no parity target (docs/serial-oe.md measures the trained one), the same ranking trend
             assert np.all(np.isfinite(got)) and np.corrcoef(got, want)[0, 1] > 0.5, (got, want)
+            line = cli("edge-inspect", out).stdout
+            assert "output=float32 embedding; the head scores it in numpy" in line and "output_layer" not in line
 
 
 def test_edge_train_serial_oe_without_negatives_is_a_one_line_error(data_root, tmp_path):

@@ -273,3 +273,64 @@ def test_convert_refuses_what_it_cannot_write(tm_checkpoint, tmp_path):
             write_model_files(ConvertOptions(tm_checkpoint, target, tmp_path / "x", quantize=quantize))
     with pytest.raises(EdgeAsdError, match="--calibration"):
         write_model_files(ConvertOptions(tm_checkpoint, "tflite", tmp_path / "x.tflite", quantize="int8-static"))
+
+
+class _TinyExtractor(torch.nn.Module):
+    """A user's extractor: one strided convolution; outputs "map" (n, 8, H, W) and "pooled" (n, 8)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 8, 5, stride=4)
+
+    def forward(self, x):
+        m = torch.relu(self.conv(x))
+        return m, m.amax(dim=(2, 3))
+
+
+def test_user_onnx_extractor_trains_and_ships_as_one_onnx_file(data_root, fan, tmp_path):
+    """edge-train --extractor onnx:PATH:OUTPUT trains on a user's own graph (made here by torch.onnx.export), and
+    edge-convert --to onnx writes that graph with the head appended: the device's window scores equal the float
+    reference (onnxruntime extractor + torch phi); TFLite and bad graphs are one-line errors."""
+    from conftest import cli
+    from edge_asd.core.errors import EdgeAsdError
+    from edge_asd.edge.runtime.scorer import Scorer
+    from edge_asd.firmware_io.audio_file import read_audio
+    from edge_asd.train.checkpoint import load_checkpoint
+    from edge_asd.train.transfer_metric.extractor import OnnxExtractor
+    from edge_asd.train.transfer_metric.features import patches
+
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(_TinyExtractor().eval(), (torch.zeros(1, 1, 96, 64),), str(path), input_names=["patch"],
+                      output_names=["map", "pooled"], dynamic_axes={"patch": {0: "n"}, "map": {0: "n"}, "pooled": {0: "n"}},
+                      opset_version=17, dynamo=False)
+    assert OnnxExtractor(path).output == "map" and OnnxExtractor(path, "pooled").rank == 2
+    with pytest.raises(EdgeAsdError, match="no output 'embedding' \\(outputs: map, pooled\\)"):
+        OnnxExtractor(path, "embedding")
+    ckpt_path = tmp_path / "tm_user.pt"
+    proc = cli("edge-train", data_root, "--machine-type", "fan", "--machine-id", "00", "--method", "transfer-metric",
+               "--extractor", f"onnx:{path}:map", "--no-cache", "--out", ckpt_path, "-q")
+    assert proc.returncode == 0, proc.stderr
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt["extractor_output"] == "map" and ckpt["extractor_rank"] == 4 and ckpt["head"]["in_dim"] == 8
+    out = tmp_path / "tm_user.onnx"
+    proc = cli("edge-convert", ckpt_path, "--to", "onnx", "--calibration", data_root, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "Spearman 1.0000" in proc.stdout, proc.stdout  # the file against the float reference on the test clips
+    scorer = Scorer(out)
+    samples = read_audio(fan["test_anomaly"][0], 16000)
+    from edge_asd.convert.transfer_metric import reference_embeddings
+
+    ref = (reference_embeddings(ckpt)(patches(logmel(samples, YAMNET))) ** 2).sum(axis=1)
+    np.testing.assert_allclose(scorer.score_audio(samples), ref, rtol=1e-4)
+    assert len(ref) == 19
+    from edge_asd.convert.run import ConvertOptions, write_model_files
+
+    for target, quantize in (("tflite", None), ("tflite", "int8-static")):  # what edge-convert calls
+        with pytest.raises(EdgeAsdError, match="yamnet:layerN only"):
+            write_model_files(ConvertOptions(ckpt_path, target, tmp_path / "x.tflite", quantize=quantize,
+                                             calibration_dir=data_root))
+    bad = tmp_path / "bad.onnx"  # an input that is not a (n, 1, 96, 64) patch
+    torch.onnx.export(torch.nn.Flatten().eval(), (torch.zeros(1, 96, 64),), str(bad), dynamo=False)
+    with pytest.raises(EdgeAsdError, match="\\(n, 1, 96, 64\\) float32"):
+        OnnxExtractor(bad)

@@ -8,6 +8,7 @@ as an autoencoder: same commands, same event semantics, scores stamped at the en
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import re
@@ -67,10 +68,32 @@ def test_heads_agree_with_scikit_learn():
                                     {"kind": "mahalanobis", "mean": [0.0, 0.0], "precision": [[1.0]]},
                                     {"kind": "gmm", "weights": [0.5, 0.6], "means": [[0.0], [1.0]],
                                      "precisions_cholesky": [[[1.0]], [[1.0]]]},
-                                    {"kind": "centre", "centre": [float("nan")]}, "centre"])
+                                    {"kind": "centre", "centre": [float("nan")]}, "centre",
+                                    {"kind": "centre", "centre": {"dtype": "float32", "shape": [3], "base64": "AACAPw=="}},
+                                    {"kind": "centre", "centre": {"dtype": "float64", "shape": [1], "base64": "AACAPw=="}},
+                                    {"kind": "centre", "centre": {"dtype": "float32", "shape": [1], "base64": "AA*APw=="}}])
 def test_damaged_head_is_one_clear_error(damage):
     with pytest.raises(EdgeAsdError, match="^m.tflite: "):
         Head.from_meta(damage, "m.tflite")
+
+
+def test_head_arrays_are_float32_base64_and_json_lists_still_load():
+    """The metadata holds each parameter as base64 of little-endian float32 (a quarter of the JSON text); a head
+    written as JSON lists (older files) reads back to the same scores."""
+    rng = np.random.default_rng(2)
+    mix = rng.standard_normal((64, 64))  # correlated embeddings: a dense precision
+    train, test = rng.standard_normal((300, 64)) @ mix, 2 * rng.standard_normal((50, 64)) @ mix
+    from sklearn.covariance import LedoitWolf
+
+    lw = LedoitWolf().fit(train)
+    head = mahalanobis_head(lw.location_, lw.precision_)
+    meta = head.to_meta()
+    assert meta["precision"]["dtype"] == "float32" and meta["precision"]["shape"] == [64, 64]
+    assert np.frombuffer(base64.b64decode(meta["mean"]["base64"]), "<f4")[0] == np.float32(lw.location_[0])
+    old = {"kind": "mahalanobis", "mean": lw.location_.tolist(), "precision": lw.precision_.tolist()}
+    assert len(json.dumps(meta)) < 0.4 * len(json.dumps(old))
+    np.testing.assert_allclose(Head.from_meta(json.loads(json.dumps(meta))).score(test),
+                               Head.from_meta(old).score(test), rtol=1e-5)
 
 
 def _projection():

@@ -134,7 +134,9 @@ log = logging.getLogger("edge_asd")
               help="Checkpoint to write (.pt); next to it: .log.csv (per update), .epochs.csv, .curves.png, .state.pt.")
 @click.option("--extractor", default="yamnet:layer10", show_default=True,
               help="--method transfer-metric: yamnet:layer6 (256 channels), yamnet:layer10 (512) or yamnet:layer14 "
-                   "(1024), the middle layer whose globally pooled activations are the embedding.")
+                   "(1024), the middle layer whose globally pooled activations are the embedding; or onnx:PATH[:OUTPUT], "
+                   "your own ONNX taking (n, 1, 96, 64) yamnet log-mel patches (float32 ONNX model files only; "
+                   "docs/transfer-metric.md).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; only warnings and errors.")
 @version_option()
 @user_errors

@@ -9,9 +9,12 @@ the activations' QuantizeLinear/DequantizeLinear pairs (weights stay dequantized
 rebuilds its convolutions up to one layer from those dequantized initializers, plus global average pooling
 over time and frequency: a patch -> an embedding ``(n, C)`` (layer6: 256, layer10: 512, layer14: 1024).
 
-A user's own extractor: any ONNX file whose first input takes ``(n, 1, 96, 64)`` float32 patches and whose
-first output is ``(n, C)`` or ``(n, C, H, W)`` (pooled over H, W); it runs through onnxruntime
-(:class:`OnnxExtractor`), for training and comparison; only YAMNet is rebuilt in torch for export.
+A user's own extractor, ``--extractor onnx:PATH[:OUTPUT]`` (:class:`OnnxExtractor`): an ONNX file (opset >= 7)
+whose one input takes patches of the ``yamnet`` preset, ``(n, 1, 96, 64)`` float32 (96 frames of 10 ms, oldest
+first, by 64 bands of ``ln(mel + 0.001)``, 125-7500 Hz; n a dynamic batch axis or 1), and whose output OUTPUT
+(default: its first) is ``(n, C)`` or ``(n, C, H, W)`` (then averaged over H, W). It runs through onnxruntime in
+training and on the device: the model file is the user's graph with the head appended, float32 ONNX only
+(:mod:`edge_asd.convert.onnx_extractor`); only YAMNet is rebuilt in torch for the int8 TFLite file.
 """
 
 from __future__ import annotations
@@ -163,31 +166,62 @@ class Trunk(nn.Module):
 
 
 class OnnxExtractor:
-    """A user's ONNX extractor through onnxruntime: patches (n, 6144) float32 -> embeddings (n, C) float32."""
+    """A user's ONNX extractor through onnxruntime: patches (n, 6144) float32 -> embeddings (n, C) float32.
 
-    def __init__(self, path: Path):
+    ``model``: the file's path or bytes; ``output``: the output's name (None: the first). Raises EdgeAsdError for
+    a missing or unreadable file, an unknown output name or an input that is not (n, 1, 96, 64) float32."""
+
+    def __init__(self, model: Path | bytes, output: str | None = None):
         import onnxruntime as ort
 
-        if not Path(path).is_file():
-            raise EdgeAsdError(f"extractor {path}: no such file")
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
+        where = "extractor" if isinstance(model, bytes) else f"extractor {model}"
+        if not isinstance(model, bytes) and not Path(model).is_file():
+            raise EdgeAsdError(f"{where}: no such file")
+        try:
+            self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise EdgeAsdError(f"{where}: not an ONNX model onnxruntime can run ({type(e).__name__})") from None
+        (inp, *more), outputs = self.session.get_inputs(), [o.name for o in self.session.get_outputs()]
+        if more or inp.type != "tensor(float)" or len(inp.shape) != 4 or list(inp.shape[1:]) != [1, PATCH_FRAMES, PATCH_MELS]:
+            raise EdgeAsdError(f"{where}: its input must be one (n, 1, {PATCH_FRAMES}, {PATCH_MELS}) float32 tensor "
+                               f"(yamnet log-mel patches), not {inp.shape} {inp.type}")
+        if output is not None and output not in outputs:
+            raise EdgeAsdError(f"{where}: no output {output!r} (outputs: {', '.join(outputs)})")
+        self.input, self.output = inp.name, output or outputs[0]
+        self.rank = len(self.session.get_outputs()[outputs.index(self.output)].shape)
+        """Rank of the output: 2, (n, C), or 4, (n, C, H, W) averaged over H and W."""
+        if self.rank not in (2, 4):
+            raise EdgeAsdError(f"{where}: output {self.output!r} has rank {self.rank}; use one of (n, C) or (n, C, H, W)")
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
-        out = [self.session.run(None, {self.input: p.reshape(1, 1, PATCH_FRAMES, PATCH_MELS)})[0] for p in patches]
+        out = [self.session.run([self.output], {self.input: p.reshape(1, 1, PATCH_FRAMES, PATCH_MELS)})[0]
+               for p in np.asarray(patches, np.float32)]
         out = np.concatenate(out).astype(np.float32)
         return out.mean(axis=(2, 3)) if out.ndim == 4 else out.reshape(len(out), -1)
 
 
+def onnx_source(arg: str) -> tuple[Path, str | None]:
+    """``PATH`` or ``PATH:OUTPUT`` (the part after ``onnx:``) -> (path, output name or None). A PATH that is a file
+    wins over a split at its last colon. EdgeAsdError when neither names a file."""
+    if Path(arg).is_file():
+        return Path(arg), None
+    path, colon, output = arg.rpartition(":")
+    if colon and path and output and Path(path).is_file():
+        return Path(path), output
+    raise EdgeAsdError(f"--extractor onnx:{arg}: no such file")
+
+
 def parse_extractor(spec: str) -> tuple[str, str]:
-    """``yamnet:layer10`` -> ("yamnet", "layer10"); ``onnx:PATH`` -> ("onnx", PATH). EdgeAsdError otherwise."""
+    """``yamnet:layer10`` -> ("yamnet", "layer10"); ``onnx:PATH[:OUTPUT]`` -> ("onnx", "PATH[:OUTPUT]").
+    EdgeAsdError otherwise."""
     kind, colon, arg = spec.partition(":")
     if kind == "yamnet" and not (colon and not arg):  # "yamnet" is layer10; "yamnet:" names no layer
         _layer_number(arg or "layer10")
         return kind, arg or "layer10"
     if kind == "onnx" and arg:
         return kind, arg
-    raise EdgeAsdError(f"--extractor {spec!r}: use yamnet:layer6, yamnet:layer10, yamnet:layer14 or onnx:PATH")
+    raise EdgeAsdError(f"--extractor {spec!r}: use yamnet:layer6, yamnet:layer10, yamnet:layer14 or onnx:PATH[:OUTPUT]")
 
 
 @functools.lru_cache(maxsize=4)
@@ -195,7 +229,7 @@ def load_extractor(spec: str):
     """A callable (n, 6144) float32 patches -> (n, C) float32 embeddings for ``spec`` (:func:`parse_extractor`)."""
     kind, arg = parse_extractor(spec)
     if kind == "onnx":
-        return OnnxExtractor(Path(arg))
+        return OnnxExtractor(*onnx_source(arg))
     trunk = Trunk(arg).eval()
 
     def run(patches: np.ndarray) -> np.ndarray:
