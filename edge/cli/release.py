@@ -111,18 +111,27 @@ def cosign(document, key_path):
 @click.option("--cohort", default="all", show_default=True, help="The devices it is for (all, canary, ...).")
 @click.option("--min-kit-version", default=None, help="Oldest edge-asd that may run it [default: this kit's].")
 @click.option("--expires", default=None, help="Expiry, ISO 8601 with offset; default: none.")
+@click.option("--phi-store", "phi_store_path", type=FILE, default=None,
+              help="Also carry the phi records calibrated for MODEL (every machine ID whose latest record in this "
+                   "store is for it); devices store them on install and trust them as signed.")
 @click.option("-o", "--out", type=FILE, default=None, help="Release envelope [default: MODEL.release.json].")
 @user_errors
-def sign(model_path, key_paths, version, cohort, min_kit_version, expires, out):
-    """Sign a release of MODEL: its sha256 and size, version, cohort, minimum kit version, expiry."""
+def sign(model_path, key_paths, version, cohort, min_kit_version, expires, phi_store_path, out):
+    """Sign a release of MODEL: its sha256 and size, version, cohort, minimum kit version, expiry, and with
+    --phi-store the phi calibrated for it."""
     from edge_asd.core.model_file import read_model_file
+    from edge_asd.core.provenance import sha256_bytes
+    from edge_asd.edge.runtime.release_phi import records_for_model
 
     signed_docs.parse_time(expires, "--expires")
     data, _, _ = read_model_file(model_path)  # a damaged model file is never signed
-    payload = signed_docs.release_document(version, model_path.name, data, min_kit_version or kit_version(), cohort, expires)
+    phi = records_for_model(phi_store_path, sha256_bytes(data)) if phi_store_path else None
+    payload = signed_docs.release_document(version, model_path.name, data, min_kit_version or kit_version(), cohort,
+                                           expires, phi=phi)
     out = out or model_path.with_name(model_path.name + ".release.json")
     _write_envelope(signing.sign(signed_docs.RELEASE_TYPE, payload, _keys(key_paths)), out)
-    _echo(release=str(out), version=version, sha256=signed_docs.parse_release(payload).sha256, size=len(data), cohort=cohort)
+    _echo(release=str(out), version=version, sha256=signed_docs.parse_release(payload).sha256, size=len(data), cohort=cohort,
+          phi=sorted(phi or {}))
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -175,18 +184,33 @@ def update_root(root_path, trust_dir, trusted_clock):
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("model_path", metavar="MODEL", type=MODEL_FILE)
 @click.argument("release", type=FILE)
-@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="EDGE_ASD_MODEL_DIR", help="Where edge-monitor's models live (outside the trust directory).")
+@click.option("--slots", "slot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A slot directory instead (edge-monitor --model DIR): install into its trial slot, which the "
+                   "monitor's health gate then marks good or reverts (the first install becomes good at once).")
+@store_option("The phi store that receives the phi records the release carries")
 @trust_options
 @user_errors
-def install(model_path, release, model_dir, trust_dir, trusted_clock):
-    """Verify MODEL against RELEASE and the trusted root, then copy it atomically into --model-dir. Refused:
-    unsigned, wrong key, threshold not met, version not above the last, sha256 or size mismatch, expired
-    (--trusted-clock), a newer min_kit_version, another cohort."""
+def install(model_path, release, model_dir, slot_dir, store, trust_dir, trusted_clock):
+    """Verify MODEL against RELEASE and the trusted root, then copy it atomically into --model-dir (or the trial
+    slot of --slots). Refused: unsigned, wrong key, threshold not met, version not above the last, sha256 or size
+    mismatch, expired (--trusted-clock), a newer min_kit_version, another cohort."""
+    from edge_asd.edge.runtime import phi_store
+
     if trust_dir is None:
         raise EdgeAsdError("--trust-dir is required (or $EDGE_ASD_TRUST_DIR)")
-    done, dest = trust.TrustDir(trust_dir).install(model_path, signing.read_envelope(release), model_dir, str(release),
-                                                   trusted_clock, kit_version())
+    if (model_dir is None) == (slot_dir is None):
+        raise EdgeAsdError("give either --model-dir DIR or --slots DIR")
+    store = store or phi_store.default_store_path()
+    device, envelope = trust.TrustDir(trust_dir), signing.read_envelope(release)
+    if slot_dir is not None:
+        from edge_asd.edge.runtime.slots import Slots
+
+        done, dest, state = Slots(slot_dir).install(device, model_path, envelope, str(release), store, trusted_clock)
+        _echo(installed=str(dest), version=done.version, sha256=done.sha256, cohort=done.cohort, slot=state)
+        return
+    done, dest = device.install(model_path, envelope, model_dir, str(release), trusted_clock, kit_version(), store)
     _echo(installed=str(dest), version=done.version, sha256=done.sha256, cohort=done.cohort)
 
 
@@ -230,32 +254,28 @@ def command(action, device, seq, key_paths, store, machine_id, expires, out):
 def apply(command_path, store, model_path, trust_dir, trusted_clock):
     """Verify a signed COMMAND (operations key, this device, a sequence number above the last) and run it."""
     from edge_asd.edge.runtime import phi_store
+    from edge_asd.edge.runtime.commands import run_command
 
     if trust_dir is None:
         raise EdgeAsdError("--trust-dir is required (or $EDGE_ASD_TRUST_DIR)")
     device = trust.TrustDir(trust_dir)
-    cmd = device.accept_command(signing.read_envelope(command_path), str(command_path), trusted_clock)
     store = store or phi_store.default_store_path()
-    out = {"applied": cmd.action, "seq": cmd.seq}
-    if cmd.action == "set-phi":
-        machine_id = cmd.args.get("machine_id")
-        envelope = signing.envelope_from_dict(cmd.args.get("phi"), f"{command_path}: phi")
-        phi = device.verify_phi(envelope, str(machine_id), f"{command_path}: phi")
-        record = phi_store.PhiRecord.from_dict({**phi.record.to_dict(), "signed": envelope.to_dict()})
-        phi_store.save_phi(store, phi.machine_id, record)
-        device.pin_phi(phi.machine_id, envelope)
-        out.update(machine_id=phi.machine_id, phi=record.phi, store=str(store))
-    elif cmd.action == "rollback":
-        from edge_asd.edge.finetune.adapt import rollback
-
-        if model_path is None:
-            raise EdgeAsdError("rollback needs --model (the model file in service)")
-        back = rollback(model_path, store)
-        if not device.pin_restored(back.machine_id, back.phi, f"{store}: restored phi"):
-            log.warning("the restored phi record is unsigned: edge-monitor with --trust-dir refuses it")
-        out.update(machine_id=back.machine_id, model_sha256=back.model_sha256)
-    device.record_command(cmd)
+    out, _ = run_command(device, signing.read_envelope(command_path), str(command_path), store,
+                         lambda: finetune_rollback(device, model_path, store), trusted_clock)
     _echo(**out)
+
+
+def finetune_rollback(device: trust.TrustDir, model_path: Path | None, store: Path) -> dict:
+    """A rollback command on a fine-tuned model file: the model and phi from before the fine-tune, the restored
+    phi pinned when it is signed (:func:`edge_asd.edge.finetune.adapt.rollback`)."""
+    from edge_asd.edge.finetune.adapt import rollback
+
+    if model_path is None:
+        raise EdgeAsdError("rollback needs --model (the model file in service)")
+    back = rollback(model_path, store)
+    if not device.pin_restored(back.machine_id, back.phi, f"{store}: restored phi"):
+        log.warning("the restored phi record is unsigned: edge-monitor with --trust-dir refuses it")
+    return {"machine_id": back.machine_id, "model_sha256": back.model_sha256}
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ spans the hole) and times stay true to the clock.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 
@@ -50,6 +51,10 @@ class Monitor:
         health: a HealthChecker (default: one with the module's thresholds and no calibration reference).
     ``run()`` returns the Summary; ``stop()`` (any thread) ends it at the next block; ``finish()`` (any
     thread) closes the open window and writes the summary once, even if the source is stuck in a read.
+    ``request(fn)`` (any thread) runs ``fn(monitor)`` in the monitor's thread between two blocks (a model
+    swap: :meth:`swap`). ``rollout`` (set by the service, :class:`~edge_asd.edge.runtime.rollout.Rollout`):
+    its ``observe(monitor)`` runs after each block and its ``failed(monitor, error)`` may take a scoring error
+    over (True: the block is dropped and the run goes on).
     """
 
     def __init__(self, source: Source, scorer: Scorer, detector: RunningMaxDetector, emit, name: str = "input",
@@ -71,6 +76,8 @@ class Monitor:
         self._silent = True
         self._samples = 0
         self._dropped = 0
+        self._requests: queue.Queue = queue.Queue()
+        self.rollout = None
 
     @property
     def frames(self) -> int:
@@ -96,7 +103,14 @@ class Monitor:
                 with self._lock:
                     if self.summary is not None:
                         break
-                    self._process(item)
+                    self._run_requests()
+                    try:
+                        self._process(item)
+                    except Exception as e:
+                        if self.rollout is None or not self.rollout.failed(self, e):
+                            raise
+                    if self.rollout is not None:
+                        self.rollout.observe(self)
                 if self._stop.is_set():
                     reason = "stopped"
                     break
@@ -109,6 +123,41 @@ class Monitor:
             if self._stop.is_set():
                 reason = "stopped"
         return self.finish(reason)
+
+    def request(self, fn) -> None:
+        """Run ``fn(monitor)`` in the monitor's thread before its next block (any thread may call this)."""
+        self._requests.put(fn)
+
+    def _run_requests(self) -> None:
+        while True:
+            try:
+                fn = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            fn(self)
+
+    def swap(self, scorer: Scorer, detector: RunningMaxDetector) -> None:
+        """Go on with another model and phi from the next block, in the same stream (monitor thread only): the
+        open window's verdict is written, the features restart, a new ``start`` line names the model and phi.
+
+        Raises:
+            EdgeAsdError: the model reads audio at another sample rate or hop than the stream's.
+        """
+        from edge_asd.core.errors import EdgeAsdError
+
+        new = scorer.features
+        if (new.sample_rate, new.hop_samples) != (self.cfg.sample_rate, self.cfg.hop_samples):
+            raise EdgeAsdError(f"{self.name}: the new model reads {new.sample_rate} Hz, hop {new.hop_samples}; the "
+                               f"stream is {self.cfg.sample_rate} Hz, hop {self.cfg.hop_samples}")
+        verdict = self.detector.close()
+        if verdict is not None:
+            self.emit(self._line(verdict.to_dict()))
+        self.scorer, self.detector, self.cfg = scorer, detector, new
+        self._feats = scorer.stream()
+        self._votes = VoteFilter(detector.policy)
+        self._segment_start = self.position
+        self.emit(self._line(Start(detector.machine_id, detector.phi, detector.model_sha256, self.windows.name,
+                                   new.sample_rate, detector.policy.to_dict()).to_dict()))
 
     def _process(self, item) -> None:
         cfg = self.cfg
