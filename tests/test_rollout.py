@@ -157,3 +157,37 @@ def test_a_trial_that_does_not_load_fails_at_once(device, keys, variant, calibra
     assert [r["result"] for r in rollout] == ["failed"] and "does not load" in rollout[0]["reason"]
     assert [x["model_sha256"] for x in out if x["event"] == "start"] == [state["good"]["sha256"]]
     assert json.loads((device / "slots" / "slots.json").read_text())["last_failure"]["version"] == 2
+
+
+def test_a_release_from_the_fleet_is_staged_from_base64_or_a_url(variant, tmp_path):
+    """The link's staging (edge/runtime/fleet/control.py): base64 or file:// into <slots>.staging; a size other than
+    the release's, another URL scheme or damaged base64 is refused before anything is installed."""
+    import base64
+
+    from edge_asd.core.errors import EdgeAsdError
+    from edge_asd.edge.runtime.fleet.control import stage
+    from edge_asd.edge.runtime.signed_docs import parse_release, release_document
+
+    data = variant.read_bytes()
+    release = parse_release(release_document(4, variant.name, data, "0.1", "all"))
+    staged = stage(tmp_path / "slots", {"url": variant.as_uri()}, release)
+    assert staged == tmp_path / "slots.staging" / f"v4-{variant.name}" and staged.read_bytes() == data
+    assert stage(tmp_path / "slots", {"model_b64": base64.b64encode(data).decode()}, release).read_bytes() == data
+    short = tmp_path / "short.tflite"
+    short.write_bytes(data[:-1])
+    for body, message in (({"url": short.as_uri()}, "the release says"), ({"url": "http://x/m"}, "only file://"),
+                          ({"model_b64": "not base64!"}, "not base64"), ({}, "neither")):
+        with pytest.raises(EdgeAsdError, match=message):
+            stage(tmp_path / "slots", body, release)
+
+
+def test_the_gate_allows_factor_times_the_good_rate_plus_extra():
+    from edge_asd.core.errors import EdgeAsdError
+    from edge_asd.edge.runtime.gate import GateSettings, check_gate
+
+    gate = GateSettings(**check_gate({"trial_windows": 10, "trial_minutes": 30, "factor": 3, "extra": 1}, "t"))
+    assert gate.allowed({"alarms": 2, "seconds": 3600.0}, 1800.0) == pytest.approx(3 * 1 + 1)  # 2/h over 0.5 h, x3, +1
+    assert gate.allowed({"alarms": 0, "seconds": 0.0}, 600.0) == 1  # no good statistics yet: only the extra alarms
+    for table in ({"trial_windows": 0}, {"factor": "3"}, {"extra": 1.5}, {"minutes": 3}):
+        with pytest.raises(EdgeAsdError):
+            check_gate(table, "monitor.toml [rollout]")

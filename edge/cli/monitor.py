@@ -172,7 +172,9 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
 
     With --mqtt (or monitor.toml's [fleet] table) every line also goes to the fleet over MQTT 5 (docs/fleet.md):
     stored in an outbox first, sent in batches, removed when the fleet's ingest acknowledges it; a retained
-    state, heartbeats and a last will tell the fleet whether the device is online.
+    state, heartbeats and a last will tell the fleet whether the device is online. The device then takes its
+    cohort's desired release (into the trial slot of a --model DIR) and signed commands (set-phi, rollback,
+    finetune-on/off) while it runs.
 
     With --model DIR (a slot directory, docs/releases.md) a release on trial runs under the health gate
     (--trial-*, monitor.toml's [rollout]): marked good after enough windows and minutes within the alarm rate
@@ -224,7 +226,12 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
             fleet.link.outbox.close()
         raise
     if fleet is not None:
+        from edge_asd.edge.runtime.fleet.control import DeviceControl
+
+        control = DeviceControl(monitors, _finetune_rollback)
+        fleet.link.on_release, fleet.link.on_command = control.release, control.command
         fleet.frames = lambda: {m.name: m.frames for m in monitors}
+        fleet.releases = lambda: {m.name: m.rollout.release_info() for m in monitors if m.rollout is not None}
         fleet.link.start()
     try:
         with shutdown:
@@ -246,6 +253,13 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
             raise EdgeAsdError(f"{m.name}: too short to score (needs {m.cfg.samples_per_vector} samples)")
 
 
+def _finetune_rollback(device, model_path, store) -> dict:
+    """A rollback command on a fine-tuned model file (edge.finetune, imported only when one comes)."""
+    from edge_asd.edge.finetune.adapt import rollback_signed
+
+    return rollback_signed(device, model_path, store)
+
+
 def _open_fleet(config_path: Path | None, configs: list, options: dict):
     """The fleet sink (:mod:`edge_asd.edge.runtime.fleet`) when a broker is given by an option, the environment
     or the config's [fleet] table (options win), else None."""
@@ -263,14 +277,15 @@ def _open_fleet(config_path: Path | None, configs: list, options: dict):
     from edge_asd.edge.runtime.fleet.sink import open_fleet
     from edge_asd.edge.runtime.trust import TrustDir
 
-    inputs = {}
+    inputs, cohort = {}, "all"
     for cfg in configs:
-        version = TrustDir(cfg.trust_dir).state().get("release_version") if cfg.trust_dir else None
+        state = TrustDir(cfg.trust_dir).state() if cfg.trust_dir else {}
+        version, cohort = state.get("release_version"), state.get("cohort", cohort)
         source = "option" if cfg.phi is not None else "signed" if cfg.trust_dir else "store"
         inputs[cfg.label] = {"model_version": version, "phi_source": source}
     link_settings = settings(values, Path(user_data_dir("edge-asd")) / "outbox.sqlite",
                              os.environ.get("EDGE_ASD_MQTT_PASSWORD"))
-    sink = open_fleet(link_settings, inputs)
+    sink = open_fleet(link_settings, inputs, cohort)
     sink.kit_version = kit_version()  # importlib.metadata: loaded only with --mqtt
     return sink
 

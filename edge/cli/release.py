@@ -41,7 +41,7 @@ def _echo(**fields) -> None:
 def main(quiet):
     """Sign and verify model releases, phi records and commands (Ed25519, DSSE envelopes, TUF-shaped roles).
 
-    Desktop and fleet server: keygen, root, cosign, sign, command. Device: init, update-root, verify,
+    Desktop and fleet server: keygen, root, cosign, sign, command, send. Device: init, update-root, verify,
     install, apply. Each prints one JSON line on stdout; a refusal is one line on stderr and exit 1.
     """
     setup_logging(quiet=quiet)
@@ -247,6 +247,27 @@ def command(action, device, seq, key_paths, store, machine_id, expires, out):
 
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("command_path", metavar="COMMAND", type=FILE)
+@click.option("--mqtt", "mqtt", envvar="EDGE_ASD_MQTT", metavar="URL", required=True,
+              help="The fleet's MQTT 5 broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT].")
+@click.option("--mqtt-site", envvar="EDGE_ASD_MQTT_SITE", default="default", show_default=True,
+              help="Site in the topics asd/v1/SITE/DEVICE/....")
+@user_errors
+def send(command_path, mqtt, mqtt_site):
+    """Publish a signed COMMAND (edge-release command) retained to its device's cmd topic; the running
+    edge-monitor --mqtt verifies and runs it and reports a command line (a retained command comes again on each
+    connect: the device ignores the seq it already accepted)."""
+    from edge_asd.edge.runtime.fleet.publish import publish_retained
+    from edge_asd.edge.runtime.fleet.topics import check_name, topic
+
+    envelope = signing.read_envelope(command_path)
+    cmd = signed_docs.parse_command(envelope.payload, str(command_path))
+    name = topic(check_name(mqtt_site, "--mqtt-site"), check_name(cmd.device, "device"), "cmd")
+    publish_retained(mqtt, name, json.dumps(envelope.to_dict()).encode())
+    _echo(sent=str(command_path), topic=name, action=cmd.action, seq=cmd.seq)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("command_path", metavar="COMMAND", type=FILE)
 @store_option("set-phi, rollback: the device's phi store")
 @click.option("--model", "model_path", type=MODEL_FILE, default=None, help="rollback: the model file in service.")
 @trust_options
@@ -261,21 +282,16 @@ def apply(command_path, store, model_path, trust_dir, trusted_clock):
     device = trust.TrustDir(trust_dir)
     store = store or phi_store.default_store_path()
     out, _ = run_command(device, signing.read_envelope(command_path), str(command_path), store,
-                         lambda: finetune_rollback(device, model_path, store), trusted_clock)
+                         lambda: _finetune_rollback(device, model_path, store), trusted_clock)
     _echo(**out)
 
 
-def finetune_rollback(device: trust.TrustDir, model_path: Path | None, store: Path) -> dict:
-    """A rollback command on a fine-tuned model file: the model and phi from before the fine-tune, the restored
-    phi pinned when it is signed (:func:`edge_asd.edge.finetune.adapt.rollback`)."""
-    from edge_asd.edge.finetune.adapt import rollback
+def _finetune_rollback(device, model_path, store) -> dict:
+    from edge_asd.edge.finetune.adapt import rollback_signed
 
     if model_path is None:
         raise EdgeAsdError("rollback needs --model (the model file in service)")
-    back = rollback(model_path, store)
-    if not device.pin_restored(back.machine_id, back.phi, f"{store}: restored phi"):
-        log.warning("the restored phi record is unsigned: edge-monitor with --trust-dir refuses it")
-    return {"machine_id": back.machine_id, "model_sha256": back.model_sha256}
+    return rollback_signed(device, model_path, store)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ class InputConfig:
     source: SourceSpec = dataclasses.field(default_factory=SourceSpec)
     """Where the audio comes from and how to read it (config keys ``source``, ``channel``, ``pcm_*``, ...)."""
     model: Path | None = None
+    """The model file, or a slot directory (a folder holding ``slots.json``: :mod:`~edge_asd.edge.runtime.slots`)."""
     name: str | None = None
     """Name in every JSON line (``input``); default: the source."""
     machine_id: str | None = None

@@ -160,7 +160,7 @@ def root_document(version: int, keys: dict[str, list[dict]], thresholds: dict[st
 @dataclass(frozen=True)
 class Release:
     """A release document: ``{"_type": "release", "version", "model": {"name", "sha256", "size"},
-    "min_kit_version", "expires", "cohort", "issued_at"}``; size in bytes."""
+    "min_kit_version", "expires", "cohort", "issued_at"}`` (optional ``base_sha256`` and ``phi``); size in bytes."""
 
     version: int
     name: str
