@@ -127,7 +127,8 @@ def test_a_trial_that_alarms_fails_the_gate_and_the_monitor_goes_back_to_good(de
     assert "1 alarms in" in rollout[0]["reason"] and "allows 0.0" in rollout[0]["reason"]
     state = json.loads((device / "slots" / "slots.json").read_text())
     assert state["trial"] is None and state["good"]["version"] == 1 and state["last_failure"]["version"] == 2
-    assert out[-1]["event"] == "summary" and out[-1]["frames"] > 300  # the good model scored the rest of the clip
+    summary = out[-1]  # it counts both models: the trial's alarm and every frame scored
+    assert summary["event"] == "summary" and summary["alarms"] >= 1 and 550 < summary["frames"] <= 604
 
 
 def test_a_sound_trial_passes_and_becomes_good(device, keys, variant, calibrated, fan, tmp_path):

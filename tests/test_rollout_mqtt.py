@@ -10,6 +10,7 @@ import json
 import subprocess
 import time
 
+import pytest
 from test_rollout import device, keys, lines, ok, phi_for, variant  # noqa: F401 - fixtures
 
 from conftest import BIN, cli
@@ -129,7 +130,32 @@ def test_the_cohort_release_goes_on_trial_fails_the_gate_and_reverts(broker, dev
     assert [(r["release_version"], r["result"]) for r in of(out, "rollout")] == [(5, "refused"), (2, "trial"), (2, "failed")]
     starts = of(out, "start")
     assert len(starts) >= 3 and starts[0]["model_sha256"] == starts[2]["model_sha256"] != starts[1]["model_sha256"]
-    assert starts[1]["phi"] * 1000 == starts[0]["phi"] == starts[2]["phi"]
+    assert starts[1]["phi"] * 1000 == pytest.approx(starts[0]["phi"]) and starts[0]["phi"] == starts[2]["phi"]
     state = json.loads((device / "slots" / "slots.json").read_text())
     assert state["trial"] is None and state["good"]["version"] == 1 and state["last_failure"]["version"] == 2
     assert "Traceback" not in err
+
+
+def test_a_rollback_command_ends_the_trial_in_the_running_monitor(broker, device, keys, variant, calibrated,  # noqa: F811
+                                                                  fan_int16):
+    """Release 2 on trial (a gate too long to decide here); a signed rollback fails it and the same process goes
+    back to release 1."""
+    from test_rollout import trial
+
+    trial(device, keys, variant, calibrated, 1.0)
+    cmd = device / "rollback.json"
+    ok(cli("edge-release", "command", "rollback", "--device", "pi-1", "--seq", "1", "--key", keys / "ops.key", "-o", cmd))
+    run = Running(device, broker, fan_int16, "--trial-minutes", "600", "--trial-extra", "1000")
+    try:
+        run.feed_until(lambda out: len(of(out, "start")) == 1)
+        ok(cli("edge-release", "send", cmd, "--mqtt", broker.url, "--mqtt-site", "plant"))
+        out = run.feed_until(lambda out: len(of(out, "start")) == 2)
+    finally:
+        run.close()
+    state = json.loads((device / "slots" / "slots.json").read_text())
+    assert [(c["action"], c["result"]) for c in of(out, "command")] == [("rollback", "applied")]
+    first, second = of(out, "start")
+    assert [(r["release_version"], r["sha256"], r["result"], r["reason"]) for r in of(out, "rollout")] == \
+        [(2, first["model_sha256"], "failed", "rollback command")]
+    assert second["model_sha256"] == state["good"]["sha256"] != first["model_sha256"]
+    assert state["trial"] is None and state["last_failure"]["reason"] == "rollback command"

@@ -171,11 +171,10 @@ class Rollout:
     def roll_back(self, monitor, reason: str) -> None:
         """A rollback command: the trial fails with ``reason`` (else previous becomes good); the monitor swaps."""
         self._fold(monitor)
-        was_trial = self.slot == "trial"
+        trial = self.slots.read().get("trial")
         state = self.slots.roll_back(reason)
-        if was_trial:
-            self.pending.append(rollout_line(self.cfg.label, {"version": state["last_failure"]["version"],
-                                                              "sha256": None}, "failed", reason))
+        if trial:
+            self.pending.append(rollout_line(self.cfg.label, trial, "failed", reason))
         self._swap(monitor, "good", state)
         self._flush(monitor)
 

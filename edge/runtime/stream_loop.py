@@ -78,6 +78,7 @@ class Monitor:
         self._dropped = 0
         self._requests: queue.Queue = queue.Queue()
         self.rollout = None
+        self._retired: list[RunningMaxDetector] = []  # detectors swapped out: the summary counts them too
 
     @property
     def frames(self) -> int:
@@ -152,6 +153,7 @@ class Monitor:
         verdict = self.detector.close()
         if verdict is not None:
             self.emit(self._line(verdict.to_dict()))
+        self._retired.append(self.detector)
         self.scorer, self.detector, self.cfg = scorer, detector, new
         self._feats = scorer.stream()
         self._votes = VoteFilter(detector.policy)
@@ -210,7 +212,8 @@ class Monitor:
         self._compute_s += time.perf_counter() - t0
 
     def finish(self, reason: str = "stopped") -> Summary:
-        """Close the open window (its verdict), write pending evidence and the summary line; once."""
+        """Close the open window (its verdict), write pending evidence and the summary line; once. After a
+        :meth:`swap` the counts and the max score cover every model of the run; phi and model are the last's."""
         with self._lock:
             if self.summary is not None:
                 return self.summary
@@ -225,16 +228,20 @@ class Monitor:
             if self.evidence is not None:
                 self.evidence.flush(self.position, final=True)
             stats = getattr(self.source, "stats", lambda: {})()
+            every = self._retired + [det]
+            total = {k: sum(getattr(d, k) for d in every) for k in ("n_frames", "n_events", "n_nonfinite", "n_windows",
+                                                                   "n_anomalous_windows", "n_off", "n_alarms")}
+            top = max((d for d in every if d.max_score is not None), key=lambda d: d.max_score, default=det)
             self.summary = Summary(
-                det.n_frames, det.n_events, self.position / self.cfg.sample_rate, self._compute_s, det.max_score,
-                det.max_time_s, self._silent and self._samples > 0, det.n_nonfinite, det.n_windows,
-                det.n_anomalous_windows, det.n_off, stats.get("overflows", 0),
+                total["n_frames"], total["n_events"], self.position / self.cfg.sample_rate, self._compute_s,
+                top.max_score, top.max_time_s, self._silent and self._samples > 0, total["n_nonfinite"],
+                total["n_windows"], total["n_anomalous_windows"], total["n_off"], stats.get("overflows", 0),
                 max(self._dropped, stats.get("dropped_samples", 0)), stats.get("dropped_bytes", 0),
                 self.evidence.n_written if self.evidence is not None else 0, reason,
                 **{k: stats.get(k, 0) for k in ("frames_ok", "frames_corrupt", "frames_lost", "bytes_skipped",
                                                 "sender_restarts")},
                 health_skipped=self.health.summary()["skipped"], health_states=self.health.summary()["starts"],
-                alarms=det.n_alarms)
+                alarms=total["n_alarms"])
             self._emit_last(self._line(self.summary.to_record(det.machine_id, det.phi, det.model_sha256)))
             return self.summary
 

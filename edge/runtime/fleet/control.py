@@ -124,6 +124,8 @@ class DeviceControl:
         cfg = self.monitors[0].config
         store = cfg.store or phi_store.default_store_path()
         try:
+            if peek.seq == device.state()["command_seq"]:
+                return  # the same command delivered twice before the first ran (retained and live)
             out, cmd = run_command(device, envelope, where, store, self._rollback(device, store), cfg.trusted_clock)
         except EdgeAsdError as e:
             log.warning("fleet: command %d (%s) refused: %s", peek.seq, peek.action, e)
