@@ -38,7 +38,8 @@ def test_every_line_type_names_itself():
     assert [event.to_dict()["event"], verdict.to_dict()["event"], summary["event"]] == ["anomaly", "verdict", "summary"]
     assert list(summary)[:5] == ["schema", "event", "machine_id", "phi", "model_sha256"]
     assert summary["real_time_factor"] == 0.01
-    assert set(LINE_TYPES) == {"start", "anomaly", "verdict", "health", "alarm", "summary"}
+    assert set(LINE_TYPES) == {"start", "anomaly", "verdict", "health", "alarm", "summary", "rollout",
+                               "command"}
     alarm = AlarmLine("on", 1.0, 3, 9.0, 2.0, 1.6, "id_00", "ab" * 32, 0).to_dict()
     assert list(alarm)[:4] == ["schema", "event", "state", "time_s"] and alarm["event"] == "alarm"
     assert summary["alarms"] == 0

@@ -74,8 +74,30 @@ def _list_devices(ctx, param, value):
     ctx.exit(0)
 
 
+def trial_options(fn):
+    """The health gate's options of a slot directory (docs/releases.md); each also from monitor.toml's [rollout]."""
+    options = [
+        click.option("--trial-windows", type=click.IntRange(1), default=None,
+                     help="Health gate: context windows a release on trial must score before it is marked good "
+                          "[default: 200]."),
+        click.option("--trial-minutes", type=click.FloatRange(0), default=None,
+                     help="Health gate: minutes of audio a release on trial must score before it is marked good "
+                          "[default: 10]."),
+        click.option("--trial-factor", type=click.FloatRange(0), default=None,
+                     help="Health gate: a trial fails when its alarms per hour exceed this many times the good "
+                          "model's (plus --trial-extra alarms) [default: 3]."),
+        click.option("--trial-extra", type=click.IntRange(0), default=None,
+                     help="Health gate: alarms a trial may raise beyond the factor's allowance [default: 1]."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @click.command(context_settings=CONTEXT_SETTINGS)
-@model_option(envvar="EDGE_ASD_MODEL")
+@model_option(envvar="EDGE_ASD_MODEL", dir_okay=True,
+              help="Model file (.tflite or .onnx), or a slot directory (edge-release install --slots): its release "
+                   "on trial under the health gate, else its good one.")
 @click.option("--machine-id", default=None, help="Machine ID whose phi to use (default: the only one calibrated for this model).")
 @store_option("phi store written by edge-calibrate")
 @phi_option("Use this threshold instead of the store's.")
@@ -121,6 +143,7 @@ def _list_devices(ctx, param, value):
 @click.option("--level-drift-db", type=config_range("level_drift_db"), default=LEVEL_DRIFT_DB, show_default=True,
               help="Input health: a 'level_drift' health line when the level leaves the calibrated range by this much, dB.")
 @mqtt_options
+@trial_options
 @trust_options
 @click.option("--allow-unsigned", is_flag=True,
               help="Development mode: with --trust-dir, run an unsigned model or phi after a warning instead of refusing.")
@@ -131,8 +154,8 @@ def _list_devices(ctx, param, value):
 def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_channels, pcm_framing, baud, window, gate_db,
          gate_min_on_s, gate_min_off_s, votes, hysteresis, events_path, events_max_mb, evidence_dir, evidence_seconds,
          evidence_png, config_path, silent_dbfs, silent_s, level_drift_db, mqtt, mqtt_site, mqtt_device, mqtt_username,
-         mqtt_password_file, mqtt_ca, mqtt_cert, mqtt_key, mqtt_outbox, mqtt_keepalive, heartbeat_s, trust_dir,
-         trusted_clock, allow_unsigned, threads, quiet):
+         mqtt_password_file, mqtt_ca, mqtt_cert, mqtt_key, mqtt_outbox, mqtt_keepalive, heartbeat_s, trial_windows,
+         trial_minutes, trial_factor, trial_extra, trust_dir, trusted_clock, allow_unsigned, threads, quiet):
     """Stream audio through the model; print one JSON line per frame that pushes the running max over phi,
     one verdict line per closed operation window (eq. 11), an alarm line when the alarm goes on or off, and a
     summary line. With --votes K/N (or the phi record's policy) all of them judge the K-th largest score of
@@ -149,7 +172,13 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
 
     With --mqtt (or monitor.toml's [fleet] table) every line also goes to the fleet over MQTT 5 (docs/fleet.md):
     stored in an outbox first, sent in batches, removed when the fleet's ingest acknowledges it; a retained
-    state, heartbeats and a last will tell the fleet whether the device is online.
+    state, heartbeats and a last will tell the fleet whether the device is online. The device then takes its
+    cohort's desired release (into the trial slot of a --model DIR) and signed commands (set-phi, rollback,
+    finetune-on/off) while it runs.
+
+    With --model DIR (a slot directory, docs/releases.md) a release on trial runs under the health gate
+    (--trial-*, monitor.toml's [rollout]): marked good after enough windows and minutes within the alarm rate
+    allowed, else the monitor goes back to the good model without a restart; rollout lines report it.
     """
     setup_logging(quiet=quiet)
     from edge_asd.edge.runtime.config import InputConfig, load_config
@@ -177,7 +206,13 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
                                evidence_dir=evidence_dir, evidence_before_s=evidence_seconds, evidence_after_s=evidence_seconds, evidence_png=evidence_png, threads=threads,
                                silent_dbfs=silent_dbfs, silent_s=silent_s, level_drift_db=level_drift_db,
                                trust_dir=trust_dir, allow_unsigned=allow_unsigned, trusted_clock=trusted_clock)]
+    from edge_asd.edge.runtime.config import load_rollout_table
+    from edge_asd.edge.runtime.gate import GateSettings
     from edge_asd.firmware_io.sinks import StdoutSink
+
+    gate = load_rollout_table(config_path) if config_path is not None else {}
+    gate.update({k: v for k, v in dict(trial_windows=trial_windows, trial_minutes=trial_minutes, factor=trial_factor,
+                                       extra=trial_extra).items() if v is not None})
 
     fleet = _open_fleet(config_path, configs, dict(
         broker=mqtt, site=mqtt_site, device=mqtt_device, username=mqtt_username, password_file=mqtt_password_file,
@@ -185,13 +220,18 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
     shutdown = Shutdown()
     try:
         monitors, file_sinks = build_monitors(configs, StdoutSink(sys.stdout, on_closed=shutdown.reader_gone),
-                                              extra_sinks=[fleet] if fleet else [])
+                                              extra_sinks=[fleet] if fleet else [], gate=GateSettings(**gate))
     except BaseException:
         if fleet is not None:
             fleet.link.outbox.close()
         raise
     if fleet is not None:
+        from edge_asd.edge.runtime.fleet.control import DeviceControl
+
+        control = DeviceControl(monitors, _finetune_rollback)
+        fleet.link.on_release, fleet.link.on_command = control.release, control.command
         fleet.frames = lambda: {m.name: m.frames for m in monitors}
+        fleet.releases = lambda: {m.name: m.rollout.release_info() for m in monitors if m.rollout is not None}
         fleet.link.start()
     try:
         with shutdown:
@@ -213,6 +253,13 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
             raise EdgeAsdError(f"{m.name}: too short to score (needs {m.cfg.samples_per_vector} samples)")
 
 
+def _finetune_rollback(device, model_path, store) -> dict:
+    """A rollback command on a fine-tuned model file (edge.finetune, imported only when one comes)."""
+    from edge_asd.edge.finetune.adapt import rollback_signed
+
+    return rollback_signed(device, model_path, store)
+
+
 def _open_fleet(config_path: Path | None, configs: list, options: dict):
     """The fleet sink (:mod:`edge_asd.edge.runtime.fleet`) when a broker is given by an option, the environment
     or the config's [fleet] table (options win), else None."""
@@ -230,14 +277,15 @@ def _open_fleet(config_path: Path | None, configs: list, options: dict):
     from edge_asd.edge.runtime.fleet.sink import open_fleet
     from edge_asd.edge.runtime.trust import TrustDir
 
-    inputs = {}
+    inputs, cohort = {}, "all"
     for cfg in configs:
-        version = TrustDir(cfg.trust_dir).state().get("release_version") if cfg.trust_dir else None
+        state = TrustDir(cfg.trust_dir).state() if cfg.trust_dir else {}
+        version, cohort = state.get("release_version"), state.get("cohort", cohort)
         source = "option" if cfg.phi is not None else "signed" if cfg.trust_dir else "store"
         inputs[cfg.label] = {"model_version": version, "phi_source": source}
     link_settings = settings(values, Path(user_data_dir("edge-asd")) / "outbox.sqlite",
                              os.environ.get("EDGE_ASD_MQTT_PASSWORD"))
-    sink = open_fleet(link_settings, inputs)
+    sink = open_fleet(link_settings, inputs, cohort)
     sink.kit_version = kit_version()  # importlib.metadata: loaded only with --mqtt
     return sink
 

@@ -18,13 +18,14 @@ MODEL_FILE = click.Path(dir_okay=False, path_type=Path)
 MODEL_HELP = "Model file (.tflite or .onnx)."
 
 
-def model_option(*, required: bool = False, envvar: str | None = None, help: str = MODEL_HELP):
+def model_option(*, required: bool = False, envvar: str | None = None, help: str = MODEL_HELP, dir_okay: bool = False):
     """``--model`` (parameter ``model_path``, a Path or None): the model file the command runs.
 
     ``required``: click refuses the command without it; ``envvar``: the environment variable that gives it
-    (edge-monitor's ``EDGE_ASD_MODEL``); ``help``: what the command does with it."""
-    return click.option("--model", "model_path", required=required, envvar=envvar, type=MODEL_FILE, default=None,
-                        help=help)
+    (edge-monitor's ``EDGE_ASD_MODEL``); ``help``: what the command does with it; ``dir_okay``: a slot directory
+    may be given instead (edge-monitor, :mod:`edge_asd.edge.runtime.slots`)."""
+    kind = click.Path(path_type=Path) if dir_okay else MODEL_FILE
+    return click.option("--model", "model_path", required=required, envvar=envvar, type=kind, default=None, help=help)
 
 
 def model_argument(fn):

@@ -42,7 +42,7 @@ def _echo(**fields) -> None:
 def main(quiet):
     """Sign and verify model releases, phi records and commands (Ed25519, DSSE envelopes, TUF-shaped roles).
 
-    Desktop and fleet server: keygen, root, cosign, sign, command, publish. Device: init, update-root, verify,
+    Desktop and fleet server: keygen, root, cosign, sign, command, publish, send. Device: init, update-root, verify,
     install, apply. Each prints one JSON line on stdout; a refusal is one line on stderr and exit 1.
     """
     setup_logging(quiet=quiet)
@@ -112,18 +112,27 @@ def cosign(document, key_path):
 @click.option("--cohort", default="all", show_default=True, help="The devices it is for (all, canary, ...).")
 @click.option("--min-kit-version", default=None, help="Oldest edge-asd that may run it [default: this kit's].")
 @click.option("--expires", default=None, help="Expiry, ISO 8601 with offset; default: none.")
+@click.option("--phi-store", "phi_store_path", type=FILE, default=None,
+              help="Also carry the phi records calibrated for MODEL (every machine ID whose latest record in this "
+                   "store is for it); devices store them on install and trust them as signed.")
 @click.option("-o", "--out", type=FILE, default=None, help="Release envelope [default: MODEL.release.json].")
 @user_errors
-def sign(model_path, key_paths, version, cohort, min_kit_version, expires, out):
-    """Sign a release of MODEL: its sha256 and size, version, cohort, minimum kit version, expiry."""
+def sign(model_path, key_paths, version, cohort, min_kit_version, expires, phi_store_path, out):
+    """Sign a release of MODEL: its sha256 and size, version, cohort, minimum kit version, expiry, and with
+    --phi-store the phi calibrated for it."""
     from edge_asd.core.model_file import read_model_file
+    from edge_asd.core.provenance import sha256_bytes
+    from edge_asd.edge.runtime.release_phi import records_for_model
 
     signed_docs.parse_time(expires, "--expires")
     data, _, _ = read_model_file(model_path)  # a damaged model file is never signed
-    payload = signed_docs.release_document(version, model_path.name, data, min_kit_version or kit_version(), cohort, expires)
+    phi = records_for_model(phi_store_path, sha256_bytes(data)) if phi_store_path else None
+    payload = signed_docs.release_document(version, model_path.name, data, min_kit_version or kit_version(), cohort,
+                                           expires, phi=phi)
     out = out or model_path.with_name(model_path.name + ".release.json")
     _write_envelope(signing.sign(signed_docs.RELEASE_TYPE, payload, _keys(key_paths)), out)
-    _echo(release=str(out), version=version, sha256=signed_docs.parse_release(payload).sha256, size=len(data), cohort=cohort)
+    _echo(release=str(out), version=version, sha256=signed_docs.parse_release(payload).sha256, size=len(data), cohort=cohort,
+          phi=sorted(phi or {}))
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -176,18 +185,33 @@ def update_root(root_path, trust_dir, trusted_clock):
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("model_path", metavar="MODEL", type=MODEL_FILE)
 @click.argument("release", type=FILE)
-@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="EDGE_ASD_MODEL_DIR", help="Where edge-monitor's models live (outside the trust directory).")
+@click.option("--slots", "slot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A slot directory instead (edge-monitor --model DIR): install into its trial slot, which the "
+                   "monitor's health gate then marks good or reverts (the first install becomes good at once).")
+@store_option("The phi store that receives the phi records the release carries")
 @trust_options
 @user_errors
-def install(model_path, release, model_dir, trust_dir, trusted_clock):
-    """Verify MODEL against RELEASE and the trusted root, then copy it atomically into --model-dir. Refused:
-    unsigned, wrong key, threshold not met, version not above the last, sha256 or size mismatch, expired
-    (--trusted-clock), a newer min_kit_version, another cohort."""
+def install(model_path, release, model_dir, slot_dir, store, trust_dir, trusted_clock):
+    """Verify MODEL against RELEASE and the trusted root, then copy it atomically into --model-dir (or the trial
+    slot of --slots). Refused: unsigned, wrong key, threshold not met, version not above the last, sha256 or size
+    mismatch, expired (--trusted-clock), a newer min_kit_version, another cohort."""
+    from edge_asd.edge.runtime import phi_store
+
     if trust_dir is None:
         raise EdgeAsdError("--trust-dir is required (or $EDGE_ASD_TRUST_DIR)")
-    done, dest = trust.TrustDir(trust_dir).install(model_path, signing.read_envelope(release), model_dir, str(release),
-                                                   trusted_clock, kit_version())
+    if (model_dir is None) == (slot_dir is None):
+        raise EdgeAsdError("give either --model-dir DIR or --slots DIR")
+    store = store or phi_store.default_store_path()
+    device, envelope = trust.TrustDir(trust_dir), signing.read_envelope(release)
+    if slot_dir is not None:
+        from edge_asd.edge.runtime.slots import Slots
+
+        done, dest, state = Slots(slot_dir).install(device, model_path, envelope, str(release), store, trusted_clock)
+        _echo(installed=str(dest), version=done.version, sha256=done.sha256, cohort=done.cohort, slot=state)
+        return
+    done, dest = device.install(model_path, envelope, model_dir, str(release), trusted_clock, kit_version(), store)
     _echo(installed=str(dest), version=done.version, sha256=done.sha256, cohort=done.cohort)
 
 
@@ -222,34 +246,67 @@ def command(action, device, seq, key_paths, store, machine_id, expires, out):
     _echo(command=str(out), action=action, device=device, seq=seq)
 
 
+def mqtt_publish_options(fn):
+    """--mqtt, --mqtt-site and the TLS files of a command that publishes one retained message (publish, send)."""
+    options = [
+        click.option("--mqtt", "broker", envvar="EDGE_ASD_MQTT", required=True, metavar="URL",
+                     help="The MQTT 5 broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] ($EDGE_ASD_MQTT)."),
+        click.option("--mqtt-site", "site", envvar="EDGE_ASD_MQTT_SITE", default="default", show_default=True,
+                     help="The devices' site ($EDGE_ASD_MQTT_SITE)."),
+        click.option("--mqtt-ca", "ca", type=FILE, default=None, help="CA certificates of the broker (mqtts)."),
+        click.option("--mqtt-cert", "cert", type=FILE, default=None, help="Client certificate for mutual TLS (with --mqtt-key)."),
+        click.option("--mqtt-key", "key", type=FILE, default=None, help="Client key for mutual TLS."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _connection(broker, ca, cert, key):
+    from edge_asd.edge.runtime.fleet.publish import Connection
+    from edge_asd.edge.runtime.fleet.topics import BrokerUrl
+
+    return Connection(BrokerUrl.parse(broker), os.environ.get("EDGE_ASD_MQTT_USERNAME"),
+                      os.environ.get("EDGE_ASD_MQTT_PASSWORD"), ca, cert, key)
+
+
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("model_path", metavar="[MODEL", type=MODEL_FILE, required=False)
 @click.argument("release", metavar="RELEASE]", type=FILE, required=False)
 @click.option("--cohort", required=True, help="The rollout cohort whose desired release this is (canary, wave1, all, ...).")
-@click.option("--mqtt", "broker", envvar="EDGE_ASD_MQTT", required=True, metavar="URL",
-              help="The MQTT 5 broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] ($EDGE_ASD_MQTT).")
-@click.option("--mqtt-site", "site", envvar="EDGE_ASD_MQTT_SITE", default="default", show_default=True,
-              help="The devices' site ($EDGE_ASD_MQTT_SITE).")
 @click.option("--url", default=None,
               help="Send this file:// or https:// URL of the model instead of the model itself (base64 in the message).")
 @click.option("--clear", is_flag=True, help="Remove the cohort's desired release (an empty retained message).")
-@click.option("--mqtt-ca", "ca", type=FILE, default=None, help="CA certificates of the broker (mqtts).")
-@click.option("--mqtt-cert", "cert", type=FILE, default=None, help="Client certificate for mutual TLS (with --mqtt-key).")
-@click.option("--mqtt-key", "key", type=FILE, default=None, help="Client key for mutual TLS.")
+@mqtt_publish_options
 @user_errors
 def publish(model_path, release, cohort, broker, site, url, clear, ca, cert, key):
     """Set the desired release of a --cohort: a retained QoS-1 message on asd/v1/SITE/_cohort/COHORT/release
     holding RELEASE and MODEL (base64) or --url; --clear removes it. A MODEL that is not RELEASE's (sha256,
     size) or a release for another cohort is refused before anything is published. The broker's user name
     and password: in the URL or $EDGE_ASD_MQTT_USERNAME and $EDGE_ASD_MQTT_PASSWORD."""
-    from edge_asd.edge.runtime.fleet.publish import Connection, publish_release
-    from edge_asd.edge.runtime.fleet.topics import BrokerUrl
+    from edge_asd.edge.runtime.fleet.publish import publish_release
 
     if clear and (model_path or release or url):
         raise EdgeAsdError("--clear takes no MODEL, RELEASE or --url")
-    connection = Connection(BrokerUrl.parse(broker), os.environ.get("EDGE_ASD_MQTT_USERNAME"),
-                            os.environ.get("EDGE_ASD_MQTT_PASSWORD"), ca, cert, key)
-    _echo(**publish_release(connection, site, cohort, model_path, release, url, clear))
+    _echo(**publish_release(_connection(broker, ca, cert, key), site, cohort, model_path, release, url, clear))
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("command_path", metavar="COMMAND", type=FILE)
+@mqtt_publish_options
+@user_errors
+def send(command_path, broker, site, ca, cert, key):
+    """Publish a signed COMMAND (edge-release command) retained to its device's cmd topic; the running
+    edge-monitor --mqtt verifies and runs it and reports a command line (a retained command comes again on each
+    connect: the device ignores the seq it already accepted). Broker credentials as for publish."""
+    from edge_asd.edge.runtime.fleet.publish import publish
+    from edge_asd.edge.runtime.fleet.topics import check_name, topic
+
+    envelope = signing.read_envelope(command_path)
+    cmd = signed_docs.parse_command(envelope.payload, str(command_path))
+    name = topic(check_name(site, "--mqtt-site"), check_name(cmd.device, "device"), "cmd")
+    publish(_connection(broker, ca, cert, key), name, json.dumps(envelope.to_dict()).encode())
+    _echo(sent=str(command_path), topic=name, action=cmd.action, seq=cmd.seq)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -261,32 +318,23 @@ def publish(model_path, release, cohort, broker, site, url, clear, ca, cert, key
 def apply(command_path, store, model_path, trust_dir, trusted_clock):
     """Verify a signed COMMAND (operations key, this device, a sequence number above the last) and run it."""
     from edge_asd.edge.runtime import phi_store
+    from edge_asd.edge.runtime.commands import run_command
 
     if trust_dir is None:
         raise EdgeAsdError("--trust-dir is required (or $EDGE_ASD_TRUST_DIR)")
     device = trust.TrustDir(trust_dir)
-    cmd = device.accept_command(signing.read_envelope(command_path), str(command_path), trusted_clock)
     store = store or phi_store.default_store_path()
-    out = {"applied": cmd.action, "seq": cmd.seq}
-    if cmd.action == "set-phi":
-        machine_id = cmd.args.get("machine_id")
-        envelope = signing.envelope_from_dict(cmd.args.get("phi"), f"{command_path}: phi")
-        phi = device.verify_phi(envelope, str(machine_id), f"{command_path}: phi")
-        record = phi_store.PhiRecord.from_dict({**phi.record.to_dict(), "signed": envelope.to_dict()})
-        phi_store.save_phi(store, phi.machine_id, record)
-        device.pin_phi(phi.machine_id, envelope)
-        out.update(machine_id=phi.machine_id, phi=record.phi, store=str(store))
-    elif cmd.action == "rollback":
-        from edge_asd.edge.finetune.adapt import rollback
-
-        if model_path is None:
-            raise EdgeAsdError("rollback needs --model (the model file in service)")
-        back = rollback(model_path, store)
-        if not device.pin_restored(back.machine_id, back.phi, f"{store}: restored phi"):
-            log.warning("the restored phi record is unsigned: edge-monitor with --trust-dir refuses it")
-        out.update(machine_id=back.machine_id, model_sha256=back.model_sha256)
-    device.record_command(cmd)
+    out, _ = run_command(device, signing.read_envelope(command_path), str(command_path), store,
+                         lambda: _finetune_rollback(device, model_path, store), trusted_clock)
     _echo(**out)
+
+
+def _finetune_rollback(device, model_path, store) -> dict:
+    from edge_asd.edge.finetune.adapt import rollback_signed
+
+    if model_path is None:
+        raise EdgeAsdError("rollback needs --model (the model file in service)")
+    return rollback_signed(device, model_path, store)
 
 
 if __name__ == "__main__":

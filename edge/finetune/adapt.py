@@ -221,6 +221,20 @@ def rollback(model_path: Path, store: Path | None = None) -> RolledBack:
     return RolledBack(state["machine_id"], state["previous_sha256"], previous_phi)
 
 
+def rollback_signed(device, model_path: Path, store: Path) -> dict:
+    """A rollback command on a fine-tuned model file (:func:`rollback`), with a trust directory ``device``
+    (:class:`~edge_asd.edge.runtime.trust.TrustDir`): the restored phi is pinned when it is signed (a WARNING
+    otherwise: edge-monitor --trust-dir refuses it). Returns ``{"machine_id", "model_sha256"}``.
+
+    Raises:
+        EdgeAsdError: the refusals of :func:`rollback`, a restored signed phi that does not verify.
+    """
+    back = rollback(model_path, store)
+    if not device.pin_restored(back.machine_id, back.phi, f"{store}: restored phi"):
+        log.warning("the restored phi record is unsigned: edge-monitor with --trust-dir refuses it")
+    return {"machine_id": back.machine_id, "model_sha256": back.model_sha256}
+
+
 def summary_record(machine_id: str, cfg: FinetuneConfig, history: list[dict], seconds: float, n_clips: int,
                    audio_s: float, guarded: Guarded, old_sha: str) -> dict:
     """What a fine-tune did, for the metadata, the state record and the CLI's JSON line."""
@@ -233,5 +247,5 @@ def summary_record(machine_id: str, cfg: FinetuneConfig, history: list[dict], se
             "finetuned_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kit_version": kit_version()}
 
 
-__all__ = ["FinetuneConfig", "guard", "train_layers", "write_layers", "read_layers", "install", "rollback", "RolledBack",
+__all__ = ["FinetuneConfig", "guard", "train_layers", "write_layers", "read_layers", "install", "rollback", "rollback_signed", "RolledBack",
            "previous_path", "state_path", "calibration_sample", "new_metadata", "summary_record"]

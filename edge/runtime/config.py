@@ -46,6 +46,7 @@ class InputConfig:
     source: SourceSpec = dataclasses.field(default_factory=SourceSpec)
     """Where the audio comes from and how to read it (config keys ``source``, ``channel``, ``pcm_*``, ...)."""
     model: Path | None = None
+    """The model file, or a slot directory (a folder holding ``slots.json``: :mod:`~edge_asd.edge.runtime.slots`)."""
     name: str | None = None
     """Name in every JSON line (``input``); default: the source."""
     machine_id: str | None = None
@@ -192,9 +193,10 @@ def load_config(path: str | Path) -> list[InputConfig]:
     """
     path = Path(path)
     data = _read_toml(path)
-    unknown = set(data) - {"monitor", "input", "fleet"}
+    unknown = set(data) - {"monitor", "input", "fleet", "rollout"}
     if unknown:
-        raise EdgeAsdError(f"{path}: unknown table(s) {', '.join(sorted(unknown))} (use [monitor], [[input]] and [fleet])")
+        raise EdgeAsdError(f"{path}: unknown table(s) {', '.join(sorted(unknown))} (use [monitor], [[input]], [fleet] "
+                           "and [rollout])")
     defaults, inputs = data.get("monitor", {}), data.get("input", [])
     if not isinstance(defaults, dict) or not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
         raise EdgeAsdError(f"{path}: [monitor] must be a table and [[input]] an array of tables")
@@ -248,3 +250,20 @@ def load_fleet_table(path: str | Path) -> dict:
     if not isinstance(table, dict):
         raise EdgeAsdError(f"{path}: [fleet] must be a table")
     return check_table(table, f"{path} [fleet]", path.resolve().parent)
+
+
+def load_rollout_table(path: str | Path) -> dict:
+    """The ``[rollout]`` table of a monitor.toml: the health gate of slot directories (``trial_windows``,
+    ``trial_minutes``, ``factor``, ``extra``; :class:`~edge_asd.edge.runtime.gate.GateSettings`); {} when there
+    is none.
+
+    Raises:
+        EdgeAsdError: unreadable TOML, a ``rollout`` that is not a table, an unknown key, a wrong type or range.
+    """
+    from edge_asd.edge.runtime.gate import check_gate
+
+    path = Path(path)
+    table = _read_toml(path).get("rollout", {})
+    if not isinstance(table, dict):
+        raise EdgeAsdError(f"{path}: [rollout] must be a table")
+    return check_gate(table, f"{path} [rollout]")

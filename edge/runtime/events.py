@@ -9,7 +9,9 @@ edge-report hand around), :func:`event_line` adds the input's name and the wall 
 Line types: ``start`` (:class:`Start`), ``anomaly`` (:class:`Event`), ``verdict`` (:class:`Verdict`),
 ``health`` (:class:`Health`: an input-health state starts or ends, :mod:`~edge_asd.edge.runtime.health`),
 ``alarm`` (:class:`AlarmLine`: the alarm of the alert policy goes on or off, :mod:`~edge_asd.edge.runtime.alert`),
-``summary`` (:class:`Summary`, with the input's machine ID, phi and model). To add one:
+``summary`` (:class:`Summary`, with the input's machine ID, phi and model), ``rollout`` (a release's trial in a slot
+directory: :mod:`~edge_asd.edge.runtime.rollout`) and ``command`` (a signed command from the fleet:
+:mod:`~edge_asd.edge.runtime.commands`). To add one:
 name it in :data:`LINE_TYPES`, give it a frozen dataclass of its fields deriving from :class:`LineType`,
 emit ``event_line(Health(...).to_dict(), name)`` where it happens, and document it in docs/events.md
 (a new field or line type is a minor change; raise :data:`EVENT_SCHEMA` only when a reader must change).
@@ -33,7 +35,9 @@ VERDICT = "verdict"
 SUMMARY = "summary"
 HEALTH = "health"
 ALARM = "alarm"
-LINE_TYPES = (START, ANOMALY, VERDICT, HEALTH, ALARM, SUMMARY)
+ROLLOUT = "rollout"
+COMMAND = "command"
+LINE_TYPES = (START, ANOMALY, VERDICT, HEALTH, ALARM, SUMMARY, ROLLOUT, COMMAND)
 """Every ``event`` value a line may have."""
 
 

@@ -294,12 +294,30 @@ def history(path: Path, machine_id: str | None = None) -> dict[str, list[PhiReco
     return {m: [_record(path, m, r) for r in records] for m, records in hist.items()}
 
 
-def lookup_phi(path: Path, machine_id: str | None, model_sha256: str) -> tuple[str, PhiRecord]:
+def lookup_phi(path: Path, machine_id: str | None, model_sha256: str, from_history: bool = False) -> tuple[str, PhiRecord]:
     """(machine_id, record) for this model; with ``machine_id`` None, the only one calibrated for it.
+    ``from_history``: when the record in service is for another model, the latest record of the machine ID's
+    history calibrated for this one (a slot directory's models take turns: :mod:`.slots`).
 
     Raises:
         EdgeAsdError: an unknown machine ID, a phi calibrated for another model file, or a damaged record.
     """
+    try:
+        return _lookup(path, machine_id, model_sha256)
+    except EdgeAsdError:
+        if not from_history:
+            raise
+        found = []
+        for m, entries in history(path).items():
+            latest = next((r for r in reversed(entries) if r.model_sha256 == model_sha256), None)
+            if machine_id in (None, m) and latest is not None:
+                found.append((m, latest))
+        if len(found) != 1:
+            raise
+        return found[0]
+
+
+def _lookup(path: Path, machine_id: str | None, model_sha256: str) -> tuple[str, PhiRecord]:
     machines = load(path)["machines"]
     if machine_id is None:
         mine = [m for m, r in machines.items() if isinstance(r, dict) and r.get("model_sha256") == model_sha256]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from edge_asd.core import signing
@@ -160,7 +160,7 @@ def root_document(version: int, keys: dict[str, list[dict]], thresholds: dict[st
 @dataclass(frozen=True)
 class Release:
     """A release document: ``{"_type": "release", "version", "model": {"name", "sha256", "size"},
-    "min_kit_version", "expires", "cohort", "issued_at"}``; size in bytes."""
+    "min_kit_version", "expires", "cohort", "issued_at"}`` (optional ``base_sha256`` and ``phi``); size in bytes."""
 
     version: int
     name: str
@@ -172,6 +172,9 @@ class Release:
     base_sha256: str | None = None
     """A model fine-tuned on the device (edge-finetune --sign-key): the sha256 of the signed release it was
     fine-tuned from; such a release is signed by the device role, not the release role."""
+    phi: dict | None = field(default=None, compare=False)
+    """Optional phi records calibrated for this model (edge-release sign --phi-store): machine ID -> the record
+    as the phi store writes it (:meth:`PhiRecord.to_dict`, without a ``signed`` envelope); None: none."""
 
 
 def parse_release(payload: bytes, where: str = "release") -> Release:
@@ -184,16 +187,32 @@ def parse_release(payload: bytes, where: str = "release") -> Release:
     return Release(_int(data, "version", where), name, _str(model, "sha256", where, _HEX64), _int(model, "size", where),
                    _str(data, "min_kit_version", where, _VERSION), parse_time(data.get("expires"), f"{where}: expires"),
                    _str(data, "cohort", where),
-                   None if data.get("base_sha256") is None else _str(data, "base_sha256", where, _HEX64))
+                   None if data.get("base_sha256") is None else _str(data, "base_sha256", where, _HEX64),
+                   _release_phi(data.get("phi"), where))
+
+
+def _release_phi(phi, where: str) -> dict | None:
+    """The release's ``phi`` (machine ID -> record dict), each record validated. Raises EdgeAsdError."""
+    if phi is None:
+        return None
+    if not isinstance(phi, dict):
+        raise EdgeAsdError(f"{where}: phi is not an object")
+    for machine_id, record in phi.items():
+        _str({"machine_id": machine_id}, "machine_id", where)
+        PhiRecord.from_dict(record, f"{where}: phi, machine ID {machine_id!r}")
+    return phi
 
 
 def release_document(version: int, name: str, model: bytes, min_kit_version: str, cohort: str,
-                     expires: str | None = None, base_sha256: str | None = None) -> bytes:
+                     expires: str | None = None, base_sha256: str | None = None, phi: dict | None = None) -> bytes:
+    """The payload of a release; ``phi``: machine ID -> phi record dict calibrated for ``model`` (or None)."""
     doc = {"_type": "release", "version": version, "model": {"name": name, "sha256": sha256_bytes(model),
            "size": len(model)}, "min_kit_version": min_kit_version, "expires": expires, "cohort": cohort,
            "issued_at": _now().isoformat(timespec="seconds")}
     if base_sha256 is not None:
         doc["base_sha256"] = base_sha256
+    if phi:
+        doc["phi"] = phi
     payload = json.dumps(doc, indent=2, sort_keys=True).encode()
     parse_release(payload, "new release")
     return payload

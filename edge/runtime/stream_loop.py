@@ -14,6 +14,7 @@ spans the hole) and times stay true to the clock.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 
@@ -50,6 +51,10 @@ class Monitor:
         health: a HealthChecker (default: one with the module's thresholds and no calibration reference).
     ``run()`` returns the Summary; ``stop()`` (any thread) ends it at the next block; ``finish()`` (any
     thread) closes the open window and writes the summary once, even if the source is stuck in a read.
+    ``request(fn)`` (any thread) runs ``fn(monitor)`` in the monitor's thread between two blocks (a model
+    swap: :meth:`swap`). ``rollout`` (set by the service, :class:`~edge_asd.edge.runtime.rollout.Rollout`):
+    its ``observe(monitor)`` runs after each block and its ``failed(monitor, error)`` may take a scoring error
+    over (True: the block is dropped and the run goes on).
     """
 
     def __init__(self, source: Source, scorer: Scorer, detector: RunningMaxDetector, emit, name: str = "input",
@@ -71,6 +76,9 @@ class Monitor:
         self._silent = True
         self._samples = 0
         self._dropped = 0
+        self._requests: queue.Queue = queue.Queue()
+        self.rollout = None
+        self._retired: list[RunningMaxDetector] = []  # detectors swapped out: the summary counts them too
 
     @property
     def frames(self) -> int:
@@ -96,7 +104,14 @@ class Monitor:
                 with self._lock:
                     if self.summary is not None:
                         break
-                    self._process(item)
+                    self._run_requests()
+                    try:
+                        self._process(item)
+                    except Exception as e:
+                        if self.rollout is None or not self.rollout.failed(self, e):
+                            raise
+                    if self.rollout is not None:
+                        self.rollout.observe(self)
                 if self._stop.is_set():
                     reason = "stopped"
                     break
@@ -109,6 +124,42 @@ class Monitor:
             if self._stop.is_set():
                 reason = "stopped"
         return self.finish(reason)
+
+    def request(self, fn) -> None:
+        """Run ``fn(monitor)`` in the monitor's thread before its next block (any thread may call this)."""
+        self._requests.put(fn)
+
+    def _run_requests(self) -> None:
+        while True:
+            try:
+                fn = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            fn(self)
+
+    def swap(self, scorer: Scorer, detector: RunningMaxDetector) -> None:
+        """Go on with another model and phi from the next block, in the same stream (monitor thread only): the
+        open window's verdict is written, the features restart, a new ``start`` line names the model and phi.
+
+        Raises:
+            EdgeAsdError: the model reads audio at another sample rate or hop than the stream's.
+        """
+        from edge_asd.core.errors import EdgeAsdError
+
+        new = scorer.features
+        if (new.sample_rate, new.hop_samples) != (self.cfg.sample_rate, self.cfg.hop_samples):
+            raise EdgeAsdError(f"{self.name}: the new model reads {new.sample_rate} Hz, hop {new.hop_samples}; the "
+                               f"stream is {self.cfg.sample_rate} Hz, hop {self.cfg.hop_samples}")
+        verdict = self.detector.close()
+        if verdict is not None:
+            self.emit(self._line(verdict.to_dict()))
+        self._retired.append(self.detector)
+        self.scorer, self.detector, self.cfg = scorer, detector, new
+        self._feats = scorer.stream()
+        self._votes = VoteFilter(detector.policy)
+        self._segment_start = self.position
+        self.emit(self._line(Start(detector.machine_id, detector.phi, detector.model_sha256, self.windows.name,
+                                   new.sample_rate, detector.policy.to_dict()).to_dict()))
 
     def _process(self, item) -> None:
         cfg = self.cfg
@@ -161,7 +212,8 @@ class Monitor:
         self._compute_s += time.perf_counter() - t0
 
     def finish(self, reason: str = "stopped") -> Summary:
-        """Close the open window (its verdict), write pending evidence and the summary line; once."""
+        """Close the open window (its verdict), write pending evidence and the summary line; once. After a
+        :meth:`swap` the counts and the max score cover every model of the run; phi and model are the last's."""
         with self._lock:
             if self.summary is not None:
                 return self.summary
@@ -176,16 +228,20 @@ class Monitor:
             if self.evidence is not None:
                 self.evidence.flush(self.position, final=True)
             stats = getattr(self.source, "stats", lambda: {})()
+            every = self._retired + [det]
+            total = {k: sum(getattr(d, k) for d in every) for k in ("n_frames", "n_events", "n_nonfinite", "n_windows",
+                                                                   "n_anomalous_windows", "n_off", "n_alarms")}
+            top = max((d for d in every if d.max_score is not None), key=lambda d: d.max_score, default=det)
             self.summary = Summary(
-                det.n_frames, det.n_events, self.position / self.cfg.sample_rate, self._compute_s, det.max_score,
-                det.max_time_s, self._silent and self._samples > 0, det.n_nonfinite, det.n_windows,
-                det.n_anomalous_windows, det.n_off, stats.get("overflows", 0),
+                total["n_frames"], total["n_events"], self.position / self.cfg.sample_rate, self._compute_s,
+                top.max_score, top.max_time_s, self._silent and self._samples > 0, total["n_nonfinite"],
+                total["n_windows"], total["n_anomalous_windows"], total["n_off"], stats.get("overflows", 0),
                 max(self._dropped, stats.get("dropped_samples", 0)), stats.get("dropped_bytes", 0),
                 self.evidence.n_written if self.evidence is not None else 0, reason,
                 **{k: stats.get(k, 0) for k in ("frames_ok", "frames_corrupt", "frames_lost", "bytes_skipped",
                                                 "sender_restarts")},
                 health_skipped=self.health.summary()["skipped"], health_states=self.health.summary()["starts"],
-                alarms=det.n_alarms)
+                alarms=total["n_alarms"])
             self._emit_last(self._line(self.summary.to_record(det.machine_id, det.phi, det.model_sha256)))
             return self.summary
 

@@ -22,7 +22,7 @@ from edge_asd.core.atomic_io import atomic_write_bytes, atomic_write_text
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.core.provenance import sha256_bytes
 from edge_asd.core.signing import Envelope
-from edge_asd.edge.runtime import phi_store
+from edge_asd.edge.runtime import phi_store, release_phi
 from edge_asd.edge.runtime.phi_store import PhiRecord
 from edge_asd.edge.runtime.signed_docs import (
     COMMAND_TYPE,
@@ -104,9 +104,11 @@ class TrustDir:
         return new
 
     def install(self, model_path: Path, envelope: Envelope, model_dir: Path, where: str, trusted_clock: bool = False,
-                kit_version: str | None = None) -> tuple[Release, Path]:
-        """Verify the model file against the release, then copy it into ``model_dir`` under the release's name
-        (write, fsync, rename) and remember the release and its version.
+                kit_version: str | None = None, store: Path | None = None, dest_name: str | None = None
+                ) -> tuple[Release, Path]:
+        """Verify the model file against the release, then copy it into ``model_dir`` under ``dest_name`` (default:
+        the release's name; write, fsync, rename) and remember the release and its version. The phi records the
+        release carries go into the phi store ``store`` (:func:`.release_phi.store_records`; None: not stored).
 
         Raises:
             EdgeAsdError: every refusal of :func:`verify_release`, a damaged model file, a version not above the
@@ -127,9 +129,12 @@ class TrustDir:
         if release.cohort not in ("all", state.get("cohort", "all")):
             raise EdgeAsdError(f"{where}: release for cohort {release.cohort!r}; this device is in {state.get('cohort')!r}")
         atomic_write_text(self.releases / f"{release.sha256}.json", json.dumps(envelope.to_dict(), indent=2) + "\n")
-        dest = model_dir / release.name
+        dest = model_dir / (dest_name or release.name)
         atomic_write_bytes(dest, data)
         state["release_version"] = release.version
+        if store is not None and release.phi:
+            for machine_id in release_phi.store_records(store, release):
+                state.setdefault("phi", {}).pop(machine_id, None)  # the release's phi is now the one in service
         self.save_state(state)
         return release, dest
 
@@ -265,13 +270,19 @@ class TrustDir:
 
     def phi_in_service(self, record: PhiRecord, machine_id: str, model_sha256: str, where: str) -> PhiRecord:
         """The signed record carried by a phi store's ``record`` (its ``signed`` envelope), if it is the one this
-        device last accepted for ``machine_id`` and for this model (edge-monitor's check).
+        device last accepted for ``machine_id`` and for this model (edge-monitor's check); or ``record`` itself
+        when it came with the model's signed release and equals the release's (:func:`.release_phi.check_record`).
 
         Raises:
             EdgeAsdError: unsigned, a key the root does not name, another device's or machine's, not the record
                 last accepted (an older signed one put back), or for another model file.
         """
         raw = record.extra.get("signed")
+        if raw is None and record.extra.get("release") == model_sha256:
+            path = self.releases / f"{model_sha256}.json"
+            release = signed_release(self.root(), signing.read_envelope(path), str(path))
+            return release_phi.check_record(record, release, machine_id, self.state().get("phi", {}).get(machine_id),
+                                            where)
         if raw is None:
             raise EdgeAsdError(f"{where}: unsigned phi record; a trust directory is configured (sign it with "
                                "edge-calibrate --sign-key or send it with edge-release command set-phi)")

@@ -27,7 +27,7 @@ from pathlib import Path
 from edge_asd.core.errors import EdgeAsdError
 from edge_asd.edge.runtime.fleet.outbox import Outbox
 from edge_asd.edge.runtime.fleet.settings import LinkSettings
-from edge_asd.edge.runtime.fleet.topics import topic
+from edge_asd.edge.runtime.fleet.topics import cohort_topic, topic
 
 log = logging.getLogger("edge_asd")
 
@@ -72,6 +72,10 @@ class FleetLink:
     Args:
         settings: the broker and the limits.
         status: called by the worker thread for the heartbeat's device fields (a dict, JSON-able).
+    ``cohort``: the device's rollout cohort (its trust directory's); the link follows the desired release of
+    ``_cohort/<cohort>/release`` and ``_cohort/all/release``. ``on_release(payload bytes)`` and
+    ``on_command(envelope dict)``, set before ``start()``, get those messages in the worker thread (they must
+    not block on scoring: :mod:`.control` hands the work to the monitors).
     The constructor opens the outbox under a new boot id; ``start()`` connects in the background;
     ``add(line)`` stores a line and wakes the worker; ``stop()`` sends what it can within ``drain_s``,
     publishes a last heartbeat and the retained ``offline`` state, and closes.
@@ -80,8 +84,10 @@ class FleetLink:
         EdgeAsdError: paho-mqtt 2.x missing, TLS files unreadable, or the outbox cannot be opened.
     """
 
-    def __init__(self, settings: LinkSettings, status: Callable[[], dict] = dict):
-        self.settings, self.status = settings, status
+    def __init__(self, settings: LinkSettings, status: Callable[[], dict] = dict, cohort: str = "all"):
+        self.settings, self.status, self.cohort = settings, status, cohort
+        self.on_release: Callable[[bytes], None] | None = None
+        self.on_command: Callable[[dict], None] | None = None
         self.boot = new_boot_id()
         self.started = time.time()
         self.connected = False
@@ -182,7 +188,8 @@ class FleetLink:
                 log.warning("fleet: %s refused the connection: %s", self.settings.broker, item[1])
                 return
             self.connected = True
-            self._client.subscribe([(self._topic(k), 1) for k in ("ack", "cmd", "state")])
+            cohorts = {cohort_topic(self.settings.site, c) for c in (self.cohort, "all")}
+            self._client.subscribe([(self._topic(k), 1) for k in ("ack", "cmd", "state")] + [(t, 1) for t in sorted(cohorts)])
             self._client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
             self._resend_delivered()
             self._next_hb = 0.0
@@ -195,6 +202,10 @@ class FleetLink:
             self._message(item[1], item[2])
 
     def _message(self, name: str, payload: bytes) -> None:
+        if name.split("/")[3:4] == ["_cohort"]:
+            if self.on_release is not None:
+                self.on_release(payload)
+            return
         try:
             body = json.loads(payload)
         except ValueError:
@@ -216,6 +227,11 @@ class FleetLink:
         elif name.endswith("/state"):  # our own retained state: a stale will of this boot is replaced at once
             if self.connected and body.get("boot") == self.boot and body.get("status") == "offline":
                 self._client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
+        elif "payloadType" in body:  # a signed command (edge-release send)
+            if self.on_command is not None:
+                self.on_command(body)
+            else:
+                log.warning("fleet: a signed command arrived but this monitor takes none")
         elif body.get("cmd") == "hb":
             self._next_hb = 0.0
         elif body.get("cmd") == "resend":

@@ -28,6 +28,8 @@ class FleetSink:
         self.lost = 0
         self.kit_version: str | None = None
         self.frames = dict  # set by the monitor: () -> {input name: frames scored}
+        self.releases = dict  # set by the monitor: () -> {input name: its slot directory's release state}
+        self.cohort = "all"
         self._lock = threading.Lock()
 
     def write(self, record: dict) -> None:
@@ -51,27 +53,31 @@ class FleetSink:
                 log.warning("fleet: cannot store a line in the outbox (%s); lines still go to the events file", e)
 
     def status(self) -> dict:
-        """The heartbeat's fields: ``health`` ("ok" or "degraded"), ``problems``, counts and ``inputs``."""
-        frames = self.frames()
+        """The heartbeat's fields: ``health`` ("ok" or "degraded"), ``problems``, counts, ``cohort`` and ``inputs``
+        (each with its ``release``: ``current``, ``trial``, ``state``, ``last_failure``; None without slots)."""
+        frames, releases = self.frames(), self.releases()
         with self._lock:
             return {"kit_version": self.kit_version, "health": "degraded" if self.problems or self.lost else "ok",
                     "problems": [{"input": i, "state": s, "reason": r} for (i, s), r in sorted(self.problems.items())],
                     "events": self.counts.get("anomaly", 0), "verdicts": self.counts.get("verdict", 0),
-                    "frames": sum(frames.values()), "lost": self.lost,
-                    "inputs": [{"input": n, **info, "frames": frames.get(n, 0)} for n, info in sorted(self.inputs.items())]}
+                    "frames": sum(frames.values()), "lost": self.lost, "cohort": self.cohort,
+                    "inputs": [{"input": n, **info, "frames": frames.get(n, 0), "release": releases.get(n)}
+                               for n, info in sorted(self.inputs.items())]}
 
     def close(self) -> None:
         pass
 
 
-def open_fleet(settings, inputs: dict[str, dict]) -> FleetSink:
+def open_fleet(settings, inputs: dict[str, dict], cohort: str = "all") -> FleetSink:
     """A FleetSink on a new :class:`~.link.FleetLink` (outbox open, not connected yet: call
-    ``sink.link.start()``). ``settings``: :class:`~.settings.LinkSettings`; ``inputs`` as for FleetSink.
+    ``sink.link.start()``). ``settings``: :class:`~.settings.LinkSettings`; ``inputs`` as for FleetSink; ``cohort``:
+    the device's rollout cohort (:class:`~.link.FleetLink`).
 
     Raises:
         EdgeAsdError: paho-mqtt 2.x missing, bad TLS files, or an outbox that cannot be opened.
     """
     holder: list[FleetSink] = []
-    link = FleetLink(settings, status=lambda: holder[0].status() if holder else {})
+    link = FleetLink(settings, status=lambda: holder[0].status() if holder else {}, cohort=cohort)
     holder.append(FleetSink(link, inputs))
+    holder[0].cohort = cohort
     return holder[0]

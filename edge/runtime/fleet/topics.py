@@ -7,12 +7,13 @@ Topics, one set per device::
     asd/v1/<site>/<device>/hb      QoS 0: heartbeat (uptime, frames, events, health, outbox depth, models, phi)
     asd/v1/<site>/<device>/evt     QoS 1: a batch of event lines {"boot": ..., "events": [{"seq": ..., "line": ...}]}
     asd/v1/<site>/<device>/ack     QoS 1, from the fleet's ingest: {"boot": ..., "first": ..., "last": ...}
-    asd/v1/<site>/<device>/cmd     QoS 1, to the device: {"cmd": "hb"} (heartbeat now) or {"cmd": "resend"}
+    asd/v1/<site>/<device>/cmd     QoS 1, to the device: {"cmd": "hb"} (heartbeat now) or {"cmd": "resend"}, or a
+                                   signed command envelope (edge-release send, retained; docs/releases.md)
 
-and one per rollout cohort (6 levels, so :func:`parse_topic` ignores it; ``_cohort`` is no device name)::
+and one per cohort (6 levels, so :func:`parse_topic` ignores it; ``_cohort`` cannot be a device name)::
 
-    asd/v1/<site>/_cohort/<cohort>/release   retained, QoS 1: the cohort's desired release
-                                             {"release": <envelope>, "model_b64": ... | "url": ...}; empty: none
+    asd/v1/<site>/_cohort/<cohort>/release   retained, QoS 1: the cohort's desired release {"release": <envelope>,
+                                             "model_b64": ...} or {"release": ..., "url": ...}; empty: none
 
 ``v1`` changes only when a payload changes incompatibly; new keys may be added within v1.
 """
@@ -46,8 +47,8 @@ def topic(site: str, device: str, kind: str) -> str:
 
 
 def cohort_topic(site: str, cohort: str) -> str:
-    """``asd/v1/<site>/_cohort/<cohort>/release``: the retained desired release of a rollout cohort."""
-    return f"{PREFIX}/{site}/_cohort/{cohort}/release"
+    """``asd/v1/<site>/_cohort/<cohort>/release``: the retained desired release of a cohort (docs/fleet.md)."""
+    return f"{PREFIX}/{check_name(site, 'site')}/_cohort/{check_name(cohort, 'cohort')}/release"
 
 
 def parse_topic(name: str) -> tuple[str, str, str] | None:
