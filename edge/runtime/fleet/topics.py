@@ -47,8 +47,9 @@ def topic(site: str, device: str, kind: str) -> str:
 
 
 def cohort_topic(site: str, cohort: str) -> str:
-    """``asd/v1/<site>/_cohort/<cohort>/release``: the retained desired release of a cohort (docs/fleet.md)."""
-    return f"{PREFIX}/{check_name(site, 'site')}/_cohort/{check_name(cohort, 'cohort')}/release"
+    """``asd/v1/<site>/_cohort/<cohort>/release``: the retained desired release of a cohort (docs/fleet.md). Names
+    are not checked here, so that the ingest can subscribe to ``cohort_topic("+", "+")``; callers check theirs."""
+    return f"{PREFIX}/{site}/_cohort/{cohort}/release"
 
 
 def parse_topic(name: str) -> tuple[str, str, str] | None:
