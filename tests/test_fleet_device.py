@@ -33,6 +33,17 @@ def test_broker_urls_and_topics():
         settings({"broker": "mqtt://h", "window": 0}, "o.sqlite")
 
 
+def test_the_heartbeat_is_half_the_keepalive_unless_given(tmp_path):
+    """The fleet marks a device offline after 3 silent heartbeats; a 30-s heartbeat under a 30-s keep-alive let a
+    hung device look online for 90 s (the broker's will came up to ~3 keep-alives late): half the keep-alive
+    keeps it within 1.5 keep-alives."""
+    def beat(**values):
+        return settings({"broker": "mqtt://127.0.0.1", "device": "pi-1", **values}, tmp_path / "o.sqlite").heartbeat_s
+
+    assert (beat(), beat(keepalive_s=8), beat(keepalive_s=8, heartbeat_s=1.0)) == (15.0, 4.0, 1.0)
+    assert beat(keepalive_s=1) == 0.5 and 3 * beat(keepalive_s=60) <= 1.5 * 60
+
+
 def test_an_outbox_belongs_to_one_device(tmp_path):
     """Lines left waiting are sent under the outbox owner's name, so another device name is refused; the default
     outbox is one file per site and device."""

@@ -50,7 +50,7 @@ def mqtt_options(fn):
         click.option("--mqtt-keepalive", envvar="EDGE_ASD_MQTT_KEEPALIVE", type=click.IntRange(1, 65535), default=None,
                      help="MQTT keep-alive, s: the broker marks the device offline after 1.5 times it [default: 30]."),
         click.option("--heartbeat-s", envvar="EDGE_ASD_HEARTBEAT_S", type=click.FloatRange(0.1, 86400), default=None,
-                     help="Seconds between heartbeats to the fleet [default: 30]."),
+                     help="Seconds between heartbeats to the fleet [default: half the keep-alive, 15]."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -35,7 +35,11 @@ class LinkSettings:
     key: Path | None = None
     keepalive_s: int = 30
     """MQTT keep-alive: the broker declares the device offline (its last will) after 1.5 times this."""
-    heartbeat_s: float = 30.0
+    heartbeat_s: float = 15.0
+    """Seconds between heartbeats. The fleet marks a device offline after 3 heartbeats without a message, so the
+    default, half the default keep-alive, marks a hung device offline within 1.5 keep-alives (45 s) even when
+    the broker's will comes later (mosquitto 2.0.11 sent it up to about 3 keep-alives after the device stopped;
+    docs/fleet.md). :func:`settings` makes it half of a given keep-alive when no heartbeat is given."""
     batch: int = 50
     """Event lines per ``evt`` message at most."""
     window: int = 4
@@ -85,7 +89,7 @@ def settings(values: dict, default_outbox: Path, password: str | None = None) ->
     """:class:`LinkSettings` from ``values`` (the keys of :data:`KEYS`; None = not given): the device name
     defaults to the host name, the site to ``default``, the outbox to ``default_outbox`` with ``-<site>-<device>``
     added to its name (each device name its own outbox: waiting lines are sent under their owner's); the password comes
-    from ``password`` or ``password_file``.
+    from ``password`` or ``password_file``; the heartbeat, when not given, is half the keep-alive.
 
     Raises:
         EdgeAsdError: a bad broker URL, name or limit, or an unreadable password file.
@@ -100,6 +104,8 @@ def settings(values: dict, default_outbox: Path, password: str | None = None) ->
     broker = BrokerUrl.parse(v.pop("broker"))
     fields = {f.name for f in dataclasses.fields(LinkSettings)}
     site, device = check_name(v.pop("site", "default"), "site"), check_name(v.pop("device", host_device_name()), "device")
+    if "keepalive_s" in v and "heartbeat_s" not in v and isinstance(v["keepalive_s"], (int, float)):
+        v["heartbeat_s"] = max(LIMITS["heartbeat_s"][0], v["keepalive_s"] / 2)
     own = Path(default_outbox).with_name(f"{Path(default_outbox).stem}-{site}-{device}{Path(default_outbox).suffix}")
     return LinkSettings(broker=broker, site=site, device=device, outbox=Path(v.pop("outbox", own)), password=password,
                         **{k: x for k, x in v.items() if k in fields})
