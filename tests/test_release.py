@@ -225,6 +225,39 @@ def test_a_command_with_an_old_sequence_number_is_refused(device):
     assert device.state()["finetune"] is False
 
 
+def test_init_with_a_trusted_clock_refuses_an_expired_root(tmp_path):
+    with pytest.raises(EdgeAsdError, match="expired at"):
+        trust.TrustDir(tmp_path / "a").init(make_root(expires=iso(-1)), "device-01", trusted_clock=True)
+    assert not (tmp_path / "a" / "root.json").exists()
+    trust.TrustDir(tmp_path / "b").init(make_root(expires=iso(-1)), "device-01")  # an untrusted clock: accepted
+
+
+def test_concurrent_writers_lose_no_update(device):
+    """The running monitor pins phi records while edge-release or edge-calibrate write the same state.json: each
+    read-modify-write holds the directory's flock, so every pin survives (separate TrustDir objects, as separate
+    processes have; with the lock taken out, 32 of the 100 survived)."""
+    import threading
+
+    from edge_asd.edge.runtime.signed_docs import PHI_TYPE, phi_document
+
+    def writer(k: int) -> None:
+        d = trust.TrustDir(device.path)
+        for i in range(25):
+            record = PhiRecord(phi=float(i + 1), model_sha256="ab" * 32)
+            envelope = signing.sign(PHI_TYPE, phi_document("device-01", f"id_{k}{i:02d}", record), [KEYS["ops"]])
+            d.pin_phi(f"id_{k}{i:02d}", envelope)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(device.state()["phi"]) == 100
+    with pytest.raises(EdgeAsdError, match="no trust directory"):
+        with trust.TrustDir(device.path / "typo").locked():
+            pass
+
+
 def test_phi_in_service_is_the_signed_record_last_accepted(device, tmp_path):
     store = tmp_path / "phi.json"
     record = PhiRecord(phi=812.5, model_sha256="ab" * 32)

@@ -166,7 +166,7 @@ def init(root_path, device, cohort, trust_dir, trusted_clock):
     """Set up a device's trust directory with its first root (done by the installer, once)."""
     if trust_dir is None:
         raise EdgeAsdError("--trust-dir is required (or $EDGE_ASD_TRUST_DIR)")
-    done = trust.TrustDir(trust_dir).init(signing.read_envelope(root_path), device, cohort)
+    done = trust.TrustDir(trust_dir).init(signing.read_envelope(root_path), device, cohort, trusted_clock)
     _echo(trust_dir=str(trust_dir), device=device, cohort=cohort, root_version=done.version)
 
 

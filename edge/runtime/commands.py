@@ -26,6 +26,11 @@ def run_command(device: TrustDir, envelope: signing.Envelope, where: str, store:
         EdgeAsdError: every refusal of accept_command and of the action (a phi record for another device,
             nothing to roll back); the sequence number is then not recorded.
     """
+    with device.locked():  # accept, run and record as one step: two writers cannot both take a seq
+        return _run(device, envelope, where, store, rollback, trusted_clock)
+
+
+def _run(device: TrustDir, envelope: signing.Envelope, where: str, store: Path, rollback, trusted_clock: bool):
     cmd = device.accept_command(envelope, where, trusted_clock)
     out = {"applied": cmd.action, "seq": cmd.seq}
     if cmd.action == "set-phi":

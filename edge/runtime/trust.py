@@ -9,12 +9,19 @@ Layout (outside the model directory; only the installer and edge-release write i
     releases/<sha256>.json   the envelope of every release installed, by the model file's sha256
 
 Every refusal is an :class:`~edge_asd.core.errors.EdgeAsdError` naming the file and the reason. One writer
-at a time (the installer, edge-release, edge-calibrate or edge-finetune on the device).
+at a time: every read-modify-write of the state holds an exclusive ``flock`` on ``.lock`` in the directory
+(:meth:`TrustDir.locked`), so edge-release, edge-calibrate, edge-finetune and the running monitor (commands and
+releases over MQTT) never lose each other's updates.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import json
+import os
+import threading
 from pathlib import Path
 
 from edge_asd.core import signing
@@ -48,6 +55,15 @@ from edge_asd.edge.runtime.signed_docs import (
 STATE_SCHEMA = 1
 
 
+def _locked(method):
+    """Run ``method`` holding the trust directory's lock (:meth:`TrustDir.locked`)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.locked():
+            return method(self, *args, **kwargs)
+    return run
+
+
 class TrustDir:
     """The device's trust directory (layout in the module docstring)."""
 
@@ -56,20 +72,54 @@ class TrustDir:
         self.root_path = self.path / "root.json"
         self.state_path = self.path / "state.json"
         self.releases = self.path / "releases"
+        self._mutex, self._depth, self._fd = threading.RLock(), 0, None
 
-    def init(self, root_envelope: Envelope, device: str, cohort: str = "all") -> Root:
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the directory's exclusive lock (``flock`` on ``.lock``: other processes wait; reentrant in this
+        object, whose threads wait on a mutex). Raises EdgeAsdError when there is no such directory or no lock file
+        can be made in it."""
+        with self._mutex:
+            if self._depth == 0:
+                if not self.path.is_dir():
+                    raise EdgeAsdError(f"{self.path}: no trust directory; run edge-release init --trust-dir {self.path} "
+                                       "--root ROOT")
+                try:
+                    fd = os.open(self.path / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+                except OSError as e:
+                    raise EdgeAsdError(f"{self.path}: cannot lock the trust directory ({e.strerror})") from None
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._fd = fd
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    os.close(self._fd)  # closing releases the flock
+                    self._fd = None
+
+    def init(self, root_envelope: Envelope, device: str, cohort: str = "all", trusted_clock: bool = False) -> Root:
         """Trust ``root_envelope`` (the installer's trust on first use) for device ``device``.
 
         Raises:
             EdgeAsdError: the directory already holds a root (rotate with :meth:`update_root`), a bad name,
-                or a root not signed by its own threshold.
+                a root not signed by its own threshold, or (``trusted_clock``) an expired root.
         """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EdgeAsdError(f"{self.path}: cannot make the trust directory ({e.strerror})") from None
+        with self.locked():
+            return self._init(root_envelope, device, cohort, trusted_clock)
+
+    def _init(self, root_envelope: Envelope, device: str, cohort: str, trusted_clock: bool) -> Root:
         if self.root_path.exists():
             raise EdgeAsdError(f"{self.root_path}: a trusted root exists; rotate it with edge-release update-root")
         for what, name in (("device", device), ("cohort", cohort)):
             if not NAME_PATTERN.match(name):
                 raise EdgeAsdError(f"{what} name {name!r}: letters, digits, '.', '_' and '-' only")
-        root = verify_root(root_envelope, "root")
+        root = verify_root(root_envelope, "root", trusted_clock)
         atomic_write_text(self.root_path, json.dumps(root_envelope.to_dict(), indent=2) + "\n")
         self.save_state({"schema": STATE_SCHEMA, "device": device, "cohort": cohort, "root_version": root.version,
                          "release_version": 0, "command_seq": 0, "finetune": False, "phi": {}})
@@ -94,6 +144,7 @@ class TrustDir:
     def save_state(self, state: dict) -> None:
         atomic_write_text(self.state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
+    @_locked
     def update_root(self, envelope: Envelope, where: str) -> Root:
         """Rotate to a new root (:func:`verify_rotation`). Raises EdgeAsdError when refused."""
         new = verify_rotation(self.root(), envelope, where)
@@ -103,6 +154,7 @@ class TrustDir:
         self.save_state(state)
         return new
 
+    @_locked
     def install(self, model_path: Path, envelope: Envelope, model_dir: Path, where: str, trusted_clock: bool = False,
                 kit_version: str | None = None, store: Path | None = None, dest_name: str | None = None
                 ) -> tuple[Release, Path]:
@@ -184,6 +236,7 @@ class TrustDir:
             raise EdgeAsdError(f"{key.name}: the trusted root does not name this key as a device key")
         return self.check_model(model_sha256, model_size)
 
+    @_locked
     def sign_fine_tuned(self, key: signing.PrivateKey, base: Release, model: bytes, name: str) -> Release:
         """Sign (device key) and keep the release of a model fine-tuned from the signed release ``base``."""
         payload = release_document(base.version, name, model, base.min_kit_version, base.cohort,
@@ -216,6 +269,7 @@ class TrustDir:
         check_expiry(command.expires, trusted_clock, where)
         return command
 
+    @_locked
     def record_command(self, command: Command) -> None:
         state = self.state()
         state["command_seq"] = command.seq
@@ -223,6 +277,7 @@ class TrustDir:
             state["finetune"] = command.action == "finetune-on"
         self.save_state(state)
 
+    @_locked
     def pin_phi(self, machine_id: str, envelope: Envelope) -> None:
         """Remember ``envelope`` (verified) as the phi record in service for ``machine_id``: an older signed
         record put back into the phi store is then refused."""
@@ -230,6 +285,7 @@ class TrustDir:
         state.setdefault("phi", {})[machine_id] = sha256_bytes(envelope.payload)
         self.save_state(state)
 
+    @_locked
     def pin_restored(self, machine_id: str, record: PhiRecord | None, where: str) -> bool:
         """Pin the signed envelope that a phi record put back by a fine-tune rollback carries (verified);
         False when it carries none (edge-monitor --trust-dir will refuse that record)."""
@@ -252,6 +308,7 @@ class TrustDir:
         self.verify_phi(envelope, machine_id, f"phi record signed by {key.name}")
         return envelope
 
+    @_locked
     def sign_phi_record(self, key: signing.PrivateKey, store: Path, machine_id: str, record: PhiRecord) -> None:
         """Sign the record just stored for ``machine_id`` with this device's key (:meth:`sign_local_phi`), attach
         the envelope to it in the phi store ``store`` and pin it as the record in service (:meth:`pin_phi`)."""
