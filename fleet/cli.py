@@ -55,18 +55,28 @@ CONNECT_WARN_S = 5.0
 """edge-fleet serve warns when it has not reached the broker this long after starting."""
 
 
+def credential_options(fn):
+    """--username, --password-file and the TLS files (--ca, --cert, --key) of a command that talks to the broker."""
+    options = [
+        click.option("--username", envvar="EDGE_ASD_MQTT_USERNAME", default=None,
+                     help="Broker user name (the password: $EDGE_ASD_MQTT_PASSWORD or --password-file)."),
+        click.option("--password-file", type=FILE, default=None, help="File holding the broker password."),
+        click.option("--ca", type=FILE, default=None, help="CA certificates of the broker (mqtts)."),
+        click.option("--cert", type=FILE, default=None, help="Client certificate for mutual TLS (with --key)."),
+        click.option("--key", type=FILE, default=None, help="Client key for mutual TLS."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--broker", envvar="EDGE_ASD_FLEET_BROKER", required=True, metavar="URL",
               help="The MQTT 5 broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] ($EDGE_ASD_FLEET_BROKER).")
 @db_option
 @click.option("--group", default="ingest", show_default=True,
               help="Shared-subscription group: ingest processes of one group split the devices' messages.")
-@click.option("--username", envvar="EDGE_ASD_MQTT_USERNAME", default=None,
-              help="Broker user name (the password: $EDGE_ASD_MQTT_PASSWORD or --password-file).")
-@click.option("--password-file", type=FILE, default=None, help="File holding the broker password.")
-@click.option("--ca", type=FILE, default=None, help="CA certificates of the broker (mqtts).")
-@click.option("--cert", type=FILE, default=None, help="Client certificate for mutual TLS (with --key).")
-@click.option("--key", type=FILE, default=None, help="Client key for mutual TLS.")
+@credential_options
 @click.option("--keepalive", type=click.IntRange(1, 65535), default=30, show_default=True, help="MQTT keep-alive, s.")
 @click.option("--expect", type=FILE, default=None,
               help="File listing the devices that should report, one SITE/DEVICE a line ('never seen' until they do).")
@@ -122,12 +132,7 @@ def serve(broker, db, group, username, password_file, ca, cert, key, keepalive, 
 @click.option("--stage-timeout", type=click.FloatRange(0, min_open=True), default=3600.0, show_default=True,
               help="Abort when a stage has not passed within this many seconds.")
 @click.option("--poll", type=click.FloatRange(0.05), default=2.0, show_default=True, help="Read --db every this many seconds.")
-@click.option("--username", envvar="EDGE_ASD_MQTT_USERNAME", default=None,
-              help="Broker user name (the password: $EDGE_ASD_MQTT_PASSWORD or --password-file).")
-@click.option("--password-file", type=FILE, default=None, help="File holding the broker password.")
-@click.option("--ca", type=FILE, default=None, help="CA certificates of the broker (mqtts).")
-@click.option("--cert", type=FILE, default=None, help="Client certificate for mutual TLS (with --key).")
-@click.option("--key", type=FILE, default=None, help="Client key for mutual TLS.")
+@credential_options
 @user_errors
 def rollout(model_path, release, stages, db, broker, site, url, promote_after, abort_failures, min_reports,
             stage_timeout, poll, username, password_file, ca, cert, key):
