@@ -223,10 +223,10 @@ def write_model_files(options) -> list[str]:
     o = options
     ckpt = load_checkpoint(o.checkpoint)
     quant = o.quantize or "float32"
+    if "extractor_onnx" in ckpt and (o.target, quant) != ("onnx", "float32"):  # first: its only choice
+        raise EdgeAsdError(USER_ONNX_ONLY)
     if o.target not in ("tflite", "onnx") or quant not in ("float32", "int8-static") or (o.target == "onnx" and quant != "float32"):
         raise EdgeAsdError("a transfer-metric checkpoint converts to --to tflite (float32 or --int8) or --to onnx (float32)")
-    if "extractor_onnx" in ckpt and (o.target, quant) != ("onnx", "float32"):
-        raise EdgeAsdError(USER_ONNX_ONLY)
     calibration = None
     if quant == "int8-static":
         if o.calibration_dir is None:

@@ -66,7 +66,9 @@ class Tally:
 
 def tally(db: FleetDb, site: str, cohort: str, sha256: str, since: float) -> Tally:
     """The devices of ``cohort`` at ``site`` (their heartbeat's ``cohort``; none given: ``all``) and their
-    ``rollout`` lines for the release ``sha256`` received since ``since`` (epoch s)."""
+    ``rollout`` lines for the release ``sha256`` received since ``since`` (epoch s). A device whose heartbeat
+    says an input runs that model as good counts as passed (it took the release before the rollout started:
+    otherwise the stage never promoted)."""
     rows = [d for d in db.devices() if d["site"] == site and (d["cohort"] or "all") == cohort]
     names = {d["device"] for d in rows}
     passed, failed = set(), {}
@@ -79,6 +81,9 @@ def tally(db: FleetDb, site: str, cohort: str, sha256: str, since: float) -> Tal
             passed.add(device)
         elif e.get("result") in ("failed", "refused"):
             failed[device] = f"{e.get('result')}: {e.get('reason') or 'no reason given'}"
+    for d in rows:  # already running it as good (a passed trial before this rollout, e.g. edge-release publish)
+        if any(i.get("model_sha256") == sha256 and (i.get("release") or {}).get("state") == "good" for i in d["inputs"]):
+            passed.add(d["device"])
     return Tally(sorted(names), sorted(d["device"] for d in rows if d["status"] in ONLINE),
                  sorted(passed - set(failed)), failed)
 

@@ -93,14 +93,15 @@ class Device:
     version), a ``rollout`` line ``trial``, then after ``gate_s`` ``passed``, or ``failed`` with the health
     gate's reason and back to its good release."""
 
-    def __init__(self, url: str, name: str, cohort: str, folder, passes: bool = True, gate_s: float = 0.3):
+    def __init__(self, url: str, name: str, cohort: str, folder, passes: bool = True, gate_s: float = 0.3,
+                 current: int = 6, sha256: str = "ab" * 32):
         import paho.mqtt.client as mqtt
 
         self.name, self.passes, self.gate_s = name, passes, gate_s
-        self.release = {"current": 6, "trial": None, "state": "good", "last_failure": None}
+        self.release = {"current": current, "trial": None, "state": "good", "last_failure": None}
         s = settings({"broker": url, "site": "plant", "device": name, "heartbeat_s": 0.5}, folder / f"{name}.sqlite")
         self.link = FleetLink(s, status=lambda: {"cohort": cohort, "health": "ok", "inputs": [
-            {"input": "mic", "model_sha256": "ab" * 32, "phi": 1120.0, "release": dict(self.release)}]}).start()
+            {"input": "mic", "model_sha256": sha256, "phi": 1120.0, "release": dict(self.release)}]}).start()
         self.sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.sub.on_connect = lambda c, u, f, rc, p: c.subscribe(f"asd/v1/plant/_cohort/{cohort}/release", qos=1)
         self.sub.on_message = lambda c, u, m: threading.Thread(target=self._gate, args=(m.payload,)).start()
@@ -230,3 +231,21 @@ def test_a_failing_canary_aborts_the_rollout(broker, plant, release):
     assert shown["last_rollback"]["reason"].startswith("alarm rate 40.0/h") and shown["desired"] is None
     wave = json.loads(cli("edge-fleet", "show", "plant/w1", "--db", plant["db"]).stdout)
     assert wave["rollout"]["cohort_state"] == "cancelled" and wave["current"] == "6"
+
+
+def test_a_device_already_running_the_release_counts_as_passed(broker, plant, release):
+    """The canary took release 7 from an edge-release publish before the rollout: its heartbeat says it runs that
+    model as good. The stage promotes at once (it waited for a passed line that never came, then aborted)."""
+    model = release[0]
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    db_path = plant["db"]
+    plant["devices"]({"w1": ("wave1", True, 0.3)})
+    done_device = Device(broker.url, "c1", "canary", db_path.parent, current=7, sha256=sha)
+    try:
+        until(lambda: {d["device"] for d in rows(db_path)} == {"c1", "w1"})
+        done = cli("edge-fleet", "rollout", model, release[1], "--stages", "canary,wave1", "--db", db_path, "--mqtt",
+                   broker.url, "--mqtt-site", "plant", "--poll", "0.2", "--stage-timeout", "30", timeout=120)
+    finally:
+        done_device.stop()
+    assert done.returncode == 0, done.stderr
+    assert "passed every stage (canary, wave1)" in done.stdout and "c1" not in rollout_lines(db_path)

@@ -192,3 +192,39 @@ def test_the_gate_allows_factor_times_the_good_rate_plus_extra():
     for table in ({"trial_windows": 0}, {"factor": "3"}, {"extra": 1.5}, {"minutes": 3}):
         with pytest.raises(EdgeAsdError):
             check_gate(table, "monitor.toml [rollout]")
+
+
+def test_an_alarm_held_on_all_trial_long_fails_it(device, keys, variant, calibrated, fan):
+    """phi / 1000 with the default --trial-extra 1: the alarm goes on once and stays on, one alarm-on line, within
+    the allowance; a new-user check saw such a release pass the gate and a whole rollout. It fails now."""
+    trial(device, keys, variant, calibrated, 1e-3)
+    proc = monitor(device, fan["test_normal"][0])
+    assert proc.returncode == 0, proc.stderr
+    rollout = [x for x in lines(device / "events.jsonl") if x["event"] == "rollout"]
+    assert [r["result"] for r in rollout] == ["failed"] and "alarm is still on when the trial ends" in rollout[0]["reason"]
+    assert json.loads((device / "slots" / "slots.json").read_text())["good"]["version"] == 1
+
+
+def test_a_signed_phi_for_the_trial_does_not_block_the_way_back_to_good(device, keys, variant, calibrated, fan):
+    """A set-phi for the trial's model (accepted after release 1) made the good model's release phi look replaced:
+    the failed trial's monitor exited 1 and every restart too. Pins count for their own model only."""
+    trial(device, keys, variant, calibrated, 1e-3)
+    ops = device / "ops.json"
+    phi_for(ops, calibrated[0], variant, 1e-3)
+    ok(cli("edge-release", "command", "set-phi", "--device", "pi-1", "--seq", "1", "--key", keys / "ops.key", "--store",
+           ops, "--machine-id", "00", "-o", device / "cmd1.json"))
+    ok(cli("edge-release", "apply", device / "cmd1.json", "--trust-dir", device / "trust", "--store", device / "phi.json"))
+    for _ in range(2):  # the failed trial goes back to good; a restart runs good again
+        proc = monitor(device, fan["test_normal"][0])
+        assert proc.returncode == 0, proc.stderr
+    starts = [x for x in lines(device / "events.jsonl") if x["event"] == "start"]
+    calibrated_phi = phi_store.history(calibrated[0], "id_00")["id_00"][-1].phi
+    assert [s["phi"] == pytest.approx(calibrated_phi) for s in starts] == [False, True, True]
+
+
+@pytest.mark.parametrize("option, value", [("--trial-factor", "nan"), ("--trial-minutes", "inf"),
+                                           ("--trial-minutes", "nan"), ("--trial-windows", "1" + "0" * 22)])
+def test_absurd_gate_options_are_refused(option, value):
+    """--trial-factor nan passed a trial with 1036 alarms; --trial-minutes inf kept a trial forever."""
+    proc = cli("edge-monitor", "--model", "m.tflite", option, value)
+    assert proc.returncode == 2 and f"Invalid value for '{option}'" in proc.stderr and "Traceback" not in proc.stderr

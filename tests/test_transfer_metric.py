@@ -334,3 +334,24 @@ def test_user_onnx_extractor_trains_and_ships_as_one_onnx_file(data_root, fan, t
     torch.onnx.export(torch.nn.Flatten().eval(), (torch.zeros(1, 96, 64),), str(bad), dynamo=False)
     with pytest.raises(EdgeAsdError, match="\\(n, 1, 96, 64\\) float32"):
         OnnxExtractor(bad)
+
+
+class _NaNExtractor(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3)) * float("nan")
+
+
+@pytest.mark.parametrize("module, dynamic, message", [
+    (_TinyExtractor(), False, "its batch axis is fixed at 1; export it with a dynamic batch axis"),
+    (_NaNExtractor(), True, "holds NaN or infinite values")])
+def test_a_user_extractor_with_a_fixed_batch_or_nan_output_is_one_clear_error(module, dynamic, message, tmp_path):
+    """A new-user check: a fixed batch of 1 was accepted by edge-train and broke edge-convert with an onnxruntime
+    traceback (leaving a broken .onnx behind); a NaN output was a scikit-learn traceback. Both refused up front."""
+    from edge_asd.core.errors import EdgeAsdError
+    from edge_asd.train.transfer_metric.extractor import OnnxExtractor
+
+    path = tmp_path / "ext.onnx"
+    torch.onnx.export(module.eval(), (torch.zeros(1, 1, 96, 64),), str(path), input_names=["patch"],
+                      dynamic_axes={"patch": {0: "n"}} if dynamic else None, dynamo=False)
+    with pytest.raises(EdgeAsdError, match=message):
+        OnnxExtractor(path)(np.zeros((3, 1, 96, 64), np.float32))

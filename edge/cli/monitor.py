@@ -74,19 +74,29 @@ def _list_devices(ctx, param, value):
     ctx.exit(0)
 
 
+def _gate_range(key: str):
+    """The option type of a health-gate setting: the range monitor.toml's [rollout] takes (finite; ``--trial-factor
+    nan`` and ``--trial-minutes inf`` switched the gate off)."""
+    from edge_asd.edge.cli.options import FiniteRange
+    from edge_asd.edge.runtime.gate import GATE_RANGES
+
+    kind, lo, hi = GATE_RANGES[key]
+    return click.IntRange(lo, hi) if kind is int else FiniteRange(lo, hi)
+
+
 def trial_options(fn):
     """The health gate's options of a slot directory (docs/releases.md); each also from monitor.toml's [rollout]."""
     options = [
-        click.option("--trial-windows", type=click.IntRange(1), default=None,
+        click.option("--trial-windows", type=_gate_range("trial_windows"), default=None,
                      help="Health gate: context windows a release on trial must score before it is marked good "
                           "[default: 200]."),
-        click.option("--trial-minutes", type=click.FloatRange(0), default=None,
+        click.option("--trial-minutes", type=_gate_range("trial_minutes"), default=None,
                      help="Health gate: minutes of audio a release on trial must score before it is marked good "
                           "[default: 10]."),
-        click.option("--trial-factor", type=click.FloatRange(0), default=None,
+        click.option("--trial-factor", type=_gate_range("factor"), default=None,
                      help="Health gate: a trial fails when its alarms per hour exceed this many times the good "
                           "model's (plus --trial-extra alarms) [default: 3]."),
-        click.option("--trial-extra", type=click.IntRange(0), default=None,
+        click.option("--trial-extra", type=_gate_range("extra"), default=None,
                      help="Health gate: alarms a trial may raise beyond the factor's allowance [default: 1]."),
     ]
     for option in reversed(options):
@@ -277,12 +287,22 @@ def _open_fleet(config_path: Path | None, configs: list, options: dict):
     from edge_asd.edge.runtime.fleet.sink import open_fleet
     from edge_asd.edge.runtime.trust import TrustDir
 
-    inputs, cohort = {}, "all"
+    inputs, cohort, names = {}, "all", set()
     for cfg in configs:
         state = TrustDir(cfg.trust_dir).state() if cfg.trust_dir else {}
         version, cohort = state.get("release_version"), state.get("cohort", cohort)
+        names |= {state["device"]} if "device" in state else set()
         source = "option" if cfg.phi is not None else "signed" if cfg.trust_dir else "store"
         inputs[cfg.label] = {"model_version": version, "phi_source": source}
+    if len(names) > 1:
+        raise EdgeAsdError(f"the inputs' trust directories name different devices ({', '.join(sorted(names))}); "
+                           "one monitor is one device")
+    if names:  # signed commands name the trust directory's device: the link must listen under that name
+        device = names.pop()
+        if values.get("device") not in (None, device):
+            raise EdgeAsdError(f"--mqtt-device {values['device']} differs from the trust directory's device {device}: "
+                               f"signed commands for {device} would never reach this monitor (leave --mqtt-device out)")
+        values["device"] = device
     link_settings = settings(values, Path(user_data_dir("edge-asd")) / "outbox.sqlite",
                              os.environ.get("EDGE_ASD_MQTT_PASSWORD"))
     sink = open_fleet(link_settings, inputs, cohort)

@@ -3,7 +3,8 @@ docs/releases.md, Health gate): the mark-good pattern of RAUC and Mender.
 
 A trial passes when it has scored at least ``trial_windows`` context windows AND ``trial_minutes`` of audio, and
 its alarms (alarm-on lines) stay within ``factor`` x the good model's rate (alarms per hour of scored audio, from
-``good_stats``) over the trial's audio, plus ``extra`` alarms. It fails at once when the model does not load, when
+``good_stats``) over the trial's audio, plus ``extra`` alarms, and its alarm is off at that moment (an alarm that
+went on once and stayed on counts one alarm-on line: a phi 1000 times too low passed the gate that way). It fails at once when the model does not load, when
 scoring raises, or as soon as its alarms exceed what the gate allows at ``trial_minutes``. Pass: the trial becomes
 good (good becomes previous). Fail: the monitor goes back to the good model in the same process and stream, and
 ``last_failure`` records why. Each step is a ``rollout`` line (docs/events.md) through the monitor's emit path.
@@ -101,6 +102,11 @@ class Rollout:
                                     f"({self.gate.factor:g} x the good model's rate + {self.gate.extra})", stats)
                 return
             if stats["windows"] >= self.gate.trial_windows and stats["seconds"] >= minimum_s:
+                if monitor.detector.alarm.on:  # one alarm held on all trial long counts once: never mark it good
+                    self._fail(monitor, f"its alarm is still on when the trial ends ({stats['alarms']} alarm-on in "
+                                        f"{stats['seconds']:.0f} s of audio); a release passes only with its alarm off",
+                               stats)
+                    return
                 self.slots.save_stats("trial", stats)
                 state = self.slots.mark_good()
                 self.slot = "good"

@@ -5,7 +5,8 @@ Layout (outside the model directory; only the installer and edge-release write i
 
     root.json                the trusted root (its envelope)
     state.json               {"schema": 1, "device", "cohort", "root_version", "release_version",
-                              "command_seq", "finetune", "phi": {machine_id: sha256 of the accepted phi payload}}
+                              "command_seq", "finetune", "phi": {machine_id: sha256 of the accepted phi payload},
+                              "phi_model": {machine_id: the sha256 of the model that record is for}}
     releases/<sha256>.json   the envelope of every release installed, by the model file's sha256
 
 Every refusal is an :class:`~edge_asd.core.errors.EdgeAsdError` naming the file and the reason. One writer
@@ -42,6 +43,7 @@ from edge_asd.edge.runtime.signed_docs import (
     SignedPhi,
     check_expiry,
     parse_command,
+    parse_phi,
     parse_release,
     phi_document,
     release_document,
@@ -187,6 +189,7 @@ class TrustDir:
         if store is not None and release.phi:
             for machine_id in release_phi.store_records(store, release):
                 state.setdefault("phi", {}).pop(machine_id, None)  # the release's phi is now the one in service
+                state.setdefault("phi_model", {}).pop(machine_id, None)
         self.save_state(state)
         return release, dest
 
@@ -283,6 +286,7 @@ class TrustDir:
         record put back into the phi store is then refused."""
         state = self.state()
         state.setdefault("phi", {})[machine_id] = sha256_bytes(envelope.payload)
+        state.setdefault("phi_model", {})[machine_id] = parse_phi(envelope.payload).record.model_sha256
         self.save_state(state)
 
     @_locked
@@ -338,8 +342,11 @@ class TrustDir:
         if raw is None and record.extra.get("release") == model_sha256:
             path = self.releases / f"{model_sha256}.json"
             release = signed_release(self.root(), signing.read_envelope(path), str(path))
-            return release_phi.check_record(record, release, machine_id, self.state().get("phi", {}).get(machine_id),
-                                            where)
+            state = self.state()  # a signed record pinned since counts only when it is for this model (slots: good
+            pinned = state.get("phi", {}).get(machine_id)  # and trial each keep theirs); an old state names no model
+            if state.get("phi_model", {}).get(machine_id, model_sha256) != model_sha256:
+                pinned = None
+            return release_phi.check_record(record, release, machine_id, pinned, where)
         if raw is None:
             raise EdgeAsdError(f"{where}: unsigned phi record; a trust directory is configured (sign it with "
                                "edge-calibrate --sign-key or send it with edge-release command set-phi)")

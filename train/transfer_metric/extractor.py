@@ -183,9 +183,15 @@ class OnnxExtractor:
         except Exception as e:
             raise EdgeAsdError(f"{where}: not an ONNX model onnxruntime can run ({type(e).__name__})") from None
         (inp, *more), outputs = self.session.get_inputs(), [o.name for o in self.session.get_outputs()]
-        if more or inp.type != "tensor(float)" or len(inp.shape) != 4 or list(inp.shape[1:]) != [1, PATCH_FRAMES, PATCH_MELS]:
+        if more:
+            raise EdgeAsdError(f"{where}: it has {1 + len(more)} inputs; an extractor takes one (n, 1, {PATCH_FRAMES}, "
+                               f"{PATCH_MELS}) float32 tensor")
+        if inp.type != "tensor(float)" or len(inp.shape) != 4 or list(inp.shape[1:]) != [1, PATCH_FRAMES, PATCH_MELS]:
             raise EdgeAsdError(f"{where}: its input must be one (n, 1, {PATCH_FRAMES}, {PATCH_MELS}) float32 tensor "
                                f"(yamnet log-mel patches), not {inp.shape} {inp.type}")
+        if isinstance(inp.shape[0], int):  # the device scores a batch of patches per hop; the convert step too
+            raise EdgeAsdError(f"{where}: its batch axis is fixed at {inp.shape[0]}; export it with a dynamic batch "
+                               "axis (torch.onnx.export(..., dynamic_axes={'input': {0: 'n'}}))")
         if output is not None and output not in outputs:
             raise EdgeAsdError(f"{where}: no output {output!r} (outputs: {', '.join(outputs)})")
         self.input, self.output = inp.name, output or outputs[0]
@@ -198,6 +204,9 @@ class OnnxExtractor:
         out = [self.session.run([self.output], {self.input: p.reshape(1, 1, PATCH_FRAMES, PATCH_MELS)})[0]
                for p in np.asarray(patches, np.float32)]
         out = np.concatenate(out).astype(np.float32)
+        if not np.all(np.isfinite(out)):
+            raise EdgeAsdError(f"the extractor's output {self.output!r} holds NaN or infinite values; check the ONNX "
+                               "graph (on yamnet log-mel patches)")
         return out.mean(axis=(2, 3)) if out.ndim == 4 else out.reshape(len(out), -1)
 
 
