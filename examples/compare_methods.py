@@ -75,10 +75,13 @@ DEFAULT_METHODS = ",".join([*AE_METHODS, *HOOKS])
 @click.option("--n-boot", type=click.IntRange(min=100), default=1000, show_default=True, help="Bootstrap replicates.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder. Default: out/compare/BUDGET[_quick][_few_shot_NxK].")
+@click.option("--report-only", is_flag=True,
+              help="Train nothing: write the report from the runs OUT/runs.jsonl already holds (a comparison still "
+                   "running or interrupted; unfinished runs are counted and left out).")
 @click.option("-q", "--quiet", is_flag=True)
 @user_errors
 def main(data, machine_types, ids, methods, seeds, budget, few_shot, draws, something_else_dir, anomaly_sounds,
-         max_anomaly_sounds, quick, device, threads, n_boot, out, quiet):
+         max_anomaly_sounds, quick, device, threads, n_boot, out, report_only, quiet):
     setup_logging(quiet=quiet)
     if quick:
         seeds, max_anomaly_sounds, n_boot = seeds[:1], max_anomaly_sounds or 7, 200
@@ -103,8 +106,9 @@ def main(data, machine_types, ids, methods, seeds, budget, few_shot, draws, some
     sounds = anomaly_sounds_of(sound_dir(anomaly_sounds, data, "test"), max_anomaly_sounds)
     wanted = sorted({key for split in splits for key in split})
     tests = {key: test_items(machines[key], sounds, out / "mixtures" / f"{key[0]}_{key[1]}") for key in wanted}
-    runs = run_all(found, splits, tests, seeds, data, se_dir, budget, out / "runs.jsonl")
-    report(runs, {k: t["sets"] for k, t in tests.items()}, list(found), missing, settings, seeds, n_boot, out)
+    runs = run_all(found, splits, tests, seeds, data, se_dir, budget, out / "runs.jsonl", report_only)
+    report(runs, {k: t["sets"] for k, t in tests.items()}, list(found), missing, settings, seeds, n_boot, out,
+           "no finished run yet" if report_only else "failed (log above)")
 
 
 def anomaly_sounds_of(folder: Path | None, most: int | None) -> list[Path]:
@@ -143,18 +147,22 @@ def test_items(paths: dict, sounds: list[Path], folder: Path) -> dict:
 
 
 def run_all(found: dict, splits: list[dict], tests: dict, seeds: list[int], data: Path, se_dir: Path | None,
-            budget: str, runs_path: Path) -> list[dict]:
+            budget: str, runs_path: Path, report_only: bool = False) -> list[dict]:
     """Every method x draw x ID x seed (the RMS reference once per draw and ID), seed-major (an interrupted
     comparison has every method and ID of its first seeds), each appended to ``runs_path`` as it finishes;
-    runs already there are read, not redone. A method that fails is logged and left out."""
+    runs already there are read, not redone. A method that fails is logged and left out. ``report_only``: run
+    nothing, return the finished runs."""
     done = {}
     if runs_path.is_file():
         done = {r["key"]: r for r in map(json.loads, runs_path.read_text().splitlines())}
     jobs = [(seed, draw, key, paths, method) for seed in seeds for draw, split in enumerate(splits)
             for key, paths in split.items() for method in found if method != REFERENCE or seed == seeds[0]]
-    runs = []
+    runs, unfinished = [], 0
     for seed, draw, (mtype, mid), paths, method in jobs:
         key = f"{method}/{mtype}/{mid}/{draw}/{seed}"
+        if key not in done and report_only:
+            unfinished += 1
+            continue
         if key not in done:
             items = tests[(mtype, mid)]["items"]
             t0 = time.perf_counter()
@@ -175,10 +183,13 @@ def run_all(found: dict, splits: list[dict], tests: dict, seeds: list[int], data
                 f.write(json.dumps(done[key]) + "\n")
             log.info("%s: %.0f s", key, done[key]["fit_seconds"])
         runs.append(done[key])
+    if unfinished:
+        log.warning("--report-only: %d of %d runs are not finished; the report covers the %d finished", unfinished,
+                    len(jobs), len(runs))
     return runs
 
 
-def report(runs, sets, methods, missing, settings, seeds, n_boot, out: Path) -> None:
+def report(runs, sets, methods, missing, settings, seeds, n_boot, out: Path, no_runs: str = "failed (log above)") -> None:
     few_shot = settings["few_shot"]
     rows = summarize_draws(runs, sets, n_boot) if few_shot else summarize(runs, sets, n_boot)
     seed_rows = per_seed(runs, sets)
@@ -198,7 +209,7 @@ def report(runs, sets, methods, missing, settings, seeds, n_boot, out: Path) -> 
              table(rows, methods)]
     if missing or failed:
         lines.append("Not in the table: " + "; ".join([f"{m}: {why}" for m, why in missing.items()]
-                                                       + [f"{m}: failed (log above)" for m in failed]) + "\n")
+                                                       + [f"{m}: {no_runs}" for m in failed]) + "\n")
     if can_rank:
         lines.append("## What these clips can rank\n\n" + "\n".join(f"- {line}" for line in can_rank) + "\n")
     (out / "compare.md").write_text("\n".join(lines))

@@ -76,6 +76,13 @@ def test_smoke_run_on_a_dcase2020_layout_copy_writes_the_table(compare_methods, 
     assert run(compare_methods, "--data", str(root), "--budget", "smoke", "--methods", "re", "--seeds", "0,1",
                "--out", str(out))[0] == 0
     assert (out / "runs.jsonl").read_text() == lines
+    # --report-only with a seed not run yet: nothing trains, the report covers the finished runs
+    code, output = run(compare_methods, "--data", str(root), "--budget", "smoke", "--methods", "re,snp", "--seeds",
+                       "0,1,2", "--out", str(out), "--report-only")
+    assert code == 0, output
+    assert (out / "runs.jsonl").read_text() == lines
+    md = (out / "compare.md").read_text()
+    assert "| re | fan id_00 |" in md and "snp: no finished run yet" in md
 
 
 def test_loudness_reference_ranks_as_hand_rms(fan):
@@ -130,3 +137,14 @@ def test_hooks_stubbed_missing_and_broken_are_reported(compare_methods, monkeypa
     assert rows[("serial-oe", "real")] == pytest.approx(1 - rows[("rms", "real")], abs=1e-4)  # -RMS reverses the ranking
     code, output = run(compare_methods, "--methods", "nope", "--out", str(tmp_path / "x"))
     assert code == 1 and "unknown method 'nope'" in output
+
+
+def test_a_costly_variant_runs_only_when_named():
+    """serial-oe/efficientnet_lite0 (an hour per network on a CPU core) is not part of the serial-oe family's
+    default expansion; named, it resolves to its hook."""
+    pytest.importorskip("torch")
+    from edge_asd.train.compare import method_names, resolve_methods
+
+    assert "serial-oe/efficientnet_lite0" not in method_names(["serial-oe", "transfer-metric"])
+    found, missing = resolve_methods(["serial-oe/efficientnet_lite0"])
+    assert list(found) == ["serial-oe/efficientnet_lite0"] and not missing

@@ -116,7 +116,7 @@ def _hook(module_name: str, attr: str):
 
 def method_names(families: list[str]) -> list[str]:
     """``families`` with each hook family expanded to its module's comparators (``transfer-metric/<name>``
-    for every ``fit_score_<name>``; none when the module is missing)."""
+    for every ``fit_score_<name>`` not in the module's ``OPT_IN``; none when the module is missing)."""
     names = []
     for name in families:
         names.append(name)
@@ -125,7 +125,9 @@ def method_names(families: list[str]) -> list[str]:
                 module = importlib.import_module(HOOKS[name])
             except ImportError:
                 continue
-            names += [f"{name}/{a[len('fit_score_'):]}" for a in sorted(dir(module)) if a.startswith("fit_score_")]
+            opt_in = getattr(module, "OPT_IN", ())  # costly variants run only when named (serial-oe/efficientnet_lite0)
+            names += [f"{name}/{a[len('fit_score_'):]}" for a in sorted(dir(module))
+                      if a.startswith("fit_score_") and a[len("fit_score_"):] not in opt_in]
     return list(dict.fromkeys(names))
 
 

@@ -9,6 +9,10 @@ import numpy as np
 from edge_asd.firmware_io.audio_file import read_audio
 from edge_asd.train.serial_oe.fit import SerialOEOptions, fit_serial_oe
 
+OPT_IN = ("efficientnet_lite0",)
+"""Variants the comparison runs only when named (``--methods serial-oe/efficientnet_lite0``): about 6.6x
+cnn-small's cost per update, an hour per network on one CPU core."""
+
 
 def fit_score(*, data_dir: Path, machine_type: str, machine_id: str, train_clips: list[Path], test_clips: list[Path],
               something_else_dir: Path | None, seed: int, budget: str = "short", backbone: str = "cnn-small") -> np.ndarray:
