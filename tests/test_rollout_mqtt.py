@@ -149,7 +149,7 @@ def test_a_rollback_command_ends_the_trial_in_the_running_monitor(broker, device
     try:
         run.feed_until(lambda out: len(of(out, "start")) == 1)
         ok(cli("edge-release", "send", cmd, "--mqtt", broker.url, "--mqtt-site", "plant"))
-        out = run.feed_until(lambda out: len(of(out, "start")) == 2)
+        out = run.feed_until(lambda out: len(of(out, "start")) == 2 and of(out, "rollout"))  # the line follows the start
     finally:
         run.close()
     state = json.loads((device / "slots" / "slots.json").read_text())
