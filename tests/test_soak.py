@@ -17,7 +17,7 @@ def test_a_short_soak_keeps_descriptors_flat_and_events_identical(model, scorer,
 
     phi = float(np.quantile(scorer.score_audio(anomaly), 0.9))
     out = tmp_path / "soak.json"
-    code = soak.main(["--model", str(model), "--phi", str(phi), "--hours", "0.03", "--sample-s", "0.2",
+    code = soak.main(["--model", str(model), "--phi", str(phi), "--hours", "0.03", "--sample-s", "0.05",
                       "--data", str(data_root), "--json", str(out)])
     r = json.loads(out.read_text())
     assert code == 0 and r["events_identical"] is True
