@@ -154,3 +154,51 @@ def _until(condition, timeout_s: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < end, "timed out"
         time.sleep(0.02)
+
+
+def test_home_assistant_discovery(broker, model, fan, tmp_path):
+    """With --mqtt-ha-discovery the device publishes retained discovery configs whose templates, rendered by
+    Jinja2 (Home Assistant's engine) on the device's real state and heartbeat messages, give the machine's alarm,
+    the anomaly count of the events file, phi and the connectivity; without it, none (off by default)."""
+    import jinja2  # the dev extra's; Home Assistant renders templates with it
+    seen = Collector(broker.url, "#", ack=True)
+    proc = _monitor(model, fan["test_anomaly"][0], tmp_path, broker.url, "--mqtt-ha-discovery",
+                    "--mqtt-ha-prefix", "ha/test")
+    assert proc.returncode == 0, proc.stderr
+    time.sleep(0.3)
+    seen.close()
+    later = Collector(broker.url, "ha/test/#")  # a Home Assistant that starts after the device: the retained configs
+    time.sleep(0.5)
+    later.close()
+    configs = {t: (body, retain) for t, body, retain in later.messages}
+    assert all(retain for _, retain in configs.values())
+    assert configs == {t: (body, True) for t, body, _ in seen.messages if t.startswith("ha/test/")}
+    assert {t.split("/")[2] for t in configs} == {"binary_sensor", "sensor"}
+    assert len({body["unique_id"] for body, _ in configs.values()}) == len(configs) == 7  # 5 device + 2 per input
+    lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    name = lines[0]["input"]
+    last = {"state": seen.of("state")[0], "hb": seen.of("hb")[-1]}  # the birth; the last heartbeat
+
+    def value(obj):
+        [(body, _)] = [c for t, c in configs.items() if t.endswith(f"/{obj}/config")]
+        source = body["state_topic"].rsplit("/", 1)[1]
+        return jinja2.Environment().from_string(body["value_template"]).render(value_json=last[source])
+
+    obj = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+    assert value("online") == "ON" and value("health") == "OFF"
+    assert value(f"alarm_{obj}") == "ON" and any(x["event"] == "alarm" for x in lines)  # phi 0: the alarm is on
+    assert int(value("anomaly_events")) == sum(x["event"] == "anomaly" for x in lines) > 0
+    assert float(value(f"phi_{obj}")) == 0.0
+    last["state"] = seen.of("state")[-1]
+    assert value("online") == "OFF"
+
+    from edge_asd.edge.runtime.fleet.settings import check_table
+    from edge_asd.edge.runtime.fleet.sink import open_fleet
+
+    link = open_fleet(settings({"broker": broker.url, "device": "pi-9"}, tmp_path / "o.sqlite"), {"mic": {}}).link
+    assert link.discovery() == []  # off by default
+    link.outbox.close()
+    with pytest.raises(EdgeAsdError, match="ha_discovery = 'yes' should be true or false"):
+        check_table({"ha_discovery": "yes"}, "monitor.toml [fleet]", tmp_path)
+    with pytest.raises(EdgeAsdError, match="ha_prefix"):
+        settings({"broker": broker.url, "ha_prefix": "home/#"}, tmp_path / "o.sqlite")

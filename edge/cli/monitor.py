@@ -49,6 +49,11 @@ def mqtt_options(fn):
                      help="Outbox file (SQLite) [default: outbox-SITE-DEVICE.sqlite in the user data dir]."),
         click.option("--mqtt-keepalive", envvar="EDGE_ASD_MQTT_KEEPALIVE", type=click.IntRange(1, 65535), default=None,
                      help="MQTT keep-alive, s: the broker marks the device offline after 1.5 times it [default: 30]."),
+        click.option("--mqtt-ha-discovery/--no-mqtt-ha-discovery", envvar="EDGE_ASD_MQTT_HA_DISCOVERY", default=None,
+                     help="Publish Home Assistant MQTT discovery configs (retained) so the device shows up there "
+                          "[default: off]."),
+        click.option("--mqtt-ha-prefix", envvar="EDGE_ASD_MQTT_HA_PREFIX", default=None,
+                     help="Home Assistant's discovery prefix [default: homeassistant]."),
         click.option("--heartbeat-s", envvar="EDGE_ASD_HEARTBEAT_S", type=click.FloatRange(0.1, 86400), default=None,
                      help="Seconds between heartbeats to the fleet [default: half the keep-alive, 15]."),
     ]
@@ -164,7 +169,8 @@ def trial_options(fn):
 def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_channels, pcm_framing, baud, window, gate_db,
          gate_min_on_s, gate_min_off_s, votes, hysteresis, events_path, events_max_mb, evidence_dir, evidence_seconds,
          evidence_png, config_path, silent_dbfs, silent_s, level_drift_db, mqtt, mqtt_site, mqtt_device, mqtt_username,
-         mqtt_password_file, mqtt_ca, mqtt_cert, mqtt_key, mqtt_outbox, mqtt_keepalive, heartbeat_s, trial_windows,
+         mqtt_password_file, mqtt_ca, mqtt_cert, mqtt_key, mqtt_outbox, mqtt_keepalive, mqtt_ha_discovery, mqtt_ha_prefix,
+         heartbeat_s, trial_windows,
          trial_minutes, trial_factor, trial_extra, trust_dir, trusted_clock, allow_unsigned, threads, quiet):
     """Stream audio through the model; print one JSON line per frame that pushes the running max over phi,
     one verdict line per closed operation window (eq. 11), an alarm line when the alarm goes on or off, and a
@@ -226,7 +232,8 @@ def main(model_path, machine_id, store, phi, input_spec, channel, pcm_rate, pcm_
 
     fleet = _open_fleet(config_path, configs, dict(
         broker=mqtt, site=mqtt_site, device=mqtt_device, username=mqtt_username, password_file=mqtt_password_file,
-        ca=mqtt_ca, cert=mqtt_cert, key=mqtt_key, outbox=mqtt_outbox, keepalive_s=mqtt_keepalive, heartbeat_s=heartbeat_s))
+        ca=mqtt_ca, cert=mqtt_cert, key=mqtt_key, outbox=mqtt_outbox, keepalive_s=mqtt_keepalive, heartbeat_s=heartbeat_s,
+        ha_discovery=mqtt_ha_discovery, ha_prefix=mqtt_ha_prefix))
     shutdown = Shutdown()
     try:
         monitors, file_sinks = build_monitors(configs, StdoutSink(sys.stdout, on_closed=shutdown.reader_gone),

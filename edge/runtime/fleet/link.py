@@ -88,6 +88,8 @@ class FleetLink:
         self.settings, self.status, self.cohort = settings, status, cohort
         self.on_release: Callable[[bytes], None] | None = None
         self.on_command: Callable[[dict], None] | None = None
+        self.discovery: Callable[[], list[tuple[str, dict]]] = list
+        """Home Assistant discovery configs published (retained) on every connect; none by default."""
         self.boot = new_boot_id()
         self.started = time.time()
         self.connected = False
@@ -134,6 +136,10 @@ class FleetLink:
         seq = self.outbox.add(record)
         self._events.put(("wake",))
         return seq
+
+    def beat_now(self) -> None:
+        """Send a heartbeat at the next turn of the worker (an alarm went on or off), not at the interval."""
+        self._events.put(("hb",))
 
     def heartbeat(self) -> dict:
         """The heartbeat's payload: boot, uptime (s), lines this boot, outbox depth, and ``status()``'s fields."""
@@ -191,6 +197,8 @@ class FleetLink:
             cohorts = {cohort_topic(self.settings.site, c) for c in (self.cohort, "all")}
             self._client.subscribe([(self._topic(k), 1) for k in ("ack", "cmd", "state")] + [(t, 1) for t in sorted(cohorts)])
             self._client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
+            for name, config in self.discovery():
+                self._client.publish(name, json.dumps(config, sort_keys=True).encode(), qos=1, retain=True)
             self._resend_delivered()
             self._next_hb = 0.0
             log.info("fleet: connected to %s (%d lines waiting)", self.settings.broker, self.outbox.depth())
@@ -200,6 +208,8 @@ class FleetLink:
             self.connected = False
         elif kind == "message":
             self._message(item[1], item[2])
+        elif kind == "hb":
+            self._next_hb = 0.0
 
     def _message(self, name: str, payload: bytes) -> None:
         if name.split("/")[3:4] == ["_cohort"]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_asd.core.errors import EdgeAsdError
+from edge_asd.edge.runtime.fleet.discovery import check_prefix
 from edge_asd.edge.runtime.fleet.topics import BrokerUrl, check_name
 
 LIMITS = {"keepalive_s": (1, 65535), "heartbeat_s": (0.1, 86400.0), "batch": (1, 1000), "window": (1, 100),
@@ -48,6 +49,10 @@ class LinkSettings:
     """Resend from the oldest unacknowledged line when its ack is this late."""
     rate_batches_s: float = 20.0
     """Batches per second at most (a backlog after a reconnect drains at this pace)."""
+    ha_discovery: bool = False
+    """Publish Home Assistant MQTT discovery configs on every connect (:mod:`.discovery`); off by default."""
+    ha_prefix: str = "homeassistant"
+    """Home Assistant's discovery prefix."""
 
     def __post_init__(self):
         check_name(self.site, "site")
@@ -57,13 +62,16 @@ class LinkSettings:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or not lo <= value <= hi:
                 raise EdgeAsdError(f"fleet {key} = {value!r}: out of range ({lo:g} to {hi:g})")
+        if not isinstance(self.ha_discovery, bool):
+            raise EdgeAsdError(f"fleet ha_discovery = {self.ha_discovery!r}: use true or false")
+        check_prefix(self.ha_prefix)
         if (self.cert is None) != (self.key is None):
             raise EdgeAsdError("fleet: mutual TLS needs both a client certificate and its key")
 
 
 KEYS = {"broker": str, "site": str, "device": str, "outbox": Path, "username": str, "password_file": Path,
         "ca": Path, "cert": Path, "key": Path, "keepalive_s": int, "heartbeat_s": float, "batch": int, "window": int,
-        "ack_timeout_s": float, "rate_batches_s": float}
+        "ack_timeout_s": float, "rate_batches_s": float, "ha_discovery": bool, "ha_prefix": str}
 
 
 def check_table(table: dict, where: str, base: Path) -> dict:
@@ -78,9 +86,11 @@ def check_table(table: dict, where: str, base: Path) -> dict:
         if kind is None:
             raise EdgeAsdError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(KEYS))})")
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else \
-            isinstance(value, int) and not isinstance(value, bool) if kind is int else isinstance(value, str)
+            isinstance(value, int) and not isinstance(value, bool) if kind is int else \
+            isinstance(value, bool) if kind is bool else isinstance(value, str)
         if not ok:
-            raise EdgeAsdError(f"{where}: {key} = {value!r} should be {'a path' if kind is Path else kind.__name__}")
+            what = {Path: "a path", bool: "true or false"}.get(kind, kind.__name__)
+            raise EdgeAsdError(f"{where}: {key} = {value!r} should be {what}")
         out[key] = base / Path(value).expanduser() if kind is Path else kind(value)
     return out
 

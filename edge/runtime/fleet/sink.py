@@ -16,13 +16,14 @@ class FleetSink:
     """A sink (``write(record)``) that stores each line in ``link``'s outbox.
 
     ``inputs``: input name -> the fields the heartbeat reports for it besides those of its ``start`` line
-    (``model_version``, ``phi_source``). A failing outbox (a full disk) loses the fleet copy of a line, never
+    (``model_version``, ``phi_source``) and its alert policy's ``alarm`` (``on`` / ``off`` from its ``alarm`` lines;
+    ``off`` before the first). An ``alarm`` line also sends a heartbeat at once. A failing outbox (a full disk) loses the fleet copy of a line, never
     the monitor: the events file and stdout still get it; the loss is counted (``lost``) and logged once.
     """
 
     def __init__(self, link: FleetLink, inputs: dict[str, dict] | None = None):
         self.link = link
-        self.inputs = {name: dict(info) for name, info in (inputs or {}).items()}
+        self.inputs = {name: {"alarm": "off", **info} for name, info in (inputs or {}).items()}
         self.counts: dict[str, int] = {}
         self.problems: dict[tuple[str, str], str] = {}  # (input, health state) -> reason, while it lasts
         self.lost = 0
@@ -37,8 +38,10 @@ class FleetSink:
         with self._lock:
             self.counts[kind] = self.counts.get(kind, 0) + 1
             if kind == "start":
-                info = self.inputs.setdefault(name, {})
+                info = self.inputs.setdefault(name, {"alarm": "off"})
                 info.update({k: record.get(k) for k in ("machine_id", "model_sha256", "phi")})
+            elif kind == "alarm":
+                self.inputs.setdefault(name, {"alarm": "off"})["alarm"] = record.get("state")
             elif kind == "health":
                 key = (name, record.get("state"))
                 if record.get("status") == "start":
@@ -51,6 +54,8 @@ class FleetSink:
             self.lost += 1
             if self.lost == 1:
                 log.warning("fleet: cannot store a line in the outbox (%s); lines still go to the events file", e)
+        if kind == "alarm":
+            self.link.beat_now()
 
     def status(self) -> dict:
         """The heartbeat's fields: ``health`` ("ok" or "degraded"), ``problems``, counts, ``cohort`` and ``inputs``
@@ -80,4 +85,9 @@ def open_fleet(settings, inputs: dict[str, dict], cohort: str = "all") -> FleetS
     link = FleetLink(settings, status=lambda: holder[0].status() if holder else {}, cohort=cohort)
     holder.append(FleetSink(link, inputs))
     holder[0].cohort = cohort
+    if settings.ha_discovery:
+        from edge_asd.edge.runtime.fleet.discovery import ha_configs
+
+        link.discovery = lambda: ha_configs(settings.site, settings.device, sorted(holder[0].inputs), settings.ha_prefix,
+                                            holder[0].kit_version)
     return holder[0]
