@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from edge_asd.edge.runtime.fleet.topics import BrokerUrl
-from edge_asd.fleet.db import FleetDb
+from edge_asd.fleet.db import STALE_HEARTBEATS, FleetDb
 from edge_asd.fleet.ingest import Ingest
 
 OFFLINE = ("offline",)
@@ -89,12 +89,13 @@ def worker(url: str, folder: Path, names: list[str], rate: float, keepalive: int
     print("ready", flush=True)
     t0, t1 = map(float, sys.stdin.readline().split())
     written = dict.fromkeys(names, 0)
-    k = 0
+    k, stall = 0, 0.0
     while True:
         due = t0 + k / rate
         if due >= t1:
             break
         time.sleep(max(0.0, due - time.time()))
+        stall = max(stall, time.time() - due)  # how late this process got the CPU back (an overloaded machine)
         for name, sink in sinks.items():
             now = time.time()
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
@@ -108,7 +109,7 @@ def worker(url: str, folder: Path, names: list[str], rate: float, keepalive: int
     boots = {name: s.link.boot for name, s in sinks.items()}
     for s in sinks.values():
         s.link.stop(drain_s=0)
-    print(json.dumps({"written": written, "boots": boots}), flush=True)
+    print(json.dumps({"written": written, "boots": boots, "stall_s": round(stall, 2)}), flush=True)
 
 
 def run(url: str, folder: Path, devices: int = 100, workers: int = 10, seconds: float = 60.0, rate: float = 2.0,
@@ -171,8 +172,12 @@ def run(url: str, folder: Path, devices: int = 100, workers: int = 10, seconds: 
     if set(offline_s) != killed_names or late:
         failures.append(f"killed devices offline within {limit:g} s: {sorted(set(offline_s) - set(late))}; late {late}; "
                         f"never {sorted(killed_names - set(offline_s))}")
-    if offline_at_end != killed_names:
-        failures.append(f"offline at the end {sorted(offline_at_end)}, killed {sorted(killed_names)}")
+    # A surviving worker that itself got no CPU for 3 heartbeats (a machine overloaded beyond this test's premise)
+    # was silent, and offline is then the right view of it: named in the figures, not counted as the view's error.
+    starved = {n for o in outs if o["stall_s"] > STALE_HEARTBEATS * heartbeat for n in o["written"]}
+    if offline_at_end - starved != killed_names:
+        failures.append(f"offline at the end {sorted(offline_at_end)}, killed {sorted(killed_names)}"
+                        + (f", starved {sorted(starved)}" if starved else ""))
     exported = subprocess.run([str(Path(sys.executable).parent / "edge-fleet"), "export", "devices", "--db", str(db_path)],
                               capture_output=True, text=True)
     rows = list(csv.DictReader(io.StringIO(exported.stdout)))
@@ -197,7 +202,8 @@ def run(url: str, folder: Path, devices: int = 100, workers: int = 10, seconds: 
             "duplicates": ingest.counts["duplicates"],
             "latency_p50_s": round(delays[len(delays) // 2], 3), "latency_p99_s": round(delays[int(0.99 * (len(delays) - 1))], 3),
             "latency_max_s": round(delays[-1], 3), "offline_after_kill_s": _spread(offline_s, how_killed),
-            "offline_by_will": len(by_will), "offline_limit_s": limit, "export_rows": len(rows), "failures": failures}
+            "offline_by_will": len(by_will), "offline_limit_s": limit, "export_rows": len(rows),
+            "starved_survivors": sorted(starved), "worst_stall_s": max(o["stall_s"] for o in outs), "failures": failures}
 
 
 def _spread(offline_s: dict[str, float], how_killed: dict[str, str]) -> dict:
