@@ -28,12 +28,13 @@ def main() -> None:
     p.add_argument("--keepalive", type=int, default=30)
     p.add_argument("--ack-timeout", type=float, default=3.0)
     p.add_argument("--rate-batches", type=float, default=20.0)
+    p.add_argument("--batch", type=int, default=50, help="lines per evt message at most")
     p.add_argument("--heartbeat", type=float, default=1.0)
     p.add_argument("--wait-empty", type=float, default=30.0, help="seconds to wait for the outbox to empty at the end")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(relativeCreated)d ms: %(message)s")
     s = settings({"broker": a.url, "site": a.site, "device": a.device, "keepalive_s": a.keepalive,
-                  "ack_timeout_s": a.ack_timeout, "rate_batches_s": a.rate_batches, "heartbeat_s": a.heartbeat,
+                  "ack_timeout_s": a.ack_timeout, "rate_batches_s": a.rate_batches, "heartbeat_s": a.heartbeat, "batch": a.batch,
                   "outbox": a.outbox}, a.outbox)
     sink = open_fleet(s, {"mic": {"phi_source": "store", "model_version": 3}})
     sink.link.start()
