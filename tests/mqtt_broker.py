@@ -58,6 +58,23 @@ class Broker:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    def add_tls_listener(self, ca: Path, cert: Path, key: Path, users: dict[str, str]) -> int:
+        """Before ``start()``: a second listener on a free port with TLS (server ``cert`` / ``key`` signed by
+        ``ca``), client certificates required (mutual TLS) and user names with passwords (``mosquitto_passwd``),
+        no anonymous access; the first listener stays plain and anonymous. Returns the TLS port."""
+        passwd = self.folder / "passwd"
+        tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        for k, (user, password) in enumerate(users.items()):
+            subprocess.run([tool, "-b", *(["-c"] if k == 0 else []), str(passwd), user, password], check=True,
+                           capture_output=True)
+        port = free_port()
+        plain = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        text = self.conf.read_text().replace(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n", "")
+        self.conf.write_text(f"per_listener_settings true\n{text}{plain}listener {port} 127.0.0.1\ncafile {ca}\n"
+                             f"certfile {cert}\nkeyfile {key}\nrequire_certificate true\nallow_anonymous false\n"
+                             f"password_file {passwd}\n")
+        return port
+
     def start(self) -> Broker:
         self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port)

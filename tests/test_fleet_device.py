@@ -202,3 +202,79 @@ def test_home_assistant_discovery(broker, model, fan, tmp_path):
         check_table({"ha_discovery": "yes"}, "monitor.toml [fleet]", tmp_path)
     with pytest.raises(EdgeAsdError, match="ha_prefix"):
         settings({"broker": broker.url, "ha_prefix": "home/#"}, tmp_path / "o.sqlite")
+
+
+def _certificates(folder):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate for pi-1 (PEM files in ``folder``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def issue(name, issuer=None, issuer_key=None, ca=False, san=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer or subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (folder / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                                serialization.NoEncryption()))
+        return cert, key
+
+    ca, ca_key = issue("plant-ca", ca=True)
+    issue("broker", ca.subject, ca_key, san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    issue("pi-1", ca.subject, ca_key)
+    issue("rogue", None, None)  # self-signed: not the plant's CA
+    return {name: (folder / f"{name}.pem", folder / f"{name}.key") for name in ("plant-ca", "broker", "pi-1", "rogue")}
+
+
+def test_monitor_over_mutual_tls_with_a_password(model, fan, tmp_path):
+    """edge-monitor --mqtt mqtts:// to mosquitto with TLS, client certificates required and a password file: every
+    line arrives. A wrong password, or a client certificate the plant's CA did not sign, gets no connection (the
+    lines wait in the outbox)."""
+    from mqtt_broker import Broker, wait_for_port
+
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    pem = _certificates(folder)
+    broker = Broker(folder)
+    tls = broker.add_tls_listener(pem["plant-ca"][0], *pem["broker"], {"pi-1": "s3cret"})
+    broker.start()
+    wait_for_port(tls)
+    try:
+        (tmp_path / "pw").write_text("s3cret\n")
+        (tmp_path / "bad").write_text("guess\n")
+        url = f"mqtts://127.0.0.1:{tls}"
+        tls_args = ["--mqtt-ca", pem["plant-ca"][0], "--mqtt-username", "pi-1"]
+        seen = Collector(broker.url, "asd/v1/plant/pi-1/#", ack=True)
+        proc = _monitor(model, fan["test_anomaly"][0], tmp_path, url, *tls_args, "--mqtt-cert", pem["pi-1"][0],
+                        "--mqtt-key", pem["pi-1"][1], "--mqtt-password-file", tmp_path / "pw")
+        assert proc.returncode == 0, proc.stderr
+        time.sleep(0.3)
+        lines = (tmp_path / "events.jsonl").read_text().splitlines()
+        assert len([e for b in seen.of("evt") for e in b["events"]]) == len(lines) > 10
+        assert Outbox(tmp_path / "outbox.sqlite", "check").depth() == 0
+        for cert, password in ((pem["pi-1"], "bad"), (pem["rogue"], "pw")):
+            (tmp_path / "events.jsonl").unlink()
+            before = len(seen.of("state"))
+            proc = _monitor(model, fan["test_anomaly"][0], tmp_path, url, *tls_args, "--mqtt-cert", cert[0],
+                            "--mqtt-key", cert[1], "--mqtt-password-file", tmp_path / password)
+            assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+            n = len((tmp_path / "events.jsonl").read_text().splitlines())
+            assert len(seen.of("state")) == before and Outbox(tmp_path / "outbox.sqlite", "check").depth() == n
+            (tmp_path / "outbox.sqlite").unlink()
+            for side in ("-wal", "-shm"):
+                (tmp_path / f"outbox.sqlite{side}").unlink(missing_ok=True)
+        seen.close()
+    finally:
+        broker.stop()
