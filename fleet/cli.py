@@ -231,13 +231,14 @@ def show(name, db, last):
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("what", type=click.Choice(["devices", "events"]))
 @db_option
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), default="csv", show_default=True,
+              help="parquet needs --out and pyarrow (pip install 'edge-asd[parquet]').")
 @click.option("--since-hours", type=click.FloatRange(0, min_open=True), default=None, help="Events of the last hours only.")
 @click.option("--out", type=FILE, default=None, help="Write here instead of stdout.")
 @user_errors
 def export(what, db, fmt, since_hours, out):
-    """The devices (the columns of ls) or the stored events (one row per event, de-duplicated), as CSV or
-    JSON lines."""
+    """The devices (the columns of ls) or the stored events (one row per event, de-duplicated), as CSV, JSON
+    lines or Parquet (the events' ``line`` stays the JSON text there, as in CSV)."""
     fleet = _open(db)
     if what == "devices":
         rows = [columns(d) for d in fleet.devices()]
@@ -246,6 +247,9 @@ def export(what, db, fmt, since_hours, out):
         since = time.time() - since_hours * 3600 if since_hours else None
         rows = list(fleet.event_rows(since=since))
         names = ["site", "device", "boot", "seq", "kind", "input", "time", "received", "line"]
+    if fmt == "parquet":
+        _parquet(rows, names, out)
+        return
     stream = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout
     try:
         if fmt == "jsonl":
@@ -260,6 +264,29 @@ def export(what, db, fmt, since_hours, out):
     finally:
         if out:
             stream.close()
+
+
+def _parquet(rows: list[dict], names: list[str], out: Path | None) -> None:
+    """``rows`` as a Parquet file at ``out`` (one column per name, types inferred; written to a temporary file
+    first, so a failed export leaves no half file).
+
+    Raises:
+        EdgeAsdError: no ``out``, pyarrow missing, or the file cannot be written.
+    """
+    if out is None:
+        raise EdgeAsdError("--format parquet writes a file: give --out FILE.parquet")
+    try:
+        import pyarrow
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise EdgeAsdError("--format parquet needs pyarrow: pip install 'edge-asd[parquet]'") from None
+    part = Path(out).with_name(Path(out).name + ".part")
+    try:
+        pq.write_table(pyarrow.table({n: [r.get(n) for r in rows] for n in names}), part)
+        part.replace(out)
+    except (OSError, pyarrow.ArrowException) as e:
+        part.unlink(missing_ok=True)
+        raise EdgeAsdError(f"{out}: cannot write the Parquet file ({e})") from None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 
-from conftest import BIN, cli
+from conftest import BIN, assert_one_line_error, cli
 from edge_asd.edge.runtime.fleet.topics import BrokerUrl
 from edge_asd.fleet.db import FleetDb
 from edge_asd.fleet.ingest import Ingest
@@ -99,6 +99,16 @@ def test_edge_fleet_on_a_monitor_run(broker, model, fan, tmp_path):
     exported = cli("edge-fleet", "export", "events", "--db", db_path, "--format", "jsonl")
     assert exported.returncode == 0, exported.stderr
     assert [json.loads(x)["line"] for x in exported.stdout.splitlines()] == lines
+    import pyarrow.parquet as pq  # the dev extra's (the parquet extra for users)
+
+    assert cli("edge-fleet", "export", "events", "--db", db_path, "--format", "parquet",
+               "--out", tmp_path / "events.parquet").returncode == 0
+    table = pq.read_table(tmp_path / "events.parquet").to_pylist()
+    assert [json.loads(r["line"]) for r in table] == lines and [r["seq"] for r in table] == list(range(1, len(lines) + 1))
+    assert cli("edge-fleet", "export", "devices", "--db", db_path, "--format", "parquet",
+               "--out", tmp_path / "devices.parquet").returncode == 0
+    assert pq.read_table(tmp_path / "devices.parquet").to_pylist()[0]["device"] == "pi-1"
+    assert_one_line_error(cli("edge-fleet", "export", "events", "--db", db_path, "--format", "parquet"))
     listed = cli("edge-fleet", "ls", "--db", db_path, "--json")
     row = json.loads(listed.stdout)
     anomalies = sum(line["event"] == "anomaly" for line in lines)
