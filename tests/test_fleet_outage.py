@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from edge_asd.edge.runtime.fleet.topics import BrokerUrl
@@ -117,14 +118,9 @@ def test_partition_marks_offline_and_drains_after(broker, tmp_path):
     offline (its last will, published by the broker) within 1.5 x the keep-alive, plus up to 2 s of the
     broker's whole-second keep-alive clock (mosquitto 2.0); once healed, the lines written meanwhile arrive."""
     keepalive = 2
-    proxy = Partition(broker.port)
     db_path = tmp_path / "fleet.sqlite"
-    ingest = Ingest(BrokerUrl.parse(broker.url), db_path).start()
-    wills = Collector(broker.url, "asd/v1/plant/d1/state")
-    proc = device(proxy.url, "d1", tmp_path, "--events", 600, "--rate", 100, "--keepalive", keepalive, "--heartbeat", 30,
-                  "--wait-empty", 60)
-    try:
-        proc.stdout.readline()
+    with _behind_a_partition(broker, tmp_path, "--events", 600, "--rate", 100, "--keepalive", keepalive,
+                             "--heartbeat", 30, "--wait-empty", 60) as (proxy, ingest, wills, proc):
         wait(lambda: ingest.counts["new"] >= 100, 30)
         proxy.blackhole()
         cut = time.monotonic()
@@ -139,11 +135,6 @@ def test_partition_marks_offline_and_drains_after(broker, tmp_path):
         wait(lambda: depth(tmp_path / "d1.sqlite") == 0, 30)
         drained_s = time.monotonic() - healed
         got = stored(db_path)
-    finally:
-        proc.kill()
-        ingest.stop()
-        wills.close()
-        proxy.close()
     boot = json.loads(out.splitlines()[-1])["boot"]
     print(f"\nfleet outage (partition, keep-alive {keepalive} s): offline after {offline_s:.2f} s, backlog drained "
           f"{drained_s:.1f} s after the heal, stored {len(got[('d1', boot)])} of 600, duplicates {ingest.counts['duplicates']}")
@@ -151,6 +142,25 @@ def test_partition_marks_offline_and_drains_after(broker, tmp_path):
     # 1.5 x keep-alive to 1.5 x keep-alive + 2 s after the last packet)
     assert offline_s <= 1.5 * keepalive + 2.0
     assert got[("d1", boot)] == list(range(1, 601))
+
+
+@contextmanager
+def _behind_a_partition(broker, tmp_path: Path, *device_args):
+    """Device d1 (tests/fleet_device.py with ``device_args``) reaching the broker through a :class:`Partition`
+    proxy, the ingest writing ``tmp_path/fleet.sqlite`` and a collector of d1's state messages: yields
+    (proxy, ingest, wills, device process) once the device has opened its outbox; closes them all after."""
+    proxy = Partition(broker.port)
+    ingest = Ingest(BrokerUrl.parse(broker.url), tmp_path / "fleet.sqlite").start()
+    wills = Collector(broker.url, "asd/v1/plant/d1/state")
+    proc = device(proxy.url, "d1", tmp_path, *device_args)
+    try:
+        proc.stdout.readline()
+        yield proxy, ingest, wills, proc
+    finally:
+        proc.kill()
+        ingest.stop()
+        wills.close()
+        proxy.close()
 
 
 def _row(db_path: Path) -> dict:
@@ -170,15 +180,10 @@ def test_three_partition_cycles_lose_nothing_and_drain_at_the_throttled_rate(bro
     the same run stored 323 lines in one 2-s span (and this test failed); throttled 135, the bound 140, and the
     test allows 30 % over it for the ingest's commit grouping."""
     batch, rate_batches, window, rate, seconds = 5, 10.0, 4, 40.0, 35.0
-    proxy = Partition(broker.port)
     db_path = tmp_path / "fleet.sqlite"
-    ingest = Ingest(BrokerUrl.parse(broker.url), db_path).start()
-    wills = Collector(broker.url, "asd/v1/plant/d1/state")
     n = int(rate * seconds)
-    proc = device(proxy.url, "d1", tmp_path, "--events", n, "--rate", rate, "--keepalive", 2, "--heartbeat", 30,
-                  "--batch", batch, "--rate-batches", rate_batches, "--wait-empty", 90)
-    try:
-        proc.stdout.readline()
+    with _behind_a_partition(broker, tmp_path, "--events", n, "--rate", rate, "--keepalive", 2, "--heartbeat", 30,
+                             "--batch", batch, "--rate-batches", rate_batches, "--wait-empty", 90) as (proxy, ingest, wills, proc):
         time.sleep(5.0)
         for _ in range(3):
             proxy.blackhole()
@@ -189,11 +194,6 @@ def test_three_partition_cycles_lose_nothing_and_drain_at_the_throttled_rate(bro
         wait(lambda: depth(tmp_path / "d1.sqlite") == 0, 30)
         got = stored(db_path)
         received = sorted(e["received"] for e in FleetDb(db_path).event_rows())
-    finally:
-        proc.kill()
-        ingest.stop()
-        wills.close()
-        proxy.close()
     boot = json.loads(out.splitlines()[-1])["boot"]
     offline = [m for m in wills.of("state") if m["status"] == "offline" and m["boot"] == boot]
     span = 2.0
