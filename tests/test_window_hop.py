@@ -226,3 +226,22 @@ def test_finetune_refits_the_head_with_rollback(window_model, fan, tmp_path, env
     back = cli("edge-finetune", "--model", model, "--store", store, "--rollback", env=env)
     assert back.returncode == 0, back.stderr
     assert model.read_bytes() == before
+
+
+def test_family_bench_measures_per_score_window(window_model, fan_audio):
+    """bench/family_bench.py (the device cost of each family) counts per score window, not per STFT frame: one
+    window's call brings one window hop of audio, and compute per window x windows per second = compute per
+    second of audio; each cell after the first carries its ratio to the first model."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from family_bench import measure, table
+
+    row = measure(window_model[0].with_suffix(".tflite"), [fan_audio], 30.0, 1)
+    assert row["hop_s"] == pytest.approx(0.992) and row["window_s"] == pytest.approx(2.016)
+    windows_per_s = (1 + (30.0 - row["window_s"]) // row["hop_s"]) / 30.0  # 29 windows: the first ends at 2.016 s
+    assert row["ms_per_window"] * windows_per_s == pytest.approx(row["ms_per_audio_s"], rel=1e-6)
+    assert 0 < row["window_p50_ms"] <= row["window_p99_ms"] and row["rss_mb"] > 0 and row["cold_start_s"] > 0
+    md = table({"a": row, "b": {**row, "rtf": 2 * row["rtf"]}})
+    assert "| real-time factor |" in md and "(2.0x)" in md and "| <= 0.05 |" in md
