@@ -165,6 +165,8 @@ class Alarm:
 
     def update(self, scores: np.ndarray, valid: np.ndarray | None = None) -> list[tuple[int, bool]]:
         s = np.asarray(scores, dtype=np.float64)
+        if not self.on and not (s >= self.phi).any():  # the common case: off, and no score to turn it on
+            return []
         ok = np.isfinite(s) if valid is None else np.asarray(valid, dtype=bool) & np.isfinite(s)
         up, down = ok & (s >= self.phi), ok & (s < self.off_level)
         marked = np.where(up | down, np.arange(len(s)), -1)

@@ -89,6 +89,7 @@ SKIP_REASONS = ("silent", "clipping", "dc_offset", "band_limited", "level_far")
 :data:`LEVEL_FAR_DB` outside the calibrated range; its state is ``level_drift``)."""
 STATES = CONDITIONS + ("gap", "overflow")
 """Every health state."""
+_MEASURES = ("power", "sum", "clipped", "high", "total")  # input_level.hop_measures' figures, rolled over a window
 
 _POWER_FLOOR = 1e-20  # power of digital silence in the log (-200 dBFS), as core.loudness and the energy gate
 
@@ -141,7 +142,7 @@ class HealthChecker:
                 self._far_range = (reference["p5_dbfs"] - lim.level_far_db, reference["p95_dbfs"] + lim.level_far_db)
         self.position = 0  # absolute samples, lost ones included
         self._partial = np.zeros(0, dtype=np.float64)
-        self._hist = {k: np.zeros(0) for k in ("power", "sum", "clipped", "high", "total")}  # last _win hops
+        self._hist = np.zeros((len(_MEASURES), 0))  # the last _win - 1 hops' measures, one row per _MEASURES
         self._ends = np.zeros(0, dtype=np.int64)  # end sample of each recent hop
         self._flags = np.zeros((0, len(SKIP_REASONS)), dtype=bool)  # skip conditions of each recent hop
         self.active: dict[str, dict] = {}  # state -> {"since": sample, "value": figure}
@@ -170,15 +171,15 @@ class HealthChecker:
             return out
         start = self.position - (len(buf) - len(block))  # absolute sample of buf[0]
         m = hop_measures(buf[: n * self.hop].reshape(n, self.hop), self.limits.clip_level)
-        roll = {}
-        for k, v in m.items():
-            hist = np.concatenate([self._hist[k], v])
-            c = np.concatenate([[0.0], np.cumsum(hist)])
-            w = self._win
-            idx = np.arange(len(hist) - n, len(hist)) + 1
-            roll[k] = c[idx] - c[np.maximum(idx - w, 0)]
-            self._hist[k] = hist[-(w - 1):] if w > 1 else hist[:0]
-            counts = idx - np.maximum(idx - w, 0)
+        # rolling sums over the last _win hops, every measure at once (one row each: few numpy calls per block)
+        hist = np.concatenate([self._hist, np.stack([m[k] for k in _MEASURES])], axis=1)
+        c = np.concatenate([np.zeros((len(_MEASURES), 1)), np.cumsum(hist, axis=1)], axis=1)
+        w = self._win
+        idx = np.arange(hist.shape[1] - n, hist.shape[1]) + 1
+        first = np.maximum(idx - w, 0)
+        roll = dict(zip(_MEASURES, c[:, idx] - c[:, first]))
+        self._hist = hist[:, -(w - 1):] if w > 1 else hist[:, :0]
+        counts = idx - first
         samples = counts * self.hop
         lim = self.limits
         power_db = 10 * np.log10(np.maximum(m["power"], _POWER_FLOOR))
@@ -261,7 +262,7 @@ class HealthChecker:
         out = self._lost("gap", n_samples, f"{n_samples} samples lost ({n_samples / self.rate:.3f} s)")
         self.position += n_samples  # the partial hop's samples were counted when pushed
         self._partial = np.zeros(0)
-        self._hist = {k: v[:0] for k, v in self._hist.items()}
+        self._hist = self._hist[:, :0]
         for run in self._run.values():
             run[0] = None
         return out
@@ -299,18 +300,17 @@ class HealthChecker:
     def skip_reasons(self, end_samples: np.ndarray, span_samples: int) -> list[str | None]:
         """Per frame ending at ``end_samples`` (absolute, exclusive; its audio the ``span_samples`` before):
         the first of :data:`SKIP_REASONS` that fails at any of its hops, or None (score it). Counts them."""
-        out: list[str | None] = []
-        if len(self._ends) == 0:
+        if len(self._ends) == 0 or not self._flags.any():  # the common case: no recent hop fails a check
             return [None] * len(end_samples)
         lo = np.searchsorted(self._ends, np.asarray(end_samples) - span_samples, side="right")
         hi = np.searchsorted(self._ends, np.asarray(end_samples), side="right")
         c = np.concatenate([np.zeros((1, self._flags.shape[1]), dtype=np.int64), np.cumsum(self._flags, axis=0)])
         bad = (c[hi] - c[lo]) > 0  # (n_frames, n_reasons)
-        for row in bad:
-            reason = SKIP_REASONS[int(np.argmax(row))] if row.any() else None
+        first = np.argmax(bad, axis=1)
+        out: list[str | None] = [SKIP_REASONS[int(k)] if b else None for k, b in zip(first, bad.any(axis=1))]
+        for reason in out:
             if reason is not None:
                 self.skipped[reason] += 1
-            out.append(reason)
         return out
 
     def finish(self) -> list[Health]:
