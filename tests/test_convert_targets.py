@@ -116,6 +116,30 @@ def test_onnx_histogram_calibration_method(checkpoint, tmp_path):
     assert "QuantizeLinear" in [n.op_type for n in onnx.load_from_string(data).graph.node]
 
 
+
+def test_histogram_calibration_keeps_its_activations_within_the_memory_bound(monkeypatch, caplog):
+    """onnxruntime's histogram calibrators hold every activation of every row: the rows are cut to what
+    HISTOGRAM_MEMORY_BYTES holds (an EfficientNet-Lite0 graph was killed at 24 GiB with 2000 windows), evenly
+    spaced, and said; minmax and small graphs keep every row."""
+    import logging
+
+    import torch
+
+    from edge_asd.convert import onnx_export
+
+    net = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 1))
+    graph = onnx_export._float_graph(net, 10)
+    assert onnx_export._activation_bytes_per_row(graph) == 4 * (20 + 20 + 1)  # Gemm, Relu, output
+    rows = np.arange(1000, dtype=np.float32)[:, None] * np.ones((1, 10), np.float32)
+    assert onnx_export._histogram_rows(graph, rows, "percentile", 64) is rows
+    monkeypatch.setattr(onnx_export, "HISTOGRAM_MEMORY_BYTES", 164 * 200)
+    with caplog.at_level(logging.INFO, logger="edge_asd"):
+        kept = onnx_export._histogram_rows(graph, rows, "percentile", 64)
+    assert len(kept) == 200 and kept[0, 0] == 0 and kept[-1, 0] == 999 and np.all(np.diff(kept[:, 0]) > 0)
+    assert "calibrating on 200 of the 1000 rows" in caplog.text
+    monkeypatch.setattr(onnx_export, "HISTOGRAM_MEMORY_BYTES", 1)
+    assert len(onnx_export._histogram_rows(graph, rows, "entropy", 64)) == 64  # never below one batch
+
 @pytest.mark.parametrize("damage", [{"method": "bogus"}, {"method": "serial-oe"}, {"method": "transfer-metric"},
                                     {"loss": None}])
 def test_damaged_checkpoint_is_one_line_error(checkpoint, tmp_path, env, damage):
