@@ -11,7 +11,7 @@ from edge_asd.train.serial_oe.fit import SerialOEOptions, fit_serial_oe
 
 OPT_IN = ("efficientnet_lite0",)
 """Variants the comparison runs only when named (``--methods serial-oe/efficientnet_lite0``): about 6.6x
-cnn-small's cost per update, an hour per network on one CPU core."""
+cnn-small's cost per update (its default edge-train run: 12 min at two torch threads on the project's 2-core VM)."""
 
 
 def fit_score(*, data_dir: Path, machine_type: str, machine_id: str, train_clips: list[Path], test_clips: list[Path],
