@@ -1,18 +1,18 @@
 """Device cost of each detector family's model file, side by side in one run, on one core.
 
-For every ``--model NAME=FILE`` (a .tflite or .onnx model file of any family: autoencoder, serial OE,
-transfer-metric): edge-monitor's loop (:func:`edge_bench.run_ours`, the same ``Scorer`` and stream loop) on real
-fan id_00 clips played back to back, and ``edge-monitor`` as a process fed the same stream as PCM on stdin.
+For every --model NAME=FILE (a .tflite or .onnx model file of any family: autoencoder, serial OE,
+transfer-metric): edge-monitor's loop (edge_bench.run_ours: the same Scorer and stream loop) on real
+fan id_00 clips played back to back, and edge-monitor as a process fed the same stream as PCM on stdin.
 
 Measured per model: file size; the score window and hop its model file declares; compute per second of audio
 (the real-time factor, RTF) at edge-monitor's block; latency of one score window p50 / p99 (a call that brings
 exactly one window hop of audio); peak RSS and cold start (spawn to the first score line) of the process. The
-first ``--model`` is the reference: every other cell gets its ratio to it, measured in the same run on the same
+first --model is the reference: every other cell gets its ratio to it, measured in the same run on the same
 core and stream, and the floor of any Python device program (python + import numpy) is measured alike. The
 targets are issues 16 / 17's (RTF <= 0.05, peak RSS <= 150 MB).
 
 Latency does not depend on what a network learned, only on its graph: a model file of a short training run
-measures the same cost as the default one (docs/serial-oe.md, docs/transfer-metric.md say which was used).
+measures the same cost as the default one (docs/speed.md says which were used).
 
     python bench/family_bench.py --model bu=out/demo/fan.tflite --model serial-oe=fan-soe.tflite \\
         --model transfer-metric=fan_tm.tflite [--minutes 10] [--core 0] [--json out/family_bench.json]
@@ -82,17 +82,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, metavar="NAME=FILE",
                    help="a model file to measure (repeat; the first is the reference of the ratios)")
-    p.add_argument("--minutes", type=float, default=10.0, help="audio per timed run (min)")
-    p.add_argument("--repeat", type=int, default=3, help="timed runs per model; the fastest is reported")
-    p.add_argument("--core", type=int, default=0, help="CPU core to pin every process to")
+    p.add_argument("--minutes", type=float, default=10.0, help="audio per timed run, min (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per model; the fastest is reported (default: %(default)s)")
+    p.add_argument("--core", type=int, default=0, help="CPU core to pin every process to (default: %(default)s)")
     p.add_argument("--data", type=Path, default=None, help="data root (default: $EDGE_ASD_DATA or ../shared/data)")
     p.add_argument("--json", type=Path, help="write the figures here too")
     args = p.parse_args()
+    from edge_asd.core.errors import EdgeAsdError
+    from edge_asd.edge.runtime.scorer import Scorer
+
     models = {}
     for spec in args.model:
         name, sep, file = spec.partition("=")
-        if not sep or not name or not Path(file).is_file():
-            p.error(f"--model {spec!r}: expected NAME=FILE with an existing file")
+        if not sep or not name:
+            p.error(f"--model {spec!r}: expected NAME=FILE")
+        if not Path(file).is_file():
+            p.error(f"--model {spec!r}: no such file {file}")
+        try:
+            Scorer(file)  # a damaged, foreign or unreadable model file: the kit's one-line error
+        except EdgeAsdError as e:
+            p.error(f"--model {spec!r}: {e}")
         models[name] = Path(file)
     if args.minutes <= 0 or args.repeat < 1:
         p.error("--minutes must be > 0 and --repeat >= 1")
