@@ -16,6 +16,10 @@ class Parity:
     spearman: float
     max_abs_error: float
     """Largest |converted - float| frame score, in score units."""
+    max_float: float | None = None
+    """Largest |float score|: the scale of ``max_abs_error``."""
+    unit: str = "frame"
+    """What one score covers (``FeatureConfig.score_unit``): frame or window."""
     n_auc_clips: int = 0
     auc_float: float | None = None
     auc_converted: float | None = None
@@ -26,10 +30,12 @@ class Parity:
     pauc_level: float | None = None
 
     def lines(self) -> list[str]:
-        out = [f"frame scores on {self.n_clips} clips ({self.n_frames} frames): Pearson {self.pearson:.5f}, "
-               f"Spearman {self.spearman:.5f}, max |error| {self.max_abs_error:.3f}"]
+        u = self.unit
+        scale = f" ({100 * self.max_abs_error / self.max_float:.2g} % of the largest float score)" if self.max_float else ""
+        out = [f"{u} scores on {self.n_clips} clips ({self.n_frames} {u}s): Pearson {self.pearson:.5f}, "
+               f"Spearman {self.spearman:.5f}, max |error| {self.max_abs_error:.3f}{scale}"]
         if self.auc_float is not None:
-            out.append(f"clip AUC on {self.n_auc_clips} test clips (max frame score, eq. 11): float {self.auc_float:.3f}, converted {self.auc_converted:.3f}; "
+            out.append(f"clip AUC on {self.n_auc_clips} test clips (max {u} score, eq. 11): float {self.auc_float:.3f}, converted {self.auc_converted:.3f}; "
                        f"pAUC(0.1): float {self.pauc_float:.3f}, converted {self.pauc_converted:.3f}")
         if self.auc_level is not None:
             out.append(f"loudness reference on the same {self.n_auc_clips} clips (clip RMS level as the score): "
@@ -37,7 +43,8 @@ class Parity:
         return out
 
 
-def parity(float_scores: list[np.ndarray], converted_scores: list[np.ndarray], is_anomaly: list[bool | None] | None) -> Parity:
+def parity(float_scores: list[np.ndarray], converted_scores: list[np.ndarray], is_anomaly: list[bool | None] | None,
+           unit: str = "frame") -> Parity:
     """Compare per-clip frame scores; clip AUC/pAUC over the clips labelled True/False in ``is_anomaly``
     (None: a clip used for the score comparison only, e.g. a training normal) when both classes occur."""
     from scipy.stats import pearsonr, spearmanr
@@ -46,7 +53,7 @@ def parity(float_scores: list[np.ndarray], converted_scores: list[np.ndarray], i
 
     a, b = np.concatenate(float_scores), np.concatenate(converted_scores)
     result = Parity(len(float_scores), len(a), float(pearsonr(a, b)[0]), float(spearmanr(a, b)[0]),
-                    float(np.abs(a - b).max()))
+                    float(np.abs(a - b).max()), float(np.abs(a).max()), unit)
     labelled = [i for i, y in enumerate(is_anomaly or []) if y is not None]
     y = [is_anomaly[i] for i in labelled]
     if 0 < sum(y) < len(y):

@@ -204,7 +204,8 @@ class Conversion:
         """Parity of a loaded model file against the float model on the held-out clips (batch scoring)."""
         if not self.parity_paths:
             return None
-        return parity(self.float_scores(), [scorer.score_audio(self.audio[p]) for p in self.parity_paths], self.labels)
+        return parity(self.float_scores(), [scorer.score_audio(self.audio[p]) for p in self.parity_paths], self.labels,
+                      scorer.features.score_unit)
 
 
 def embedding_quantization(fmt: str, float_pooling: bool = True) -> dict:

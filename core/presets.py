@@ -120,6 +120,12 @@ class FeatureConfig:
         return self.hop_samples / self.sample_rate
 
     @property
+    def score_unit(self) -> str:
+        """What one anomaly score covers, for messages: ``"frame"`` (a score every STFT hop, the autoencoders) or
+        ``"window"`` (a score every ``context_hop_frames`` hops: serial OE, transfer-metric)."""
+        return "frame" if self.context_hop_frames == 1 else "window"
+
+    @property
     def vector_hop_samples(self) -> int:
         """The score hop, samples: between the starts (and the ends) of consecutive context vectors."""
         return self.context_hop_frames * self.hop_samples

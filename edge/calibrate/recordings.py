@@ -101,8 +101,9 @@ def recordings_window_maxima(scorer, files: list[Path], window: str, gate_db: fl
         windows = make_windows(window, cfg.sample_rate, cfg.hop_samples, gate_db, gate_min_on_s, gate_min_off_s)
         windows = window_maxima(scores, samples, windows, cfg, str(f), policy)
         if not quiet:
-            log.info("%s: max score %.3f over %d frames%s, %d windows", f.name, float(scores.max()), len(scores),
-                     " (out-of-fold)" if known and f in known else "", len(windows))
+            log.info("%s: max score %.3f over %d %ss%s, %d operation window%s", f.name, float(scores.max()), len(scores),
+                     cfg.score_unit, " (out-of-fold)" if known and f in known else "", len(windows),
+                     "" if len(windows) == 1 else "s")
         out += windows
         durations.append(len(samples) / cfg.sample_rate)
         clip_max.append(float(scores.max()))

@@ -69,7 +69,7 @@ def main(paths, model_path, machine_id, out_path, as_json, max_fpr, votes, threa
         click.echo(json.dumps(doc, indent=1))
     elif out_path is None:
         click.echo(sf.to_csv(results), nl=False)
-    for line in sf.summary_lines(evaluation, policy):
+    for line in sf.summary_lines(evaluation, policy, scorer.features.score_unit):
         click.echo(f"edge-score: {line}", err=True)
 
 

@@ -113,9 +113,10 @@ def score_clip(scorer: Scorer, path: Path, policy: AlertPolicy = EQ11) -> ClipRe
                         float(votes[ok].max()) if ok.any() else float("nan"),
                         float(healthy.mean()) if len(healthy) else float("nan"), clip_level_dbfs(samples),
                         int(len(scores) - len(healthy)), flags)
-    log.info("%s: max score %.3f, mean %.3f over %d frames, level %.1f dBFS%s", Path(path).name, result.max_score,
-             result.mean_score, result.n_frames, result.level_dbfs,
-             "" if flags == "ok" else f"; input health {flags}, {result.frames_not_scored} frames not scored")
+    unit = cfg.score_unit
+    log.info("%s: max score %.3f, mean %.3f over %d %ss, level %.1f dBFS%s", Path(path).name, result.max_score,
+             result.mean_score, result.n_frames, unit, result.level_dbfs,
+             "" if flags == "ok" else f"; input health {flags}, {result.frames_not_scored} {unit}s not scored")
     return result
 
 
@@ -167,10 +168,11 @@ def to_csv(results: Sequence[ClipResult]) -> str:
     return buf.getvalue()
 
 
-def summary_lines(evaluation: dict, policy: AlertPolicy = EQ11) -> list[str]:
+def summary_lines(evaluation: dict, policy: AlertPolicy = EQ11, unit: str = "frame") -> list[str]:
     """The evaluation as text for stderr: the clip counts, then a table of AUC / pAUC per clip score with the
     loudness reference as its last row, and a warning when the level does as well as the model. ``policy``:
-    the alert policy of the clips' max (its row reads "max policy score (votes K/N)" unless 1/1)."""
+    the alert policy of the clips' max (its row reads "max policy score (votes K/N)" unless 1/1); ``unit``: what
+    one score covers, "frame" or "window" (``FeatureConfig.score_unit``)."""
     labels = evaluation["labels"]
     kinds = " ".join(evaluation["machine_types"] + evaluation["machine_ids"]) or "unnamed recordings"
     counts = ", ".join(f"{n} {k}" for k, n in labels.items() if n)
@@ -186,8 +188,8 @@ def summary_lines(evaluation: dict, policy: AlertPolicy = EQ11) -> list[str]:
     if len(evaluation["machine_ids"]) > 1:
         lines.append(f"machine IDs {', '.join(evaluation['machine_ids'])} evaluated together; --machine-id ID for one")
     lines.append(f"{'clip score':<28}{'AUC':>7}{'pAUC':>8}  (pAUC: FPR <= {evaluation['max_fpr']:g}, McClish)")
-    max_name = "max frame score" if (policy.k, policy.n) == (1, 1) else f"max policy score ({policy.k}/{policy.n})"
-    rows = [(max_name, m["max"]), ("mean frame score", m["mean"]),
+    max_name = f"max {unit} score" if (policy.k, policy.n) == (1, 1) else f"max policy score ({policy.k}/{policy.n})"
+    rows = [(max_name, m["max"]), (f"mean {unit} score", m["mean"]),
             ("level, dBFS (loudness ref.)", m["level"])]
     lines += [f"{name:<28}{v['auc']:>7.3f}{v['pauc']:>8.3f}" for name, v in rows]
     if m["level"]["auc"] >= max(m[s]["auc"] for s in CLIP_SCORES):
