@@ -103,7 +103,8 @@ def worker(url: str, folder: Path, names: list[str], rate: float, keepalive: int
                         "score": 1200.0 + k, "schema": 3, "window": 0, "wall_time": stamp})
             written[name] += 1
         k += 1
-    end = time.monotonic() + 10
+    time.sleep(max(0.0, t1 - time.time()))  # connected until T1: the last line was due 1 / rate before it, and the
+    end = time.monotonic() + 10             # fleet view is read until T1 - 0.5 s
     while any(s.link.outbox.depth() for s in sinks.values()) and time.monotonic() < end:
         time.sleep(0.1)
     boots = {name: s.link.boot for name, s in sinks.items()}
@@ -149,9 +150,13 @@ def run(url: str, folder: Path, devices: int = 100, workers: int = 10, seconds: 
         offline_s: dict[str, float] = {}
         by_will = set()
         db = FleetDb(db_path)
+        last_view: list[dict] = []
         while True:  # the fleet view, as edge-fleet ls reads it, until just before the devices stop
             now = time.time()
             view = db.devices()
+            if time.time() >= t1:  # the query ended after the workers began their clean stops (each stops its
+                break              # first device first): not a view of the run; the last one before it counts
+            last_view = view
             for d in view:
                 if d["device"] in killed_names and d["status"] in OFFLINE and d["device"] not in offline_s:
                     offline_s[d["device"]] = now - kill_at
@@ -161,7 +166,7 @@ def run(url: str, folder: Path, devices: int = 100, workers: int = 10, seconds: 
                 break
             time.sleep(0.2)
         at_t1 = dict(ingest.counts)
-        offline_at_end = {d["device"] for d in view if d["status"] in OFFLINE}
+        offline_at_end = {d["device"] for d in last_view if d["status"] in OFFLINE}
         outs = [json.loads(p.communicate(timeout=120)[0].splitlines()[-1]) for p in procs[len(killed):]]
         time.sleep(1.0)
     finally:
